@@ -1,0 +1,340 @@
+"""The two custom resources, ``Failover`` and ``FailoverGroup``, as pydantic models.
+
+Pure: these models only validate and describe data. They read no clock, no environment and no
+cluster; whoever loads a manifest (the watcher, the CLI, a test) passes the dict in and gets either a
+model or a :class:`pydantic.ValidationError` whose ``loc`` names the offending field.
+
+Field names and enums follow ``shared/design/API.md`` so that manifests written for the earlier Go
+operator stay valid; Python attributes are snake_case, the wire names are the API's camelCase.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "crd.hahomelabs.com"
+API_VERSION = "v1alpha1"
+GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+
+ANNOTATION_REPLICAS = "failover.hahomelabs.com/replicas"
+ANNOTATION_EPOCH = "failover.hahomelabs.com/epoch"
+
+
+class FailoverMode(StrEnum):
+    CONSISTENCY = "CONSISTENCY"
+    UPTIME = "UPTIME"
+
+
+class WorkloadKind(StrEnum):
+    DEPLOYMENT = "Deployment"
+    STATEFUL_SET = "StatefulSet"
+    CRON_JOB = "CronJob"
+
+
+class NetworkKind(StrEnum):
+    VIRTUAL_SERVICE = "VirtualService"
+    INGRESS = "Ingress"
+
+
+class FluxKind(StrEnum):
+    HELM_RELEASE = "HelmRelease"
+    KUSTOMIZATION = "Kustomization"
+
+
+VOLUME_REPLICATION = "VolumeReplication"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse a Go-style duration (``90s``, ``5m``, ``1h30m``) or a number of seconds.
+
+    Pure. Raises ``ValueError`` with the offending text, which pydantic reports against the field.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as '5m' or '30s', got {value!r}")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError(f"a duration must be positive, got {value!r}")
+        return timedelta(seconds=float(value))
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a duration such as '5m' or '30s', got {value!r}")
+    text = value.strip()
+    position, seconds = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if position != len(text) or position == 0:
+        raise ValueError(
+            f"malformed duration {value!r}: expected a Go duration such as '5m', '90s' or '1h30m'"
+        )
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a timedelta the way Go prints durations (``5m0s`` style is avoided: ``5m``, ``90s``)."""
+    total = round(value.total_seconds(), 3)
+    hours, rest = divmod(total, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = []
+    if hours:
+        parts.append(f"{int(hours)}h")
+    if minutes:
+        parts.append(f"{int(minutes)}m")
+    if seconds or not parts:
+        parts.append(f"{seconds:g}s")
+    return "".join(parts)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+class ApiModel(BaseModel):
+    """Base for API objects: camelCase on the wire, unknown spec fields rejected."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ObjectMeta(BaseModel):
+    """The parts of ``metadata`` the orchestrator reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    resource_version: str | None = Field(default=None, alias="resourceVersion")
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ResourceRef(BaseModel):
+    """One Kubernetes object by kind, namespace and name: the unit every effect acts on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+class GroupKey(BaseModel):
+    """Identifies a FailoverGroup across clusters and in DynamoDB (``GROUP#op#ns#name``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    operator_id: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+# --- FailoverGroup -------------------------------------------------------------------------------
+
+
+class Timeouts(ApiModel):
+    transitory_state: Duration = timedelta(minutes=5)
+    unhealthy_primary: Duration = timedelta(minutes=2)
+    heartbeat: Duration = timedelta(minutes=1)
+
+
+class Workload(ApiModel):
+    kind: WorkloadKind
+    name: str = Field(min_length=1)
+    volume_replications: list[str] = Field(default_factory=list)
+
+
+class NetworkResource(ApiModel):
+    kind: NetworkKind
+    name: str = Field(min_length=1)
+
+
+class FluxResource(ApiModel):
+    kind: FluxKind
+    name: str = Field(min_length=1)
+    trigger_reconcile: bool = False
+
+
+class FailoverGroupSpec(ApiModel):
+    operator_id: str = Field(alias="operatorID", min_length=1)
+    suspended: bool = False
+    suspension_reason: str = ""
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    heartbeat_interval: Duration = timedelta(seconds=30)
+    workloads: list[Workload] = Field(default_factory=list)
+    network_resources: list[NetworkResource] = Field(default_factory=list)
+    flux_resources: list[FluxResource] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> FailoverGroupSpec:
+        seen: set[tuple[str, str]] = set()
+        items: list[Workload | NetworkResource | FluxResource] = [
+            *self.workloads,
+            *self.network_resources,
+            *self.flux_resources,
+        ]
+        for item in items:
+            key = (str(item.kind), item.name)
+            if key in seen:
+                raise ValueError(f"{item.kind} {item.name!r} is listed twice")
+            seen.add(key)
+        volumes = [v for w in self.workloads for v in w.volume_replications]
+        duplicates = sorted({v for v in volumes if volumes.count(v) > 1})
+        if duplicates:
+            raise ValueError(f"VolumeReplication {duplicates[0]!r} belongs to more than one workload")
+        return self
+
+
+class FailoverGroup(ApiModel):
+    """A set of resources that move together. Status is written by the orchestrator, not read."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["crd.hahomelabs.com/v1alpha1"] = "crd.hahomelabs.com/v1alpha1"
+    kind: Literal["FailoverGroup"] = "FailoverGroup"
+    metadata: ObjectMeta
+    spec: FailoverGroupSpec
+    status: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> GroupKey:
+        return GroupKey(
+            operator_id=self.spec.operator_id,
+            namespace=self.metadata.namespace,
+            name=self.metadata.name,
+        )
+
+    def workload_refs(self) -> list[ResourceRef]:
+        ns = self.metadata.namespace
+        return [ResourceRef(kind=w.kind, namespace=ns, name=w.name) for w in self.spec.workloads]
+
+    def volume_refs(self) -> list[ResourceRef]:
+        ns = self.metadata.namespace
+        return [
+            ResourceRef(kind=VOLUME_REPLICATION, namespace=ns, name=v)
+            for w in self.spec.workloads
+            for v in w.volume_replications
+        ]
+
+    def network_refs(self) -> list[ResourceRef]:
+        ns = self.metadata.namespace
+        return [ResourceRef(kind=n.kind, namespace=ns, name=n.name) for n in self.spec.network_resources]
+
+    def flux_refs(self) -> list[ResourceRef]:
+        ns = self.metadata.namespace
+        return [ResourceRef(kind=f.kind, namespace=ns, name=f.name) for f in self.spec.flux_resources]
+
+
+# --- Failover ------------------------------------------------------------------------------------
+
+
+class GroupReference(ApiModel):
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+
+
+class FailoverSpec(ApiModel):
+    target_cluster: str = Field(min_length=1)
+    failover_mode: FailoverMode
+    force: bool = False
+    reason: str = ""
+    failover_groups: list[GroupReference] = Field(min_length=1)
+    dry_run: bool = False
+
+    @field_validator("failover_groups")
+    @classmethod
+    def _groups_unique(cls, groups: list[GroupReference]) -> list[GroupReference]:
+        seen: set[tuple[str | None, str]] = set()
+        for group in groups:
+            if (group.namespace, group.name) in seen:
+                raise ValueError(f"group {group.name!r} is listed twice")
+            seen.add((group.namespace, group.name))
+        return groups
+
+
+class Failover(ApiModel):
+    """A one-shot request to move groups to ``spec.targetCluster``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["crd.hahomelabs.com/v1alpha1"] = "crd.hahomelabs.com/v1alpha1"
+    kind: Literal["Failover"] = "Failover"
+    metadata: ObjectMeta
+    spec: FailoverSpec
+    status: dict[str, Any] | None = None
+
+    def group_namespaces(self) -> list[tuple[str, str]]:
+        """Each requested group as ``(namespace, name)``, defaulting to the Failover's namespace."""
+        return [(g.namespace or self.metadata.namespace, g.name) for g in self.spec.failover_groups]
+
+
+class RequestError(ValueError):
+    """A request that cannot run as asked; ``field`` is the dotted path of the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def check_request(
+    failover: Failover,
+    group: FailoverGroup,
+    *,
+    active_cluster: str | None,
+    known_clusters: frozenset[str] | None = None,
+) -> None:
+    """Check what the schema alone cannot: the target against the group's current owner.
+
+    Pure: the caller reads the active cluster (from DynamoDB) and the configured clusters and passes
+    them in. Raises :class:`RequestError` naming the field.
+    """
+    target = failover.spec.target_cluster
+    if known_clusters is not None and target not in known_clusters:
+        raise RequestError(
+            "spec.targetCluster",
+            f"unknown cluster {target!r}; configured clusters are {', '.join(sorted(known_clusters))}",
+        )
+    if active_cluster is None:
+        raise RequestError(
+            "spec.failoverGroups",
+            f"group {group.metadata.namespace}/{group.metadata.name} has no active cluster recorded; "
+            "set its first owner explicitly before failing it over",
+        )
+    if target == active_cluster:
+        raise RequestError(
+            "spec.targetCluster",
+            f"{target!r} is already the active cluster of group "
+            f"{group.metadata.namespace}/{group.metadata.name}",
+        )

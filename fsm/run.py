@@ -1,0 +1,238 @@
+"""A run: one group moving under one Failover, as a versioned value object.
+
+Pure data. A run is changed only by :func:`fsm.machine.decide`, which returns a new value; the run
+store commits it with a compare-and-set on ``version`` (Patroni's versioned ``Cluster``/``Leader``).
+Everything a step needs to do its work is here, so a task takes nothing but the run id and a ticket.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fsm.models import Failover, FailoverGroup, FailoverMode, GroupKey, ResourceRef
+from fsm.plan import PlannedStep, Side, Stage, State, Step, Timing, build_plan
+
+
+class RunStatus(StrEnum):
+    """The Failover status values of API.md, per run."""
+
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+
+
+class StepRecord(BaseModel):
+    """What happened to one step (or one compensation action): attempts, checks, times, outcome."""
+
+    attempts: int = 0
+    checks: int = 0
+    errors: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    outcome: str | None = None
+    message: str = ""
+
+
+class Dispatch(BaseModel):
+    """The one message the run currently waits for. ``ticket`` guards against stale duplicates."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: Step
+    ticket: int
+    countdown: float = 0.0
+    due_at: float = 0.0
+    redriven: int = 0
+
+
+class Failure(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    step: Step
+    cluster: str | None = None
+    obj: str | None = None
+    cause: str
+
+    def describe(self) -> str:
+        where = [f"step {self.step.value}"]
+        if self.cluster:
+            where.append(f"cluster {self.cluster!r}")
+        if self.obj:
+            where.append(self.obj)
+        return f"{', '.join(where)}: {self.cause}"
+
+
+class CompensationAction(BaseModel):
+    """One undo, on a named cluster, run while the machine is COMPENSATING."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: Step
+    cluster: str | None
+    because: str
+
+
+class Resources(BaseModel):
+    """The group's objects, resolved to references once, at submission."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workloads: list[ResourceRef] = Field(default_factory=list)
+    volumes: list[ResourceRef] = Field(default_factory=list)
+    network: list[ResourceRef] = Field(default_factory=list)
+    flux: list[ResourceRef] = Field(default_factory=list)
+    reconcile: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, group: FailoverGroup) -> Resources:
+        return cls(
+            workloads=group.workload_refs(),
+            volumes=group.volume_refs(),
+            network=group.network_refs(),
+            flux=group.flux_refs(),
+            reconcile=[f.name for f in group.spec.flux_resources if f.trigger_reconcile],
+        )
+
+
+class Run(BaseModel):
+    run_id: str
+    version: int = 0
+    failover: str
+    group: GroupKey
+    mode: FailoverMode
+    source_cluster: str
+    target_cluster: str
+    force: bool = False
+    reason: str = ""
+    resources: Resources
+    plan: list[PlannedStep]
+    timing: Timing = Field(default_factory=Timing)
+    state: State = State.PENDING
+    status: RunStatus = RunStatus.PENDING
+    message: str = ""
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    deadline_at: float
+    steps: dict[str, StepRecord] = Field(default_factory=dict)
+    dispatch: Dispatch | None = None
+    tickets: int = 0
+    token: int | None = None
+    lease_expires_at: float | None = None
+    replicas: dict[str, int] = Field(default_factory=dict)
+    requested_at: str | None = None
+    failure: Failure | None = None
+    compensation: list[CompensationAction] = Field(default_factory=list)
+    compensation_index: int = 0
+    journal_sequence: int = 0
+
+    # --- derived views (pure) ----------------------------------------------------------------
+
+    @property
+    def current_step(self) -> Step | None:
+        """The step the run waits on: the state's step, or the current compensation action's."""
+        if self.state is State.COMPENSATING:
+            if self.compensation_index < len(self.compensation):
+                return self.compensation[self.compensation_index].step
+            return None
+        return self.state.step
+
+    @property
+    def step_key(self) -> str:
+        """Key of the current step's record: compensation actions get their own records."""
+        if self.state is State.COMPENSATING:
+            action = self.compensation[self.compensation_index]
+            return f"undo:{self.compensation_index}:{action.step.value}"
+        step = self.state.step
+        return step.value if step else self.state.name.lower()
+
+    def planned(self, step: Step) -> PlannedStep | None:
+        for planned in self.plan:
+            if planned.step is step:
+                return planned
+        return None
+
+    @property
+    def stage(self) -> Stage | None:
+        if self.state is State.COMPENSATING:
+            return Stage.COMPENSATION
+        step = self.state.step
+        planned = self.planned(step) if step else None
+        return planned.stage if planned else None
+
+    def cluster_for(self, side: Side) -> str | None:
+        return {Side.SOURCE: self.source_cluster, Side.TARGET: self.target_cluster}.get(side)
+
+    @property
+    def current_cluster(self) -> str | None:
+        """The cluster the current step acts on (None for coordination steps)."""
+        if self.state is State.COMPENSATING:
+            if self.compensation_index < len(self.compensation):
+                return self.compensation[self.compensation_index].cluster
+            return None
+        step = self.state.step
+        planned = self.planned(step) if step else None
+        return self.cluster_for(planned.side) if planned else None
+
+    def expects(self, step: Step, ticket: int) -> bool:
+        """True when a message for ``step`` with ``ticket`` is the one this run waits for."""
+        return (
+            not self.state.terminal
+            and self.dispatch is not None
+            and self.dispatch.step is step
+            and self.dispatch.ticket == ticket
+        )
+
+    def downtime_seconds(self) -> float | None:
+        """Measured downtime: from the source's network going off to the target's coming on.
+
+        In UPTIME mode the target serves before the source goes dark, so the window is empty (0).
+        None while either end is missing (e.g. a group without network resources or a failed run).
+        """
+        off = self.steps.get(Step.DISABLE_NETWORK.value)
+        on = self.steps.get(Step.ENABLE_NETWORK.value)
+        if off is None or on is None or off.started_at is None or on.finished_at is None:
+            return None
+        if off.outcome != "done" or on.outcome != "done":
+            return None
+        return max(0.0, on.finished_at - off.started_at)
+
+    def total_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def skipped(self) -> list[str]:
+        return [f"{key}: {rec.message}" for key, rec in self.steps.items() if rec.outcome == "skipped"]
+
+
+def new_run(
+    *,
+    run_id: str,
+    failover: Failover,
+    group: FailoverGroup,
+    source_cluster: str,
+    now: float,
+    timing: Timing | None = None,
+) -> Run:
+    """A PENDING run of ``failover`` for ``group``, currently active on ``source_cluster``. Pure."""
+    timing = timing or Timing()
+    mode = failover.spec.failover_mode
+    return Run(
+        run_id=run_id,
+        failover=f"{failover.metadata.namespace}/{failover.metadata.name}",
+        group=group.key,
+        mode=mode,
+        source_cluster=source_cluster,
+        target_cluster=failover.spec.target_cluster,
+        force=failover.spec.force,
+        reason=failover.spec.reason,
+        resources=Resources.of(group),
+        plan=build_plan(mode, group, timing),
+        timing=timing,
+        created_at=now,
+        deadline_at=now + group.spec.timeouts.transitory_state.total_seconds(),
+    )

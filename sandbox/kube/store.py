@@ -1,0 +1,437 @@
+"""The object store of one sandbox cluster: the etcd plus the generic registry of a real API server.
+
+Holds every object, hands out ``metadata.resourceVersion`` from one monotonically increasing counter,
+keeps a bounded history of watch events, and applies the rules every write goes through on a real
+server: uid/creationTimestamp/generation bookkeeping, optimistic concurrency (409 on a stale
+resourceVersion), status-subresource separation, no-op writes that change nothing, finalizers,
+garbage collection of owned objects, namespace and CRD lifecycles.
+
+It is also the direct-access API for tests (``cluster.store.get("Deployment", "shop", "web")``,
+``put``, ``list``). It must not speak HTTP, parse patches or run controllers.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sandbox.kube import errors
+from sandbox.kube.errors import ApiError
+from sandbox.kube.kinds import KindRegistry, ResourceKind, kind_from_crd
+from sandbox.kube.selectors import parse_field_selector, parse_label_selector
+from sandbox.kube.validation import apply_defaults, initial_status, validate, validate_name
+
+KindRef = str | ResourceKind
+Body = dict[str, Any]
+_CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
+_SERVER_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds")
+
+
+def utcnow() -> str:
+    """A timestamp in the RFC 3339 form the API uses (second precision, ``Z``)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One change, as kept in the watch history: ``old`` is the object before a MODIFIED."""
+
+    rv: int
+    type: str
+    key: str
+    namespace: str
+    obj: Body
+    old: Body | None
+
+
+def _spec_part(obj: Body) -> Body:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+class ObjectStore:
+    """Thread-safe object storage with watch history; every public method accepts a kind name."""
+
+    def __init__(self, registry: KindRegistry, history_limit: int = 1000) -> None:
+        self.registry = registry
+        self._cond = threading.Condition(threading.RLock())
+        self._objects: dict[str, dict[tuple[str, str], Body]] = {}
+        self._rv = 0
+        self._history: deque[StoredEvent] = deque()
+        self._history_limit = history_limit
+        self._evicted_rv = 0
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+
+    @property
+    def resource_version(self) -> int:
+        """The latest resourceVersion handed out."""
+        with self._cond:
+            return self._rv
+
+    @property
+    def history_limit(self) -> int:
+        return self._history_limit
+
+    @history_limit.setter
+    def history_limit(self, value: int) -> None:
+        with self._cond:
+            self._history_limit = max(0, value)
+            self._trim()
+
+    def compact(self) -> None:
+        """Forget all watch history, like an etcd compaction: older watches then get 410 Gone."""
+        with self._cond:
+            self._history.clear()
+            self._evicted_rv = self._rv
+
+    def _trim(self) -> None:
+        while len(self._history) > self._history_limit:
+            self._evicted_rv = self._history.popleft().rv
+
+    def _next_rv(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def _record(self, type_: str, kind: ResourceKind, obj: Body, old: Body | None = None) -> None:
+        namespace = obj["metadata"].get("namespace", "")
+        self._history.append(StoredEvent(self._rv, type_, kind.key, namespace, copy.deepcopy(obj), old))
+        self._trim()
+        self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Wake every watcher waiting for events (used when a server stops)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _bucket(self, kind: ResourceKind) -> dict[tuple[str, str], Body]:
+        return self._objects.setdefault(kind.key, {})
+
+    def kind(self, ref: KindRef) -> ResourceKind:
+        try:
+            return self.registry.resolve(ref)
+        except KeyError as exc:
+            raise errors.path_not_found() from exc
+
+    @staticmethod
+    def output(kind: ResourceKind, obj: Body, version: str | None = None) -> Body:
+        """A copy of a stored object as served at ``version`` (only apiVersion differs)."""
+        out = copy.deepcopy(obj)
+        out["apiVersion"] = kind.api_version(version)
+        out["kind"] = kind.kind
+        return out
+
+    def _ns(self, kind: ResourceKind, namespace: str | None) -> str:
+        return (namespace or "default") if kind.namespaced else ""
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def get(self, kind: KindRef, namespace: str | None, name: str, *, version: str | None = None) -> Body:
+        """One object (a copy); 404 :class:`ApiError` when missing."""
+        k = self.kind(kind)
+        with self._cond:
+            obj = self._bucket(k).get((self._ns(k, namespace), name))
+            if obj is None:
+                raise errors.not_found(k.plural, k.group, name)
+            return self.output(k, obj, version)
+
+    def find(self, kind: KindRef, namespace: str | None, name: str) -> Body | None:
+        """Like :meth:`get` but ``None`` when missing."""
+        try:
+            return self.get(kind, namespace, name)
+        except ApiError:
+            return None
+
+    def list(
+        self,
+        kind: KindRef,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        version: str | None = None,
+    ) -> tuple[list[Body], int]:
+        """Matching objects sorted by namespace/name, and the resourceVersion of the list."""
+        k = self.kind(kind)
+        labels = parse_label_selector(label_selector)
+        fields = parse_field_selector(field_selector, k.field_selectors)
+        with self._cond:
+            items = [
+                self.output(k, obj, version)
+                for (ns, _name), obj in sorted(self._bucket(k).items())
+                if (not namespace or not k.namespaced or ns == namespace) and labels(obj) and fields(obj)
+            ]
+            return items, self._rv
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def create(self, kind: KindRef, body: Body, *, namespace: str | None = None, dry_run: bool = False,
+               version: str | None = None, keep_status: bool = False) -> Body:
+        """POST semantics: defaults, validation, 409 AlreadyExists, status dropped unless ``keep_status``."""
+        k = self.kind(kind)
+        if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
+            raise errors.bad_request(f"{k.kind} in version \"{k.storage_version}\" cannot be handled: not an object")
+        obj = copy.deepcopy(body)
+        self._check_type(k, obj, version)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+        name = meta.get("name")
+        if not name:
+            raise errors.invalid(k.kind, k.group, "", "metadata.name",
+                                 "Required value: name or generateName is required")
+        validate_name(k, name)
+        with self._cond:
+            if k.namespaced:
+                body_ns = meta.get("namespace")
+                if namespace and body_ns and body_ns != namespace:
+                    raise errors.bad_request("the namespace of the provided object does not match the "
+                                             "namespace sent on the request")
+                ns = namespace or body_ns or "default"
+                if ("", ns) not in self._objects.get("namespaces", {}):
+                    raise errors.not_found("namespaces", "", ns)
+                meta["namespace"] = ns
+            else:
+                ns = ""
+                meta.pop("namespace", None)
+            if (ns, name) in self._bucket(k):
+                raise errors.already_exists(k.plural, k.group, name)
+            for field in (*_SERVER_META, "resourceVersion"):
+                meta.pop(field, None)
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = utcnow()
+            if k.generation:
+                meta["generation"] = 1
+            if k.status and not keep_status:
+                obj.pop("status", None)
+                status = initial_status(k, obj)
+                if status is not None:
+                    obj["status"] = status
+            apply_defaults(k, obj)
+            validate(k, obj, None)
+            if k.key == _CRD_KEY:
+                self._establish_crd(obj)
+            if dry_run:
+                return self.output(k, obj, version)
+            meta["resourceVersion"] = self._next_rv()
+            obj["apiVersion"], obj["kind"] = k.api_version(), k.kind
+            self._bucket(k)[(ns, name)] = obj
+            self._record("ADDED", k, obj)
+            if k.key == _CRD_KEY:
+                self.registry.add(kind_from_crd(obj))
+            return self.output(k, obj, version)
+
+    def update(
+        self,
+        kind: KindRef,
+        namespace: str | None,
+        name: str,
+        body: Body | Callable[[Body], Body],
+        *,
+        subresource: str | None = None,
+        dry_run: bool = False,
+        version: str | None = None,
+        keep_status: bool = False,
+    ) -> Body:
+        """PUT semantics; ``body`` may be a function of the current object (how patches are applied).
+
+        A non-empty ``metadata.resourceVersion`` in the new body must equal the stored one (else 409).
+        For kinds with a status subresource the main resource ignores status and ``/status`` ignores
+        everything but status. A write that changes nothing is a no-op: no new resourceVersion, no event.
+        """
+        k = self.kind(kind)
+        with self._cond:
+            ns = self._ns(k, namespace)
+            current = self._bucket(k).get((ns, name))
+            if current is None:
+                raise errors.not_found(k.plural, k.group, name)
+            new = body(self.output(k, current, version)) if callable(body) else copy.deepcopy(body)
+            if not isinstance(new, dict) or not isinstance(new.get("metadata", {}), dict):
+                raise errors.bad_request("the request body is not an object")
+            self._check_type(k, new, version)
+            meta = new.setdefault("metadata", {})
+            if meta.get("name", name) != name:
+                raise errors.bad_request(f"the name of the object ({meta.get('name')}) does not match the "
+                                         f"name on the URL ({name})")
+            if k.namespaced and meta.get("namespace") not in (None, "", ns):
+                raise errors.bad_request("the namespace of the provided object does not match the namespace "
+                                         "sent on the request")
+            rv = meta.get("resourceVersion")
+            if rv not in (None, "") and str(rv) != current["metadata"]["resourceVersion"]:
+                raise errors.conflict(k.plural, k.group, name)
+            if subresource == "status":
+                merged = copy.deepcopy(current)
+                merged["status"] = new.get("status")
+                new = merged
+            elif k.status and not keep_status:
+                new["status"] = copy.deepcopy(current.get("status"))
+            if new.get("status") is None:
+                new.pop("status", None)
+            meta = new.setdefault("metadata", {})
+            meta["name"] = name
+            if k.namespaced:
+                meta["namespace"] = ns
+            for field in _SERVER_META:
+                meta.pop(field, None)
+                if field in current["metadata"]:
+                    meta[field] = current["metadata"][field]
+            apply_defaults(k, new)
+            validate(k, new, current)
+            if k.generation and _spec_part(new) != _spec_part(current):
+                meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
+            meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+            new["apiVersion"], new["kind"] = k.api_version(), k.kind
+            if new == current:
+                return self.output(k, current, version)
+            if k.key == _CRD_KEY:
+                self._establish_crd(new)
+            if dry_run:
+                return self.output(k, new, version)
+            meta["resourceVersion"] = self._next_rv()
+            self._bucket(k)[(ns, name)] = new
+            self._record("MODIFIED", k, new, current)
+            if k.key == _CRD_KEY:
+                self.registry.add(kind_from_crd(new))
+            if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+                return self._remove(k, ns, name, orphan=False, version=version)
+            return self.output(k, new, version)
+
+    def delete(self, kind: KindRef, namespace: str | None, name: str, *, orphan: bool = False,
+               dry_run: bool = False, precondition_rv: str | None = None, version: str | None = None) -> Body:
+        """Delete (or, with finalizers, mark for deletion); owned objects follow unless ``orphan``."""
+        k = self.kind(kind)
+        with self._cond:
+            ns = self._ns(k, namespace)
+            current = self._bucket(k).get((ns, name))
+            if current is None:
+                raise errors.not_found(k.plural, k.group, name)
+            if precondition_rv and precondition_rv != current["metadata"]["resourceVersion"]:
+                raise errors.conflict(k.plural, k.group, name)
+            if dry_run:
+                return self.output(k, current, version)
+            if current["metadata"].get("finalizers"):
+                if current["metadata"].get("deletionTimestamp"):
+                    return self.output(k, current, version)
+                marked = copy.deepcopy(current)
+                marked["metadata"]["deletionTimestamp"] = utcnow()
+                marked["metadata"]["deletionGracePeriodSeconds"] = 0
+                marked["metadata"]["resourceVersion"] = self._next_rv()
+                self._bucket(k)[(ns, name)] = marked
+                self._record("MODIFIED", k, marked, current)
+                return self.output(k, marked, version)
+            return self._remove(k, ns, name, orphan=orphan, version=version)
+
+    def _remove(self, k: ResourceKind, ns: str, name: str, *, orphan: bool, version: str | None) -> Body:
+        obj = self._bucket(k).pop((ns, name))
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = self._next_rv()
+        self._record("DELETED", k, obj)
+        uid = obj["metadata"]["uid"]
+        if k.key == "namespaces":
+            self._delete_where(lambda kind, o: kind.namespaced and o["metadata"].get("namespace") == name)
+        elif k.key == _CRD_KEY:
+            served = self.registry.by_key(f"{obj['spec']['names']['plural']}.{obj['spec']['group']}")
+            if served is not None:
+                self._delete_where(lambda kind, _o: kind.key == served.key)
+                self.registry.remove(served.key)
+        if not orphan:
+            # The garbage collector deletes dependents in the background once the owner is gone.
+            self._delete_where(lambda _kind, o: any(
+                ref.get("uid") == uid for ref in o["metadata"].get("ownerReferences") or []))
+        return self.output(k, obj, version)
+
+    def _delete_where(self, predicate: Callable[[ResourceKind, Body], bool]) -> None:
+        for key, bucket in list(self._objects.items()):
+            kind = self.registry.by_key(key)
+            if kind is None:
+                continue
+            for (ns, name), obj in list(bucket.items()):
+                if (ns, name) in bucket and predicate(kind, obj):
+                    self.delete(kind, ns, name)
+
+    def _check_type(self, k: ResourceKind, obj: Body, version: str | None) -> None:
+        """apiVersion/kind default from the URL; a body of another kind is a 400 as on a real server."""
+        expected = k.api_version(version)
+        api_version, kind_name = obj.get("apiVersion"), obj.get("kind")
+        if api_version and api_version.rpartition("/")[0] != k.group:
+            raise errors.bad_request(f"the API version in the data ({api_version}) does not match the "
+                                     f"expected API version ({expected})")
+        if kind_name and kind_name != k.kind:
+            raise errors.bad_request(f"the kind in the data ({kind_name}) does not match the expected kind "
+                                     f"({k.kind})")
+
+    @staticmethod
+    def _establish_crd(obj: Body) -> None:
+        """What the apiextensions controllers report within milliseconds of a valid CRD appearing."""
+        spec = obj["spec"]
+        now = utcnow()
+        obj["status"] = {
+            "acceptedNames": copy.deepcopy(spec["names"]),
+            "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                 "message": "no conflicts found", "lastTransitionTime": now},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                 "message": "the initial names have been accepted", "lastTransitionTime": now},
+            ],
+            "storedVersions": [v["name"] for v in spec["versions"] if v.get("storage")],
+        }
+
+    # --- helpers for tests and controllers ------------------------------------------------------
+
+    def put(self, obj: Body) -> Body:
+        """Create or replace ``obj`` as given, status included, creating its namespace if needed.
+
+        For test setup and the sample loader: it skips the status rules of the API but still assigns
+        resourceVersion/generation and emits watch events, so watchers see the change.
+        """
+        k = self.registry.for_api_version(obj.get("apiVersion", ""), obj.get("kind", ""))
+        if k is None:
+            raise KeyError(f"no served kind for {obj.get('apiVersion')} {obj.get('kind')}")
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace") or "default"
+        with self._cond:
+            if k.namespaced and ("", ns) not in self._objects.get("namespaces", {}):
+                self.create("namespaces", {"metadata": {"name": ns}})
+            if self.find(k, ns, meta.get("name", "")) is None:
+                return self.create(k, obj, namespace=ns if k.namespaced else None, keep_status=True)
+            body = copy.deepcopy(obj)
+            body["metadata"].pop("resourceVersion", None)
+            return self.update(k, ns, meta["name"], body, keep_status=True)
+
+    def events_after(self, cursor: int, timeout: float) -> tuple[list[StoredEvent], int]:
+        """Events newer than ``cursor`` (waiting up to ``timeout`` for one); 410 if history lost them."""
+        with self._cond:
+            if self._rv <= cursor:
+                self._cond.wait(timeout)
+            if cursor < self._evicted_rv:
+                raise errors.gone(cursor, self._evicted_rv + 1)
+            events = [e for e in reversed(self._history) if e.rv > cursor]
+            events.reverse()
+            return events, max(cursor, self._rv)
+
+    def watch_start(self, resource_version: str | None) -> tuple[int, bool]:
+        """Validate a watch's starting point: ``(cursor, send_initial_state)``; 410 if too old."""
+        if resource_version in (None, "", "0"):
+            with self._cond:
+                return self._rv, True
+        try:
+            cursor = int(str(resource_version))
+        except ValueError as exc:
+            raise errors.bad_request(f"invalid resource version {resource_version!r}") from exc
+        with self._cond:
+            if cursor < self._evicted_rv:
+                raise errors.gone(cursor, self._evicted_rv + 1)
+            return cursor, False
+
+    def snapshot(self, kind: ResourceKind, namespace: str | None) -> tuple[list[Body], int]:
+        """All objects of a kind and the resourceVersion they are consistent with (for watch from 0)."""
+        with self._cond:
+            objs = [copy.deepcopy(o) for (ns, _), o in sorted(self._bucket(kind).items())
+                    if not namespace or not kind.namespaced or ns == namespace]
+            return objs, self._rv

@@ -1,0 +1,53 @@
+"""The Celery application: configuration only, built from :class:`workers.settings.Settings`.
+
+JSON only (no pickle: a message is a run id and a ticket), late acknowledgement with rejection on a
+lost worker (every step is idempotent, so redelivery is safe), prefetch 1 (a long poll never hides
+other runs' messages), task events on (Flower shows every step as ``failover.<step>``), no result
+backend (nobody ever waits on a task's result), and a broker ``visibility_timeout`` that the settings
+check is far above the longest countdown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from workers.settings import Settings, get_settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.broker_prefix:
+        transport["global_keyprefix"] = settings.broker_prefix
+    return {
+        "broker_url": settings.broker,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_default_queue": settings.queue,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "beat_schedule": {
+            "redrive-overdue-runs": {"task": "failover.redrive", "schedule": settings.redrive_interval},
+        },
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("failover", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+app = create_app()

@@ -1,0 +1,58 @@
+"""The dependency injector: builds the adapters a worker's steps use, from settings.
+
+``Settings.adapters`` names a ``module:function`` that takes the settings and returns
+:class:`Adapters`. Production uses :func:`production_adapters` (Kubernetes and DynamoDB); tests and
+the demo point it at ``sandbox`` fakes or servers, so a worker process started from the command line
+can be wired to anything without the product importing the sandbox.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+from fsm.run import Run
+from workers.errors import PermanentError
+from workers.ports import ClusterEffects, Coordination
+from workers.settings import Settings
+
+
+class RunObserver(Protocol):
+    """Told about every committed decision (e.g. to write the Failover's status). Best effort."""
+
+    def observe(self, run: Run, reason: str) -> None: ...
+
+
+@dataclass
+class Adapters:
+    effects: ClusterEffects
+    coordination: Coordination
+    observers: list[RunObserver] = field(default_factory=list)
+
+
+AdapterFactory = Callable[[Settings], Adapters]
+
+
+def load_factory(path: str) -> AdapterFactory:
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise PermanentError(f"FAILOVER_ADAPTERS={path!r}: expected 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+        factory = getattr(module, attribute)
+    except (ImportError, AttributeError) as error:
+        raise PermanentError(f"FAILOVER_ADAPTERS={path!r}: cannot load it ({error})") from error
+    return cast(AdapterFactory, factory)
+
+
+def build_adapters(settings: Settings) -> Adapters:
+    return load_factory(settings.adapters)(settings)
+
+
+def production_adapters(settings: Settings) -> Adapters:
+    """Kubernetes through kubeconfig contexts and DynamoDB; wired in as those adapters land."""
+    raise PermanentError(
+        "the Kubernetes and DynamoDB adapters are not configured yet: set FAILOVER_ADAPTERS to a factory"
+    )

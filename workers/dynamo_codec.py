@@ -1,0 +1,250 @@
+"""Keys and item <-> dataclass conversion for :mod:`workers.dynamo`, in DynamoDB's typed JSON.
+
+Pure: builds and reads dicts only; no boto3, no I/O, no clock. The key formats and attribute names are
+the table layout described in :mod:`workers.dynamo` (shared with the earlier Go operator); readers
+tolerate missing optional attributes so that older items stay readable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from fsm.models import GroupKey
+from workers.ports import Heartbeat, HistoryRecord, JournalEntry, LockInfo
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
+
+    Item: TypeAlias = dict[str, AttributeValueTypeDef]
+
+CONFIG_SK = "CONFIG"
+LOCK_SK = "LOCK"
+CLUSTER_PREFIX = "CLUSTER#"
+HISTORY_PREFIX = "HISTORY#"
+RUN_PREFIX = "RUN#"
+VOLUMES_PREFIX = "VOLUMES#"
+TTL_ATTRIBUTE = "expiresAt"
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+
+def group_pk(group: GroupKey) -> str:
+    return f"GROUP#{group.operator_id}#{group.namespace}#{group.name}"
+
+
+def cluster_sk(cluster: str) -> str:
+    return f"{CLUSTER_PREFIX}{cluster}"
+
+
+def history_sk(started_at: float, run_id: str) -> str:
+    # Fixed width, so that string order is time order (epoch seconds with microseconds).
+    return f"{HISTORY_PREFIX}{started_at:020.6f}#{run_id}"
+
+
+def journal_prefix(run_id: str) -> str:
+    return f"{RUN_PREFIX}{run_id}#"
+
+
+def journal_sk(run_id: str, sequence: int) -> str:
+    if sequence < 0:
+        raise ValueError(f"journal sequence must not be negative, got {sequence}")
+    return f"{journal_prefix(run_id)}{sequence:010d}"
+
+
+def volumes_sk(token: int) -> str:
+    return f"{VOLUMES_PREFIX}{token}"
+
+
+def key(pk: str, sk: str) -> Item:
+    return {"PK": {"S": pk}, "SK": {"S": sk}}
+
+
+# --- attribute values ----------------------------------------------------------------------------
+
+
+def s(value: str) -> AttributeValueTypeDef:
+    return {"S": value}
+
+
+def n(value: float) -> AttributeValueTypeDef:
+    """A DynamoDB number: plain decimal text (no exponent), exact for ints."""
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a number here")
+    if isinstance(value, int):
+        return {"N": str(value)}
+    if not math.isfinite(value):
+        raise ValueError(f"DynamoDB cannot store {value!r}")
+    return {"N": format(Decimal(repr(value)), "f")}
+
+
+def boolean(value: bool) -> AttributeValueTypeDef:
+    return {"BOOL": value}
+
+
+def str_list(values: Iterable[str]) -> AttributeValueTypeDef:
+    return {"L": [{"S": v} for v in values]}
+
+
+def str_map(values: Mapping[str, str]) -> AttributeValueTypeDef:
+    return {"M": {k: {"S": v} for k, v in values.items()}}
+
+
+def get_str(item: Mapping[str, Any], name: str, default: str = "") -> str:
+    value = item.get(name)
+    return str(value["S"]) if value and "S" in value else default
+
+
+def get_opt_str(item: Mapping[str, Any], name: str) -> str | None:
+    value = item.get(name)
+    return str(value["S"]) if value and "S" in value else None
+
+
+def get_float(item: Mapping[str, Any], name: str) -> float | None:
+    value = item.get(name)
+    return float(value["N"]) if value and "N" in value else None
+
+
+def get_int(item: Mapping[str, Any], name: str, default: int = 0) -> int:
+    value = item.get(name)
+    return int(Decimal(value["N"])) if value and "N" in value else default
+
+
+def get_bool(item: Mapping[str, Any], name: str) -> bool:
+    value = item.get(name)
+    return bool(value["BOOL"]) if value and "BOOL" in value else False
+
+
+def get_str_list(item: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = item.get(name)
+    if value and "L" in value:
+        return tuple(str(v["S"]) for v in value["L"] if "S" in v)
+    if value and "SS" in value:  # a string set, as another writer may have stored it
+        return tuple(sorted(str(v) for v in value["SS"]))
+    return ()
+
+
+def get_str_map(item: Mapping[str, Any], name: str) -> dict[str, str]:
+    value = item.get(name)
+    if not value or "M" not in value:
+        return {}
+    return {k: str(v["S"]) for k, v in value["M"].items() if "S" in v}
+
+
+# --- items ---------------------------------------------------------------------------------------
+
+
+def lock_item(pk: str, *, token: int, holder: str, run_id: str, acquired_at: float, expires_at: float) -> Item:
+    return {
+        **key(pk, LOCK_SK),
+        "holder": s(holder),
+        "runId": s(run_id),
+        "token": n(token),
+        "acquiredAt": n(acquired_at),
+        TTL_ATTRIBUTE: n(expires_at),
+    }
+
+
+def lock_from_item(item: Mapping[str, Any]) -> LockInfo:
+    return LockInfo(
+        token=get_int(item, "token"),
+        holder=get_str(item, "holder"),
+        run_id=get_str(item, "runId"),
+        acquired_at=get_float(item, "acquiredAt") or 0.0,
+        expires_at=get_float(item, TTL_ATTRIBUTE) or 0.0,
+    )
+
+
+def history_item(pk: str, record: HistoryRecord) -> Item:
+    item: Item = {
+        **key(pk, history_sk(record.started_at, record.run_id)),
+        "runId": s(record.run_id),
+        "failover": s(record.failover),
+        "group": s(record.group),
+        "mode": s(record.mode),
+        "sourceCluster": s(record.source_cluster),
+        "targetCluster": s(record.target_cluster),
+        "force": boolean(record.force),
+        "reason": s(record.reason),
+        "startedAt": n(record.started_at),
+        "finishedAt": n(record.finished_at),
+        "outcome": s(record.outcome),
+        "message": s(record.message),
+        "skipped": str_list(record.skipped),
+    }
+    if record.downtime_seconds is not None:
+        item["downtimeSeconds"] = n(record.downtime_seconds)
+    if record.failed_step is not None:
+        item["failedStep"] = s(record.failed_step)
+    return item
+
+
+def history_from_item(item: Mapping[str, Any]) -> HistoryRecord:
+    return HistoryRecord(
+        run_id=get_str(item, "runId"),
+        failover=get_str(item, "failover"),
+        group=get_str(item, "group"),
+        mode=get_str(item, "mode"),
+        source_cluster=get_str(item, "sourceCluster"),
+        target_cluster=get_str(item, "targetCluster"),
+        force=get_bool(item, "force"),
+        reason=get_str(item, "reason"),
+        started_at=get_float(item, "startedAt") or 0.0,
+        finished_at=get_float(item, "finishedAt") or 0.0,
+        outcome=get_str(item, "outcome"),
+        downtime_seconds=get_float(item, "downtimeSeconds"),
+        failed_step=get_opt_str(item, "failedStep"),
+        message=get_str(item, "message"),
+        skipped=get_str_list(item, "skipped"),
+    )
+
+
+def journal_item(pk: str, entry: JournalEntry, *, expires_at: float | None) -> Item:
+    item: Item = {
+        **key(pk, journal_sk(entry.run_id, entry.sequence)),
+        "runId": s(entry.run_id),
+        "sequence": n(entry.sequence),
+        "stage": s(entry.stage),
+        "state": s(entry.state),
+        "at": n(entry.at),
+        "runJson": s(entry.run_json),
+    }
+    if expires_at is not None:
+        item[TTL_ATTRIBUTE] = n(expires_at)
+    return item
+
+
+def journal_from_item(item: Mapping[str, Any]) -> JournalEntry:
+    return JournalEntry(
+        run_id=get_str(item, "runId"),
+        sequence=get_int(item, "sequence"),
+        stage=get_str(item, "stage"),
+        state=get_str(item, "state"),
+        at=get_float(item, "at") or 0.0,
+        run_json=get_str(item, "runJson"),
+    )
+
+
+def heartbeat_item(pk: str, heartbeat: Heartbeat) -> Item:
+    return {
+        **key(pk, cluster_sk(heartbeat.cluster)),
+        "cluster": s(heartbeat.cluster),
+        "health": s(heartbeat.health),
+        "role": s(heartbeat.role),
+        "lastHeartbeat": n(heartbeat.at),
+        "resources": str_map(heartbeat.resources),
+    }
+
+
+def heartbeat_from_item(item: Mapping[str, Any]) -> Heartbeat:
+    sk = get_str(item, "SK")
+    return Heartbeat(
+        cluster=get_str(item, "cluster") or sk.removeprefix(CLUSTER_PREFIX),
+        health=get_str(item, "health"),
+        role=get_str(item, "role"),
+        at=get_float(item, "lastHeartbeat") or 0.0,
+        resources=get_str_map(item, "resources"),
+    )

@@ -1,0 +1,261 @@
+"""The engine: runs one step of one run, asks ``fsm.decide`` what the outcome means, commits it by
+compare-and-set and sends the next message.
+
+What it must not do: sleep, wait for another task, or act on a message the run no longer expects.
+Every message names a run and a ticket; a duplicate, a late redelivery or a message for a step the
+run has moved past finds another ticket in the run and does nothing. The order of effects is fixed:
+step effect -> journal (stage boundaries) -> compare-and-set -> send -> observers. A crash anywhere
+leaves either the old state (the broker redelivers the message; the step is idempotent) or the new
+state with its message unsent, which :meth:`Engine.redrive` re-sends once it is overdue.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from fsm.decide import Decision, Event, EventKind, decide
+from fsm.plan import Step
+from fsm.run import Run
+from workers.container import Adapters
+from workers.errors import LeaseLost, OrchestratorError, PermanentError, TemporaryError
+from workers.ports import JournalEntry
+from workers.settings import Settings
+from workers.steps import STEPS, Done, StepContext
+from workers.store import RunStore
+
+log = structlog.get_logger(__name__)
+
+START_TASK = "failover.start"
+REDRIVE_TASK = "failover.redrive"
+
+
+def task_name(step: Step) -> str:
+    return f"failover.{step.value}"
+
+
+class Sender(Protocol):
+    """Sends one message ``(run_id, ticket)`` to the task ``name`` after ``countdown`` seconds."""
+
+    def send(self, name: str, run_id: str, ticket: int, *, countdown: float, cluster: str | None) -> None: ...
+
+
+_COMMIT_ATTEMPTS = 5
+
+
+class Engine:
+    def __init__(
+        self,
+        store: RunStore,
+        adapters: Adapters,
+        sender: Sender,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.adapters = adapters
+        self.sender = sender
+        self.settings = settings
+        self.clock = clock
+        self.jitter = jitter
+
+    # --- entry points (one per task) -------------------------------------------------------------
+
+    def submit(self, run: Run) -> bool:
+        """Store a new PENDING run and send its start message; False if the run id exists."""
+        if not self.store.create(run):
+            return False
+        self.sender.send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
+        log.info(
+            "run.submitted",
+            run_id=run.run_id,
+            failover=run.failover,
+            group=str(run.group),
+            mode=run.mode.value,
+            source=run.source_cluster,
+            target=run.target_cluster,
+        )
+        return True
+
+    def start(self, run_id: str) -> Decision | None:
+        run = self.store.load(run_id)
+        if run is None:
+            log.warning("run.unknown", run_id=run_id, task=START_TASK)
+            return None
+        return self.apply(run, Event(kind=EventKind.START))
+
+    def run_step(self, step: Step, run_id: str, ticket: int) -> Decision | None:
+        """Execute ``step`` for the run if it still expects it, then record what happened."""
+        run = self.store.load(run_id)
+        if run is None:
+            log.warning("run.unknown", run_id=run_id, step=step.value)
+            return None
+        if not run.expects(step, ticket):
+            log.info(
+                "message.stale",
+                run_id=run_id,
+                step=step.value,
+                ticket=ticket,
+                state=run.state.name,
+                expected=run.dispatch.model_dump() if run.dispatch else None,
+            )
+            return None
+        started = self.clock()
+        event = self._execute(run, step, ticket, started)
+        return self.apply(run, event)
+
+    def redrive(self) -> list[str]:
+        """Re-send the message of every run that is overdue by ``redrive_after`` seconds."""
+        now = self.clock()
+        sent = []
+        for run_id in self.store.overdue(before=now - self.settings.redrive_after):
+            run = self.store.load(run_id)
+            if run is None or run.state.terminal:
+                continue
+            if run.dispatch is None:
+                decision = self.apply(run, Event(kind=EventKind.START))
+            else:
+                event = Event(kind=EventKind.REDRIVE, step=run.dispatch.step, ticket=run.dispatch.ticket)
+                decision = self.apply(run, event)
+            if decision is not None and decision.changed:
+                sent.append(run_id)
+                log.warning("run.redriven", run_id=run_id, reason=decision.reason)
+        return sent
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _execute(self, run: Run, step: Step, ticket: int, started: float) -> Event:
+        cluster = run.current_cluster
+        ctx = StepContext(
+            run=run,
+            cluster=cluster,
+            effects=self.adapters.effects,
+            coordination=self.adapters.coordination,
+            now=started,
+            lease_seconds=self.settings.lease_seconds,
+            holder=self.settings.holder,
+        )
+        base = {"step": step, "ticket": ticket, "started_at": started}
+        try:
+            if run.token is not None and step is not Step.ABORT:
+                self.adapters.coordination.renew_lease(
+                    run.group, token=run.token, lease_seconds=self.settings.lease_seconds, now=started
+                )
+            outcome = STEPS[step](ctx)
+        except TemporaryError as error:
+            log.warning(
+                "step.temporary_failure",
+                run_id=run.run_id,
+                step=step.value,
+                cluster=cluster,
+                error=error.describe(),
+                retry_after=error.retry_after,
+            )
+            return Event(
+                kind=EventKind.TEMPORARY_FAILURE,
+                message=error.describe(),
+                cluster=error.cluster,
+                obj=error.obj,
+                retry_after=error.retry_after,
+                jitter=self.jitter(),
+                **base,
+            )
+        except PermanentError as error:
+            log.error(
+                "step.failed", run_id=run.run_id, step=step.value, cluster=cluster, error=error.describe()
+            )
+            return Event(
+                kind=EventKind.PERMANENT_FAILURE,
+                message=error.describe(),
+                cluster=error.cluster or cluster,
+                obj=error.obj,
+                undo=not isinstance(error, LeaseLost),
+                **base,
+            )
+        except OrchestratorError as error:
+            return Event(kind=EventKind.PERMANENT_FAILURE, message=error.describe(), cluster=cluster, **base)
+        except Exception as error:
+            # An error nobody translated is a bug or an unexpected fault: retry it within the
+            # step's budget (effects are idempotent) and say what it was.
+            log.exception("step.unexpected_error", run_id=run.run_id, step=step.value, cluster=cluster)
+            return Event(
+                kind=EventKind.TEMPORARY_FAILURE,
+                message=f"{type(error).__name__}: {error}",
+                cluster=cluster,
+                jitter=self.jitter(),
+                **base,
+            )
+        if isinstance(outcome, Done):
+            return Event(kind=EventKind.SUCCEEDED, message=outcome.message, updates=outcome.updates, **base)
+        return Event(kind=EventKind.WAITING, message=outcome.message, **base)
+
+    def apply(self, run: Run, event: Event) -> Decision | None:
+        """Decide, journal, commit (compare-and-set), send. Re-reads and re-decides on a conflict."""
+        for _ in range(_COMMIT_ATTEMPTS):
+            decision = decide(run, event, self.clock())
+            if not decision.changed:
+                log.info("event.ignored", run_id=run.run_id, event=event.kind.value, reason=decision.reason)
+                return decision
+            self._journal(decision)
+            committed = self.store.commit(decision.run, expected_version=run.version)
+            if committed is not None:
+                self._after_commit(committed, decision)
+                return decision
+            reloaded = self.store.load(run.run_id)
+            if reloaded is None:
+                return None
+            run = reloaded
+        log.error(
+            "run.commit_contended", run_id=run.run_id, event=event.kind.value, attempts=_COMMIT_ATTEMPTS
+        )
+        return None
+
+    def _journal(self, decision: Decision) -> None:
+        run = decision.run
+        for mark in decision.journal:
+            entry = JournalEntry(
+                run_id=run.run_id,
+                sequence=mark.sequence,
+                stage=mark.stage.value,
+                state=mark.state.name,
+                at=self.clock(),
+                run_json=run.model_dump_json(),
+            )
+            try:
+                self.adapters.coordination.write_journal(run.group, entry)
+            except OrchestratorError as error:
+                # Best effort: the next boundary journals the whole run again, and every step is
+                # idempotent, so a rebuild from an older entry repeats work rather than skipping it.
+                log.warning(
+                    "journal.write_failed", run_id=run.run_id, stage=mark.stage.value, error=error.describe()
+                )
+
+    def _after_commit(self, run: Run, decision: Decision) -> None:
+        log.info(
+            "run.decided",
+            run_id=run.run_id,
+            state=run.state.name,
+            status=run.status.value,
+            version=run.version,
+            reason=decision.reason,
+        )
+        if decision.dispatch is not None:
+            dispatch = decision.dispatch
+            self.sender.send(
+                task_name(dispatch.step),
+                run.run_id,
+                dispatch.ticket,
+                countdown=dispatch.countdown,
+                cluster=run.current_cluster,
+            )
+        for observer in self.adapters.observers:
+            try:
+                observer.observe(run, decision.reason)
+            except Exception:
+                log.exception("observer.failed", run_id=run.run_id, observer=type(observer).__name__)

@@ -1,0 +1,221 @@
+"""Ports: what the engine's steps need from the outside world, as typing Protocols.
+
+Two ports, each with a real adapter and a small fake:
+- :class:`ClusterEffects`: make one object active or passive on one cluster and check whether it
+  got there. Real adapter: ``workers.kube`` (the official ``kubernetes`` client). The semantics per
+  kind are API.md's "active/passive" table; the engine never looks inside an object.
+- :class:`Coordination`: everything that must outlive one site (the per-group lock with its fencing
+  token, the active cluster, history, heartbeats, the run journal and the volume handshake). Real
+  adapter: ``workers.dynamo`` (boto3 against DynamoDB).
+
+Consistency each operation needs (after Patroni's ``AbstractDCS``):
+
+===========================  =====================================================================
+operation                    consistency
+===========================  =====================================================================
+acquire_lock                 CAS-critical: conditional write; only one holder per group, ever
+renew_lease                  CAS-critical: conditioned on the caller's fencing token
+release_lock                 CAS-critical: conditioned on the token; idempotent when already gone
+complete_failover            CAS-critical: one transaction (owner flip + history + release)
+                             conditioned on the token and the expected owner
+active_cluster, lock_info    strongly consistent read (decisions are taken on it)
+mark_volumes_released        CAS-critical: conditioned on the token
+volumes_released             strongly consistent read
+write_journal                idempotent put keyed by run and sequence; must succeed before the
+                             run's new state is committed
+record_history               idempotent put keyed by start time and run id
+write_heartbeat, heartbeats  best effort; readers judge staleness by timestamp, never delete
+===========================  =====================================================================
+
+All timestamps are float seconds since the epoch, passed in by the caller (the engine owns the clock).
+Adapters raise only :mod:`workers.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from fsm.models import GroupKey, ResourceRef
+
+
+class Role(StrEnum):
+    ACTIVE = "active"
+    PASSIVE = "passive"
+
+
+@dataclass(frozen=True)
+class Check:
+    """Whether an object has reached a role, and in words why not (shown in the run's wait)."""
+
+    reached: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What an object looks like now, as far as the plan cares."""
+
+    exists: bool
+    role: Role | None = None
+    replicas: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change made (or, in a dry run, that would be made) to one object."""
+
+    cluster: str
+    ref: ResourceRef
+    action: str
+    changed: bool
+    detail: str = ""
+
+
+class ClusterEffects(Protocol):
+    """Acts on one object of one cluster at a time. Every method is idempotent."""
+
+    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int) -> Change:
+        """Apply the kind's "make passive" change; a no-op (``changed=False``) when already done."""
+        ...
+
+    def make_active(
+        self,
+        cluster: str,
+        ref: ResourceRef,
+        *,
+        epoch: int,
+        replicas: int | None = None,
+        requested_at: str | None = None,
+    ) -> Change:
+        """Apply the kind's "make active" change.
+
+        ``replicas`` is the fallback count for workloads without the remembered-replicas annotation;
+        ``requested_at`` is the Flux reconcile request value (stable across retries of one run).
+        """
+        ...
+
+    def check(self, cluster: str, ref: ResourceRef, role: Role, *, requested_at: str | None = None) -> Check:
+        """Judge from the object's status (never its spec) whether it has reached ``role``."""
+        ...
+
+    def observe(self, cluster: str, ref: ResourceRef) -> Observation:
+        """Read the object without changing it (validation, plans, dry runs)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LockGrant:
+    token: int
+    holder: str
+    run_id: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    token: int
+    holder: str
+    run_id: str
+    acquired_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    """One finished run (successful or not), newest first in ``history``."""
+
+    run_id: str
+    failover: str
+    group: str
+    mode: str
+    source_cluster: str
+    target_cluster: str
+    force: bool
+    reason: str
+    started_at: float
+    finished_at: float
+    outcome: str
+    downtime_seconds: float | None = None
+    failed_step: str | None = None
+    message: str = ""
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """A finished stage of a run, with the run's full state so a new Redis can resume it."""
+
+    run_id: str
+    sequence: int
+    stage: str
+    state: str
+    at: float
+    run_json: str
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    cluster: str
+    health: str
+    role: str
+    at: float
+    resources: dict[str, str] = field(default_factory=dict)
+
+
+class Coordination(Protocol):
+    """The cross-site source of truth for each group. See the module docstring for consistency."""
+
+    def active_cluster(self, group: GroupKey) -> str | None: ...
+
+    def set_initial_owner(self, group: GroupKey, cluster: str) -> None:
+        """Record the first owner; raises CoordinationConflict if an owner is already recorded."""
+        ...
+
+    def acquire_lock(
+        self, group: GroupKey, *, holder: str, run_id: str, lease_seconds: float, now: float
+    ) -> LockGrant:
+        """Take the lock if free or expired; raises LockHeld naming the holder otherwise."""
+        ...
+
+    def renew_lease(self, group: GroupKey, *, token: int, lease_seconds: float, now: float) -> float:
+        """Extend the lease held with ``token``; returns the new expiry or raises LeaseLost."""
+        ...
+
+    def release_lock(self, group: GroupKey, *, token: int) -> bool:
+        """Release the lock held with ``token``; False (no error) when it is no longer ours."""
+        ...
+
+    def lock_info(self, group: GroupKey) -> LockInfo | None: ...
+
+    def complete_failover(
+        self,
+        group: GroupKey,
+        *,
+        token: int,
+        expected_owner: str,
+        new_owner: str,
+        record: HistoryRecord,
+    ) -> None:
+        """Flip the owner, write history and release the lock atomically (or raise, naming why)."""
+        ...
+
+    def record_history(self, group: GroupKey, record: HistoryRecord) -> None: ...
+
+    def history(self, group: GroupKey, *, limit: int = 50) -> list[HistoryRecord]: ...
+
+    def write_journal(self, group: GroupKey, entry: JournalEntry) -> None: ...
+
+    def journal(self, group: GroupKey, run_id: str) -> list[JournalEntry]: ...
+
+    def mark_volumes_released(self, group: GroupKey, *, token: int, cluster: str) -> None: ...
+
+    def volumes_released(self, group: GroupKey, *, token: int) -> str | None:
+        """The cluster that released the volumes under ``token``, or None if not yet."""
+        ...
+
+    def write_heartbeat(self, group: GroupKey, heartbeat: Heartbeat) -> None: ...
+
+    def heartbeats(self, group: GroupKey) -> list[Heartbeat]: ...

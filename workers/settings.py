@@ -1,0 +1,69 @@
+"""Every setting of the orchestrator, read once from the environment (prefix ``FAILOVER_``).
+
+Workers, the watcher, the health checker, the CLI and Flower read the same settings, so that one
+``.env`` or ConfigMap configures a whole site. Nothing here connects to anything.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fsm.plan import Timing
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FAILOVER_", extra="ignore", frozen=True)
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("FAILOVER_REDIS_URL", "REDIS_URL"),
+        description="Redis holding the run store; also the Celery broker unless broker_url is set.",
+    )
+    broker_url: str | None = Field(default=None, description="Celery broker; defaults to redis_url.")
+    key_prefix: str = Field(default="fo:", description="Prefix of every run-store key in Redis.")
+    queue: str = Field(default="failover", description="The Celery queue steps are sent to.")
+    broker_prefix: str = Field(default="", description="Prefix of every broker key (kombu global_keyprefix).")
+    per_cluster_queues: bool = Field(
+        default=False,
+        description="Route each cluster step to queue '<queue>.<cluster>' so in-cluster workers act on it.",
+    )
+    visibility_timeout: float = Field(
+        default=3600.0,
+        description="Seconds before the Redis broker redelivers an unacknowledged message; "
+        "must stay far above the longest countdown (poll_max, retry_max).",
+    )
+    run_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a finished run stays in Redis.")
+    lease_seconds: float = Field(default=60.0, description="Lock lease; renewed by every step.")
+    redrive_after: float = Field(
+        default=120.0, description="A run whose message is this many seconds overdue is sent again."
+    )
+    redrive_interval: float = Field(default=30.0, description="How often beat runs the overdue sweep.")
+    holder: str = Field(default="failover-orchestrator", description="Name written as the lock holder.")
+    clusters: list[str] = Field(default_factory=list, description="Known cluster (kubeconfig context) names.")
+    adapters: str = Field(
+        default="workers.container:production_adapters",
+        description="'module:function' returning the Adapters (effects, coordination) workers use.",
+    )
+    timing: Timing = Field(default_factory=Timing, description="Step deadlines and backoff.")
+
+    @model_validator(mode="after")
+    def _countdowns_below_visibility(self) -> Settings:
+        longest = max(self.timing.poll_max, self.timing.retry_max)
+        if self.visibility_timeout < 4 * longest:
+            raise ValueError(
+                f"visibility_timeout ({self.visibility_timeout:g}s) must be at least 4x the longest "
+                f"countdown ({longest:g}s), or the broker redelivers messages still waiting for their time"
+            )
+        return self
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

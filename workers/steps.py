@@ -1,0 +1,306 @@
+"""The step implementations: one small function per :class:`fsm.plan.Step`.
+
+Each function does one idempotent piece of work on one cluster (or on the coordination store) and
+returns :class:`Done` or :class:`Wait`; it raises :class:`workers.errors.TemporaryError` or
+:class:`workers.errors.PermanentError` when it cannot. It never sleeps, never re-reads the run and
+never decides what comes next: the engine and ``fsm.decide`` do. To add a step: write a function
+here under ``@step(Step.NEW)``, and add ``Step.NEW`` to the catalogue and a mode's sequence in
+``fsm/plan.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from fsm.decide import Updates
+from fsm.models import ResourceRef
+from fsm.plan import Step
+from fsm.run import Run
+from workers.errors import CoordinationConflict, LeaseLost, LockHeld, PermanentError
+from workers.ports import Change, ClusterEffects, Coordination, HistoryRecord, Role
+
+
+@dataclass(frozen=True)
+class Done:
+    message: str = ""
+    updates: Updates | None = None
+
+
+@dataclass(frozen=True)
+class Wait:
+    message: str
+
+
+Outcome = Done | Wait
+
+
+@dataclass
+class StepContext:
+    """What a step may use: the run (read-only), its cluster, the two ports and the time."""
+
+    run: Run
+    cluster: str | None
+    effects: ClusterEffects
+    coordination: Coordination
+    now: float
+    lease_seconds: float
+    holder: str
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def epoch(self) -> int:
+        if self.run.token is None:
+            raise PermanentError("no fencing token: the lock was never acquired by this run")
+        return self.run.token
+
+    def on_cluster(self) -> str:
+        if self.cluster is None:
+            raise PermanentError("this step needs a cluster and the plan gave it none")
+        return self.cluster
+
+    # Helpers shared by the effect and wait steps.
+
+    def make(self, refs: Sequence[ResourceRef], role: Role) -> Done:
+        cluster, epoch = self.on_cluster(), self.epoch
+        for ref in refs:
+            if role is Role.PASSIVE:
+                change = self.effects.make_passive(cluster, ref, epoch=epoch)
+            else:
+                change = self.effects.make_active(
+                    cluster,
+                    ref,
+                    epoch=epoch,
+                    replicas=self.run.replicas.get(ref.name),
+                    requested_at=self.run.requested_at,
+                )
+            self.changes.append(change)
+        changed = sum(1 for c in self.changes if c.changed)
+        return Done(f"{changed} of {len(refs)} made {role.value} on {cluster}")
+
+    def wait_for(self, refs: Sequence[ResourceRef], role: Role) -> Outcome:
+        cluster = self.on_cluster()
+        pending = []
+        for ref in refs:
+            check = self.effects.check(cluster, ref, role, requested_at=self.run.requested_at)
+            if not check.reached:
+                pending.append(f"{ref}: {check.detail}")
+        if pending:
+            return Wait(
+                f"{len(pending)} of {len(refs)} not {role.value} on {cluster} ({'; '.join(pending[:3])})"
+            )
+        return Done(f"all {len(refs)} {role.value} on {cluster}")
+
+
+StepFn = Callable[[StepContext], Outcome]
+STEPS: dict[Step, StepFn] = {}
+
+
+def step(name: Step) -> Callable[[StepFn], StepFn]:
+    def register(fn: StepFn) -> StepFn:
+        STEPS[name] = fn
+        return fn
+
+    return register
+
+
+# --- initialization ------------------------------------------------------------------------------
+
+
+@step(Step.VALIDATE)
+def validate(ctx: StepContext) -> Outcome:
+    """Re-check ownership and that every referenced object exists on both clusters; note replicas."""
+    run = ctx.run
+    active = ctx.coordination.active_cluster(run.group)
+    if active == run.target_cluster:
+        raise PermanentError(f"{run.target_cluster!r} is already the active cluster of group {run.group}")
+    if active != run.source_cluster:
+        raise PermanentError(
+            f"group {run.group} is active on {active!r}, not on {run.source_cluster!r} as when submitted"
+        )
+    replicas: dict[str, int] = {}
+    refs = [*run.resources.workloads, *run.resources.volumes, *run.resources.network, *run.resources.flux]
+    for cluster in (run.source_cluster, run.target_cluster):
+        for ref in refs:
+            seen = ctx.effects.observe(cluster, ref)
+            if not seen.exists:
+                raise PermanentError(f"{ref} does not exist", cluster=cluster, obj=str(ref))
+            if cluster == run.source_cluster and seen.replicas is not None:
+                replicas[ref.name] = seen.replicas
+    return Done(f"{len(refs)} objects found on both clusters", Updates(replicas=replicas))
+
+
+@step(Step.ACQUIRE_LOCK)
+def acquire_lock(ctx: StepContext) -> Outcome:
+    run = ctx.run
+    try:
+        grant = ctx.coordination.acquire_lock(
+            run.group, holder=ctx.holder, run_id=run.run_id, lease_seconds=ctx.lease_seconds, now=ctx.now
+        )
+    except LockHeld:
+        # A redelivered message after a crash between acquiring and committing: the lock is ours.
+        info = ctx.coordination.lock_info(run.group)
+        if info is None or info.run_id != run.run_id:
+            raise
+        return Done(
+            f"lock already held by this run (token {info.token})",
+            Updates(token=info.token, lease_expires_at=info.expires_at),
+        )
+    return Done(
+        f"lock acquired with fencing token {grant.token}",
+        Updates(token=grant.token, lease_expires_at=grant.expires_at),
+    )
+
+
+# --- effects on one cluster ----------------------------------------------------------------------
+
+
+@step(Step.DISABLE_NETWORK)
+def disable_network(ctx: StepContext) -> Outcome:
+    return ctx.make(ctx.run.resources.network, Role.PASSIVE)
+
+
+@step(Step.ENABLE_NETWORK)
+def enable_network(ctx: StepContext) -> Outcome:
+    return ctx.make(ctx.run.resources.network, Role.ACTIVE)
+
+
+@step(Step.SCALE_DOWN_WORKLOADS)
+def scale_down_workloads(ctx: StepContext) -> Outcome:
+    return ctx.make(ctx.run.resources.workloads, Role.PASSIVE)
+
+
+@step(Step.SCALE_UP_WORKLOADS)
+def scale_up_workloads(ctx: StepContext) -> Outcome:
+    return ctx.make(ctx.run.resources.workloads, Role.ACTIVE)
+
+
+@step(Step.SUSPEND_FLUX)
+def suspend_flux(ctx: StepContext) -> Outcome:
+    return ctx.make(ctx.run.resources.flux, Role.PASSIVE)
+
+
+@step(Step.RESUME_FLUX)
+def resume_flux(ctx: StepContext) -> Outcome:
+    if ctx.run.requested_at is None:
+        # One stamp per run, kept in the run so that retries and the wait agree on it.
+        stamp = datetime.fromtimestamp(ctx.now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        ctx.run = ctx.run.model_copy(update={"requested_at": stamp})
+    done = ctx.make(ctx.run.resources.flux, Role.ACTIVE)
+    return Done(done.message, Updates(requested_at=ctx.run.requested_at))
+
+
+@step(Step.DEMOTE_VOLUMES)
+def demote_volumes(ctx: StepContext) -> Outcome:
+    return ctx.make(ctx.run.resources.volumes, Role.PASSIVE)
+
+
+@step(Step.PROMOTE_VOLUMES)
+def promote_volumes(ctx: StepContext) -> Outcome:
+    return ctx.make(ctx.run.resources.volumes, Role.ACTIVE)
+
+
+# --- waits -----------------------------------------------------------------------------------------
+
+
+@step(Step.WAIT_SCALED_DOWN)
+def wait_scaled_down(ctx: StepContext) -> Outcome:
+    return ctx.wait_for(ctx.run.resources.workloads, Role.PASSIVE)
+
+
+@step(Step.WAIT_VOLUMES_DEMOTED)
+def wait_volumes_demoted(ctx: StepContext) -> Outcome:
+    return ctx.wait_for(ctx.run.resources.volumes, Role.PASSIVE)
+
+
+@step(Step.WAIT_VOLUMES_PROMOTED)
+def wait_volumes_promoted(ctx: StepContext) -> Outcome:
+    return ctx.wait_for(ctx.run.resources.volumes, Role.ACTIVE)
+
+
+@step(Step.VERIFY_VOLUMES)
+def verify_volumes(ctx: StepContext) -> Outcome:
+    outcome = ctx.wait_for(ctx.run.resources.volumes, Role.ACTIVE)
+    if isinstance(outcome, Done):
+        return Done(f"verified: {outcome.message}")
+    return outcome
+
+
+@step(Step.WAIT_READY)
+def wait_ready(ctx: StepContext) -> Outcome:
+    return ctx.wait_for([*ctx.run.resources.workloads, *ctx.run.resources.flux], Role.ACTIVE)
+
+
+# --- coordination ----------------------------------------------------------------------------------
+
+
+@step(Step.MARK_VOLUMES_RELEASED)
+def mark_volumes_released(ctx: StepContext) -> Outcome:
+    ctx.coordination.mark_volumes_released(ctx.run.group, token=ctx.epoch, cluster=ctx.run.source_cluster)
+    return Done(f"volumes released by {ctx.run.source_cluster}")
+
+
+@step(Step.WAIT_VOLUMES_RELEASED)
+def wait_volumes_released(ctx: StepContext) -> Outcome:
+    released_by = ctx.coordination.volumes_released(ctx.run.group, token=ctx.epoch)
+    if released_by is None:
+        return Wait(f"no release record from {ctx.run.source_cluster} yet")
+    if released_by != ctx.run.source_cluster:
+        raise PermanentError(f"volumes released by {released_by!r}, expected {ctx.run.source_cluster!r}")
+    return Done(f"release record from {released_by} found")
+
+
+def history_record(run: Run, *, outcome: str, now: float) -> HistoryRecord:
+    failure = run.failure
+    return HistoryRecord(
+        run_id=run.run_id,
+        failover=run.failover,
+        group=str(run.group),
+        mode=run.mode.value,
+        source_cluster=run.source_cluster,
+        target_cluster=run.target_cluster,
+        force=run.force,
+        reason=run.reason,
+        started_at=run.started_at or run.created_at,
+        finished_at=now,
+        outcome=outcome,
+        downtime_seconds=run.downtime_seconds(),
+        failed_step=failure.step.value if failure else None,
+        message=failure.describe() if failure else "",
+        skipped=tuple(run.skipped()),
+    )
+
+
+@step(Step.COMPLETE)
+def complete(ctx: StepContext) -> Outcome:
+    run = ctx.run
+    record = history_record(run, outcome="SUCCESS", now=ctx.now)
+    try:
+        ctx.coordination.complete_failover(
+            run.group,
+            token=ctx.epoch,
+            expected_owner=run.source_cluster,
+            new_owner=run.target_cluster,
+            record=record,
+        )
+    except (LeaseLost, CoordinationConflict):
+        # A redelivery after the transaction committed finds the lock gone and the owner flipped.
+        if ctx.coordination.active_cluster(run.group) == run.target_cluster and any(
+            h.run_id == run.run_id for h in ctx.coordination.history(run.group, limit=10)
+        ):
+            return Done(f"already completed: {run.target_cluster} is active")
+        raise
+    return Done(f"{run.target_cluster} is now the active cluster; lock released")
+
+
+@step(Step.ABORT)
+def abort(ctx: StepContext) -> Outcome:
+    run = ctx.run
+    ctx.coordination.record_history(run.group, history_record(run, outcome="FAILED", now=ctx.now))
+    if run.token is None:
+        return Done("failure recorded; no lock was held")
+    released = ctx.coordination.release_lock(run.group, token=run.token)
+    return Done(
+        "failure recorded; lock released" if released else "failure recorded; the lock was no longer ours"
+    )

@@ -1,0 +1,173 @@
+"""The run store: each run's live state in Redis, changed only by compare-and-set on its version.
+
+The only module of the product that imports ``redis``. Consistency per operation:
+
+=================  ================================================================================
+create             CAS-critical: succeeds only if no run with that id exists
+commit             CAS-critical: one Lua script checks the version, writes the run, bumps the version,
+                   keeps the overdue index (a sorted set of in-flight runs by due time) and, for a
+                   finished run, sets its TTL; all or nothing
+load, list         plain reads; a stale read is caught by the next commit's version check
+=================  ================================================================================
+
+Keys (``prefix`` defaults to ``fo:``): ``{prefix}run:{id}`` a hash of ``v`` (version) and ``d`` (the
+run as JSON); ``{prefix}inflight`` the in-flight runs scored by when their message is due;
+``{prefix}runs`` every run scored by creation time (trimmed to the newest ``index_limit``);
+``{prefix}failover:{ns}/{name}`` the runs of one Failover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+
+from fsm.run import Run
+
+_COMMIT = """
+local current = redis.call('HGET', KEYS[1], 'v')
+if not current then return -1 end
+if current ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+if ARGV[5] == '' then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
+else
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+end
+return 1
+"""
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[6]) - 1)
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('EXPIRE', KEYS[4], ARGV[7])
+return 1
+"""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RunStore:
+    """Runs in Redis. Thread-safe (redis-py pools connections) and fork-safe (pools reset per pid)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "fo:",
+        ttl: int = 7 * 24 * 3600,
+        index_limit: int = 10_000,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl = ttl
+        self.index_limit = index_limit
+        self._commit = client.register_script(_COMMIT)
+        self._create = client.register_script(_CREATE)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "fo:", ttl: int = 7 * 24 * 3600) -> RunStore:
+        return cls(redis.Redis.from_url(url), prefix=prefix, ttl=ttl)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+    # --- keys --------------------------------------------------------------------------------
+
+    def _run_key(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}"
+
+    @property
+    def _inflight(self) -> str:
+        return f"{self.prefix}inflight"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}runs"
+
+    def _failover_key(self, failover: str) -> str:
+        return f"{self.prefix}failover:{failover}"
+
+    # --- operations --------------------------------------------------------------------------
+
+    def create(self, run: Run) -> bool:
+        """Store a new run at version 1; False if a run with that id already exists."""
+        stored = run.model_copy(update={"version": 1})
+        created = self._create(
+            keys=[self._run_key(run.run_id), self._inflight, self._index, self._failover_key(run.failover)],
+            args=[
+                run.run_id,
+                1,
+                stored.model_dump_json(),
+                run.created_at,
+                run.created_at,
+                self.index_limit,
+                self.ttl,
+            ],
+        )
+        return bool(created)
+
+    def load(self, run_id: str) -> Run | None:
+        raw = self.client.hget(self._run_key(run_id), "d")
+        return Run.model_validate_json(raw) if raw is not None else None
+
+    def commit(self, run: Run, *, expected_version: int) -> Run | None:
+        """Write ``run`` if the stored version is still ``expected_version``.
+
+        Returns the stored run (version ``expected_version + 1``) or None when someone else committed
+        first (or the run is gone): the caller re-reads and decides again.
+        """
+        stored = run.model_copy(update={"version": expected_version + 1})
+        due = "" if run.state.terminal else repr(run.dispatch.due_at if run.dispatch else run.created_at)
+        result = self._commit(
+            keys=[self._run_key(run.run_id), self._inflight],
+            args=[expected_version, stored.version, stored.model_dump_json(), run.run_id, due, self.ttl],
+        )
+        return stored if result == 1 else None
+
+    def overdue(self, *, before: float, limit: int = 100) -> list[str]:
+        """Ids of in-flight runs whose message was due before ``before`` (oldest first)."""
+        ids = self.client.zrangebyscore(self._inflight, "-inf", before, start=0, num=limit)
+        return [_text(i) for i in ids]
+
+    def recent(self, limit: int = 50) -> list[Run]:
+        ids = [_text(i) for i in self.client.zrevrange(self._index, 0, limit - 1)]
+        return self._load_many(ids)
+
+    def for_failover(self, failover: str) -> list[Run]:
+        ids = sorted(_text(i) for i in self.client.smembers(self._failover_key(failover)))
+        return self._load_many(ids)
+
+    def _load_many(self, ids: Iterable[str]) -> list[Run]:
+        ids = list(ids)
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hget(self._run_key(run_id), "d")
+        return [Run.model_validate_json(raw) for raw in pipe.execute() if raw is not None]
+
+    def memory_usage(self, run_id: str) -> int:
+        """Bytes Redis holds for one run's key (``MEMORY USAGE``), for the benchmark."""
+        return int(self.client.memory_usage(self._run_key(run_id), samples=0) or 0)
+
+    def forget(self, run_id: str) -> None:
+        """Remove one run and its index entries (tests and ``failoverctl`` housekeeping)."""
+        run = self.load(run_id)
+        pipe = self.client.pipeline()
+        pipe.delete(self._run_key(run_id))
+        pipe.zrem(self._inflight, run_id)
+        pipe.zrem(self._index, run_id)
+        if run is not None:
+            pipe.srem(self._failover_key(run.failover), run_id)
+        pipe.execute()

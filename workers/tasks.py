@@ -1,0 +1,79 @@
+"""The Celery tasks: thin wrappers that take ids, hand them to the engine and return nothing.
+
+One task per step, named ``failover.<step>`` so Flower shows what runs, plus ``failover.start`` and
+``failover.redrive``. A task never calls ``.get()`` on another task and never sleeps; the engine
+re-enqueues with a countdown instead. The engine is built once per worker process, lazily, after the
+prefork pool has forked.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import structlog
+from celery import Celery
+from celery.signals import task_postrun, task_prerun
+
+from fsm.plan import Step
+from workers.app import app
+from workers.container import build_adapters
+from workers.engine import REDRIVE_TASK, START_TASK, Engine, task_name
+from workers.settings import Settings, get_settings
+from workers.store import RunStore
+
+
+class CelerySender:
+    """Sends step messages by task name, to a queue per cluster when so configured."""
+
+    def __init__(self, celery: Celery, settings: Settings) -> None:
+        self.celery = celery
+        self.settings = settings
+
+    def send(self, name: str, run_id: str, ticket: int, *, countdown: float, cluster: str | None) -> None:
+        queue = self.settings.queue
+        if self.settings.per_cluster_queues and cluster:
+            queue = f"{queue}.{cluster}"
+        self.celery.send_task(name, args=[run_id, ticket], countdown=countdown or None, queue=queue)
+
+
+@cache
+def get_engine() -> Engine:
+    settings = get_settings()
+    store = RunStore.from_url(settings.redis_url, prefix=settings.key_prefix, ttl=settings.run_ttl)
+    return Engine(store, build_adapters(settings), CelerySender(app, settings), settings)
+
+
+@app.task(name=START_TASK)
+def start(run_id: str, ticket: int = 0) -> None:
+    get_engine().start(run_id)
+
+
+@app.task(name=REDRIVE_TASK)
+def redrive() -> None:
+    get_engine().redrive()
+
+
+def _register(step: Step) -> None:
+    def run(run_id: str, ticket: int) -> None:
+        get_engine().run_step(step, run_id, ticket)
+
+    run.__name__ = step.value
+    run.__doc__ = f"Run step {step.value} of a failover run."
+    app.task(name=task_name(step))(run)
+
+
+for _step in Step:
+    _register(_step)
+
+
+@task_prerun.connect
+def _bind_log_context(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    run_id = args[0] if args else None
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=getattr(task, "name", None), run_id=run_id)
+
+
+@task_postrun.connect
+def _unbind_log_context(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
