@@ -95,7 +95,7 @@ class _ModeMachine:
             cursor.more_undo = more_undo
             try:
                 cursor.trigger(trigger)  # type: ignore[attr-defined]
-            except MachineError as error:
+            except (MachineError, AttributeError) as error:
                 raise InvalidTransition(self.mode, state, trigger) from error
             return cursor.state
 

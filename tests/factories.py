@@ -1,0 +1,46 @@
+"""Sample objects for tests: the "shop" group of the sandbox samples, as models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fsm.models import Failover, FailoverGroup, ResourceRef
+
+SHOP_GROUP: dict[str, Any] = {
+    "apiVersion": "crd.hahomelabs.com/v1alpha1",
+    "kind": "FailoverGroup",
+    "metadata": {"name": "shop", "namespace": "shop"},
+    "spec": {
+        "operatorID": "ops",
+        "timeouts": {"transitoryState": "5m", "unhealthyPrimary": "2m", "heartbeat": "1m"},
+        "heartbeatInterval": "30s",
+        "workloads": [
+            {"kind": "StatefulSet", "name": "db", "volumeReplications": ["db-data"]},
+            {"kind": "StatefulSet", "name": "cache", "volumeReplications": ["cache-data"]},
+            {"kind": "Deployment", "name": "web"},
+            {"kind": "CronJob", "name": "report"},
+        ],
+        "networkResources": [{"kind": "VirtualService", "name": "web"}, {"kind": "Ingress", "name": "web"}],
+        "fluxResources": [{"kind": "HelmRelease", "name": "shop", "triggerReconcile": True}],
+    },
+}
+
+
+def group(**spec_overrides: Any) -> FailoverGroup:
+    data = {**SHOP_GROUP, "spec": {**SHOP_GROUP["spec"], **spec_overrides}}
+    return FailoverGroup.model_validate(data)
+
+
+def failover(mode: str = "CONSISTENCY", target: str = "site-b", name: str = "move-shop", **spec: Any) -> Failover:
+    return Failover.model_validate(
+        {
+            "apiVersion": "crd.hahomelabs.com/v1alpha1",
+            "kind": "Failover",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"targetCluster": target, "failoverMode": mode, "failoverGroups": [{"name": "shop"}], **spec},
+        }
+    )
+
+
+def all_refs(g: FailoverGroup) -> list[ResourceRef]:
+    return [*g.workload_refs(), *g.volume_refs(), *g.network_refs(), *g.flux_refs()]

@@ -1,0 +1,216 @@
+"""The engine in one process: fakes of our own ports on fakeredis, messages delivered by hand.
+
+These check the engine's contract (ticket guard, compare-and-set, order of effects, redrive)
+quickly; tests/e2e runs the same engine through real Celery workers on a real Redis.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import fakeredis
+import pytest
+
+from fsm.plan import Step, Timing
+from fsm.run import RunStatus, new_run
+from sandbox.fakes import FakeClusters, FakeCoordination, fake_adapters
+from tests.factories import all_refs, failover, group
+from workers.engine import START_TASK, Engine
+from workers.ports import Role
+from workers.settings import Settings
+from workers.store import RunStore
+
+
+@dataclass
+class Message:
+    name: str
+    run_id: str
+    ticket: int
+    countdown: float
+    cluster: str | None
+
+
+@dataclass
+class ListSender:
+    sent: list[Message] = field(default_factory=list)
+
+    def send(self, name: str, run_id: str, ticket: int, *, countdown: float, cluster: str | None) -> None:
+        self.sent.append(Message(name, run_id, ticket, countdown, cluster))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        self.now += 0.01
+        return self.now
+
+
+@dataclass
+class Harness:
+    engine: Engine
+    sender: ListSender
+    store: RunStore
+    clusters: FakeClusters
+    coordination: FakeCoordination
+    clock: Clock
+
+    def deliver(self, message: Message) -> object:
+        if message.name == START_TASK:
+            return self.engine.start(message.run_id)
+        return self.engine.run_step(Step(message.name.removeprefix("failover.")), message.run_id, message.ticket)
+
+    def pump(self, limit: int = 500) -> int:
+        """Deliver messages in order until none is left; returns how many were delivered."""
+        for count in itertools.count():
+            if not self.sender.sent or count >= limit:
+                return count
+            self.deliver(self.sender.sent.pop(0))
+        return limit
+
+
+@pytest.fixture
+def harness(fake_redis: fakeredis.FakeRedis) -> Harness:
+    adapters = fake_adapters(fake_redis, "t:", settle_checks=2)
+    assert isinstance(adapters.effects, FakeClusters)
+    assert isinstance(adapters.coordination, FakeCoordination)
+    g = group()
+    adapters.effects.load("site-a", all_refs(g), Role.ACTIVE)
+    adapters.effects.load("site-b", all_refs(g), Role.PASSIVE)
+    adapters.coordination.set_initial_owner(g.key, "site-a")
+    settings = Settings(redis_url="redis://unused", timing=Timing(poll_initial=0.1, poll_max=0.1))
+    sender, store, clock = ListSender(), RunStore(fake_redis, prefix="t:"), Clock()
+    engine = Engine(store, adapters, sender, settings, clock=clock, jitter=lambda: 0.5)
+    return Harness(engine, sender, store, adapters.effects, adapters.coordination, clock)
+
+
+def submit(h: Harness, mode: str = "CONSISTENCY", run_id: str = "run-1") -> str:
+    run = new_run(run_id=run_id, failover=failover(mode=mode), group=group(), source_cluster="site-a",
+                  now=h.clock(), timing=h.engine.settings.timing)
+    assert h.engine.submit(run)
+    return run_id
+
+
+@pytest.mark.parametrize("mode", ["CONSISTENCY", "UPTIME"])
+def test_a_run_moves_every_object_and_the_active_cluster(harness: Harness, mode: str) -> None:
+    run_id = submit(harness, mode)
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.SUCCESS, run and run.message
+    g = group()
+    assert all(harness.clusters.role("site-b", ref) == "active" for ref in all_refs(g))
+    assert all(harness.clusters.role("site-a", ref) == "passive" for ref in all_refs(g))
+    assert harness.coordination.active_cluster(g.key) == "site-b"
+    assert harness.coordination.lock_info(g.key) is None
+    [record] = harness.coordination.history(g.key)
+    assert (record.outcome, record.source_cluster, record.target_cluster) == ("SUCCESS", "site-a", "site-b")
+    assert [e.stage for e in harness.coordination.journal(g.key, run_id)][-1] == "COMPLETION"
+    # Every changed object carries the run's fencing token.
+    assert {e["epoch"] for e in harness.clusters.timeline()} == {run.token}
+
+
+def test_the_same_message_twice_advances_the_run_once(harness: Harness) -> None:
+    run_id = submit(harness)
+    harness.deliver(harness.sender.sent.pop(0))  # start
+    message = harness.sender.sent.pop(0)  # validate
+    harness.deliver(message)
+    after_first = harness.store.load(run_id)
+    assert after_first is not None
+    assert harness.deliver(message) is None  # the duplicate is recognised before any work
+    after_second = harness.store.load(run_id)
+    assert after_second == after_first
+    assert [m.name for m in harness.sender.sent] == ["failover.acquire_lock"]
+
+
+def test_a_message_lost_between_commit_and_send_is_redriven(harness: Harness) -> None:
+    run_id = submit(harness)
+    harness.pump(limit=4)
+    lost = harness.sender.sent.pop(0)
+    assert harness.engine.redrive() == []  # not overdue yet
+    harness.clock.now += harness.engine.settings.redrive_after + 1
+    assert harness.engine.redrive() == [run_id]
+    resent = harness.sender.sent[0]
+    assert (resent.name, resent.ticket) == (lost.name, lost.ticket)
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.SUCCESS
+    assert run.dispatch is None
+
+
+def test_a_lost_start_message_is_redriven(harness: Harness) -> None:
+    run_id = submit(harness)
+    harness.sender.sent.clear()
+    harness.clock.now += harness.engine.settings.redrive_after + 1
+    assert harness.engine.redrive() == [run_id]
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.SUCCESS
+
+
+def test_a_missing_object_fails_the_run_naming_step_cluster_and_object(harness: Harness) -> None:
+    g = group()
+    harness.clusters.set_fault("make_passive", "site-a", g.workload_refs()[0], "permanent")
+    run_id = submit(harness)
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.FAILED
+    assert run.message.startswith(
+        "failed at step scale_down_workloads, cluster 'site-a', StatefulSet shop/db: StatefulSet shop/db "
+        "on cluster 'site-a': injected permanent fault on make_passive"
+    )
+    # Compensation restored the source: network back on, workloads asked to be active again.
+    assert all(harness.clusters.role("site-a", ref) == "active" for ref in all_refs(g))
+    assert harness.coordination.active_cluster(g.key) == "site-a"
+    assert harness.coordination.lock_info(g.key) is None
+    [record] = harness.coordination.history(g.key)
+    assert (record.outcome, record.failed_step) == ("FAILED", "scale_down_workloads")
+
+
+def test_temporary_faults_are_retried_and_the_run_succeeds(harness: Harness) -> None:
+    g = group()
+    harness.clusters.set_fault("make_active", "site-b", g.volume_refs()[0], "temporary:2")
+    run_id = submit(harness)
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.SUCCESS
+    assert run.steps["promote_volumes"].errors == 2
+    assert run.steps["promote_volumes"].attempts == 3
+
+
+def test_a_held_lock_fails_the_run_at_once_naming_the_holder(harness: Harness) -> None:
+    g = group()
+    harness.coordination.acquire_lock(g.key, holder="other-site", run_id="run-0", lease_seconds=600,
+                                      now=harness.clock())
+    run_id = submit(harness)
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.FAILED
+    assert "locked by other-site (run run-0)" in run.message
+    assert harness.coordination.lock_info(g.key) is not None  # someone else's lock is left alone
+    assert all(harness.clusters.role("site-a", ref) == "active" for ref in all_refs(g))
+
+
+def test_a_lost_lease_stops_the_run_without_touching_clusters(harness: Harness) -> None:
+    g = group()
+    run_id = submit(harness)
+    harness.pump(limit=4)  # start, validate, acquire_lock, disable_network
+    info = harness.coordination.lock_info(g.key)
+    assert info is not None
+    harness.coordination.release_lock(g.key, token=info.token)
+    harness.coordination.acquire_lock(g.key, holder="intruder", run_id="other", lease_seconds=600,
+                                      now=harness.clock())
+    before = len(harness.clusters.timeline())
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.FAILED
+    assert "lost" in run.message and "another run holds the lock" in run.message
+    assert len(harness.clusters.timeline()) == before
+    assert harness.coordination.lock_info(g.key).holder == "intruder"  # type: ignore[union-attr]
+
+
+def test_submitting_the_same_run_id_twice_is_refused(harness: Harness) -> None:
+    submit(harness)
+    run = new_run(run_id="run-1", failover=failover(), group=group(), source_cluster="site-a", now=1.0)
+    assert not harness.engine.submit(run)
