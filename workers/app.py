@@ -17,7 +17,7 @@ from workers.settings import Settings, get_settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {**settings.broker_transport_extra, "visibility_timeout": settings.visibility_timeout}
     if settings.broker_prefix:
         transport["global_keyprefix"] = settings.broker_prefix
     return {

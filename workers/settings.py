@@ -35,6 +35,10 @@ class Settings(BaseSettings):
         description="Seconds before the Redis broker redelivers an unacknowledged message; "
         "must stay far above the longest countdown (poll_max, retry_max).",
     )
+    broker_transport_extra: dict[str, float | int | str] = Field(
+        default_factory=dict,
+        description="More kombu Redis transport options, e.g. unacked_restore_interval (JSON).",
+    )
     run_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a finished run stays in Redis.")
     lease_seconds: float = Field(default=90.0, description="Lock lease; renewed by every step.")
     redrive_after: float = Field(

@@ -1,0 +1,104 @@
+"""A real stack for end-to-end runs: real Redis as broker and run store, real Celery worker
+processes (``celery -A workers.tasks worker``), the port fakes sharing state through that Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from fsm.plan import Timing
+from fsm.run import Run, new_run
+from sandbox.celery_worker import WorkerProcess
+from sandbox.fakes import FakeClusters, FakeCoordination, fake_adapters
+from tests.factories import all_refs, failover, group
+from workers.app import create_app
+from workers.engine import Engine
+from workers.ports import Role
+from workers.settings import Settings
+from workers.store import RunStore
+from workers.tasks import CelerySender
+
+TIMING = Timing(poll_initial=0.05, poll_factor=1.5, poll_max=0.2, retry_initial=0.05, retry_max=0.2,
+                max_attempts=4, effect_timeout=30, wait_timeout=30, coordination_timeout=30)
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    settings: Settings
+    engine: Engine
+    store: RunStore
+    clusters: FakeClusters
+    coordination: FakeCoordination
+    tmp_path: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start_worker(self, name: str, **env: str) -> WorkerProcess:
+        worker = WorkerProcess({**self.env, **env}, name=name, queues=self.settings.queue,
+                               log_path=self.tmp_path / f"{name}.log")
+        self.workers.append(worker)
+        worker.wait_ready()
+        return worker
+
+    def submit(self, mode: str = "CONSISTENCY", run_id: str = "run-1") -> str:
+        run = new_run(run_id=run_id, failover=failover(mode=mode), group=group(), source_cluster="site-a",
+                      now=time.time(), timing=TIMING)
+        assert self.engine.submit(run)
+        return run_id
+
+    def wait_for(self, run_id: str, done: Callable[[Run], bool], timeout: float = 60.0) -> Run:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.store.load(run_id)
+            if run is not None and done(run):
+                return run
+            time.sleep(0.05)
+        logs = "\n".join(w.log_path.read_text()[-4000:] for w in self.workers)
+        raise AssertionError(f"run {run_id} did not get there in {timeout}s: {self.store.load(run_id)}\n{logs}")
+
+    def wait_finished(self, run_id: str, timeout: float = 60.0) -> Run:
+        return self.wait_for(run_id, lambda r: r.state.terminal, timeout)
+
+
+@pytest.fixture
+def stack(redis_server_url: str, real_redis: redis.Redis, prefix: str, tmp_path: Path) -> Iterator[Stack]:
+    env = {
+        "FAILOVER_REDIS_URL": redis_server_url,
+        "FAILOVER_KEY_PREFIX": prefix,
+        "FAILOVER_BROKER_PREFIX": prefix,
+        "FAILOVER_QUEUE": f"{prefix}steps",
+        "FAILOVER_ADAPTERS": "sandbox.fakes:adapters_from_env",
+        "FAILOVER_FAKE_PREFIX": f"{prefix}fake:",
+        "FAILOVER_FAKE_SETTLE_CHECKS": "3",
+        "FAILOVER_TIMING": TIMING.model_dump_json(),
+        "FAILOVER_VISIBILITY_TIMEOUT": "3",
+        "FAILOVER_BROKER_TRANSPORT_EXTRA": json.dumps({"unacked_restore_interval": 1, "unacked_restore_throttle": 1}),
+        "FAILOVER_REDRIVE_AFTER": "5",
+    }
+    settings = Settings(
+        redis_url=redis_server_url, key_prefix=prefix, broker_prefix=prefix, queue=f"{prefix}steps",
+        timing=TIMING, visibility_timeout=3,
+    )
+    app = create_app(settings)
+    adapters = fake_adapters(real_redis, f"{prefix}fake:")
+    assert isinstance(adapters.effects, FakeClusters)
+    assert isinstance(adapters.coordination, FakeCoordination)
+    g = group()
+    adapters.effects.load("site-a", all_refs(g), Role.ACTIVE)
+    adapters.effects.load("site-b", all_refs(g), Role.PASSIVE)
+    adapters.coordination.set_initial_owner(g.key, "site-a")
+    store = RunStore(real_redis, prefix=prefix)
+    engine = Engine(store, adapters, CelerySender(app, settings), settings)
+    built = Stack(env, settings, engine, store, adapters.effects, adapters.coordination, tmp_path)
+    try:
+        yield built
+    finally:
+        for worker in built.workers:
+            worker.stop()
+        app.close()

@@ -1,0 +1,82 @@
+"""End to end through real Celery workers on a real Redis broker, against the port fakes."""
+
+from __future__ import annotations
+
+import pytest
+
+from fsm.plan import State
+from fsm.run import RunStatus
+from tests.e2e.conftest import Stack
+from tests.factories import all_refs, group
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.mark.parametrize("mode", ["CONSISTENCY", "UPTIME"])
+def test_a_failover_runs_to_success_through_a_real_worker(stack: Stack, mode: str) -> None:
+    stack.start_worker("w1")
+    run_id = stack.submit(mode)
+    run = stack.wait_finished(run_id)
+    assert run.status is RunStatus.SUCCESS, run.message
+    g = group()
+    assert stack.coordination.active_cluster(g.key) == "site-b"
+    assert all(stack.clusters.role("site-b", ref) == "active" for ref in all_refs(g))
+    assert all(stack.clusters.role("site-a", ref) == "passive" for ref in all_refs(g))
+    # Waits were polled several times, each poll a new message, and finished.
+    assert run.steps["wait_ready"].checks >= 3
+    assert run.steps["wait_ready"].outcome == "done"
+    timeline = stack.clusters.timeline()
+    if mode == "CONSISTENCY":
+        # Never two writers: the target's first change comes after the source's volumes are secondary.
+        first_target = min(i for i, e in enumerate(timeline) if e["cluster"] == "site-b")
+        demoted = max(i for i, e in enumerate(timeline)
+                      if e["cluster"] == "site-a" and e["kind"] == "VolumeReplication" and e["op"] == "reached")
+        assert demoted < first_target
+    else:
+        last_target = max(i for i, e in enumerate(timeline) if e["cluster"] == "site-b")
+        first_source = min(i for i, e in enumerate(timeline) if e["cluster"] == "site-a")
+        assert last_target < first_source
+
+
+def test_a_failing_step_ends_the_run_with_its_name(stack: Stack) -> None:
+    g = group()
+    stack.clusters.set_fault("make_active", "site-b", g.workload_refs()[2], "forbidden")
+    stack.start_worker("w1")
+    run = stack.wait_finished(stack.submit())
+    assert run.status is RunStatus.FAILED
+    assert run.failure is not None and run.failure.step.value == "scale_up_workloads"
+    assert run.message == (
+        "failed at step scale_up_workloads, cluster 'site-b', Deployment shop/web: Deployment shop/web on "
+        "cluster 'site-b': cannot make_active Deployment: forbidden by RBAC"
+    )
+    assert stack.coordination.active_cluster(g.key) == "site-a"
+    [record] = stack.coordination.history(g.key)
+    assert (record.outcome, record.failed_step) == ("FAILED", "scale_up_workloads")
+
+
+def test_the_same_step_message_delivered_twice_advances_the_run_once(stack: Stack) -> None:
+    stack.start_worker("w1")
+    run_id = stack.submit()
+    run = stack.wait_for(run_id, lambda r: r.state is State.WAITING_FOR_SCALE_DOWN)
+    # Deliver copies of messages the run already consumed, through the broker, while it is running.
+    for _ in range(3):
+        stack.engine.sender.send("failover.validate", run_id, 1, countdown=0.0, cluster=None)
+        stack.engine.sender.send("failover.acquire_lock", run_id, 2, countdown=0.0, cluster=None)
+    run = stack.wait_finished(run_id)
+    assert run.status is RunStatus.SUCCESS
+    assert run.steps["validate"].attempts == 1
+    assert run.steps["acquire_lock"].attempts == 1
+    assert stack.coordination.calls()["acquire_lock"] == 1
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_run_finishes(stack: Stack) -> None:
+    first = stack.start_worker("w1", FAILOVER_FAKE_SETTLE_CHECKS="12")
+    run_id = stack.submit()
+    stack.wait_for(run_id, lambda r: r.state is State.WAITING_FOR_SCALE_DOWN)
+    first.kill()
+    stuck = stack.store.load(run_id)
+    assert stuck is not None and not stuck.state.terminal
+    stack.start_worker("w2", FAILOVER_FAKE_SETTLE_CHECKS="12")
+    run = stack.wait_finished(run_id, timeout=90)
+    assert run.status is RunStatus.SUCCESS, run.message
+    assert stack.coordination.active_cluster(group().key) == "site-b"
