@@ -15,15 +15,39 @@ from pathlib import Path
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], *, name: str, queues: str, log_path: Path,
-                 concurrency: int = 1, pool: str = "prefork") -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        name: str,
+        queues: str,
+        log_path: Path,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        app: str = "workers.tasks",
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.tasks", "worker", "--loglevel=INFO",
-             f"--pool={pool}", f"--concurrency={concurrency}", "-Q", queues, "-n", f"{name}@%h",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app,
+                "worker",
+                f"--loglevel={env.get('FAILOVER_LOG_LEVEL', 'INFO')}",
+                f"--pool={pool}",
+                f"--concurrency={concurrency}",
+                "-Q",
+                queues,
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,

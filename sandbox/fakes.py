@@ -43,7 +43,6 @@ from workers.ports import (
 )
 from workers.settings import Settings
 
-
 # Where the change itself is the whole state (API.md: an annotation, a suspend flag), no controller
 # has to catch up and the role is reached at once.
 _IMMEDIATE = {

@@ -59,8 +59,21 @@ def embedded_redis() -> Iterator[str]:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="fo-redis-")
     process = subprocess.Popen(
-        [server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--databases", "64"],
+        [
+            server_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--databases",
+            "64",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

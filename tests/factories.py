@@ -31,13 +31,20 @@ def group(**spec_overrides: Any) -> FailoverGroup:
     return FailoverGroup.model_validate(data)
 
 
-def failover(mode: str = "CONSISTENCY", target: str = "site-b", name: str = "move-shop", **spec: Any) -> Failover:
+def failover(
+    mode: str = "CONSISTENCY", target: str = "site-b", name: str = "move-shop", **spec: Any
+) -> Failover:
     return Failover.model_validate(
         {
             "apiVersion": "crd.hahomelabs.com/v1alpha1",
             "kind": "Failover",
             "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"targetCluster": target, "failoverMode": mode, "failoverGroups": [{"name": "shop"}], **spec},
+            "spec": {
+                "targetCluster": target,
+                "failoverMode": mode,
+                "failoverGroups": [{"name": "shop"}],
+                **spec,
+            },
         }
     )
 

@@ -17,7 +17,10 @@ from workers.settings import Settings, get_settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    transport: dict[str, Any] = {**settings.broker_transport_extra, "visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, Any] = {
+        **settings.broker_transport_extra,
+        "visibility_timeout": settings.visibility_timeout,
+    }
     if settings.broker_prefix:
         transport["global_keyprefix"] = settings.broker_prefix
     return {
@@ -36,6 +39,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "task_default_queue": settings.queue,
         "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "beat_schedule": {
             "redrive-overdue-runs": {"task": "failover.redrive", "schedule": settings.redrive_interval},

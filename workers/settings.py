@@ -51,6 +51,8 @@ class Settings(BaseSettings):
         default="workers.container:production_adapters",
         description="'module:function' returning the Adapters (effects, coordination) workers use.",
     )
+    log_json: bool = Field(default=False, description="JSON log lines (production) instead of console text.")
+    log_level: str = Field(default="INFO", description="Log level of every component.")
     timing: Timing = Field(default_factory=Timing, description="Step deadlines and backoff.")
 
     @model_validator(mode="after")

@@ -13,12 +13,13 @@ from typing import Any
 
 import structlog
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import setup_logging, task_postrun, task_prerun
 
 from fsm.plan import Step
 from workers.app import app
 from workers.container import build_adapters
 from workers.engine import REDRIVE_TASK, START_TASK, Engine, task_name
+from workers.logging import configure_logging
 from workers.settings import Settings, get_settings
 from workers.store import RunStore
 
@@ -65,6 +66,13 @@ def _register(step: Step) -> None:
 
 for _step in Step:
     _register(_step)
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    """Replaces Celery's own logging set-up: one format for our events and Celery's."""
+    settings = get_settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
 
 
 @task_prerun.connect

@@ -24,8 +24,17 @@ from workers.settings import Settings
 from workers.store import RunStore
 from workers.tasks import CelerySender
 
-TIMING = Timing(poll_initial=0.05, poll_factor=1.5, poll_max=0.2, retry_initial=0.05, retry_max=0.2,
-                max_attempts=4, effect_timeout=30, wait_timeout=30, coordination_timeout=30)
+TIMING = Timing(
+    poll_initial=0.05,
+    poll_factor=1.5,
+    poll_max=0.2,
+    retry_initial=0.05,
+    retry_max=0.2,
+    max_attempts=4,
+    effect_timeout=30,
+    wait_timeout=30,
+    coordination_timeout=30,
+)
 
 
 @dataclass
@@ -40,15 +49,22 @@ class Stack:
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def start_worker(self, name: str, **env: str) -> WorkerProcess:
-        worker = WorkerProcess({**self.env, **env}, name=name, queues=self.settings.queue,
-                               log_path=self.tmp_path / f"{name}.log")
+        worker = WorkerProcess(
+            {**self.env, **env}, name=name, queues=self.settings.queue, log_path=self.tmp_path / f"{name}.log"
+        )
         self.workers.append(worker)
         worker.wait_ready()
         return worker
 
     def submit(self, mode: str = "CONSISTENCY", run_id: str = "run-1") -> str:
-        run = new_run(run_id=run_id, failover=failover(mode=mode), group=group(), source_cluster="site-a",
-                      now=time.time(), timing=TIMING)
+        run = new_run(
+            run_id=run_id,
+            failover=failover(mode=mode),
+            group=group(),
+            source_cluster="site-a",
+            now=time.time(),
+            timing=TIMING,
+        )
         assert self.engine.submit(run)
         return run_id
 
@@ -60,7 +76,9 @@ class Stack:
                 return run
             time.sleep(0.05)
         logs = "\n".join(w.log_path.read_text()[-4000:] for w in self.workers)
-        raise AssertionError(f"run {run_id} did not get there in {timeout}s: {self.store.load(run_id)}\n{logs}")
+        raise AssertionError(
+            f"run {run_id} did not get there in {timeout}s: {self.store.load(run_id)}\n{logs}"
+        )
 
     def wait_finished(self, run_id: str, timeout: float = 60.0) -> Run:
         return self.wait_for(run_id, lambda r: r.state.terminal, timeout)
@@ -78,12 +96,18 @@ def stack(redis_server_url: str, real_redis: redis.Redis, prefix: str, tmp_path:
         "FAILOVER_FAKE_SETTLE_CHECKS": "3",
         "FAILOVER_TIMING": TIMING.model_dump_json(),
         "FAILOVER_VISIBILITY_TIMEOUT": "3",
-        "FAILOVER_BROKER_TRANSPORT_EXTRA": json.dumps({"unacked_restore_interval": 1, "unacked_restore_throttle": 1}),
+        "FAILOVER_BROKER_TRANSPORT_EXTRA": json.dumps(
+            {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+        ),
         "FAILOVER_REDRIVE_AFTER": "5",
     }
     settings = Settings(
-        redis_url=redis_server_url, key_prefix=prefix, broker_prefix=prefix, queue=f"{prefix}steps",
-        timing=TIMING, visibility_timeout=3,
+        redis_url=redis_server_url,
+        key_prefix=prefix,
+        broker_prefix=prefix,
+        queue=f"{prefix}steps",
+        timing=TIMING,
+        visibility_timeout=3,
     )
     app = create_app(settings)
     adapters = fake_adapters(real_redis, f"{prefix}fake:")

@@ -29,8 +29,11 @@ def test_a_failover_runs_to_success_through_a_real_worker(stack: Stack, mode: st
     if mode == "CONSISTENCY":
         # Never two writers: the target's first change comes after the source's volumes are secondary.
         first_target = min(i for i, e in enumerate(timeline) if e["cluster"] == "site-b")
-        demoted = max(i for i, e in enumerate(timeline)
-                      if e["cluster"] == "site-a" and e["kind"] == "VolumeReplication" and e["op"] == "reached")
+        demoted = max(
+            i
+            for i, e in enumerate(timeline)
+            if e["cluster"] == "site-a" and e["kind"] == "VolumeReplication" and e["op"] == "reached"
+        )
         assert demoted < first_target
     else:
         last_target = max(i for i, e in enumerate(timeline) if e["cluster"] == "site-b")

@@ -60,7 +60,9 @@ class Harness:
     def deliver(self, message: Message) -> object:
         if message.name == START_TASK:
             return self.engine.start(message.run_id)
-        return self.engine.run_step(Step(message.name.removeprefix("failover.")), message.run_id, message.ticket)
+        return self.engine.run_step(
+            Step(message.name.removeprefix("failover.")), message.run_id, message.ticket
+        )
 
     def pump(self, limit: int = 500) -> int:
         """Deliver messages in order until none is left; returns how many were delivered."""
@@ -87,8 +89,14 @@ def harness(fake_redis: fakeredis.FakeRedis) -> Harness:
 
 
 def submit(h: Harness, mode: str = "CONSISTENCY", run_id: str = "run-1") -> str:
-    run = new_run(run_id=run_id, failover=failover(mode=mode), group=group(), source_cluster="site-a",
-                  now=h.clock(), timing=h.engine.settings.timing)
+    run = new_run(
+        run_id=run_id,
+        failover=failover(mode=mode),
+        group=group(),
+        source_cluster="site-a",
+        now=h.clock(),
+        timing=h.engine.settings.timing,
+    )
     assert h.engine.submit(run)
     return run_id
 
@@ -181,8 +189,9 @@ def test_temporary_faults_are_retried_and_the_run_succeeds(harness: Harness) -> 
 
 def test_a_held_lock_fails_the_run_at_once_naming_the_holder(harness: Harness) -> None:
     g = group()
-    harness.coordination.acquire_lock(g.key, holder="other-site", run_id="run-0", lease_seconds=600,
-                                      now=harness.clock())
+    harness.coordination.acquire_lock(
+        g.key, holder="other-site", run_id="run-0", lease_seconds=600, now=harness.clock()
+    )
     run_id = submit(harness)
     harness.pump()
     run = harness.store.load(run_id)
@@ -199,8 +208,9 @@ def test_a_lost_lease_stops_the_run_without_touching_clusters(harness: Harness) 
     info = harness.coordination.lock_info(g.key)
     assert info is not None
     harness.coordination.release_lock(g.key, token=info.token)
-    harness.coordination.acquire_lock(g.key, holder="intruder", run_id="other", lease_seconds=600,
-                                      now=harness.clock())
+    harness.coordination.acquire_lock(
+        g.key, holder="intruder", run_id="other", lease_seconds=600, now=harness.clock()
+    )
     before = len(harness.clusters.timeline())
     harness.pump()
     run = harness.store.load(run_id)

@@ -103,8 +103,12 @@ def test_target_equal_to_the_active_cluster_is_refused() -> None:
 
 def test_unknown_target_cluster_is_refused() -> None:
     with pytest.raises(RequestError, match="unknown cluster 'site-c'"):
-        check_request(failover(target="site-c"), group(), active_cluster="site-a",
-                      known_clusters=frozenset({"site-a", "site-b"}))
+        check_request(
+            failover(target="site-c"),
+            group(),
+            active_cluster="site-a",
+            known_clusters=frozenset({"site-a", "site-b"}),
+        )
 
 
 def test_a_group_without_an_owner_must_be_given_one_first() -> None:
@@ -114,8 +118,13 @@ def test_a_group_without_an_owner_must_be_given_one_first() -> None:
 
 def test_group_namespace_defaults_to_the_failovers() -> None:
     f = Failover.model_validate(
-        {"metadata": {"name": "f", "namespace": "apps"},
-         "spec": {"targetCluster": "b", "failoverMode": "UPTIME",
-                  "failoverGroups": [{"name": "one"}, {"name": "two", "namespace": "other"}]}}
+        {
+            "metadata": {"name": "f", "namespace": "apps"},
+            "spec": {
+                "targetCluster": "b",
+                "failoverMode": "UPTIME",
+                "failoverGroups": [{"name": "one"}, {"name": "two", "namespace": "other"}],
+            },
+        }
     )
     assert f.group_namespaces() == [("apps", "one"), ("other", "two")]

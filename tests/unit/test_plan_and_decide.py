@@ -30,16 +30,33 @@ UPTIME_ORDER = [
     "complete",
 ]  # fmt: skip
 
-TIMING = Timing(poll_initial=1, poll_factor=2, poll_max=8, retry_initial=1, retry_max=4, max_attempts=3,
-                effect_timeout=100, wait_timeout=100, coordination_timeout=100)
+TIMING = Timing(
+    poll_initial=1,
+    poll_factor=2,
+    poll_max=8,
+    retry_initial=1,
+    retry_max=4,
+    max_attempts=3,
+    effect_timeout=100,
+    wait_timeout=100,
+    coordination_timeout=100,
+)
 
 
 def make_run(mode: str = "CONSISTENCY", **group_spec: object) -> Run:
-    return new_run(run_id="r1", failover=failover(mode=mode), group=group(**group_spec),
-                   source_cluster="site-a", now=0.0, timing=TIMING)
+    return new_run(
+        run_id="r1",
+        failover=failover(mode=mode),
+        group=group(**group_spec),
+        source_cluster="site-a",
+        now=0.0,
+        timing=TIMING,
+    )
 
 
-def drive(run: Run, outcome: Callable[[Run], Event | None], now: float = 10.0, limit: int = 200) -> list[Decision]:
+def drive(
+    run: Run, outcome: Callable[[Run], Event | None], now: float = 10.0, limit: int = 200
+) -> list[Decision]:
     """Feed ``outcome(run)`` for the dispatched step until the run ends; returns every decision."""
     decisions = [decide(run, Event(kind=EventKind.START), now)]
     run = decisions[-1].run
@@ -79,15 +96,21 @@ def test_consistency_sides_never_touch_the_target_before_the_source_let_go() -> 
     assert Side.SOURCE not in sides[first_target:]
     assert plan[first_target].step is Step.PROMOTE_VOLUMES
     assert [p.step for p in plan[first_target - 2 : first_target]] == [
-        Step.MARK_VOLUMES_RELEASED, Step.WAIT_VOLUMES_RELEASED]
+        Step.MARK_VOLUMES_RELEASED,
+        Step.WAIT_VOLUMES_RELEASED,
+    ]
 
 
 def test_uptime_brings_the_target_up_before_the_source_goes_down() -> None:
     plan = build_plan(FailoverMode.UPTIME, group())
     sides = [p.side for p in plan]
-    assert Side.TARGET not in sides[sides.index(Side.SOURCE):]
-    assert {p.stage for p in plan} == {Stage.INITIALIZATION, Stage.TARGET_ACTIVATION,
-                                       Stage.SOURCE_STANDDOWN, Stage.COMPLETION}
+    assert Side.TARGET not in sides[sides.index(Side.SOURCE) :]
+    assert {p.stage for p in plan} == {
+        Stage.INITIALIZATION,
+        Stage.TARGET_ACTIVATION,
+        Stage.SOURCE_STANDDOWN,
+        Stage.COMPLETION,
+    }
 
 
 def test_steps_without_resources_are_skipped_and_say_why() -> None:
@@ -118,8 +141,16 @@ def test_a_wait_is_polled_with_a_growing_countdown_and_new_tickets() -> None:
     for check in range(5):
         assert run.dispatch is not None
         tickets.append(run.dispatch.ticket)
-        d = decide(run, Event(kind=EventKind.WAITING, step=run.dispatch.step, ticket=run.dispatch.ticket,
-                              message=f"2 pods left ({check})"), 2.0 + check)
+        d = decide(
+            run,
+            Event(
+                kind=EventKind.WAITING,
+                step=run.dispatch.step,
+                ticket=run.dispatch.ticket,
+                message=f"2 pods left ({check})",
+            ),
+            2.0 + check,
+        )
         assert d.dispatch is not None and d.run.state is State.WAITING_FOR_SCALE_DOWN
         countdowns.append(d.dispatch.countdown)
         run = d.run
@@ -150,8 +181,13 @@ def test_a_wait_past_its_deadline_fails_the_run_naming_the_step() -> None:
     while run.dispatch and run.dispatch.step is not Step.WAIT_VOLUMES_PROMOTED:
         run = decide(run, succeed(run), 1.0).run
     assert run.dispatch is not None
-    wait = Event(kind=EventKind.WAITING, step=run.dispatch.step, ticket=run.dispatch.ticket, started_at=1.0,
-                 message="db-data is Secondary")
+    wait = Event(
+        kind=EventKind.WAITING,
+        step=run.dispatch.step,
+        ticket=run.dispatch.ticket,
+        started_at=1.0,
+        message="db-data is Secondary",
+    )
     d = decide(run, wait, 200.0)
     assert d.run.failure is not None
     assert d.run.failure.step is Step.WAIT_VOLUMES_PROMOTED
@@ -166,8 +202,18 @@ def test_temporary_failures_back_off_then_give_up() -> None:
     delays = []
     for attempt in range(3):
         assert run.dispatch is not None
-        d = decide(run, Event(kind=EventKind.TEMPORARY_FAILURE, step=run.dispatch.step, ticket=run.dispatch.ticket,
-                              message="503 from the API server", jitter=0.0, cluster="site-a"), 2.0 + attempt)
+        d = decide(
+            run,
+            Event(
+                kind=EventKind.TEMPORARY_FAILURE,
+                step=run.dispatch.step,
+                ticket=run.dispatch.ticket,
+                message="503 from the API server",
+                jitter=0.0,
+                cluster="site-a",
+            ),
+            2.0 + attempt,
+        )
         run = d.run
         if attempt < 2:
             assert d.dispatch is not None
@@ -188,8 +234,14 @@ def fail_at(step: Step, *, undo: bool = True) -> Callable[[Run], Event]:
     def outcome(run: Run) -> Event:
         assert run.dispatch is not None
         if run.dispatch.step is step and run.state is not State.COMPENSATING:
-            return Event(kind=EventKind.PERMANENT_FAILURE, step=step, ticket=run.dispatch.ticket,
-                         message="boom", obj="StatefulSet shop/db", undo=undo)
+            return Event(
+                kind=EventKind.PERMANENT_FAILURE,
+                step=step,
+                ticket=run.dispatch.ticket,
+                message="boom",
+                obj="StatefulSet shop/db",
+                undo=undo,
+            )
         return succeed(run)
 
     return outcome
@@ -199,7 +251,9 @@ def test_a_consistency_failure_before_promotion_restores_the_source() -> None:
     decisions = drive(make_run(), fail_at(Step.WAIT_VOLUMES_DEMOTED))
     final = decisions[-1].run
     assert final.status is RunStatus.FAILED
-    assert final.message.startswith("failed at step wait_volumes_demoted, cluster 'site-a', StatefulSet shop/db: boom")
+    assert final.message.startswith(
+        "failed at step wait_volumes_demoted, cluster 'site-a', StatefulSet shop/db: boom"
+    )
     undo = [(a.step.value, a.cluster) for a in final.compensation]
     assert undo == [
         ("promote_volumes", "site-a"), ("wait_volumes_promoted", "site-a"),
@@ -239,8 +293,12 @@ def test_a_failing_undo_does_not_stop_the_others() -> None:
     def outcome(run: Run) -> Event:
         assert run.dispatch is not None
         if run.state is State.COMPENSATING and run.dispatch.step is Step.SCALE_UP_WORKLOADS:
-            return Event(kind=EventKind.PERMANENT_FAILURE, step=run.dispatch.step, ticket=run.dispatch.ticket,
-                         message="forbidden")
+            return Event(
+                kind=EventKind.PERMANENT_FAILURE,
+                step=run.dispatch.step,
+                ticket=run.dispatch.ticket,
+                message="forbidden",
+            )
         return fail_at(Step.DEMOTE_VOLUMES)(run)
 
     final = drive(make_run(), outcome)[-1].run
@@ -261,19 +319,40 @@ def test_a_run_past_its_transitory_timeout_fails_and_compensates() -> None:
 def test_lock_token_and_replicas_flow_into_the_run() -> None:
     run = decide(make_run(), Event(kind=EventKind.START), 0.0).run
     assert run.dispatch is not None
-    run = decide(run, Event(kind=EventKind.SUCCEEDED, step=Step.VALIDATE, ticket=run.dispatch.ticket,
-                            updates=Updates(replicas={"db": 3})), 1.0).run
+    run = decide(
+        run,
+        Event(
+            kind=EventKind.SUCCEEDED,
+            step=Step.VALIDATE,
+            ticket=run.dispatch.ticket,
+            updates=Updates(replicas={"db": 3}),
+        ),
+        1.0,
+    ).run
     assert run.dispatch is not None
-    run = decide(run, Event(kind=EventKind.SUCCEEDED, step=Step.ACQUIRE_LOCK, ticket=run.dispatch.ticket,
-                            updates=Updates(token=42, lease_expires_at=61.0)), 2.0).run
+    run = decide(
+        run,
+        Event(
+            kind=EventKind.SUCCEEDED,
+            step=Step.ACQUIRE_LOCK,
+            ticket=run.dispatch.ticket,
+            updates=Updates(token=42, lease_expires_at=61.0),
+        ),
+        2.0,
+    ).run
     assert (run.token, run.replicas, run.lease_expires_at) == (42, {"db": 3}, 61.0)
 
 
 def test_stage_boundaries_produce_numbered_journal_marks() -> None:
     decisions = drive(make_run(), succeed)
     marks = [m for d in decisions for m in d.journal]
-    assert [m.stage for m in marks] == [Stage.INITIALIZATION, Stage.SOURCE_PREPARATION,
-                                        Stage.VOLUME_TRANSITION, Stage.TARGET_ACTIVATION, Stage.COMPLETION]
+    assert [m.stage for m in marks] == [
+        Stage.INITIALIZATION,
+        Stage.SOURCE_PREPARATION,
+        Stage.VOLUME_TRANSITION,
+        Stage.TARGET_ACTIVATION,
+        Stage.COMPLETION,
+    ]
     assert [m.sequence for m in marks] == [1, 2, 3, 4, 5]
 
 

@@ -1,0 +1,80 @@
+"""Rich renderings of a run for people: the live view of ``failoverctl watch`` and the demo.
+
+Reads a :class:`fsm.run.Run` value and returns renderables; does no I/O of its own.
+"""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from fsm.plan import State
+from fsm.run import Run, StepRecord
+
+_MARKS = {"done": ("✓", "green"), "skipped": ("↷", "dim"), "failed": ("✗", "bold red")}
+
+
+def _seconds(record: StepRecord | None) -> str:
+    if record is None or record.started_at is None or record.finished_at is None:
+        return ""
+    return f"{record.finished_at - record.started_at:.2f}s"
+
+
+def _row(table: Table, name: str, cluster: str, record: StepRecord | None, current: bool) -> None:
+    if record is not None and record.outcome in _MARKS:
+        mark, style = _MARKS[record.outcome]
+    elif current:
+        mark, style = "▶", "bold yellow"
+    else:
+        mark, style = "·", "dim"
+    detail = record.message if record else ""
+    if current and record is not None and record.checks:
+        detail = f"check {record.checks}: {detail}"
+    table.add_row(Text(mark, style=style), name, cluster, _seconds(record), Text(detail, overflow="fold"))
+
+
+def run_view(run: Run) -> Group:
+    """The run's plan with each step's outcome, time and message; the current step highlighted."""
+    title = (
+        f"{run.failover} · group {run.group} · {run.mode.value} · {run.source_cluster} → "
+        f"{run.target_cluster} · {run.status.value} ({run.state.name})"
+    )
+    table = Table(title=title, title_justify="left", expand=False, show_lines=False)
+    for column in ("", "step", "cluster", "took", "detail"):
+        table.add_column(column)
+    for planned in run.plan:
+        cluster = run.cluster_for(planned.side) or "dynamodb"
+        current = run.state.step is planned.step and run.state is not State.COMPENSATING
+        _row(
+            table,
+            f"{planned.stage.value.lower()}/{planned.step.value}",
+            cluster,
+            run.steps.get(planned.step.value),
+            current,
+        )
+    for index, action in enumerate(run.compensation):
+        key = f"undo:{index}:{action.step.value}"
+        current = run.state is State.COMPENSATING and run.compensation_index == index
+        _row(
+            table,
+            f"compensation/{action.step.value}",
+            action.cluster or "dynamodb",
+            run.steps.get(key),
+            current,
+        )
+    lines: list[Table | Text] = [table]
+    if run.message:
+        lines.append(Text(run.message, style="red" if run.status.value == "FAILED" else "green"))
+    return Group(*lines)
+
+
+def summary(run: Run) -> str:
+    total = run.total_seconds()
+    downtime = run.downtime_seconds()
+    parts = [f"{run.mode.value} {run.source_cluster}→{run.target_cluster}: {run.status.value}"]
+    if total is not None:
+        parts.append(f"total {total:.2f}s")
+    parts.append(f"downtime {downtime:.2f}s" if downtime is not None else "downtime n/a")
+    parts.append(f"{sum(r.attempts for r in run.steps.values())} step executions")
+    return ", ".join(parts)

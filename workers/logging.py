@@ -1,0 +1,51 @@
+"""Logging, configured once per process: structlog for our events, the stdlib loggers routed through it.
+
+JSON lines in production (``FAILOVER_LOG_JSON=true``), a readable console format locally. Celery,
+kombu, kubernetes and botocore log through the stdlib; their records get the same processors and
+renderer, so one line format reaches the log collector. ``run_id`` and ``task_id`` come from
+contextvars bound by the Celery signal hooks in ``workers.tasks``. Never log secrets or tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_configured = False
+
+
+def configure_logging(*, json: bool = False, level: str = "INFO", force: bool = False) -> None:
+    global _configured  # noqa: PLW0603 - configured once per process, on purpose
+    if _configured and not force:
+        return
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    # transitions logs two INFO lines per state change: the engine logs the decision once instead.
+    for noisy in ("botocore", "urllib3", "kubernetes.client.rest", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _configured = True
