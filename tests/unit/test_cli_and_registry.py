@@ -1,0 +1,87 @@
+"""The console script's graph command, and that every step is defined everywhere it must be."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from fsm.machine import machine_states
+from fsm.models import FailoverMode
+from fsm.plan import CATALOGUE, SEQUENCES, State, Step, state_of
+from producers.cli import app
+from workers.app import celery_config
+from workers.engine import task_name
+from workers.settings import Settings
+from workers.steps import STEPS
+from workers.tasks import CelerySender
+from workers.tasks import app as celery_app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("mode", ["consistency", "uptime"])
+def test_graph_prints_the_modes_machine_as_mermaid(mode: str) -> None:
+    result = runner.invoke(app, ["graph", "--mode", mode])
+    assert result.exit_code == 0, result.output
+    assert "stateDiagram-v2" in result.output
+    for state in machine_states(FailoverMode(mode.upper())):
+        assert f'state "{state.name}"' in result.output
+    assert "COMPENSATING --> FAILED: undo_finished" in result.output
+
+
+def test_graph_refuses_an_unknown_mode_naming_the_option() -> None:
+    result = runner.invoke(app, ["graph", "--mode", "fast"])
+    assert result.exit_code == 2
+    assert "--mode" in result.output
+
+
+def test_every_step_has_a_definition_an_implementation_a_state_and_a_task() -> None:
+    for step in Step:
+        assert step in CATALOGUE, step
+        assert step in STEPS, step
+        if step is not Step.ABORT:  # runs only inside COMPENSATING
+            assert state_of(step).step is step
+        assert task_name(step) in celery_app.tasks
+    planned = {s for sequence in SEQUENCES.values() for s, _, _ in sequence}
+    assert planned | {Step.ABORT} == set(Step)
+    assert {s.step for s in State if s.step} == set(Step) - {Step.ABORT}
+
+
+def test_undo_steps_are_steps_of_the_catalogue() -> None:
+    for info in CATALOGUE.values():
+        for undo in info.undo:
+            assert CATALOGUE[undo].kind.value in ("effect", "wait")
+
+
+def test_celery_is_configured_for_idempotent_redelivery() -> None:
+    config = celery_config(Settings(redis_url="redis://x", visibility_timeout=600))
+    assert config["accept_content"] == ["json"]
+    assert config["task_serializer"] == "json"
+    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["worker_send_task_events"] and config["task_send_sent_event"]
+    assert config["broker_transport_options"]["visibility_timeout"] == 600
+
+
+def test_a_visibility_timeout_too_close_to_the_countdowns_is_refused() -> None:
+    with pytest.raises(ValueError, match="visibility_timeout"):
+        Settings(redis_url="redis://x", visibility_timeout=60)
+
+
+class _RecordingCelery:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[object], float | None, str]] = []
+
+    def send_task(self, name: str, args: list[object], countdown: float | None, queue: str) -> None:
+        self.calls.append((name, args, countdown, queue))
+
+
+def test_steps_can_be_routed_to_a_queue_per_cluster() -> None:
+    recorder = _RecordingCelery()
+    sender = CelerySender(recorder, Settings(redis_url="redis://x", per_cluster_queues=True))  # type: ignore[arg-type]
+    sender.send("failover.scale_down_workloads", "r1", 3, countdown=0.0, cluster="site-a")
+    sender.send("failover.acquire_lock", "r1", 4, countdown=1.5, cluster=None)
+    assert recorder.calls == [
+        ("failover.scale_down_workloads", ["r1", 3], None, "failover.site-a"),
+        ("failover.acquire_lock", ["r1", 4], 1.5, "failover"),
+    ]
