@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from fsm.models import GroupKey, ResourceRef
-from workers.container import Adapters
+from workers.container import Adapters, dynamo_coordination
 from workers.errors import (
     ClusterUnreachable,
     CoordinationConflict,
@@ -392,3 +392,13 @@ def adapters_from_env(settings: Settings) -> Adapters:
     prefix = os.environ.get("FAILOVER_FAKE_PREFIX", f"{settings.key_prefix}fake:")
     settle = int(os.environ.get("FAILOVER_FAKE_SETTLE_CHECKS", "2"))
     return fake_adapters(redis.Redis.from_url(settings.redis_url), prefix, settle_checks=settle)
+
+
+def fake_clusters_with_dynamodb(settings: Settings) -> Adapters:
+    """Fake clusters in Redis, the real DynamoDB adapter at ``FAILOVER_DYNAMODB_ENDPOINT_URL``."""
+    prefix = os.environ.get("FAILOVER_FAKE_PREFIX", f"{settings.key_prefix}fake:")
+    settle = int(os.environ.get("FAILOVER_FAKE_SETTLE_CHECKS", "2"))
+    client = redis.Redis.from_url(settings.redis_url)
+    return Adapters(
+        effects=FakeClusters(client, prefix, settle_checks=settle), coordination=dynamo_coordination(settings)
+    )

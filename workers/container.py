@@ -51,8 +51,18 @@ def build_adapters(settings: Settings) -> Adapters:
     return load_factory(settings.adapters)(settings)
 
 
+def dynamo_coordination(settings: Settings) -> Coordination:
+    """The Coordination port on the DynamoDB table of the settings."""
+    from workers.dynamo import DynamoCoordination
+
+    return DynamoCoordination(
+        settings.dynamodb_table, endpoint_url=settings.dynamodb_endpoint_url, region_name=settings.aws_region
+    )
+
+
 def production_adapters(settings: Settings) -> Adapters:
-    """Kubernetes through kubeconfig contexts and DynamoDB; wired in as those adapters land."""
+    """Kubernetes through kubeconfig contexts and DynamoDB."""
     raise PermanentError(
-        "the Kubernetes and DynamoDB adapters are not configured yet: set FAILOVER_ADAPTERS to a factory"
+        "the Kubernetes adapter is not available yet: set FAILOVER_ADAPTERS to a factory "
+        "(e.g. sandbox.fakes:fake_clusters_with_dynamodb)"
     )

@@ -16,7 +16,7 @@ from fsm.models import GroupKey
 from workers.ports import Heartbeat, HistoryRecord, JournalEntry, LockInfo
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef
+    from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, TransactWriteItemTypeDef
 
     Item: TypeAlias = dict[str, AttributeValueTypeDef]
 
@@ -137,7 +137,9 @@ def get_str_map(item: Mapping[str, Any], name: str) -> dict[str, str]:
 # --- items ---------------------------------------------------------------------------------------
 
 
-def lock_item(pk: str, *, token: int, holder: str, run_id: str, acquired_at: float, expires_at: float) -> Item:
+def lock_item(
+    pk: str, *, token: int, holder: str, run_id: str, acquired_at: float, expires_at: float
+) -> Item:
     return {
         **key(pk, LOCK_SK),
         "holder": s(holder),
@@ -248,3 +250,97 @@ def heartbeat_from_item(item: Mapping[str, Any]) -> Heartbeat:
         at=get_float(item, "lastHeartbeat") or 0.0,
         resources=get_str_map(item, "resources"),
     )
+
+
+# --- transactions --------------------------------------------------------------------------------
+
+
+def _names(*attributes: str) -> dict[str, str]:
+    return {f"#{a}": a for a in attributes}
+
+
+def acquire_transaction(
+    table: str,
+    pk: str,
+    *,
+    counter: AttributeValueTypeDef | None,
+    token: int,
+    holder: str,
+    run_id: str,
+    now: float,
+    expires_at: float,
+) -> list[TransactWriteItemTypeDef]:
+    """Counter ``lockToken`` to ``token`` if still ``counter``, and the LOCK put if free or expired."""
+    counter_values: dict[str, AttributeValueTypeDef] = {":current": counter} if counter is not None else {}
+    return [
+        {"Update": {
+            "TableName": table,
+            "Key": key(pk, CONFIG_SK),
+            "UpdateExpression": "SET #lockToken = :token",
+            "ConditionExpression": "#lockToken = :current" if counter else "attribute_not_exists(#lockToken)",
+            "ExpressionAttributeNames": _names("lockToken"),
+            "ExpressionAttributeValues": {":token": n(token), **counter_values},
+        }},
+        {"Put": {
+            "TableName": table,
+            "Item": lock_item(
+                pk, token=token, holder=holder, run_id=run_id, acquired_at=now, expires_at=expires_at
+            ),
+            "ConditionExpression": "attribute_not_exists(PK) OR "
+            "(#expiresAt < :now AND (attribute_not_exists(#token) OR #token < :token))",
+            "ExpressionAttributeNames": _names(TTL_ATTRIBUTE, "token"),
+            "ExpressionAttributeValues": {":now": n(now), ":token": n(token)},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }},
+    ]
+
+
+def completion_transaction(
+    table: str, pk: str, *, token: int, expected_owner: str, new_owner: str, record: HistoryRecord
+) -> list[TransactWriteItemTypeDef]:
+    """[0] LOCK delete if ``token``, [1] owner flip if the owner is ``expected_owner``, [2] history put.
+
+    The lock comes first: should DynamoDB report only the first failed condition, the lost lease wins.
+    """
+    return [
+        {"Delete": {
+            "TableName": table,
+            "Key": key(pk, LOCK_SK),
+            "ConditionExpression": "#token = :token",
+            "ExpressionAttributeNames": _names("token"),
+            "ExpressionAttributeValues": {":token": n(token)},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }},
+        {"Update": {
+            "TableName": table,
+            "Key": key(pk, CONFIG_SK),
+            "UpdateExpression": "SET #ownerCluster = :new, #previousOwner = :expected, "
+            "#version = if_not_exists(#version, :zero) + :one, #lastFailover = :at",
+            "ConditionExpression": "#ownerCluster = :expected",
+            "ExpressionAttributeNames": _names("ownerCluster", "previousOwner", "version", "lastFailover"),
+            "ExpressionAttributeValues": {
+                ":new": s(new_owner), ":expected": s(expected_owner),
+                ":zero": n(0), ":one": n(1), ":at": n(record.finished_at),
+            },
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }},
+        {"Put": {"TableName": table, "Item": history_item(pk, record)}},
+    ]
+
+
+def volumes_transaction(table: str, pk: str, *, token: int, cluster: str) -> list[TransactWriteItemTypeDef]:
+    """[0] LOCK still has ``token``, [1] VOLUMES#{token} put (idempotent)."""
+    return [
+        {"ConditionCheck": {
+            "TableName": table,
+            "Key": key(pk, LOCK_SK),
+            "ConditionExpression": "#token = :token",
+            "ExpressionAttributeNames": _names("token"),
+            "ExpressionAttributeValues": {":token": n(token)},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }},
+        {"Put": {
+            "TableName": table,
+            "Item": {**key(pk, volumes_sk(token)), "cluster": s(cluster), "token": n(token)},
+        }},
+    ]

@@ -19,6 +19,7 @@ from typing import Protocol
 import structlog
 
 from fsm.decide import Decision, Event, EventKind, decide
+from fsm.models import GroupKey
 from fsm.plan import Step
 from fsm.run import Run
 from workers.container import Adapters
@@ -127,6 +128,31 @@ class Engine:
                 sent.append(run_id)
                 log.warning("run.redriven", run_id=run_id, reason=decision.reason)
         return sent
+
+    def rebuild(self, group: GroupKey, run_id: str) -> Run | None:
+        """Recreate a run that Redis lost from its newest journal entry and send its message again.
+
+        The journal holds the whole run as it stood when it entered its latest stage; every step is
+        idempotent, so resuming from there repeats at most that stage's work. Returns the rebuilt
+        run, or None if the journal has no entry or Redis still has the run.
+        """
+        entries = self.adapters.coordination.journal(group, run_id)
+        if not entries:
+            return None
+        run = Run.model_validate_json(entries[-1].run_json)
+        if not self.store.create(run):
+            return None
+        stored = self.store.load(run_id)
+        assert stored is not None
+        log.warning("run.rebuilt", run_id=run_id, state=stored.state.name, sequence=entries[-1].sequence)
+        if stored.state.terminal:
+            return stored
+        if stored.dispatch is None:
+            self.apply(stored, Event(kind=EventKind.START))
+        else:
+            event = Event(kind=EventKind.REDRIVE, step=stored.dispatch.step, ticket=stored.dispatch.ticket)
+            self.apply(stored, event)
+        return self.store.load(run_id)
 
     # --- internals -------------------------------------------------------------------------------
 

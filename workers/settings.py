@@ -6,6 +6,7 @@ Workers, the watcher, the health checker, the CLI and Flower read the same setti
 
 from __future__ import annotations
 
+import socket
 from functools import cache
 
 from pydantic import AliasChoices, Field, model_validator
@@ -45,7 +46,17 @@ class Settings(BaseSettings):
         default=45.0, description="A run whose message is this many seconds overdue is sent again."
     )
     redrive_interval: float = Field(default=30.0, description="How often beat runs the overdue sweep.")
-    holder: str = Field(default="failover-orchestrator", description="Name written as the lock holder.")
+    holder: str = Field(
+        default_factory=lambda: f"failover-orchestrator@{socket.gethostname()}",
+        description="Name written as the lock holder (default: this host).",
+    )
+    dynamodb_table: str = Field(default="failover-orchestrator", description="The DynamoDB table.")
+    dynamodb_endpoint_url: str | None = Field(
+        default=None, description="DynamoDB endpoint (DynamoDB Local, moto); AWS's when unset."
+    )
+    aws_region: str | None = Field(
+        default=None, description="AWS region of the table (else the AWS default)."
+    )
     clusters: list[str] = Field(default_factory=list, description="Known cluster (kubeconfig context) names.")
     adapters: str = Field(
         default="workers.container:production_adapters",

@@ -85,7 +85,9 @@ def conflict(plural: str, group: str, name: str) -> ApiError:
     )
 
 
-def invalid(kind: str, group: str, name: str, field: str, detail: str, cause: str = "FieldValueRequired") -> ApiError:
+def invalid(
+    kind: str, group: str, name: str, field: str, detail: str, *, cause: str = "FieldValueRequired"
+) -> ApiError:
     """422 Invalid; ``detail`` is the validation text after the field (``Required value``...)."""
     qualified_kind = f"{kind}.{group}" if group else kind
     details: dict[str, Any] = {
@@ -103,28 +105,34 @@ def bad_request(message: str) -> ApiError:
 
 
 def method_not_allowed() -> ApiError:
-    return ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", {})
+    return ApiError(
+        405, "MethodNotAllowed", "the server does not allow this method on the requested resource", {}
+    )
 
 
 def unsupported_media_type(content_type: str, accepted: list[str]) -> ApiError:
     return ApiError(
         415,
         "UnsupportedMediaType",
-        f"the body of the request was in an unknown format - accepted media types include: {', '.join(accepted)}",
+        "the body of the request was in an unknown format - accepted media types include: "
+        + ", ".join(accepted),
         {"causes": [{"reason": "UnsupportedMediaType", "message": content_type}]},
     )
 
 
-def forbidden(user: str, verb: str, plural: str, group: str, namespace: str | None, name: str | None) -> ApiError:
+def forbidden(
+    user: str, verb: str, plural: str, group: str, *, namespace: str | None, name: str | None
+) -> ApiError:
     """403 with the RBAC authorizer's wording, so log lines look like a real cluster's."""
-    subject = qualified(plural.split("/")[0], group)
+    resource = plural.partition("/")[0]
+    subject = qualified(resource, group)
     target = f'{subject} "{name}"' if name else subject
     scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
     message = (
         f'{target} is forbidden: User "{user}" cannot {verb} resource "{plural}" '
         f'in API group "{group}" {scope}'
     )
-    details: dict[str, Any] = {"kind": plural.split("/")[0]}
+    details: dict[str, Any] = {"kind": resource}
     if name:
         details["name"] = name
     if group:

@@ -18,9 +18,17 @@ ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "up
 
 # Field selectors a real server accepts beyond metadata.name/metadata.namespace; anything else is a 400.
 _EVENT_FIELDS = (
-    "involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
-    "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
-    "reason", "reportingComponent", "source", "type",
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
 )
 
 
@@ -62,21 +70,54 @@ def _builtin(group: str, kind: str, plural: str, **kw: Any) -> ResourceKind:
 
 
 BUILTIN_KINDS: tuple[ResourceKind, ...] = (
-    _builtin("", "Namespace", "namespaces", namespaced=False, short_names=("ns",),
-             field_selectors=("status.phase",), generation=False),
-    _builtin("", "Pod", "pods", short_names=("po",), categories=("all",),
-             field_selectors=("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
-                              "spec.serviceAccountName", "status.phase", "status.podIP", "status.nominatedNodeName")),
-    _builtin("", "Event", "events", status=False, short_names=("ev",), field_selectors=_EVENT_FIELDS,
-             generation=False),
+    _builtin(
+        "",
+        "Namespace",
+        "namespaces",
+        namespaced=False,
+        short_names=("ns",),
+        field_selectors=("status.phase",),
+        generation=False,
+    ),
+    _builtin(
+        "",
+        "Pod",
+        "pods",
+        short_names=("po",),
+        categories=("all",),
+        field_selectors=(
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ),
+    ),
+    _builtin(
+        "",
+        "Event",
+        "events",
+        status=False,
+        short_names=("ev",),
+        field_selectors=_EVENT_FIELDS,
+        generation=False,
+    ),
     _builtin("apps", "Deployment", "deployments", scale=True, short_names=("deploy",), categories=("all",)),
     _builtin("apps", "StatefulSet", "statefulsets", scale=True, short_names=("sts",), categories=("all",)),
     _builtin("apps", "ReplicaSet", "replicasets", scale=True, short_names=("rs",), categories=("all",)),
     _builtin("batch", "CronJob", "cronjobs", short_names=("cj",), categories=("all",)),
     _builtin("batch", "Job", "jobs", categories=("all",), field_selectors=("status.successful",)),
     _builtin("networking.k8s.io", "Ingress", "ingresses", short_names=("ing",)),
-    _builtin("apiextensions.k8s.io", "CustomResourceDefinition", "customresourcedefinitions",
-             namespaced=False, short_names=("crd", "crds"), categories=("api-extensions",)),
+    _builtin(
+        "apiextensions.k8s.io",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        namespaced=False,
+        short_names=("crd", "crds"),
+        categories=("api-extensions",),
+    ),
 )
 
 
@@ -150,10 +191,7 @@ class KindRegistry:
         if exact is not None:
             return exact
         lowered = ref.lower()
-        matches = [
-            k for k in self.all()
-            if lowered in (k.kind.lower(), k.plural, k.singular, *k.short_names)
-        ]
+        matches = [k for k in self.all() if lowered in (k.kind.lower(), k.plural, k.singular, *k.short_names)]
         if len(matches) == 1:
             return matches[0]
         if not matches:
@@ -207,8 +245,12 @@ class CrdSpec:
                         "name": version,
                         "served": True,
                         "storage": index == 0,
-                        "schema": {"openAPIV3Schema": {"type": "object",
-                                                       "x-kubernetes-preserve-unknown-fields": True}},
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            }
+                        },
                         "subresources": {"status": {}},
                         "additionalPrinterColumns": columns,
                     }
@@ -222,17 +264,54 @@ def default_crds() -> list[dict[str, Any]]:
     """CRDs for the third-party kinds the orchestrator touches, plus Failover and FailoverGroup."""
     specs = [
         CrdSpec("networking.istio.io", "VirtualService", "virtualservices", ("v1", "v1beta1"), ("vs",)),
-        CrdSpec("helm.toolkit.fluxcd.io", "HelmRelease", "helmreleases", ("v2",), ("hr",),
-                (("Ready", '.status.conditions[?(@.type=="Ready")].status'),)),
-        CrdSpec("kustomize.toolkit.fluxcd.io", "Kustomization", "kustomizations", ("v1",), ("ks",),
-                (("Ready", '.status.conditions[?(@.type=="Ready")].status'),)),
-        CrdSpec("replication.storage.openshift.io", "VolumeReplication", "volumereplications", ("v1alpha1",),
-                ("vr",), (("State", ".status.state"), ("DesiredState", ".spec.replicationState"))),
-        CrdSpec("crd.hahomelabs.com", "Failover", "failovers", ("v1alpha1",), ("fo",),
-                (("Status", ".status.status"), ("State", ".status.state"), ("Target", ".spec.targetCluster"),
-                 ("Mode", ".spec.failoverMode"))),
-        CrdSpec("crd.hahomelabs.com", "FailoverGroup", "failovergroups", ("v1alpha1",), ("fg",),
-                (("Health", ".status.health"), ("Suspended", ".spec.suspended"),
-                 ("Active", ".status.globalState.activeCluster"))),
+        CrdSpec(
+            "helm.toolkit.fluxcd.io",
+            "HelmRelease",
+            "helmreleases",
+            ("v2",),
+            ("hr",),
+            (("Ready", '.status.conditions[?(@.type=="Ready")].status'),),
+        ),
+        CrdSpec(
+            "kustomize.toolkit.fluxcd.io",
+            "Kustomization",
+            "kustomizations",
+            ("v1",),
+            ("ks",),
+            (("Ready", '.status.conditions[?(@.type=="Ready")].status'),),
+        ),
+        CrdSpec(
+            "replication.storage.openshift.io",
+            "VolumeReplication",
+            "volumereplications",
+            ("v1alpha1",),
+            ("vr",),
+            (("State", ".status.state"), ("DesiredState", ".spec.replicationState")),
+        ),
+        CrdSpec(
+            "crd.hahomelabs.com",
+            "Failover",
+            "failovers",
+            ("v1alpha1",),
+            ("fo",),
+            (
+                ("Status", ".status.status"),
+                ("State", ".status.state"),
+                ("Target", ".spec.targetCluster"),
+                ("Mode", ".spec.failoverMode"),
+            ),
+        ),
+        CrdSpec(
+            "crd.hahomelabs.com",
+            "FailoverGroup",
+            "failovergroups",
+            ("v1alpha1",),
+            ("fg",),
+            (
+                ("Health", ".status.health"),
+                ("Suspended", ".spec.suspended"),
+                ("Active", ".status.globalState.activeCluster"),
+            ),
+        ),
     ]
     return [spec.manifest() for spec in specs]

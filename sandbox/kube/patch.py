@@ -71,7 +71,9 @@ def _pointer(path: str) -> list[str]:
 
 
 def _patch_failed(message: str) -> ApiError:
-    return ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {message}")
+    return ApiError(
+        422, "Invalid", f"the server rejected our request due to an error in our request: {message}"
+    )
 
 
 def _container(doc: Any, tokens: list[str], path: str) -> Any:
@@ -141,7 +143,11 @@ def json_patch(target: Any, operations: Any) -> Any:
             doc = _remove(doc, path)
         elif kind == "replace":
             _get(doc, path)
-            doc = _add(_remove(doc, path), path, copy.deepcopy(op.get("value"))) if _pointer(path) else op.get("value")
+            doc = (
+                _add(_remove(doc, path), path, copy.deepcopy(op.get("value")))
+                if _pointer(path)
+                else op.get("value")
+            )
         elif kind in ("move", "copy"):
             value = copy.deepcopy(_get(doc, op.get("from", "")))
             if kind == "move":
@@ -167,7 +173,9 @@ def _strategic_list(field: str, current: list[Any], patch: list[Any], order: lis
         return copy.deepcopy(patch)
     merged = [copy.deepcopy(i) for i in current]
     for item in patch:
-        index = next((n for n, c in enumerate(merged) if isinstance(c, dict) and c.get(key) == item.get(key)), None)
+        index = next(
+            (n for n, c in enumerate(merged) if isinstance(c, dict) and c.get(key) == item.get(key)), None
+        )
         if item.get("$patch") == "delete":
             if index is not None:
                 del merged[index]

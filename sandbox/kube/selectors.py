@@ -23,7 +23,9 @@ _EXISTS_RE = re.compile(r"^\s*(!?)\s*([^\s!=(),]+)\s*$")
 
 def _split_top_level(text: str) -> list[str]:
     """Split on commas that are not inside ``( )`` (set values contain commas)."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "(":
             depth += 1
@@ -38,37 +40,35 @@ def _split_top_level(text: str) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
+def _label_matches(labels: dict[str, str], key: str, op: str, values: frozenset[str]) -> bool:
+    if op in ("in", "="):
+        return labels.get(key) in values
+    if op in ("notin", "!="):
+        return labels.get(key) not in values  # a missing label satisfies != and notin, as upstream
+    if op == "exists":
+        return key in labels
+    return key not in labels
+
+
 def parse_label_selector(text: str | None) -> Matcher:
     """Compile a label selector string; an empty selector matches everything."""
-    if not text:
-        return lambda _obj: True
-    checks: list[Callable[[dict[str, str]], bool]] = []
-    for part in _split_top_level(text):
+    requirements: list[tuple[str, str, frozenset[str]]] = []
+    for part in _split_top_level(text or ""):
         if match := _SET_RE.match(part):
             key, op, raw = match.groups()
-            values = {v.strip() for v in raw.split(",") if v.strip()}
-            if op == "in":
-                checks.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
-            else:
-                checks.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+            requirements.append((key, op, frozenset(v.strip() for v in raw.split(",") if v.strip())))
         elif match := _EQ_RE.match(part):
             key, op, value = match.groups()
-            if op == "!=":
-                checks.append(lambda labels, k=key, v=value: labels.get(k) != v)
-            else:
-                checks.append(lambda labels, k=key, v=value: labels.get(k) == v)
+            requirements.append((key, "!=" if op == "!=" else "=", frozenset([value])))
         elif match := _EXISTS_RE.match(part):
             negate, key = match.groups()
-            if negate:
-                checks.append(lambda labels, k=key: k not in labels)
-            else:
-                checks.append(lambda labels, k=key: k in labels)
+            requirements.append((key, "!" if negate else "exists", frozenset()))
         else:
             raise bad_request(f"unable to parse requirement: {part.strip()!r}")
 
     def matches(obj: dict[str, Any]) -> bool:
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        return all(check(labels) for check in checks)
+        return all(_label_matches(labels, *requirement) for requirement in requirements)
 
     return matches
 
@@ -87,23 +87,22 @@ def _field_value(obj: dict[str, Any], path: str) -> str:
 
 
 def parse_field_selector(text: str | None, allowed: Iterable[str] = ()) -> Matcher:
-    """Compile a field selector; fields outside ``metadata.name``/``metadata.namespace``/``allowed`` are 400."""
-    if not text:
-        return lambda _obj: True
+    """Compile a field selector; fields beyond metadata.name/namespace and ``allowed`` are a 400."""
     supported = {"metadata.name", "metadata.namespace", *allowed}
-    checks: list[Callable[[dict[str, Any]], bool]] = []
-    for part in _split_top_level(text):
+    requirements: list[tuple[str, bool, str]] = []
+    for part in _split_top_level(text or ""):
         match = _EQ_RE.match(part)
         if not match:
             raise bad_request(f"invalid selector: {text!r}; can't understand {part.strip()!r}")
         path, op, value = match.groups()
         if path not in supported:
-            raise bad_request(f'field label not supported: {path}')
-        if op == "!=":
-            checks.append(lambda obj, p=path, v=value: _field_value(obj, p) != v)
-        else:
-            checks.append(lambda obj, p=path, v=value: _field_value(obj, p) == v)
-    return lambda obj: all(check(obj) for check in checks)
+            raise bad_request(f"field label not supported: {path}")
+        requirements.append((path, op != "!=", value))
+
+    def matches(obj: dict[str, Any]) -> bool:
+        return all((_field_value(obj, path) == value) == equal for path, equal, value in requirements)
+
+    return matches
 
 
 def selector_string(selector: dict[str, Any] | None) -> str:

@@ -30,6 +30,8 @@ from sandbox.kube.validation import apply_defaults, initial_status, validate, va
 
 KindRef = str | ResourceKind
 Body = dict[str, Any]
+Bodies = list[Body]
+Events = list["StoredEvent"]  # aliases: inside ObjectStore, ``list`` names the method
 _CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
 _SERVER_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds")
 
@@ -156,7 +158,7 @@ class ObjectStore:
         label_selector: str | None = None,
         field_selector: str | None = None,
         version: str | None = None,
-    ) -> tuple[list[Body], int]:
+    ) -> tuple[Bodies, int]:
         """Matching objects sorted by namespace/name, and the resourceVersion of the list."""
         k = self.kind(kind)
         labels = parse_label_selector(label_selector)
@@ -171,12 +173,22 @@ class ObjectStore:
 
     # --- writes ---------------------------------------------------------------------------------
 
-    def create(self, kind: KindRef, body: Body, *, namespace: str | None = None, dry_run: bool = False,
-               version: str | None = None, keep_status: bool = False) -> Body:
+    def create(
+        self,
+        kind: KindRef,
+        body: Body,
+        *,
+        namespace: str | None = None,
+        dry_run: bool = False,
+        version: str | None = None,
+        keep_status: bool = False,
+    ) -> Body:
         """POST semantics: defaults, validation, 409 AlreadyExists, status dropped unless ``keep_status``."""
         k = self.kind(kind)
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
-            raise errors.bad_request(f"{k.kind} in version \"{k.storage_version}\" cannot be handled: not an object")
+            raise errors.bad_request(
+                f'{k.kind} in version "{k.storage_version}" cannot be handled: not an object'
+            )
         obj = copy.deepcopy(body)
         self._check_type(k, obj, version)
         meta = obj.setdefault("metadata", {})
@@ -184,15 +196,18 @@ class ObjectStore:
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
         name = meta.get("name")
         if not name:
-            raise errors.invalid(k.kind, k.group, "", "metadata.name",
-                                 "Required value: name or generateName is required")
+            raise errors.invalid(
+                k.kind, k.group, "", "metadata.name", "Required value: name or generateName is required"
+            )
         validate_name(k, name)
         with self._cond:
             if k.namespaced:
                 body_ns = meta.get("namespace")
                 if namespace and body_ns and body_ns != namespace:
-                    raise errors.bad_request("the namespace of the provided object does not match the "
-                                             "namespace sent on the request")
+                    raise errors.bad_request(
+                        "the namespace of the provided object does not match the "
+                        "namespace sent on the request"
+                    )
                 ns = namespace or body_ns or "default"
                 if ("", ns) not in self._objects.get("namespaces", {}):
                     raise errors.not_found("namespaces", "", ns)
@@ -208,7 +223,7 @@ class ObjectStore:
             meta["creationTimestamp"] = utcnow()
             if k.generation:
                 meta["generation"] = 1
-            if k.status and not keep_status:
+            if k.status and (not keep_status or obj.get("status") is None):
                 obj.pop("status", None)
                 status = initial_status(k, obj)
                 if status is not None:
@@ -257,11 +272,13 @@ class ObjectStore:
             self._check_type(k, new, version)
             meta = new.setdefault("metadata", {})
             if meta.get("name", name) != name:
-                raise errors.bad_request(f"the name of the object ({meta.get('name')}) does not match the "
-                                         f"name on the URL ({name})")
+                raise errors.bad_request(
+                    f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
+                )
             if k.namespaced and meta.get("namespace") not in (None, "", ns):
-                raise errors.bad_request("the namespace of the provided object does not match the namespace "
-                                         "sent on the request")
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             rv = meta.get("resourceVersion")
             if rv not in (None, "") and str(rv) != current["metadata"]["resourceVersion"]:
                 raise errors.conflict(k.plural, k.group, name)
@@ -302,8 +319,17 @@ class ObjectStore:
                 return self._remove(k, ns, name, orphan=False, version=version)
             return self.output(k, new, version)
 
-    def delete(self, kind: KindRef, namespace: str | None, name: str, *, orphan: bool = False,
-               dry_run: bool = False, precondition_rv: str | None = None, version: str | None = None) -> Body:
+    def delete(
+        self,
+        kind: KindRef,
+        namespace: str | None,
+        name: str,
+        *,
+        orphan: bool = False,
+        dry_run: bool = False,
+        precondition_rv: str | None = None,
+        version: str | None = None,
+    ) -> Body:
         """Delete (or, with finalizers, mark for deletion); owned objects follow unless ``orphan``."""
         k = self.kind(kind)
         with self._cond:
@@ -342,8 +368,11 @@ class ObjectStore:
                 self.registry.remove(served.key)
         if not orphan:
             # The garbage collector deletes dependents in the background once the owner is gone.
-            self._delete_where(lambda _kind, o: any(
-                ref.get("uid") == uid for ref in o["metadata"].get("ownerReferences") or []))
+            self._delete_where(
+                lambda _kind, o: any(
+                    ref.get("uid") == uid for ref in o["metadata"].get("ownerReferences") or []
+                )
+            )
         return self.output(k, obj, version)
 
     def _delete_where(self, predicate: Callable[[ResourceKind, Body], bool]) -> None:
@@ -360,11 +389,14 @@ class ObjectStore:
         expected = k.api_version(version)
         api_version, kind_name = obj.get("apiVersion"), obj.get("kind")
         if api_version and api_version.rpartition("/")[0] != k.group:
-            raise errors.bad_request(f"the API version in the data ({api_version}) does not match the "
-                                     f"expected API version ({expected})")
+            raise errors.bad_request(
+                f"the API version in the data ({api_version}) does not match the "
+                f"expected API version ({expected})"
+            )
         if kind_name and kind_name != k.kind:
-            raise errors.bad_request(f"the kind in the data ({kind_name}) does not match the expected kind "
-                                     f"({k.kind})")
+            raise errors.bad_request(
+                f"the kind in the data ({kind_name}) does not match the expected kind ({k.kind})"
+            )
 
     @staticmethod
     def _establish_crd(obj: Body) -> None:
@@ -374,10 +406,20 @@ class ObjectStore:
         obj["status"] = {
             "acceptedNames": copy.deepcopy(spec["names"]),
             "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                 "message": "no conflicts found", "lastTransitionTime": now},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted", "lastTransitionTime": now},
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                    "lastTransitionTime": now,
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                    "lastTransitionTime": now,
+                },
             ],
             "storedVersions": [v["name"] for v in spec["versions"] if v.get("storage")],
         }
@@ -404,7 +446,7 @@ class ObjectStore:
             body["metadata"].pop("resourceVersion", None)
             return self.update(k, ns, meta["name"], body, keep_status=True)
 
-    def events_after(self, cursor: int, timeout: float) -> tuple[list[StoredEvent], int]:
+    def events_after(self, cursor: int, timeout: float) -> tuple[Events, int]:
         """Events newer than ``cursor`` (waiting up to ``timeout`` for one); 410 if history lost them."""
         with self._cond:
             if self._rv <= cursor:
@@ -429,9 +471,12 @@ class ObjectStore:
                 raise errors.gone(cursor, self._evicted_rv + 1)
             return cursor, False
 
-    def snapshot(self, kind: ResourceKind, namespace: str | None) -> tuple[list[Body], int]:
+    def snapshot(self, kind: ResourceKind, namespace: str | None) -> tuple[Bodies, int]:
         """All objects of a kind and the resourceVersion they are consistent with (for watch from 0)."""
         with self._cond:
-            objs = [copy.deepcopy(o) for (ns, _), o in sorted(self._bucket(kind).items())
-                    if not namespace or not kind.namespaced or ns == namespace]
+            objs = [
+                copy.deepcopy(o)
+                for (ns, _), o in sorted(self._bucket(kind).items())
+                if not namespace or not kind.namespaced or ns == namespace
+            ]
             return objs, self._rv

@@ -34,8 +34,14 @@ def validate_name(kind: ResourceKind, name: str) -> None:
     as_label = kind.key == "namespaces"
     pattern, message, limit = (_LABEL, _LABEL_MSG, 63) if as_label else (_SUBDOMAIN, _SUBDOMAIN_MSG, 253)
     if len(name) > limit or not pattern.match(name):
-        raise invalid(kind.kind, kind.group, name, "metadata.name", f'Invalid value: "{name}": {message}',
-                      "FieldValueInvalid")
+        raise invalid(
+            kind.kind,
+            kind.group,
+            name,
+            "metadata.name",
+            f'Invalid value: "{name}": {message}',
+            cause="FieldValueInvalid",
+        )
 
 
 def _spec(obj: dict[str, Any]) -> dict[str, Any]:
@@ -55,13 +61,16 @@ def apply_defaults(kind: ResourceKind, obj: dict[str, Any]) -> None:
         spec.setdefault("revisionHistoryLimit", 10)
         if key == "deployments.apps":
             spec.setdefault("progressDeadlineSeconds", 600)
-            spec.setdefault("strategy", {"type": "RollingUpdate",
-                                         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+            spec.setdefault(
+                "strategy",
+                {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+            )
         elif key == "statefulsets.apps":
             spec.setdefault("podManagementPolicy", "OrderedReady")
             spec.setdefault("updateStrategy", {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
-            spec.setdefault("persistentVolumeClaimRetentionPolicy",
-                            {"whenDeleted": "Retain", "whenScaled": "Retain"})
+            spec.setdefault(
+                "persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain", "whenScaled": "Retain"}
+            )
     elif key == "cronjobs.batch":
         spec = _spec(obj)
         spec.setdefault("suspend", False)
@@ -97,22 +106,41 @@ def _require(kind: ResourceKind, name: str, obj: dict[str, Any], path: str) -> A
     return current
 
 
-def _validate_workload(kind: ResourceKind, name: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+def _validate_workload(
+    kind: ResourceKind, name: str, obj: dict[str, Any], old: dict[str, Any] | None
+) -> None:
     selector = _require(kind, name, obj, "spec.selector")
     _require(kind, name, obj, "spec.template")
     replicas = obj["spec"].get("replicas")
     if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-        raise invalid(kind.kind, kind.group, name, "spec.replicas",
-                      f"Invalid value: {replicas!r}: must be greater than or equal to 0", "FieldValueInvalid")
+        raise invalid(
+            kind.kind,
+            kind.group,
+            name,
+            "spec.replicas",
+            f"Invalid value: {replicas!r}: must be greater than or equal to 0",
+            cause="FieldValueInvalid",
+        )
     labels = ((obj["spec"]["template"].get("metadata") or {}).get("labels")) or {}
     wanted = selector.get("matchLabels") or {}
     if any(labels.get(k) != v for k, v in wanted.items()):
-        raise invalid(kind.kind, kind.group, name, "spec.template.metadata.labels",
-                      f"Invalid value: {labels!r}: `selector` does not match template `labels`",
-                      "FieldValueInvalid")
+        raise invalid(
+            kind.kind,
+            kind.group,
+            name,
+            "spec.template.metadata.labels",
+            f"Invalid value: {labels!r}: `selector` does not match template `labels`",
+            cause="FieldValueInvalid",
+        )
     if old is not None and (old.get("spec") or {}).get("selector") != selector:
-        raise invalid(kind.kind, kind.group, name, "spec.selector",
-                      f"Invalid value: {selector!r}: field is immutable", "FieldValueInvalid")
+        raise invalid(
+            kind.kind,
+            kind.group,
+            name,
+            "spec.selector",
+            f"Invalid value: {selector!r}: field is immutable",
+            cause="FieldValueInvalid",
+        )
 
 
 def _validate_crd(kind: ResourceKind, name: str, obj: dict[str, Any]) -> None:
@@ -121,19 +149,35 @@ def _validate_crd(kind: ResourceKind, name: str, obj: dict[str, Any]) -> None:
     plural = _require(kind, name, obj, "spec.names.plural")
     _require(kind, name, obj, "spec.names.kind")
     if name != f"{plural}.{group}":
-        raise invalid(kind.kind, kind.group, name, "metadata.name",
-                      f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group', "FieldValueInvalid")
+        raise invalid(
+            kind.kind,
+            kind.group,
+            name,
+            "metadata.name",
+            f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group',
+            cause="FieldValueInvalid",
+        )
     if spec.get("scope") not in ("Namespaced", "Cluster"):
-        raise invalid(kind.kind, kind.group, name, "spec.scope",
-                      f'Unsupported value: "{spec.get("scope")}": supported values: "Cluster", "Namespaced"',
-                      "FieldValueNotSupported")
+        raise invalid(
+            kind.kind,
+            kind.group,
+            name,
+            "spec.scope",
+            f'Unsupported value: "{spec.get("scope")}": supported values: "Cluster", "Namespaced"',
+            cause="FieldValueNotSupported",
+        )
     versions = spec.get("versions") or []
     if not versions:
         raise invalid(kind.kind, kind.group, name, "spec.versions", "Required value")
     if sum(1 for v in versions if v.get("storage")) != 1:
-        raise invalid(kind.kind, kind.group, name, "spec.versions",
-                      "Invalid value: must have exactly one version marked as storage version",
-                      "FieldValueInvalid")
+        raise invalid(
+            kind.kind,
+            kind.group,
+            name,
+            "spec.versions",
+            "Invalid value: must have exactly one version marked as storage version",
+            cause="FieldValueInvalid",
+        )
 
 
 def validate(kind: ResourceKind, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
@@ -152,5 +196,8 @@ def validate(kind: ResourceKind, obj: dict[str, Any], old: dict[str, Any] | None
             _validate_crd(kind, name, obj)
     except (AttributeError, TypeError) as exc:
         # A field of the wrong JSON type: the real decoder refuses it before validation runs.
-        raise ApiError(400, "BadRequest", f"{kind.kind} in version \"{kind.storage_version}\" cannot be "
-                                          f"handled as a {kind.kind}: {exc}") from exc
+        raise ApiError(
+            400,
+            "BadRequest",
+            f'{kind.kind} in version "{kind.storage_version}" cannot be handled as a {kind.kind}: {exc}',
+        ) from exc

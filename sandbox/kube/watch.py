@@ -55,7 +55,9 @@ def _translate(event: StoredEvent, req: WatchRequest) -> str | None:
     return "DELETED" if before else None
 
 
-def stream_events(store: ObjectStore, req: WatchRequest, stopped: Callable[[], bool]) -> Iterator[dict[str, Any]]:
+def stream_events(
+    store: ObjectStore, req: WatchRequest, stopped: Callable[[], bool]
+) -> Iterator[dict[str, Any]]:
     """Yield ``{"type", "object"}`` dicts until timeout, a stop, or a 410 (sent as an ERROR event)."""
     deadline = time.monotonic() + req.timeout
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +16,22 @@ import redis
 from fsm.plan import Timing
 from fsm.run import Run, new_run
 from sandbox.celery_worker import WorkerProcess
-from sandbox.fakes import FakeClusters, FakeCoordination, fake_adapters
+from sandbox.dynamo import (
+    DUMMY_ACCESS_KEY,
+    DUMMY_SECRET_KEY,
+    REGION,
+    SerializedMotoServer,
+    dynamodb_client,
+    endpoint_of,
+    moto_server,
+)
+from sandbox.fakes import FakeClusters, FakeCoordination
 from tests.factories import all_refs, failover, group
 from workers.app import create_app
+from workers.container import Adapters
+from workers.dynamo import DynamoCoordination
 from workers.engine import Engine
-from workers.ports import Role
+from workers.ports import Coordination, Role
 from workers.settings import Settings
 from workers.store import RunStore
 from workers.tasks import CelerySender
@@ -44,7 +56,7 @@ class Stack:
     engine: Engine
     store: RunStore
     clusters: FakeClusters
-    coordination: FakeCoordination
+    coordination: Coordination
     tmp_path: Path
     workers: list[WorkerProcess] = field(default_factory=list)
 
@@ -84,8 +96,13 @@ class Stack:
         return self.wait_for(run_id, lambda r: r.state.terminal, timeout)
 
 
-@pytest.fixture
-def stack(redis_server_url: str, real_redis: redis.Redis, prefix: str, tmp_path: Path) -> Iterator[Stack]:
+def _stack(
+    redis_server_url: str,
+    real_redis: redis.Redis,
+    prefix: str,
+    tmp_path: Path,
+    dynamodb: tuple[str, str] | None,
+) -> Iterator[Stack]:
     env = {
         "FAILOVER_REDIS_URL": redis_server_url,
         "FAILOVER_KEY_PREFIX": prefix,
@@ -110,19 +127,58 @@ def stack(redis_server_url: str, real_redis: redis.Redis, prefix: str, tmp_path:
         visibility_timeout=3,
     )
     app = create_app(settings)
-    adapters = fake_adapters(real_redis, f"{prefix}fake:")
-    assert isinstance(adapters.effects, FakeClusters)
-    assert isinstance(adapters.coordination, FakeCoordination)
+    clusters = FakeClusters(real_redis, f"{prefix}fake:")
+    closers: list[Callable[[], None]] = [app.close]
+    coordination: Coordination
+    if dynamodb is None:
+        coordination = FakeCoordination(real_redis, f"{prefix}fake:")
+    else:
+        endpoint, table = dynamodb
+        env.update(
+            {
+                "FAILOVER_ADAPTERS": "sandbox.fakes:fake_clusters_with_dynamodb",
+                "FAILOVER_DYNAMODB_TABLE": table,
+                "FAILOVER_DYNAMODB_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
+                "AWS_DEFAULT_REGION": REGION,
+            }
+        )
+        client = dynamodb_client(endpoint)
+        closers.append(client.close)
+        dynamo = DynamoCoordination(table, client=client)
+        dynamo.ensure_table()
+        coordination = dynamo
     g = group()
-    adapters.effects.load("site-a", all_refs(g), Role.ACTIVE)
-    adapters.effects.load("site-b", all_refs(g), Role.PASSIVE)
-    adapters.coordination.set_initial_owner(g.key, "site-a")
+    clusters.load("site-a", all_refs(g), Role.ACTIVE)
+    clusters.load("site-b", all_refs(g), Role.PASSIVE)
+    coordination.set_initial_owner(g.key, "site-a")
     store = RunStore(real_redis, prefix=prefix)
-    engine = Engine(store, adapters, CelerySender(app, settings), settings)
-    built = Stack(env, settings, engine, store, adapters.effects, adapters.coordination, tmp_path)
+    engine = Engine(store, Adapters(clusters, coordination), CelerySender(app, settings), settings)
+    built = Stack(env, settings, engine, store, clusters, coordination, tmp_path)
     try:
         yield built
     finally:
         for worker in built.workers:
             worker.stop()
-        app.close()
+        for close in closers:
+            close()
+
+
+@pytest.fixture
+def stack(redis_server_url: str, real_redis: redis.Redis, prefix: str, tmp_path: Path) -> Iterator[Stack]:
+    yield from _stack(redis_server_url, real_redis, prefix, tmp_path, None)
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[SerializedMotoServer]:
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def dynamo_stack(
+    redis_server_url: str, real_redis: redis.Redis, prefix: str, tmp_path: Path, moto: SerializedMotoServer
+) -> Iterator[Stack]:
+    table = f"failover-{uuid.uuid4().hex[:10]}"
+    yield from _stack(redis_server_url, real_redis, prefix, tmp_path, (endpoint_of(moto), table))

@@ -6,6 +6,7 @@ import pytest
 
 from fsm.plan import State
 from fsm.run import RunStatus
+from sandbox.fakes import FakeCoordination
 from tests.e2e.conftest import Stack
 from tests.factories import all_refs, group
 
@@ -69,6 +70,7 @@ def test_the_same_step_message_delivered_twice_advances_the_run_once(stack: Stac
     assert run.status is RunStatus.SUCCESS
     assert run.steps["validate"].attempts == 1
     assert run.steps["acquire_lock"].attempts == 1
+    assert isinstance(stack.coordination, FakeCoordination)
     assert stack.coordination.calls()["acquire_lock"] == 1
 
 

@@ -1,0 +1,40 @@
+"""A faithful fake Kubernetes API server for tests and the demo: one HTTP server per simulated cluster.
+
+Usage::
+
+    from sandbox.kube import SandboxFleet, load_sample_fleet
+
+    with SandboxFleet(["site-a", "site-b"], kubeconfig_path=tmp_path / "kubeconfig") as fleet:
+        load_sample_fleet(fleet, active="site-a")
+        fleet["site-a"].url, fleet.kubeconfig_path        # kubectl / kubernetes client targets
+        fleet["site-a"].store.get("Deployment", "shop", "web")
+        fleet["site-a"].faults.latency = 0.05
+        fleet["site-b"].controllers.workload_delay = 0.2
+        fleet["site-a"].set_down(True)
+
+Modules: ``cluster`` (one cluster), ``fleet`` (several + kubeconfig), ``store`` (objects, versions,
+history), ``api`` (REST verbs), ``server`` (HTTP), ``watch``, ``discovery``, ``patch``, ``selectors``,
+``validation``, ``kinds``, ``controllers``, ``faults``, ``samples``. This package stands in for the outside
+world: it must never be imported by the product (``fsm``, ``workers``, ``producers``).
+"""
+
+from sandbox.kube.cluster import SandboxCluster
+from sandbox.kube.controllers import Controllers
+from sandbox.kube.errors import ApiError
+from sandbox.kube.faults import FaultKnobs
+from sandbox.kube.fleet import SandboxFleet, write_kubeconfig
+from sandbox.kube.samples import load_sample_fleet, load_sample_group, sample_manifests
+from sandbox.kube.store import ObjectStore
+
+__all__ = [
+    "ApiError",
+    "Controllers",
+    "FaultKnobs",
+    "ObjectStore",
+    "SandboxCluster",
+    "SandboxFleet",
+    "load_sample_fleet",
+    "load_sample_group",
+    "sample_manifests",
+    "write_kubeconfig",
+]

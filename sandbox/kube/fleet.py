@@ -1,0 +1,104 @@
+"""A fleet of sandbox clusters behind one kubeconfig file (one context per cluster, named after it).
+
+``SandboxFleet(["site-a", "site-b"], kubeconfig_path=...)`` starts every cluster, writes the kubeconfig
+(current context: the first cluster) and, on exit, stops them all and removes a kubeconfig it created in
+a temporary directory. This module only composes clusters; it must not reach into their internals.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from sandbox.kube.cluster import SandboxCluster
+
+
+def write_kubeconfig(clusters: Sequence[SandboxCluster], path: Path, current: str | None = None) -> Path:
+    """Write a kubeconfig for ``clusters`` to ``path``; context names are the cluster names."""
+    entries = [c.kubeconfig() for c in clusters]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [e["cluster"] for e in entries],
+        "users": [e["user"] for e in entries],
+        "contexts": [e["context"] for e in entries],
+        "current-context": current or (clusters[0].name if clusters else ""),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class SandboxFleet:
+    """Several :class:`SandboxCluster` objects started together; ``fleet["site-a"]`` gets one.
+
+    Args:
+        names: cluster names, also the kubeconfig context names.
+        kubeconfig_path: where to write the kubeconfig; a temporary file (removed on exit) if None.
+        cluster_options: keyword arguments passed to every :class:`SandboxCluster`.
+    """
+
+    def __init__(
+        self, names: Sequence[str], *, kubeconfig_path: Path | str | None = None, **cluster_options: Any
+    ) -> None:
+        if len(set(names)) != len(names):
+            raise ValueError(f"cluster names must be unique: {list(names)}")
+        self.clusters = {name: SandboxCluster(name, **cluster_options) for name in names}
+        self._tmpdir: str | None = None
+        self._kubeconfig_path = Path(kubeconfig_path) if kubeconfig_path is not None else None
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        """The kubeconfig file (a temporary one is only chosen when the fleet starts)."""
+        if self._kubeconfig_path is None:
+            raise RuntimeError("the fleet has no kubeconfig until it is started")
+        return self._kubeconfig_path
+
+    def start(self) -> SandboxFleet:
+        if self._kubeconfig_path is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="sandbox-kube-")
+            self._kubeconfig_path = Path(self._tmpdir) / "kubeconfig"
+        try:
+            for cluster in self.clusters.values():
+                cluster.start()
+        except BaseException:
+            self.stop()
+            raise
+        write_kubeconfig(list(self.clusters.values()), self.kubeconfig_path)
+        return self
+
+    def stop(self) -> None:
+        for cluster in self.clusters.values():
+            cluster.stop()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+            self._kubeconfig_path = None
+
+    def __enter__(self) -> SandboxFleet:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __getitem__(self, name: str) -> SandboxCluster:
+        return self.clusters[name]
+
+    def __iter__(self) -> Iterator[SandboxCluster]:
+        return iter(self.clusters.values())
+
+    def __len__(self) -> int:
+        return len(self.clusters)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.clusters)

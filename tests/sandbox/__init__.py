@@ -1,0 +1,1 @@
+"""Tests of the sandbox Kubernetes API server (sandbox/kube)."""
