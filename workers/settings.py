@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     aws_region: str | None = Field(
         default=None, description="AWS region of the table (else the AWS default)."
     )
+    operator_id: str = Field(default="default", description="The operatorID of the groups this stack owns.")
     clusters: list[str] = Field(default_factory=list, description="Known cluster (kubeconfig context) names.")
     adapters: str = Field(
         default="workers.container:production_adapters",

@@ -1,0 +1,155 @@
+"""The narrow API producers use: submit a failover, read runs, reach the coordination store.
+
+Producers (``failoverctl``, the watcher, the health checker) submit events and read state; they never
+run steps. This module is all of ``workers`` they may import besides the settings (an import-linter
+contract holds that), so the engine's internals can change without touching them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+from celery import Celery
+
+from fsm.models import Failover, FailoverGroup, GroupKey, RequestError, check_request
+from fsm.run import Run, new_run
+from workers.app import create_app
+from workers.container import dynamo_coordination
+from workers.engine import START_TASK
+from workers.errors import PermanentError
+from workers.ports import Coordination, HistoryRecord, LockInfo
+from workers.settings import Settings
+from workers.store import RunStore
+from workers.tasks import CelerySender
+
+__all__ = [
+    "Coordination",
+    "HistoryRecord",
+    "LockInfo",
+    "Orchestrator",
+    "RequestError",
+    "Submission",
+    "run_id_for",
+]
+
+
+def run_id_for(failover: Failover, group: FailoverGroup) -> str:
+    """One run per Failover (namespace, name, spec) and group, wherever and however often it is seen.
+
+    GitOps may apply the same Failover to both clusters, and a restarted watcher sees it again: both
+    must lead to the same run. A changed mind is a new Failover (spec fields are immutable), so a new
+    name or spec gives a new id.
+    """
+    spec = failover.spec.model_dump_json(by_alias=True)
+    key = (
+        f"{failover.metadata.namespace}/{failover.metadata.name}|{group.metadata.namespace}/"
+        f"{group.metadata.name}|{spec}"
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Submission:
+    run: Run
+    created: bool
+
+
+class Orchestrator:
+    """A producer's handle on one site's stack: its Redis, its broker and the DynamoDB table."""
+
+    def __init__(self, settings: Settings, *, coordination: Coordination | None = None) -> None:
+        self.settings = settings
+        self.coordination = coordination or dynamo_coordination(settings)
+        self.store = RunStore.from_url(settings.redis_url, prefix=settings.key_prefix, ttl=settings.run_ttl)
+        self._celery: Celery | None = None
+
+    def close(self) -> None:
+        self.store.close()
+        if self._celery is not None:
+            self._celery.close()
+        close = getattr(self.coordination, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def celery(self) -> Celery:
+        if self._celery is None:
+            self._celery = create_app(self.settings)
+        return self._celery
+
+    def submit(self, failover: Failover, group: FailoverGroup) -> Submission:
+        """Create the run of ``failover`` for ``group`` (once) and send its start message.
+
+        Raises :class:`RequestError` naming the field when the request cannot run as asked (target
+        already active, unknown cluster, group without owner).
+        """
+        known = frozenset(self.settings.clusters) or None
+        source = self.coordination.active_cluster(group.key)
+        check_request(failover, group, active_cluster=source, known_clusters=known)
+        assert source is not None
+        run = new_run(
+            run_id=run_id_for(failover, group),
+            failover=failover,
+            group=group,
+            source_cluster=source,
+            now=time.time(),
+            timing=self.settings.timing,
+        )
+        if not self.store.create(run):
+            existing = self.store.load(run.run_id)
+            return Submission(run=existing or run, created=False)
+        CelerySender(self.celery, self.settings).send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
+        return Submission(run=run, created=True)
+
+    def runs(self, *, failover: str | None = None, limit: int = 50) -> list[Run]:
+        return self.store.for_failover(failover) if failover else self.store.recent(limit)
+
+    def run(self, run_id: str) -> Run | None:
+        return self.store.load(run_id)
+
+    def init_table(self) -> None:
+        ensure = getattr(self.coordination, "ensure_table", None)
+        if not callable(ensure):
+            raise PermanentError("the coordination store has no table to create")
+        ensure()
+
+    def history(self, group: GroupKey, *, limit: int = 50) -> list[HistoryRecord]:
+        return self.coordination.history(group, limit=limit)
+
+    def lock(self, group: GroupKey) -> LockInfo | None:
+        return self.coordination.lock_info(group)
+
+    def release_lock(self, group: GroupKey, *, by: str, reason: str) -> LockInfo | None:
+        """Release the group's lock by hand and record who did it and why in history."""
+        info = self.coordination.lock_info(group)
+        if info is None:
+            return None
+        now = time.time()
+        if self.coordination.release_lock(group, token=info.token):
+            self.coordination.record_history(
+                group,
+                HistoryRecord(
+                    run_id=info.run_id,
+                    failover="",
+                    group=str(group),
+                    mode="",
+                    source_cluster="",
+                    target_cluster="",
+                    force=False,
+                    reason=reason,
+                    started_at=now,
+                    finished_at=now,
+                    outcome="LOCK_RELEASED",
+                    message=f"lock of run {info.run_id} (token {info.token}, holder "
+                    f"{info.holder}) released by {by}",
+                ),
+            )
+        return info
