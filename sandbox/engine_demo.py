@@ -1,7 +1,8 @@
 """The engine demo: two failovers end to end on local stand-ins, then everything it started stops.
 
-Redis (``REDIS_URL`` if it answers, else an embedded one), one real Celery worker process, and the
-Redis-backed fakes of ``sandbox.fakes`` standing in for two clusters and DynamoDB. A CONSISTENCY
+Redis (``REDIS_URL`` if it answers, else an embedded one), a moto DynamoDB server spoken to by the
+real DynamoDB adapter (locks, owner, history, journal), one real Celery worker process, and the
+Redis-backed fake clusters of ``sandbox.fakes``. A CONSISTENCY
 failover moves the sample group "shop" from site-a to site-b; an UPTIME failback brings it home.
 Run it with ``failoverctl demo`` (or ``python -m sandbox.engine_demo``).
 """
@@ -23,9 +24,19 @@ from fsm.plan import Timing
 from fsm.run import Run, new_run
 from producers.views import run_view, summary
 from sandbox.celery_worker import WorkerProcess
-from sandbox.fakes import FakeClusters, FakeCoordination, fake_adapters
+from sandbox.dynamo import (
+    DUMMY_ACCESS_KEY,
+    DUMMY_SECRET_KEY,
+    REGION,
+    dynamodb_client,
+    endpoint_of,
+    moto_server,
+)
+from sandbox.fakes import FakeClusters
 from sandbox.redis_server import redis_url
 from workers.app import create_app
+from workers.container import Adapters
+from workers.dynamo import DynamoCoordination
 from workers.engine import Engine
 from workers.ports import Role
 from workers.settings import Settings
@@ -92,8 +103,10 @@ def main() -> int:
     console = Console()
     prefix = f"demo-{uuid.uuid4().hex[:8]}:"
     group = FailoverGroup.model_validate(GROUP)
-    with redis_url() as url, tempfile.TemporaryDirectory() as tmp:
+    with redis_url() as url, moto_server() as moto, tempfile.TemporaryDirectory() as tmp:
+        endpoint, table = endpoint_of(moto), "failover-demo"
         console.print(f"[bold]Redis[/] {url} (keys under {prefix!r})")
+        console.print(f"[bold]DynamoDB[/] {endpoint} (moto server, table {table!r})")
         settings = Settings(
             redis_url=url,
             key_prefix=prefix,
@@ -101,15 +114,18 @@ def main() -> int:
             queue=f"{prefix}steps",
             timing=TIMING,
             visibility_timeout=60,
+            dynamodb_table=table,
+            dynamodb_endpoint_url=endpoint,
         )
         client = redis.Redis.from_url(url)
-        adapters = fake_adapters(client, f"{prefix}fake:", settle_checks=3)
-        assert isinstance(adapters.effects, FakeClusters) and isinstance(
-            adapters.coordination, FakeCoordination
-        )
+        dynamo_client = dynamodb_client(endpoint)
+        coordination = DynamoCoordination(table, client=dynamo_client)
+        coordination.ensure_table()
+        clusters = FakeClusters(client, f"{prefix}fake:", settle_checks=3)
+        adapters = Adapters(effects=clusters, coordination=coordination)
         refs = [*group.workload_refs(), *group.volume_refs(), *group.network_refs(), *group.flux_refs()]
-        adapters.effects.load("site-a", refs, Role.ACTIVE, replicas=3)
-        adapters.effects.load("site-b", refs, Role.PASSIVE, replicas=3)
+        clusters.load("site-a", refs, Role.ACTIVE, replicas=3)
+        clusters.load("site-b", refs, Role.PASSIVE, replicas=3)
         adapters.coordination.set_initial_owner(group.key, "site-a")
         app = create_app(settings)
         store = RunStore(client, prefix=prefix)
@@ -121,9 +137,14 @@ def main() -> int:
             "FAILOVER_QUEUE": settings.queue,
             "FAILOVER_TIMING": TIMING.model_dump_json(),
             "FAILOVER_VISIBILITY_TIMEOUT": "60",
-            "FAILOVER_ADAPTERS": "sandbox.fakes:adapters_from_env",
+            "FAILOVER_ADAPTERS": "sandbox.fakes:fake_clusters_with_dynamodb",
             "FAILOVER_FAKE_PREFIX": f"{prefix}fake:",
             "FAILOVER_FAKE_SETTLE_CHECKS": "3",
+            "FAILOVER_DYNAMODB_TABLE": table,
+            "FAILOVER_DYNAMODB_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
+            "AWS_DEFAULT_REGION": REGION,
         }
         worker = WorkerProcess(env, name="demo", queues=settings.queue, log_path=Path(tmp) / "worker.log")
         results: list[Run] = []
@@ -145,12 +166,19 @@ def main() -> int:
                 engine.submit(run)
                 results.append(_follow(console, store, run.run_id))
                 console.print()
-            console.print(_final_state(adapters.effects, group))
+            console.print(_final_state(clusters, group))
+            history = coordination.history(group.key)
+            console.print(
+                f"[bold]history in DynamoDB[/]: {len(history)} records, newest: {history[0].outcome} "
+                f"{history[0].source_cluster}→{history[0].target_cluster}; active cluster now "
+                f"{coordination.active_cluster(group.key)}"
+            )
         finally:
             worker.stop()
             for key in client.scan_iter(match=f"{prefix}*", count=1000):
                 client.delete(key)
             app.close()
+            dynamo_client.close()
         for run in results:
             console.print(f"[bold]{summary(run)}[/]")
         client.close()
