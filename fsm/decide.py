@@ -21,6 +21,7 @@ from fsm.run import CompensationAction, Dispatch, Failure, Run, RunStatus, StepR
 class EventKind(StrEnum):
     START = "start"
     SUCCEEDED = "step_succeeded"
+    SKIPPED = "step_skipped"
     WAITING = "step_waiting"
     TEMPORARY_FAILURE = "step_failed_temporarily"
     PERMANENT_FAILURE = "step_failed"
@@ -130,13 +131,20 @@ def decide(run: Run, event: Event, now: float) -> Decision:
 
     record.finished_at = now
     record.message = message
-    if kind is EventKind.SUCCEEDED:
-        record.outcome = "done"
+    if kind in (EventKind.SUCCEEDED, EventKind.SKIPPED):
+        # A skip at run time (a lost source under force) moves on like a success but is recorded
+        # as a skip, so that status and history say what was not done.
+        done = kind is EventKind.SUCCEEDED
+        record.outcome = "done" if done else "skipped"
+        verb = "done" if done else "skipped"
         _apply(new, event.updates)
         if run.state is State.COMPENSATING:
-            return _next_undo(run, new, now, f"undo {step.value} done")
-        new.state = machine_for(run.mode).fire(run.state, Trigger.STEP_SUCCEEDED)
-        return _settle(run, new, now, f"{step.value} done: {message}" if message else f"{step.value} done")
+            return _next_undo(run, new, now, f"undo {step.value} {verb}")
+        trigger = Trigger.STEP_SUCCEEDED if done else Trigger.STEP_SKIPPED
+        new.state = machine_for(run.mode).fire(run.state, trigger)
+        return _settle(
+            run, new, now, f"{step.value} {verb}: {message}" if message else f"{step.value} {verb}"
+        )
     record.outcome = "failed"
     return _fail(run, new, event, step=step, message=message, now=now)
 

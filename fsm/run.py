@@ -110,6 +110,7 @@ class Run(BaseModel):
     resources: Resources
     plan: list[PlannedStep]
     timing: Timing = Field(default_factory=Timing)
+    heartbeat_timeout: float = 60.0
     state: State = State.PENDING
     status: RunStatus = RunStatus.PENDING
     message: str = ""
@@ -235,4 +236,5 @@ def new_run(
         timing=timing,
         created_at=now,
         deadline_at=now + group.spec.timeouts.transitory_state.total_seconds(),
+        heartbeat_timeout=group.spec.timeouts.heartbeat.total_seconds(),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -23,7 +23,7 @@ from fsm.models import GroupKey
 from fsm.plan import Step
 from fsm.run import Run
 from workers.container import Adapters
-from workers.errors import LeaseLost, OrchestratorError, PermanentError, TemporaryError
+from workers.errors import ClusterUnreachable, LeaseLost, OrchestratorError, PermanentError, TemporaryError
 from workers.ports import JournalEntry
 from workers.settings import Settings
 from workers.steps import STEPS, Done, StepContext
@@ -167,13 +167,15 @@ class Engine:
             lease_seconds=self.settings.lease_seconds,
             holder=self.settings.holder,
         )
-        base = {"step": step, "ticket": ticket, "started_at": started}
+        base: dict[str, Any] = {"step": step, "ticket": ticket, "started_at": started}
         try:
             if run.token is not None and step is not Step.ABORT:
                 self.adapters.coordination.renew_lease(
                     run.group, token=run.token, lease_seconds=self.settings.lease_seconds, now=started
                 )
             outcome = STEPS[step](ctx)
+        except ClusterUnreachable as error:
+            return self._unreachable(run, step, error, started, base)
         except TemporaryError as error:
             log.warning(
                 "step.temporary_failure",
@@ -220,6 +222,56 @@ class Engine:
         if isinstance(outcome, Done):
             return Event(kind=EventKind.SUCCEEDED, message=outcome.message, updates=outcome.updates, **base)
         return Event(kind=EventKind.WAITING, message=outcome.message, **base)
+
+    def _unreachable(
+        self, run: Run, step: Step, error: ClusterUnreachable, now: float, base: dict[str, Any]
+    ) -> Event:
+        """A cluster that does not answer. The target (or DynamoDB) is retried like any temporary
+        fault. The source is the site that may be lost: without ``force`` the run fails at once,
+        saying so; with ``force`` its steps are skipped, but only once its heartbeat is stale for
+        ``timeouts.heartbeat``, so that a network blip never skips the stand-down of a live site."""
+        cluster = error.cluster or run.current_cluster
+        if cluster != run.source_cluster:
+            return Event(
+                kind=EventKind.TEMPORARY_FAILURE,
+                message=error.describe(),
+                cluster=cluster,
+                jitter=self.jitter(),
+                **base,
+            )
+        if not run.force:
+            message = (
+                f"source cluster {cluster!r} is unreachable ({error.message}); if the site is lost, "
+                "submit a new Failover with force: true to skip its steps once its heartbeat is stale"
+            )
+            log.error("step.source_unreachable", run_id=run.run_id, step=step.value, cluster=cluster)
+            return Event(kind=EventKind.PERMANENT_FAILURE, message=message, cluster=cluster, **base)
+        beats = {beat.cluster: beat.at for beat in self.adapters.coordination.heartbeats(run.group)}
+        age = now - beats[cluster] if cluster in beats else None
+        if age is not None and age < run.heartbeat_timeout:
+            wait = run.heartbeat_timeout - age
+            message = (
+                f"source cluster {cluster!r} is unreachable but its heartbeat is only {age:.0f}s old; "
+                f"under force its steps are skipped once it is {run.heartbeat_timeout:g}s old"
+            )
+            return Event(
+                kind=EventKind.TEMPORARY_FAILURE,
+                message=message,
+                cluster=cluster,
+                retry_after=wait,
+                jitter=self.jitter(),
+                **base,
+            )
+        seen = f"last heartbeat {age:.0f}s ago" if age is not None else "no heartbeat on record"
+        log.warning(
+            "step.skipped_lost_source", run_id=run.run_id, step=step.value, cluster=cluster, seen=seen
+        )
+        return Event(
+            kind=EventKind.SKIPPED,
+            message=f"skipped under force: source {cluster!r} unreachable, {seen}",
+            cluster=cluster,
+            **base,
+        )
 
     def apply(self, run: Run, event: Event) -> Decision | None:
         """Decide, journal, commit (compare-and-set), send. Re-reads and re-decides on a conflict."""

@@ -18,7 +18,7 @@ from fsm.decide import Updates
 from fsm.models import ResourceRef
 from fsm.plan import Step
 from fsm.run import Run
-from workers.errors import CoordinationConflict, LeaseLost, LockHeld, PermanentError
+from workers.errors import ClusterUnreachable, CoordinationConflict, LeaseLost, LockHeld, PermanentError
 from workers.ports import Change, ClusterEffects, Coordination, HistoryRecord, Role
 
 
@@ -121,14 +121,28 @@ def validate(ctx: StepContext) -> Outcome:
         )
     replicas: dict[str, int] = {}
     refs = [*run.resources.workloads, *run.resources.volumes, *run.resources.network, *run.resources.flux]
-    for cluster in (run.source_cluster, run.target_cluster):
-        for ref in refs:
-            seen = ctx.effects.observe(cluster, ref)
-            if not seen.exists:
+    notes = []
+    for cluster in (run.target_cluster, run.source_cluster):
+        try:
+            seen = {ref: ctx.effects.observe(cluster, ref) for ref in refs}
+        except ClusterUnreachable:
+            if cluster != run.source_cluster or not run.force:
+                raise
+            # Under force the source may be gone: its steps decide later, on its heartbeat.
+            notes.append(f"source {cluster} unreachable: not checked")
+            continue
+        for ref, observation in seen.items():
+            if not observation.exists:
                 raise PermanentError(f"{ref} does not exist", cluster=cluster, obj=str(ref))
-            if cluster == run.source_cluster and seen.replicas is not None:
-                replicas[ref.name] = seen.replicas
-    return Done(f"{len(refs)} objects found on both clusters", Updates(replicas=replicas))
+            if observation.replicas is not None:
+                # The source's count wins; the target's remembered count is the fallback.
+                replicas[ref.name] = observation.replicas
+    checked = (
+        f"{len(refs)} objects found on both clusters"
+        if not notes
+        else f"{len(refs)} objects found on {run.target_cluster}; {'; '.join(notes)}"
+    )
+    return Done(checked, Updates(replicas=replicas))
 
 
 @step(Step.ACQUIRE_LOCK)

@@ -224,3 +224,63 @@ def test_submitting_the_same_run_id_twice_is_refused(harness: Harness) -> None:
     submit(harness)
     run = new_run(run_id="run-1", failover=failover(), group=group(), source_cluster="site-a", now=1.0)
     assert not harness.engine.submit(run)
+
+
+def submit_forced(h: Harness, force: bool) -> str:
+    run = new_run(
+        run_id="lost",
+        failover=failover(force=force),
+        group=group(),
+        source_cluster="site-a",
+        now=h.clock(),
+        timing=h.engine.settings.timing,
+    )
+    assert h.engine.submit(run)
+    return run.run_id
+
+
+def test_an_unreachable_source_without_force_fails_at_once_suggesting_force(harness: Harness) -> None:
+    harness.clusters.set_fault("*", "site-a", None, "down")
+    run_id = submit_forced(harness, force=False)
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.FAILED
+    assert run.failure is not None and run.failure.step is Step.VALIDATE
+    assert run.steps["validate"].attempts == 1
+    assert "source cluster 'site-a' is unreachable" in run.message and "force: true" in run.message
+    assert harness.coordination.active_cluster(group().key) == "site-a"
+
+
+def test_under_force_a_lost_sources_steps_are_skipped_once_its_heartbeat_is_stale(harness: Harness) -> None:
+    from workers.ports import Heartbeat
+
+    g = group()
+    harness.coordination.write_heartbeat(g.key, Heartbeat("site-a", "OK", "PRIMARY", at=harness.clock()))
+    harness.clusters.set_fault("*", "site-a", None, "down")
+    run_id = submit_forced(harness, force=True)
+    harness.pump(limit=4)  # start, validate... validate reads the source: it must cope too
+    run = harness.store.load(run_id)
+    assert run is not None and not run.state.terminal
+    waiting = run.steps.get(run.step_key)
+    assert waiting is not None and "heartbeat is only" in waiting.message
+    harness.clock.now += 61  # the heartbeat is now older than timeouts.heartbeat (1m)
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.SUCCESS, run.message
+    skipped = {key for key, rec in run.steps.items() if rec.outcome == "skipped"}
+    assert {
+        "disable_network",
+        "scale_down_workloads",
+        "suspend_flux",
+        "wait_scaled_down",
+        "demote_volumes",
+        "wait_volumes_demoted",
+    } <= skipped
+    assert (
+        "skipped under force: source 'site-a' unreachable, last heartbeat"
+        in run.steps["demote_volumes"].message
+    )
+    assert all(harness.clusters.role("site-b", ref) == "active" for ref in all_refs(g))
+    assert harness.coordination.active_cluster(g.key) == "site-b"
+    [record] = harness.coordination.history(g.key)
+    assert record.force and any(s.startswith("demote_volumes: skipped under force") for s in record.skipped)
