@@ -101,6 +101,7 @@ class Run(BaseModel):
     run_id: str
     version: int = 0
     failover: str
+    failover_cluster: str | None = None
     group: GroupKey
     mode: FailoverMode
     source_cluster: str
@@ -218,6 +219,7 @@ def new_run(
     source_cluster: str,
     now: float,
     timing: Timing | None = None,
+    failover_cluster: str | None = None,
 ) -> Run:
     """A PENDING run of ``failover`` for ``group``, currently active on ``source_cluster``. Pure."""
     timing = timing or Timing()
@@ -225,6 +227,7 @@ def new_run(
     return Run(
         run_id=run_id,
         failover=f"{failover.metadata.namespace}/{failover.metadata.name}",
+        failover_cluster=failover_cluster,
         group=group.key,
         mode=mode,
         source_cluster=source_cluster,

@@ -122,6 +122,17 @@ class FakeClusters:
             self._record(cluster, ref, "reached", role.value, obj.get("epoch"))
         return Check(True, f"is {role.value}")
 
+    def stop_jobs(self, cluster: str, ref: ResourceRef) -> Change:
+        """The fake's Jobs are its settle countdown: stopping them settles the CronJob at once."""
+        self._fault("stop_jobs", cluster, ref)
+        obj = self._require(cluster, ref)
+        if obj["want"] != Role.PASSIVE.value or obj["remaining"] == 0:
+            return Change(cluster, ref, "stop_jobs", changed=False, detail="no running Jobs")
+        obj["remaining"] = 0
+        self._put(cluster, ref, obj)
+        self._record(cluster, ref, "stop_jobs", Role.PASSIVE.value, obj.get("epoch"))
+        return Change(cluster, ref, "stop_jobs", changed=True, detail="deleted running Jobs")
+
     def observe(self, cluster: str, ref: ResourceRef) -> Observation:
         self._fault("observe", cluster, ref)
         obj = self._get(cluster, ref)

@@ -45,6 +45,9 @@ class NullEffects:
     def observe(self, cluster: str, ref: ResourceRef) -> Observation:
         return Observation(exists=True, role=Role.ACTIVE, replicas=1)
 
+    def stop_jobs(self, cluster: str, ref: ResourceRef) -> Change:
+        return Change(cluster, ref, "stop_jobs", changed=False)
+
 
 class NullCoordination:
     def __init__(self) -> None:

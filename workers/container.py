@@ -61,8 +61,15 @@ def dynamo_coordination(settings: Settings) -> Coordination:
 
 
 def production_adapters(settings: Settings) -> Adapters:
-    """Kubernetes through kubeconfig contexts and DynamoDB."""
-    raise PermanentError(
-        "the Kubernetes adapter is not available yet: set FAILOVER_ADAPTERS to a factory "
-        "(e.g. sandbox.fakes:fake_clusters_with_dynamodb)"
+    """Kubernetes through kubeconfig contexts (or in-cluster), DynamoDB, and the Failover status writer."""
+    from workers.kube import KubeClients, KubeEffects
+    from workers.status import FailoverStatusWriter
+
+    clients = KubeClients(settings.kubeconfig)
+    observers: list[RunObserver] = []
+    if settings.failover_cluster or settings.clusters:
+        default_cluster = settings.failover_cluster or settings.clusters[0]
+        observers.append(FailoverStatusWriter(clients, default_cluster))
+    return Adapters(
+        effects=KubeEffects(clients), coordination=dynamo_coordination(settings), observers=observers
     )

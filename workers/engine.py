@@ -20,7 +20,7 @@ import structlog
 
 from fsm.decide import Decision, Event, EventKind, decide
 from fsm.models import GroupKey
-from fsm.plan import Step
+from fsm.plan import CATALOGUE, Step
 from fsm.run import Run
 from workers.container import Adapters
 from workers.errors import ClusterUnreachable, LeaseLost, OrchestratorError, PermanentError, TemporaryError
@@ -33,6 +33,14 @@ log = structlog.get_logger(__name__)
 
 START_TASK = "failover.start"
 REDRIVE_TASK = "failover.redrive"
+
+
+def _step_timeout(run: Run) -> float:
+    step = run.current_step
+    planned = run.planned(step) if step and run.state.step is step else None
+    if planned is not None:
+        return planned.timeout
+    return run.timing.timeout_for(CATALOGUE[step].kind) if step else 0.0
 
 
 def task_name(step: Step) -> str:
@@ -166,6 +174,8 @@ class Engine:
             now=started,
             lease_seconds=self.settings.lease_seconds,
             holder=self.settings.holder,
+            step_started_at=record.started_at if (record := run.steps.get(run.step_key)) else None,
+            step_timeout=_step_timeout(run),
         )
         base: dict[str, Any] = {"step": step, "ticket": ticket, "started_at": started}
         try:

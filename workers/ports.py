@@ -105,6 +105,10 @@ class ClusterEffects(Protocol):
         """Read the object without changing it (validation, plans, dry runs)."""
         ...
 
+    def stop_jobs(self, cluster: str, ref: ResourceRef) -> Change:
+        """Delete a suspended CronJob's running Jobs: waiting for them is not enough any more."""
+        ...
+
 
 @dataclass(frozen=True)
 class LockGrant:

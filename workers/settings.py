@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         default=None, description="AWS region of the table (else the AWS default)."
     )
     operator_id: str = Field(default="default", description="The operatorID of the groups this stack owns.")
+    kubeconfig: str | None = Field(
+        default=None, description="Kubeconfig with a context per cluster; in-cluster config when unset."
+    )
+    failover_cluster: str | None = Field(
+        default=None,
+        description="Cluster whose Failover objects the status writer updates when a run does not say.",
+    )
     clusters: list[str] = Field(default_factory=list, description="Known cluster (kubeconfig context) names.")
     adapters: str = Field(
         default="workers.container:production_adapters",

@@ -47,6 +47,8 @@ class StepContext:
     now: float
     lease_seconds: float
     holder: str
+    step_started_at: float | None = None
+    step_timeout: float = 0.0
     changes: list[Change] = field(default_factory=list)
 
     @property
@@ -73,23 +75,38 @@ class StepContext:
                     ref,
                     epoch=epoch,
                     replicas=self.run.replicas.get(ref.name),
-                    requested_at=self.run.requested_at,
+                    requested_at=self.requested_at(ref),
                 )
             self.changes.append(change)
         changed = sum(1 for c in self.changes if c.changed)
         return Done(f"{changed} of {len(refs)} made {role.value} on {cluster}")
 
-    def wait_for(self, refs: Sequence[ResourceRef], role: Role) -> Outcome:
+    def requested_at(self, ref: ResourceRef) -> str | None:
+        """The reconcile stamp, for the Flux objects whose group asks for ``triggerReconcile`` only."""
+        return (
+            self.run.requested_at
+            if ref in self.run.resources.flux and ref.name in self.run.resources.reconcile
+            else None
+        )
+
+    def pending(self, refs: Sequence[ResourceRef], role: Role) -> list[tuple[ResourceRef, str]]:
+        """The objects that have not reached ``role`` yet, each with the reason why not."""
         cluster = self.on_cluster()
-        pending = []
-        for ref in refs:
-            check = self.effects.check(cluster, ref, role, requested_at=self.run.requested_at)
-            if not check.reached:
-                pending.append(f"{ref}: {check.detail}")
+        checks = (
+            (ref, self.effects.check(cluster, ref, role, requested_at=self.requested_at(ref))) for ref in refs
+        )
+        return [(ref, check.detail) for ref, check in checks if not check.reached]
+
+    def wait_for(self, refs: Sequence[ResourceRef], role: Role) -> Outcome:
+        return self.judge(refs, role, self.pending(refs, role))
+
+    def judge(
+        self, refs: Sequence[ResourceRef], role: Role, pending: list[tuple[ResourceRef, str]]
+    ) -> Outcome:
+        cluster = self.on_cluster()
         if pending:
-            return Wait(
-                f"{len(pending)} of {len(refs)} not {role.value} on {cluster} ({'; '.join(pending[:3])})"
-            )
+            shown = "; ".join(f"{ref}: {detail}" for ref, detail in pending[:3])
+            return Wait(f"{len(pending)} of {len(refs)} not {role.value} on {cluster} ({shown})")
         return Done(f"all {len(refs)} {role.value} on {cluster}")
 
 
@@ -218,9 +235,34 @@ def promote_volumes(ctx: StepContext) -> Outcome:
 # --- waits -----------------------------------------------------------------------------------------
 
 
+# A suspended CronJob's running Jobs are waited for this share of the time left to the step's
+# deadline, then deleted: never left running silently, never allowed to fail the run by outliving it.
+JOB_GRACE_SHARE = 0.5
+
+
 @step(Step.WAIT_SCALED_DOWN)
 def wait_scaled_down(ctx: StepContext) -> Outcome:
-    return ctx.wait_for(ctx.run.resources.workloads, Role.PASSIVE)
+    refs = ctx.run.resources.workloads
+    pending = ctx.pending(refs, Role.PASSIVE)
+    started = ctx.step_started_at
+    if started is None or not pending:
+        return ctx.judge(refs, Role.PASSIVE, pending)
+    # The step fails at its own deadline or the run's (timeouts.transitoryState), whichever is first.
+    deadline = min(started + ctx.step_timeout, ctx.run.deadline_at)
+    if ctx.now < started + (deadline - started) * JOB_GRACE_SHARE:
+        return ctx.judge(refs, Role.PASSIVE, pending)
+    cluster = ctx.on_cluster()
+    stopped = [
+        change
+        for ref, _detail in pending
+        if ref.kind == "CronJob" and (change := ctx.effects.stop_jobs(cluster, ref)).changed
+    ]
+    ctx.changes.extend(stopped)
+    outcome = ctx.judge(refs, Role.PASSIVE, pending)
+    if stopped and isinstance(outcome, Wait):
+        detail = "; ".join(f"{c.ref}: {c.detail}" for c in stopped)
+        return Wait(f"{outcome.message}; past the grace period, stopped running Jobs ({detail})")
+    return outcome
 
 
 @step(Step.WAIT_VOLUMES_DEMOTED)

@@ -284,3 +284,32 @@ def test_under_force_a_lost_sources_steps_are_skipped_once_its_heartbeat_is_stal
     assert harness.coordination.active_cluster(g.key) == "site-b"
     [record] = harness.coordination.history(g.key)
     assert record.force and any(s.startswith("demote_volumes: skipped under force") for s in record.skipped)
+
+
+def test_a_cronjobs_running_jobs_are_stopped_after_the_grace_period_not_left_running(
+    harness: Harness,
+) -> None:
+    import json
+
+    g = group()
+    cronjob = next(ref for ref in g.workload_refs() if ref.kind == "CronJob")
+    run_id = submit(harness)
+    while True:  # up to the first check of wait_scaled_down
+        message = harness.sender.sent.pop(0)
+        harness.deliver(message)
+        if message.name == "failover.wait_scaled_down":
+            break
+    # The CronJob's Job keeps running: it would never finish on its own.
+    key, field = "t:objects:site-a", f"CronJob/shop/{cronjob.name}"
+    obj = json.loads(harness.clusters.client.hget(key, field))
+    harness.clusters.client.hset(key, field, json.dumps({**obj, "remaining": 10_000}))
+    harness.pump(limit=3)
+    run = harness.store.load(run_id)
+    assert run is not None and run.steps["wait_scaled_down"].outcome is None
+    assert not [e for e in harness.clusters.timeline() if e["op"] == "stop_jobs"]
+    harness.clock.now += 160  # past half the time left to the run's 5 minute deadline
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.SUCCESS, run.message
+    [stopped] = [e for e in harness.clusters.timeline() if e["op"] == "stop_jobs"]
+    assert stopped["cluster"] == "site-a" and stopped["ref"] == f"CronJob/shop/{cronjob.name}"

@@ -1,0 +1,216 @@
+"""End to end on the real Kubernetes adapter: a real Celery worker (``celery -A workers.tasks``) on a
+real Redis drives failovers of the sample group between two sandbox clusters, while a monitor thread
+checks the safety invariants of each mode on the clusters' objects."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from fsm.models import FailoverGroup
+from fsm.plan import Timing
+from fsm.run import Run, RunStatus, new_run
+from sandbox.celery_worker import WorkerProcess
+from sandbox.fakes import FakeCoordination
+from sandbox.kube import SandboxCluster, SandboxFleet, load_sample_fleet
+from tests.factories import failover, group
+from tests.kube.conftest import FAST
+from tests.kube.invariants import InvariantMonitor, not_ready, snapshot, stood_down
+from workers.app import create_app
+from workers.container import Adapters
+from workers.engine import Engine
+from workers.kube import KubeClients, KubeEffects
+from workers.settings import Settings
+from workers.store import RunStore
+from workers.tasks import CelerySender
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+TIMING = Timing(
+    poll_initial=0.05,
+    poll_factor=1.5,
+    poll_max=0.2,
+    retry_initial=0.05,
+    retry_max=0.2,
+    max_attempts=4,
+    effect_timeout=30,
+    wait_timeout=30,
+    coordination_timeout=30,
+)
+EPOCH = "failover.hahomelabs.com/epoch"
+# Controllers slow enough that every wait step finds its objects still moving at its first check.
+CONTROLLERS = {**FAST, "workload_delay": 0.2, "volume_delay": 0.2, "flux_delay": 0.2}
+WAITS = ("wait_scaled_down", "wait_volumes_demoted", "wait_volumes_promoted", "wait_ready")
+
+
+@dataclass
+class KubeStack:
+    fleet: SandboxFleet
+    env: dict[str, str]
+    settings: Settings
+    engine: Engine
+    store: RunStore
+    coordination: FakeCoordination
+    group: FailoverGroup
+    tmp_path: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start_worker(self, name: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            self.env, name=name, queues=self.settings.queue, log_path=self.tmp_path / f"{name}.log"
+        )
+        self.workers.append(worker)
+        worker.wait_ready()
+        return worker
+
+    def submit(self, mode: str, run_id: str = "run-1") -> str:
+        run = new_run(
+            run_id=run_id,
+            failover=failover(mode=mode),
+            group=self.group,
+            source_cluster="site-a",
+            now=time.time(),
+            timing=TIMING,
+        )
+        assert self.engine.submit(run)
+        return run_id
+
+    def wait_for(self, run_id: str, done: Callable[[Run], bool], timeout: float = 60.0) -> Run:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.store.load(run_id)
+            if run is not None and done(run):
+                return run
+            time.sleep(0.05)
+        logs = "\n".join(w.log_path.read_text()[-4000:] for w in self.workers)
+        raise AssertionError(
+            f"run {run_id} did not get there in {timeout}s: {self.store.load(run_id)}\n{logs}"
+        )
+
+
+@pytest.fixture
+def kube_stack(
+    redis_server_url: str, real_redis: redis.Redis, prefix: str, tmp_path: Path
+) -> Iterator[KubeStack]:
+    with SandboxFleet(["site-a", "site-b"], kubeconfig_path=tmp_path / "kubeconfig", **CONTROLLERS) as fleet:
+        load_sample_fleet(fleet, active="site-a")
+        fleet["site-a"].store.put(
+            {
+                "apiVersion": "crd.hahomelabs.com/v1alpha1",
+                "kind": "Failover",
+                "metadata": {"name": "move-shop", "namespace": "shop"},
+                "spec": {
+                    "targetCluster": "site-b",
+                    "failoverMode": "CONSISTENCY",
+                    "failoverGroups": [{"name": "shop"}],
+                },
+            }
+        )
+        env = {
+            "FAILOVER_REDIS_URL": redis_server_url,
+            "FAILOVER_KEY_PREFIX": prefix,
+            "FAILOVER_BROKER_PREFIX": prefix,
+            "FAILOVER_QUEUE": f"{prefix}steps",
+            "FAILOVER_ADAPTERS": "sandbox.kube_adapters:kube_clusters_with_fake_coordination",
+            "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),
+            "FAILOVER_STATUS_CLUSTER": "site-a",
+            "FAILOVER_FAKE_PREFIX": f"{prefix}fake:",
+            "FAILOVER_TIMING": TIMING.model_dump_json(),
+            "FAILOVER_VISIBILITY_TIMEOUT": "3",
+            "FAILOVER_BROKER_TRANSPORT_EXTRA": json.dumps(
+                {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+            ),
+            "FAILOVER_REDRIVE_AFTER": "5",
+        }
+        settings = Settings(
+            redis_url=redis_server_url,
+            key_prefix=prefix,
+            broker_prefix=prefix,
+            queue=f"{prefix}steps",
+            timing=TIMING,
+            visibility_timeout=3,
+        )
+        app = create_app(settings)
+        clients = KubeClients(fleet.kubeconfig_path)
+        coordination = FakeCoordination(real_redis, f"{prefix}fake:")
+        g = group()
+        coordination.set_initial_owner(g.key, "site-a")
+        store = RunStore(real_redis, prefix=prefix)
+        engine = Engine(
+            store, Adapters(KubeEffects(clients), coordination), CelerySender(app, settings), settings
+        )
+        built = KubeStack(fleet, env, settings, engine, store, coordination, g, tmp_path)
+        try:
+            yield built
+        finally:
+            for worker in built.workers:
+                worker.stop()
+            clients.close()
+            app.close()
+
+
+def _assert_active(cluster: SandboxCluster, token: int) -> None:
+    objects = snapshot(cluster, "shop")
+    assert not_ready(objects) == []
+    for (kind, name), obj in objects.items():
+        assert obj["metadata"]["annotations"][EPOCH] == str(token), (kind, name)
+    assert objects[("Deployment", "web")]["spec"]["replicas"] == 3
+    assert objects[("StatefulSet", "cache")]["spec"]["replicas"] == 2
+    release = objects[("HelmRelease", "shop")]
+    requested = release["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"]
+    assert release["status"]["lastHandledReconcileAt"] == requested
+    assert (
+        "kustomize.toolkit.fluxcd.io/reconcile"
+        not in objects[("Deployment", "web")]["metadata"]["annotations"]
+    )
+
+
+def _assert_passive(cluster: SandboxCluster, token: int) -> None:
+    objects = snapshot(cluster, "shop")
+    assert sorted(stood_down(objects)) == sorted(f"{kind} {name}" for kind, name in objects)
+    for (kind, name), obj in objects.items():
+        assert obj["metadata"]["annotations"][EPOCH] == str(token), (kind, name)
+        status = obj.get("status") or {}
+        if kind in ("Deployment", "StatefulSet"):
+            assert not status.get("readyReplicas") and not status.get("replicas"), (kind, name, status)
+        if kind == "VolumeReplication":
+            assert status["state"] == "Secondary"
+    web = objects[("Deployment", "web")]["metadata"]["annotations"]
+    assert (web["failover.hahomelabs.com/replicas"], web["kustomize.toolkit.fluxcd.io/reconcile"]) == (
+        "3",
+        "disabled",
+    )
+
+
+@pytest.mark.parametrize("mode", ["CONSISTENCY", "UPTIME"])
+def test_a_failover_between_sandbox_clusters(kube_stack: KubeStack, mode: str) -> None:
+    fleet = kube_stack.fleet
+    monitor = InvariantMonitor(fleet["site-a"], fleet["site-b"], mode, kube_stack.group)
+    monitor.start()
+    try:
+        kube_stack.start_worker("w1")
+        run_id = kube_stack.submit(mode)
+        run = kube_stack.wait_for(run_id, lambda r: r.state.terminal)
+    finally:
+        monitor.stop()
+    assert run.status is RunStatus.SUCCESS, run.message
+    assert run.token is not None
+    assert monitor.violations == []
+    assert monitor.samples > 50, "the monitor must have watched the whole run"
+    if mode == "UPTIME":
+        assert monitor.first_stood_down, "the monitor saw the source stand down"
+    assert kube_stack.coordination.active_cluster(kube_stack.group.key) == "site-b"
+    _assert_active(fleet["site-b"], run.token)
+    _assert_passive(fleet["site-a"], run.token)
+    # Every wait polled the real controllers' progress at least once before they got there.
+    assert {name: run.steps[name].checks >= 1 for name in WAITS} == dict.fromkeys(WAITS, True)
+    # The worker's status writer showed the run on the Failover.
+    failover_status = fleet["site-a"].store.get("Failover", "shop", "move-shop")["status"]
+    assert (failover_status["status"], failover_status["state"]) == ("SUCCESS", "SUCCEEDED")
+    assert failover_status["failoverGroups"][0]["runId"] == run_id
