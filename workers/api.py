@@ -85,8 +85,12 @@ class Orchestrator:
             self._celery = create_app(self.settings)
         return self._celery
 
-    def submit(self, failover: Failover, group: FailoverGroup) -> Submission:
+    def submit(
+        self, failover: Failover, group: FailoverGroup, *, failover_cluster: str | None = None
+    ) -> Submission:
         """Create the run of ``failover`` for ``group`` (once) and send its start message.
+
+        ``failover_cluster`` is where the Failover object lives, so that its status is written there.
 
         Raises :class:`RequestError` naming the field when the request cannot run as asked (target
         already active, unknown cluster, group without owner).
@@ -102,6 +106,7 @@ class Orchestrator:
             source_cluster=source,
             now=time.time(),
             timing=self.settings.timing,
+            failover_cluster=failover_cluster,
         )
         if not self.store.create(run):
             existing = self.store.load(run.run_id)

@@ -1,0 +1,277 @@
+"""The demo: two failovers end to end on local stand-ins, then everything it started stops.
+
+Two sandbox Kubernetes clusters (``site-a`` active, ``site-b`` passive) loaded with the sample group
+"shop", Redis (``REDIS_URL`` if it answers, else an embedded one), a moto DynamoDB server and one
+real Celery worker running the production adapters (the official kubernetes client through a
+kubeconfig, boto3 against DynamoDB, the Failover status writer). A CONSISTENCY failover moves the
+group to site-b; an UPTIME failback brings it home. ``failoverctl demo`` runs it;
+``failoverctl sandbox up`` (``python -m sandbox.demo --up``) leaves the environment running instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from fsm.models import Failover, FailoverGroup
+from fsm.plan import Timing
+from fsm.run import Run
+from producers.views import run_view, summary
+from sandbox.celery_worker import WorkerProcess
+from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION, endpoint_of, moto_server
+from sandbox.kube import SandboxFleet, load_sample_fleet
+from sandbox.redis_server import redis_url
+from workers.api import Orchestrator
+from workers.settings import Settings
+
+TIMING = Timing(poll_initial=0.2, poll_factor=1.5, poll_max=1.0, retry_initial=0.2, retry_max=1.0)
+CONTROLLERS: dict[str, Any] = {
+    "tick": 0.05,
+    "workload_delay": 0.3,
+    "replica_step": 0.1,
+    "volume_delay": 0.5,
+    "volume_resync_delay": 0.5,
+    "flux_delay": 0.3,
+    "job_duration": 1.0,
+}
+NAMESPACE, GROUP = "shop", "shop"
+
+
+@dataclass
+class Environment:
+    fleet: SandboxFleet
+    settings: Settings
+    env: dict[str, str]
+    redis_url: str
+    dynamodb_endpoint: str
+
+
+@contextlib.contextmanager
+def environment(workdir: Path) -> Iterator[Environment]:
+    """Two sandbox clusters, Redis, DynamoDB (table created, group owned by site-a); stopped on exit."""
+    prefix = f"demo-{uuid.uuid4().hex[:8]}:"
+    table = f"failover-demo-{uuid.uuid4().hex[:6]}"
+    with (
+        SandboxFleet(["site-a", "site-b"], kubeconfig_path=workdir / "kubeconfig", **CONTROLLERS) as fleet,
+        redis_url() as url,
+        moto_server() as moto,
+    ):
+        load_sample_fleet(fleet, active="site-a")
+        endpoint = endpoint_of(moto)
+        env = {
+            "FAILOVER_REDIS_URL": url,
+            "FAILOVER_KEY_PREFIX": prefix,
+            "FAILOVER_BROKER_PREFIX": prefix,
+            "FAILOVER_QUEUE": f"{prefix}steps",
+            "FAILOVER_TIMING": TIMING.model_dump_json(),
+            "FAILOVER_VISIBILITY_TIMEOUT": "60",
+            "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),
+            "FAILOVER_CLUSTERS": '["site-a", "site-b"]',
+            "FAILOVER_FAILOVER_CLUSTER": "site-a",
+            "FAILOVER_DYNAMODB_TABLE": table,
+            "FAILOVER_DYNAMODB_ENDPOINT_URL": endpoint,
+            "FAILOVER_OPERATOR_ID": "demo",
+            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
+            "AWS_DEFAULT_REGION": REGION,
+        }
+        settings = Settings(
+            redis_url=url,
+            key_prefix=prefix,
+            broker_prefix=prefix,
+            queue=f"{prefix}steps",
+            timing=TIMING,
+            visibility_timeout=60,
+            kubeconfig=str(fleet.kubeconfig_path),
+            clusters=["site-a", "site-b"],
+            dynamodb_table=table,
+            dynamodb_endpoint_url=endpoint,
+            operator_id="demo",
+        )
+        with _aws_env(env):
+            handle = Orchestrator(settings)
+            try:
+                handle.init_table()
+                group = _group(fleet)
+                handle.coordination.set_initial_owner(group.key, "site-a")
+            finally:
+                handle.close()
+        try:
+            yield Environment(fleet, settings, env, url, endpoint)
+        finally:
+            client = redis.Redis.from_url(url)
+            for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                client.delete(key)
+            client.close()
+
+
+@contextlib.contextmanager
+def _aws_env(env: dict[str, str]) -> Iterator[None]:
+    """boto3 reads credentials from the environment: set the dummy ones for this process meanwhile."""
+    import os
+
+    names = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: env[name] for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _group(fleet: SandboxFleet) -> FailoverGroup:
+    obj = fleet["site-a"].store.get("FailoverGroup", NAMESPACE, GROUP)
+    group = FailoverGroup.model_validate(obj)
+    return group.model_copy(update={"spec": group.spec.model_copy(update={"operator_id": "demo"})})
+
+
+def _failover(fleet: SandboxFleet, cluster: str, name: str, mode: str, target: str) -> Failover:
+    manifest = {
+        "apiVersion": "crd.hahomelabs.com/v1alpha1",
+        "kind": "Failover",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "targetCluster": target,
+            "failoverMode": mode,
+            "reason": "demo",
+            "failoverGroups": [{"name": GROUP}],
+        },
+    }
+    fleet[cluster].store.put(manifest)
+    return Failover.model_validate(manifest)
+
+
+def _follow(console: Console, handle: Orchestrator, run_id: str, timeout: float = 180.0) -> Run:
+    deadline = time.monotonic() + timeout
+    run = handle.run(run_id)
+    assert run is not None
+    with Live(run_view(run), console=console, refresh_per_second=8) as live:
+        while not run.state.terminal and time.monotonic() < deadline:
+            time.sleep(0.15)
+            run = handle.run(run_id) or run
+            live.update(run_view(run))
+    return run
+
+
+def describe(obj: dict[str, Any] | None) -> str:
+    """One cell: what matters about the object for active/passive, read from the cluster."""
+    if obj is None:
+        return "missing"
+    kind, spec, status = obj["kind"], obj.get("spec") or {}, obj.get("status") or {}
+    notes = obj["metadata"].get("annotations") or {}
+    if kind in ("Deployment", "StatefulSet"):
+        return f"replicas {spec.get('replicas', 0)}, ready {status.get('readyReplicas', 0)}"
+    if kind == "CronJob":
+        return "suspended" if spec.get("suspend") else "running"
+    if kind == "VolumeReplication":
+        return f"{status.get('state', '?')} (spec {spec.get('replicationState')})"
+    if kind in ("Ingress", "VirtualService"):
+        return f"external-dns: {notes.get('external-dns.alpha.kubernetes.io/controller', '-')}"
+    ready = next((c["status"] for c in status.get("conditions", []) if c.get("type") == "Ready"), "?")
+    return "suspended" if spec.get("suspend") else f"resumed, Ready={ready}"
+
+
+def final_state(fleet: SandboxFleet, group: FailoverGroup) -> Table:
+    table = Table(title="final state of both clusters (read from their API servers)", title_justify="left")
+    for column in ("object", "site-a", "site-b"):
+        table.add_column(column)
+    refs = [*group.workload_refs(), *group.volume_refs(), *group.network_refs(), *group.flux_refs()]
+    for ref in refs:
+        cells = [
+            describe(fleet[c].store.find(ref.kind, ref.namespace, ref.name)) for c in ("site-a", "site-b")
+        ]
+        table.add_row(str(ref), *cells)
+    return table
+
+
+def run_demo(console: Console) -> int:
+    with tempfile.TemporaryDirectory() as tmp, environment(Path(tmp)) as world:
+        console.print(
+            f"[bold]clusters[/] site-a {world.fleet['site-a'].url}, site-b {world.fleet['site-b'].url}"
+        )
+        console.print(f"[bold]Redis[/] {world.redis_url}   [bold]DynamoDB[/] {world.dynamodb_endpoint}")
+        worker = WorkerProcess(
+            world.env, name="demo", queues=world.settings.queue, log_path=Path(tmp) / "worker.log"
+        )
+        results: list[Run] = []
+        try:
+            worker.wait_ready()
+            console.print("[bold]worker[/] ready (celery -A workers.tasks worker, production adapters)\n")
+            group = _group(world.fleet)
+            with _aws_env(world.env), Orchestrator(world.settings) as handle:
+                for name, mode, target in (
+                    ("move-shop", "CONSISTENCY", "site-b"),
+                    ("bring-shop-home", "UPTIME", "site-a"),
+                ):
+                    failover = _failover(world.fleet, "site-a", name, mode, target)
+                    submitted = handle.submit(failover, group, failover_cluster="site-a")
+                    results.append(_follow(console, handle, submitted.run.run_id))
+                    console.print()
+                    status = world.fleet["site-a"].store.get("Failover", NAMESPACE, name).get("status") or {}
+                    console.print(
+                        f"Failover {NAMESPACE}/{name} status: {status.get('status')}, "
+                        f"metrics {status.get('metrics')}\n"
+                    )
+                console.print(final_state(world.fleet, group))
+                history = handle.history(group.key)
+                console.print(
+                    f"[bold]history in DynamoDB[/]: {len(history)} records; active cluster now "
+                    f"{handle.coordination.active_cluster(group.key)}"
+                )
+        finally:
+            worker.stop()
+        for run in results:
+            console.print(f"[bold]{summary(run)}[/]")
+    return 0 if len(results) == 2 and all(r.status.value == "SUCCESS" for r in results) else 1
+
+
+def sandbox_up(console: Console) -> int:
+    """Start the environment and a worker, print how to reach them, wait for Ctrl-C."""
+    workdir = Path(tempfile.mkdtemp(prefix="failover-sandbox-"))
+    with environment(workdir) as world:
+        worker = WorkerProcess(
+            world.env, name="sandbox", queues=world.settings.queue, log_path=workdir / "worker.log"
+        )
+        try:
+            worker.wait_ready()
+            console.print("[bold]sandbox up[/] (Ctrl-C stops everything)")
+            for name, value in sorted(world.env.items()):
+                console.print(f"export {name}='{value}'")
+            console.print(
+                f"kubectl --kubeconfig {world.fleet.kubeconfig_path} --context site-a get all -n shop"
+            )
+            console.print(f"worker log: {workdir / 'worker.log'}")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
+        finally:
+            worker.stop()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--up", action="store_true", help="leave the environment running until Ctrl-C")
+    args = parser.parse_args()
+    console = Console()
+    return sandbox_up(console) if args.up else run_demo(console)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
