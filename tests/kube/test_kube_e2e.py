@@ -214,3 +214,42 @@ def test_a_failover_between_sandbox_clusters(kube_stack: KubeStack, mode: str) -
     failover_status = fleet["site-a"].store.get("Failover", "shop", "move-shop")["status"]
     assert (failover_status["status"], failover_status["state"]) == ("SUCCESS", "SUCCEEDED")
     assert failover_status["failoverGroups"][0]["runId"] == run_id
+
+
+def test_a_missing_object_fails_the_run_naming_kind_object_and_cluster(kube_stack: KubeStack) -> None:
+    kube_stack.fleet["site-b"].store.delete("Deployment", "shop", "web")
+    kube_stack.start_worker("w1")
+    run = kube_stack.wait_for(kube_stack.submit("CONSISTENCY"), lambda r: r.state.terminal)
+    assert run.status is RunStatus.FAILED
+    assert run.failure is not None and run.failure.step.value == "validate"
+    assert "Deployment shop/web" in run.message and "'site-b'" in run.message
+    assert "does not exist" in run.message
+    # Nothing was touched: the source still serves.
+    assert not_ready(snapshot(kube_stack.fleet["site-a"], "shop")) == []
+
+
+def test_rbac_denial_fails_the_run_naming_verb_and_resource(kube_stack: KubeStack) -> None:
+    kube_stack.fleet["site-a"].faults.forbid("patch", "deployments")
+    kube_stack.start_worker("w1")
+    run = kube_stack.wait_for(kube_stack.submit("CONSISTENCY"), lambda r: r.state.terminal)
+    assert run.status is RunStatus.FAILED
+    assert run.failure is not None and run.failure.step.value == "scale_down_workloads"
+    assert run.failure.cluster == "site-a"
+    assert "patch" in run.message and "deployments" in run.message
+    # Compensation put the network back on the source.
+    notes = kube_stack.fleet["site-a"].store.get("Ingress", "shop", "web")["metadata"]["annotations"]
+    assert notes["external-dns.alpha.kubernetes.io/controller"] == "dns-controller"
+
+
+def test_a_source_that_stops_answering_fails_the_run_saying_so(kube_stack: KubeStack) -> None:
+    kube_stack.start_worker("w1")
+    run_id = kube_stack.submit("CONSISTENCY")
+    kube_stack.wait_for(run_id, lambda r: r.token is not None)
+    kube_stack.fleet["site-a"].set_down(True)
+    try:
+        run = kube_stack.wait_for(run_id, lambda r: r.state.terminal)
+    finally:
+        kube_stack.fleet["site-a"].set_down(False)
+    assert run.status is RunStatus.FAILED
+    assert "source cluster 'site-a' is unreachable" in run.message and "force: true" in run.message
+    assert kube_stack.coordination.active_cluster(kube_stack.group.key) == "site-a"
