@@ -8,21 +8,30 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Protocol
 
 import typer
+import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from fsm.graph import mermaid
-from fsm.models import FailoverMode, GroupKey
-from workers.api import Orchestrator
+from fsm.models import Failover, FailoverMode, GroupKey
+from producers.decisions import first_error
+from producers.health import HealthChecker
+from producers.kube import FAILOVERS, ClusterClient, connect, current_context, kubeconfig_contexts
+from producers.watcher import FailoverWatcher
+from workers.api import Orchestrator, configure_logging
 from workers.errors import OrchestratorError
 from workers.settings import Settings
 
@@ -272,13 +281,190 @@ def worker(
 
 @app.command()
 def demo() -> None:
-    """Run failovers end to end on local stand-ins: Redis, a real Celery worker, fake clusters.
+    """Run failovers end to end on local stand-ins: two sandbox clusters, Redis, DynamoDB, a worker.
 
     Starts what it needs (Redis only if none answers at REDIS_URL), runs a CONSISTENCY failover and
-    an UPTIME failback, prints the measured times and stops everything it started.
+    an UPTIME failback with a live view, prints the measured times and the final state of both
+    clusters, and stops everything it started.
     """
     # The sandbox is never imported by the product: the demo runs as a program of its own.
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "sandbox.engine_demo"]))
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "sandbox.demo"]))
+
+
+sandbox_app = typer.Typer(help="Local stand-ins for the outside world.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+
+@sandbox_app.command("up")
+def sandbox_up() -> None:
+    """Start two sandbox clusters, Redis, DynamoDB and a worker, print how to reach them, wait for Ctrl-C."""
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "sandbox.demo", "--up"]))
+
+
+# --- producers: the watcher, the health checker and `submit` ----------------------------------------
+
+KubeconfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--kubeconfig",
+        envvar="FAILOVER_KUBECONFIG",
+        help="kubeconfig with one context per cluster (default: ~/.kube/config)",
+    ),
+]
+ClusterOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--cluster",
+        help="A cluster (kubeconfig context) to use; repeat for each (default: FAILOVER_CLUSTERS, "
+        "else every context of the kubeconfig)",
+    ),
+]
+
+
+class _Background(Protocol):
+    def start(self) -> object: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+@contextmanager
+def _cluster_clients(kubeconfig: Path | None, clusters: list[str]) -> Iterator[dict[str, ClusterClient]]:
+    try:
+        clients = connect(kubeconfig, clusters)
+    except OrchestratorError as error:
+        raise fail(error.describe()) from error
+    try:
+        yield clients
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def _in_foreground(component: _Background, what: str, clusters: list[str]) -> None:
+    """Run ``component`` until Ctrl-C or SIGTERM, then stop it cleanly."""
+    settings = Settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    stopping = threading.Event()
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    except ValueError:  # not the main thread (e.g. under a test runner): Ctrl-C still works
+        previous = None
+    component.start()
+    out().print(f"{what} running on {', '.join(clusters)}; Ctrl-C stops it")
+    try:
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        component.stop(5.0)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    out().print(f"{what} stopped")
+
+
+@app.command("watcher")
+def watcher_command(
+    kubeconfig: KubeconfigOption = None,
+    cluster: ClusterOption = None,
+    group_status_interval: Annotated[
+        float, typer.Option(help="Seconds between FailoverGroup status refreshes")
+    ] = 30.0,
+) -> None:
+    """Watch Failover objects on every cluster and submit them (in the foreground; Ctrl-C stops)."""
+    settings = Settings()
+    with _cluster_clients(kubeconfig, cluster or settings.clusters) as clients, orchestrator() as handle:
+        component = FailoverWatcher(
+            handle, clients, operator_id=settings.operator_id, group_status_interval=group_status_interval
+        )
+        _in_foreground(component, "watcher", list(clients))
+
+
+@app.command("health-checker")
+def health_checker_command(
+    kubeconfig: KubeconfigOption = None,
+    cluster: ClusterOption = None,
+    mode: Annotated[
+        ModeChoice, typer.Option("--mode", help="failoverMode of automatic Failovers")
+    ] = ModeChoice.uptime,
+    cooldown: Annotated[
+        float, typer.Option(help="Seconds after an automatic failover before another one of the group")
+    ] = 600.0,
+) -> None:
+    """Write heartbeats and create automatic Failovers (in the foreground; Ctrl-C stops)."""
+    settings = Settings()
+    with _cluster_clients(kubeconfig, cluster or settings.clusters) as clients, orchestrator() as handle:
+        component = HealthChecker(
+            handle,
+            clients,
+            operator_id=settings.operator_id,
+            mode=FailoverMode(mode.value.upper()),
+            cooldown=cooldown,
+        )
+        _in_foreground(component, "health checker", list(clients))
+
+
+def _read_manifest(file: Path) -> dict[str, Any]:
+    try:
+        text = sys.stdin.read() if str(file) == "-" else file.read_text()
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except (OSError, yaml.YAMLError) as error:
+        raise fail(f"{file}: cannot read it: {str(error).splitlines()[0]}") from error
+    if len(documents) != 1 or not isinstance(documents[0], dict):
+        raise fail(f"{file}: expected exactly one Failover object, found {len(documents)} document(s)")
+    manifest: dict[str, Any] = documents[0]
+    if manifest.get("kind", "Failover") != "Failover":
+        raise fail(f"{file}: kind: expected Failover, got {manifest.get('kind')!r}")
+    return manifest
+
+
+@app.command("submit")
+def submit_command(
+    file: Annotated[Path, typer.Option("--file", "-f", help="The Failover manifest (YAML; - for stdin)")],
+    context: Annotated[
+        str | None,
+        typer.Option("--context", help="Cluster (kubeconfig context) to create it in (default: the target)"),
+    ] = None,
+    kubeconfig: KubeconfigOption = None,
+) -> None:
+    """Create a Failover object in a cluster: the watcher submits it. Validated first; nothing is
+    created when it is invalid."""
+    manifest = _read_manifest(file)
+    meta = dict(manifest.get("metadata") or {})
+    checked = dict(manifest)
+    if not meta.get("name") and meta.get("generateName"):
+        checked["metadata"] = {**meta, "name": f"{meta['generateName']}x"}  # the server names it
+    try:
+        failover = Failover.model_validate(checked)
+    except ValidationError as error:
+        field, message = first_error(error)
+        raise fail(f"{file}: {field}: {message}") from error
+    try:
+        contexts = kubeconfig_contexts(kubeconfig)
+        clusters = Settings().clusters or contexts
+        target = failover.spec.target_cluster
+        if target not in clusters:
+            raise fail(
+                f"{file}: spec.targetCluster: unknown cluster {target!r}; known clusters are "
+                f"{', '.join(clusters) or 'none'}"
+            )
+        where = context or (target if target in contexts else current_context(kubeconfig))
+        if where not in contexts:
+            raise fail(f"--context {where!r}: no such context in the kubeconfig ({', '.join(contexts)})", 2)
+        namespace = failover.metadata.namespace
+        body = {**manifest, "apiVersion": failover.api_version, "kind": "Failover"}
+        body["metadata"] = {**meta, "namespace": namespace}
+        body.pop("status", None)
+        client = ClusterClient.from_kubeconfig(kubeconfig, where)
+        try:
+            created = client.create(FAILOVERS, namespace, body)
+        finally:
+            client.close()
+    except OrchestratorError as error:
+        raise fail(error.describe()) from error
+    name = (created.get("metadata") or {}).get("name")
+    out().print(f"failover {namespace}/{name} created in cluster {where}; the watcher submits it")
 
 
 def main() -> None:

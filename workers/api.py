@@ -8,6 +8,7 @@ contract holds that), so the engine's internals can change without touching them
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from workers.app import create_app
 from workers.container import dynamo_coordination
 from workers.engine import START_TASK
 from workers.errors import PermanentError
+from workers.logging import configure_logging
 from workers.ports import Coordination, HistoryRecord, LockInfo
 from workers.settings import Settings
 from workers.store import RunStore
@@ -31,6 +33,7 @@ __all__ = [
     "Orchestrator",
     "RequestError",
     "Submission",
+    "configure_logging",
     "run_id_for",
 ]
 
@@ -64,6 +67,7 @@ class Orchestrator:
         self.coordination = coordination or dynamo_coordination(settings)
         self.store = RunStore.from_url(settings.redis_url, prefix=settings.key_prefix, ttl=settings.run_ttl)
         self._celery: Celery | None = None
+        self._celery_lock = threading.Lock()
 
     def close(self) -> None:
         self.store.close()
@@ -81,9 +85,10 @@ class Orchestrator:
 
     @property
     def celery(self) -> Celery:
-        if self._celery is None:
-            self._celery = create_app(self.settings)
-        return self._celery
+        with self._celery_lock:
+            if self._celery is None:
+                self._celery = create_app(self.settings)
+            return self._celery
 
     def submit(
         self, failover: Failover, group: FailoverGroup, *, failover_cluster: str | None = None

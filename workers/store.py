@@ -18,11 +18,17 @@ run as JSON); ``{prefix}inflight`` the in-flight runs scored by when their messa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
+from typing import ParamSpec, TypeVar
 
 import redis
 
 from fsm.run import Run
+from workers.errors import TemporaryError
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _COMMIT = """
 local current = redis.call('HGET', KEYS[1], 'v')
@@ -54,8 +60,24 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _translated(method: Callable[P, T]) -> Callable[P, T]:
+    """Redis errors become :class:`TemporaryError` at this boundary, so callers see only ours."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except redis.RedisError as error:
+            raise TemporaryError(f"Redis: {type(error).__name__}: {error} ({method.__name__})") from error
+
+    return call
+
+
 class RunStore:
-    """Runs in Redis. Thread-safe (redis-py pools connections) and fork-safe (pools reset per pid)."""
+    """Runs in Redis. Thread-safe (redis-py pools connections) and fork-safe (pools reset per pid).
+
+    Every operation raises :class:`workers.errors.TemporaryError` when Redis does not answer.
+    """
 
     def __init__(
         self,
@@ -79,6 +101,7 @@ class RunStore:
     def close(self) -> None:
         self.client.close()
 
+    @_translated
     def ping(self) -> bool:
         return bool(self.client.ping())
 
@@ -100,6 +123,7 @@ class RunStore:
 
     # --- operations --------------------------------------------------------------------------
 
+    @_translated
     def create(self, run: Run) -> bool:
         """Store a new run at version 1; False if a run with that id already exists."""
         stored = run.model_copy(update={"version": 1})
@@ -117,10 +141,12 @@ class RunStore:
         )
         return bool(created)
 
+    @_translated
     def load(self, run_id: str) -> Run | None:
         raw = self.client.hget(self._run_key(run_id), "d")
         return Run.model_validate_json(raw) if raw is not None else None
 
+    @_translated
     def commit(self, run: Run, *, expected_version: int) -> Run | None:
         """Write ``run`` if the stored version is still ``expected_version``.
 
@@ -135,15 +161,18 @@ class RunStore:
         )
         return stored if result == 1 else None
 
+    @_translated
     def overdue(self, *, before: float, limit: int = 100) -> list[str]:
         """Ids of in-flight runs whose message was due before ``before`` (oldest first)."""
         ids = self.client.zrangebyscore(self._inflight, "-inf", before, start=0, num=limit)
         return [_text(i) for i in ids]
 
+    @_translated
     def recent(self, limit: int = 50) -> list[Run]:
         ids = [_text(i) for i in self.client.zrevrange(self._index, 0, limit - 1)]
         return self._load_many(ids)
 
+    @_translated
     def for_failover(self, failover: str) -> list[Run]:
         ids = sorted(_text(i) for i in self.client.smembers(self._failover_key(failover)))
         return self._load_many(ids)
@@ -157,10 +186,12 @@ class RunStore:
             pipe.hget(self._run_key(run_id), "d")
         return [Run.model_validate_json(raw) for raw in pipe.execute() if raw is not None]
 
+    @_translated
     def memory_usage(self, run_id: str) -> int:
         """Bytes Redis holds for one run's key (``MEMORY USAGE``), for the benchmark."""
         return int(self.client.memory_usage(self._run_key(run_id), samples=0) or 0)
 
+    @_translated
     def forget(self, run_id: str) -> None:
         """Remove one run and its index entries (tests and ``failoverctl`` housekeeping)."""
         run = self.load(run_id)

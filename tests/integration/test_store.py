@@ -97,3 +97,13 @@ def test_a_finished_run_costs_little_memory(real_redis: redis.Redis, prefix: str
     store = RunStore(real_redis, prefix=prefix)
     store.create(make_run())
     assert store.memory_usage("r1") < 20_000
+
+
+def test_an_unreachable_redis_is_a_temporary_error_of_ours() -> None:
+    from workers.errors import TemporaryError
+
+    store = RunStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2), prefix="x:")
+    with pytest.raises(TemporaryError, match="Redis: ConnectionError") as caught:
+        store.load("r1")
+    assert isinstance(caught.value.__cause__, redis.ConnectionError)
+    store.close()

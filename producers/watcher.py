@@ -1,0 +1,573 @@
+"""The Failover watcher: lists then watches ``Failover`` objects on every cluster and submits them.
+
+One thread per cluster (kubeconfig context). Each lists the Failovers, handles every one, then watches
+from the list's resourceVersion, resuming from the last one seen after each short watch window; a 410
+means relist (see :meth:`FailoverWatcher._run_cluster`). A cluster that stops answering is retried with
+exponential backoff and jitter while the others carry on. :meth:`FailoverWatcher.stop` ends every thread
+within a second or two.
+
+What to do with each Failover is decided by :func:`producers.decisions.decide_failover` (pure): a new
+one is checked (its groups read from the same cluster, the target against the active cluster) and
+submitted through :meth:`workers.api.Orchestrator.submit`, one run per group, deduplicated by the
+deterministic run id, so seeing it again (a restart, the same Failover on both clusters) starts
+nothing new; its status then says IN_PROGRESS with the run ids. An invalid one gets FAILED and a
+condition naming the field, and nothing is enqueued. Statuses are written through the status
+subresource, conditioned on the resourceVersion read, and only when they would change.
+
+Between watch windows each thread also keeps the ``status`` of every FailoverGroup on its cluster
+current (``globalState`` from DynamoDB, ``health`` judged from the real objects the way the health
+checker judges them), on an interval, writing only when something changed.
+
+This module never runs a step: it only turns objects into submissions and statuses.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from fsm.health import ClusterRole, GroupHealth, Health, stale_clusters, unreachable
+from fsm.models import Failover, FailoverGroup, RequestError, check_request
+from producers.decisions import (
+    FailoverAction,
+    FailoverDecision,
+    GroupRun,
+    decide_failover,
+    describe,
+    dry_run_status,
+    first_error,
+    invalid_status,
+    iso,
+    needs_write,
+    submitted_status,
+)
+from producers.health import observe_group
+from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj, ResourceGone
+from workers.api import Orchestrator
+from workers.errors import ConflictError, NotFoundError, OrchestratorError, TemporaryError
+from workers.ports import Heartbeat, HistoryRecord
+
+log = structlog.get_logger(__name__)
+
+_REMEMBERED = 4096
+
+
+@dataclass
+class ClusterStats:
+    """Counters per cluster, for tests and for the logs: how the watch has been going."""
+
+    lists: int = 0
+    relists: int = 0
+    failures: int = 0
+    events: int = 0
+    group_status_writes: int = 0
+
+
+class FailoverWatcher:
+    """Watches Failovers on ``clusters`` and submits them through ``orchestrator``.
+
+    Args:
+        orchestrator: the narrow workers API (submission, coordination).
+        clusters: a client per cluster, by name (the kubeconfig context names).
+        operator_id: only groups with this ``operatorID`` (None: every group). A Failover whose groups
+            all belong to another orchestrator is left alone; one that mixes both is invalid.
+        watch_timeout: seconds of each watch request (``timeoutSeconds``); bounds how long a stop or
+            a missed cut connection can take.
+        backoff_initial, backoff_max: retry delays for a cluster that fails (doubling, with jitter).
+        group_status_interval: seconds between two refreshes of the FailoverGroup statuses.
+        max_object_attempts: how often an object whose handling fails for a reason other than a
+            TemporaryError is tried before it is left alone (logged).
+    """
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        clusters: Mapping[str, ClusterClient],
+        *,
+        operator_id: str | None = None,
+        watch_timeout: int = 2,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        group_status_interval: float = 30.0,
+        max_object_attempts: int = 5,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.clusters = dict(clusters)
+        self.operator_id = operator_id
+        self.watch_timeout = watch_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.group_status_interval = group_status_interval
+        self.stats = {name: ClusterStats() for name in self.clusters}
+        self._clock = clock
+        self._random = rng or random.Random()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._submit_lock = threading.Lock()
+        self._logged: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._logged_lock = threading.Lock()
+        self._conflicts = threading.local()
+        self.max_object_attempts = max_object_attempts
+        self._object_failures: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> FailoverWatcher:
+        if self._threads:
+            return self
+        self._stopping.clear()
+        for name in self.clusters:
+            thread = threading.Thread(
+                target=self._run_cluster, args=(name,), name=f"watch-{name}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop every thread: cut the open watches and wait (at most ``timeout``) for them to end."""
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        threads, self._threads = self._threads, []
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            # Repeated: a watch that was being opened when we first cut is cut on the next round.
+            for client in self.clusters.values():
+                client.stop_watch()
+            for thread in threads:
+                thread.join(0.05)
+        alive = [t.name for t in threads if t.is_alive()]
+        if alive:
+            log.warning("watcher_threads_still_running", threads=alive, waited=timeout)
+
+    def __enter__(self) -> FailoverWatcher:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # --- one cluster's loop -----------------------------------------------------------------------
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before retry ``attempt`` (1-based): doubling up to the cap, half of it random."""
+        ceiling = min(self.backoff_max, self.backoff_initial * 2.0 ** (attempt - 1))
+        return float(ceiling / 2 + self._random.uniform(0, ceiling / 2))
+
+    def _run_cluster(self, name: str) -> None:
+        client, stats = self.clusters[name], self.stats[name]
+        resource_version: str | None = None
+        attempt = 0
+        next_group_sync = 0.0
+        while not self._stopping.is_set():
+            try:
+                if resource_version is None:
+                    resource_version = self._list(name, client)
+                if time.monotonic() >= next_group_sync:
+                    self._sync_groups_safely(name)
+                    next_group_sync = time.monotonic() + self.group_status_interval
+                resource_version = self._watch(name, client, resource_version)
+                if attempt:
+                    log.info("cluster_answering_again", cluster=name, after_attempts=attempt)
+                attempt = 0
+            except ResourceGone as error:
+                # 410 Gone: the server no longer keeps the changes after our resourceVersion (etcd was
+                # compacted, or we were away too long). Whatever happened in between is lost to a
+                # watch, so resuming cannot be correct: list again for a consistent state and watch
+                # from the list's resourceVersion. Submission is idempotent, so re-handling is safe.
+                stats.relists += 1
+                log.info("watch_expired_relisting", cluster=name, error=error.describe())
+                resource_version = None
+            except Exception as error:
+                attempt += 1
+                stats.failures += 1
+                delay = self.backoff(attempt)
+                detail = error.describe() if isinstance(error, OrchestratorError) else repr(error)
+                log.warning(
+                    "cluster_watch_failed",
+                    cluster=name,
+                    attempt=attempt,
+                    next_delay=round(delay, 2),
+                    error=detail,
+                    next_action=f"retrying in {delay:.2f}s, resuming from resourceVersion {resource_version}"
+                    if resource_version
+                    else f"relisting in {delay:.2f}s",
+                )
+                self._stopping.wait(delay)
+
+    def _list(self, name: str, client: ClusterClient) -> str:
+        items, resource_version = client.list(FAILOVERS)
+        self.stats[name].lists += 1
+        for obj in items:
+            self._handle_event(name, obj)
+        return resource_version
+
+    def _watch(self, name: str, client: ClusterClient, resource_version: str) -> str:
+        for event in client.watch(FAILOVERS, resource_version, timeout_seconds=self.watch_timeout):
+            if self._stopping.is_set():
+                break
+            obj = event.get("object") or {}
+            if event.get("type") in ("ADDED", "MODIFIED"):
+                self.stats[name].events += 1
+                self._handle_event(name, obj)
+            # Advance only once the object is handled: after a failure the watch resumes before it.
+            resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or resource_version)
+        return resource_version
+
+    def _sync_groups_safely(self, cluster: str) -> None:
+        """Refresh the FailoverGroup statuses; only an unreachable cluster stops the loop's pass."""
+        try:
+            self.sync_group_statuses(cluster)
+        except TemporaryError:
+            raise
+        except Exception as error:  # e.g. RBAC on failovergroups/status: Failovers still get handled
+            detail = error.describe() if isinstance(error, OrchestratorError) else repr(error)
+            log.error(
+                "group_status_sync_failed",
+                cluster=cluster,
+                error=detail,
+                next_action=f"tried again in {self.group_status_interval:g}s",
+            )
+
+    def _handle_event(self, cluster: str, obj: Obj) -> None:
+        """Handle one object; failures are retried by the cluster loop (resuming before the object).
+
+        TemporaryErrors are retried until they pass. Anything else (an error the run store does not
+        translate, such as a lost Redis connection, or a bug) is retried ``max_object_attempts``
+        times, then the object is logged and left alone, so one bad object cannot stall a cluster.
+        """
+        meta = obj.get("metadata") or {}
+        key = (cluster, str(meta.get("uid")), str(meta.get("resourceVersion")))
+        try:
+            self.handle(cluster, obj)
+        except TemporaryError:
+            raise  # the cluster loop backs off and comes back to this object
+        except Exception as error:
+            detail = error.describe() if isinstance(error, OrchestratorError) else repr(error)
+            with self._logged_lock:
+                attempts = self._object_failures.pop(key, 0) + 1
+                if attempts < self.max_object_attempts:
+                    self._object_failures[key] = attempts
+                    while len(self._object_failures) > _REMEMBERED:
+                        self._object_failures.popitem(last=False)
+            if attempts < self.max_object_attempts:
+                raise TemporaryError(
+                    f"handling Failover {describe(obj)} failed (attempt {attempts} of "
+                    f"{self.max_object_attempts}): {detail}",
+                    cluster=cluster,
+                ) from error
+            log.error(
+                "failover_not_handled",
+                cluster=cluster,
+                failover=describe(obj),
+                error=detail,
+                attempt=f"{attempts} of {self.max_object_attempts}",
+                next_action="left alone until the watcher relists or restarts",
+            )
+        else:
+            with self._logged_lock:
+                self._object_failures.pop(key, None)
+
+    # --- one Failover -----------------------------------------------------------------------------
+
+    def handle(self, cluster: str, obj: Obj) -> FailoverDecision:
+        """Decide about one Failover object seen on ``cluster`` and do it; returns the decision."""
+        decision = decide_failover(obj)
+        self._log_once(cluster, obj, decision.action.value, decision.reason)
+        now = self._clock()
+        if decision.action is FailoverAction.INVALID:
+            assert decision.field is not None
+            self._write_status(cluster, obj, invalid_status(obj, decision.field, decision.message, now))
+        elif decision.action is FailoverAction.DRY_RUN:
+            self._write_status(cluster, obj, dry_run_status(obj, now))
+        elif decision.action is FailoverAction.SUBMIT:
+            assert decision.failover is not None
+            return self._submit(cluster, obj, decision.failover, decision)
+        return decision
+
+    def _log_once(self, cluster: str, obj: Obj, action: str, reason: str) -> None:
+        meta = obj.get("metadata") or {}
+        key = (cluster, str(meta.get("uid") or describe(obj)))
+        with self._logged_lock:
+            if self._logged.get(key) == reason:
+                return
+            self._logged[key] = reason
+            while len(self._logged) > _REMEMBERED:
+                self._logged.popitem(last=False)
+        log.info("failover_decision", cluster=cluster, failover=describe(obj), action=action, reason=reason)
+
+    def _invalid(self, cluster: str, obj: Obj, field: str, message: str) -> FailoverDecision:
+        reason = f"Failover {describe(obj)} is invalid: {field}: {message}"
+        self._log_once(cluster, obj, FailoverAction.INVALID.value, reason)
+        self._write_status(cluster, obj, invalid_status(obj, field, message, self._clock()))
+        return FailoverDecision(FailoverAction.INVALID, reason, field=field, message=message)
+
+    def _groups(self, cluster: str, obj: Obj, failover: Failover) -> list[FailoverGroup] | FailoverDecision:
+        """The requested groups read from ``cluster``, or the decision that the Failover is invalid."""
+        client = self.clusters[cluster]
+        groups = []
+        for index, (namespace, name) in enumerate(failover.group_namespaces()):
+            field = f"spec.failoverGroups[{index}]"
+            raw = client.find(FAILOVER_GROUPS, namespace, name)
+            if raw is None:
+                return self._invalid(
+                    cluster,
+                    obj,
+                    field,
+                    f"FailoverGroup {namespace}/{name} does not exist in cluster {cluster}",
+                )
+            try:
+                groups.append(FailoverGroup.model_validate(raw))
+            except ValidationError as error:
+                bad, message = first_error(error)
+                return self._invalid(
+                    cluster, obj, field, f"FailoverGroup {namespace}/{name} is invalid: {bad}: {message}"
+                )
+        return groups
+
+    def _submit(
+        self, cluster: str, obj: Obj, failover: Failover, decision: FailoverDecision
+    ) -> FailoverDecision:
+        groups = self._groups(cluster, obj, failover)
+        if isinstance(groups, FailoverDecision):
+            return groups
+        if self.operator_id is not None:
+            foreign = [i for i, g in enumerate(groups) if g.spec.operator_id != self.operator_id]
+            if len(foreign) == len(groups):
+                reason = f"Failover {describe(obj)}: its groups belong to another orchestrator"
+                self._log_once(cluster, obj, FailoverAction.SKIP.value, reason)
+                return FailoverDecision(FailoverAction.SKIP, reason, failover)
+            if foreign:
+                group = groups[foreign[0]]
+                return self._invalid(
+                    cluster,
+                    obj,
+                    f"spec.failoverGroups[{foreign[0]}]",
+                    f"group {group.metadata.namespace}/{group.metadata.name} belongs to operatorID "
+                    f"{group.spec.operator_id!r}, not {self.operator_id!r}: one Failover cannot mix them",
+                )
+        known = frozenset(self.orchestrator.settings.clusters) or frozenset(self.clusters)
+        coordination = self.orchestrator.coordination
+        # Check every group before submitting any, so that a bad second group starts no first run.
+        for index, group in enumerate(groups):
+            try:
+                check_request(
+                    failover,
+                    group,
+                    active_cluster=coordination.active_cluster(group.key),
+                    known_clusters=known,
+                )
+            except RequestError as error:
+                return self._invalid(cluster, obj, self._field(error, index), error.message)
+        runs = []
+        with self._submit_lock:
+            for index, group in enumerate(groups):
+                try:
+                    submission = self.orchestrator.submit(failover, group, failover_cluster=cluster)
+                except RequestError as error:
+                    return self._invalid(cluster, obj, self._field(error, index), error.message)
+                run = submission.run
+                runs.append(
+                    GroupRun(
+                        name=group.metadata.name,
+                        namespace=group.metadata.namespace,
+                        run_id=run.run_id,
+                        status=run.status.value,
+                        start_time=run.started_at or run.created_at,
+                        message=run.message,
+                    )
+                )
+                log.info(
+                    "run_submitted" if submission.created else "run_already_submitted",
+                    cluster=cluster,
+                    failover=describe(obj),
+                    group=str(group.key),
+                    run_id=run.run_id,
+                )
+        self._write_status(cluster, obj, submitted_status(obj, runs, self._clock()))
+        return decision
+
+    @staticmethod
+    def _field(error: RequestError, index: int) -> str:
+        return f"spec.failoverGroups[{index}]" if error.field == "spec.failoverGroups" else error.field
+
+    def _write_status(self, cluster: str, obj: Obj, status: Mapping[str, Any]) -> bool:
+        """Patch the Failover's status if it would change, conditioned on the resourceVersion read.
+
+        On a 409 someone else (the engine's status writer, another watcher) wrote first: read the
+        object again and decide again (twice at most; then the cluster loop backs off and resumes).
+        """
+        if not needs_write(obj, status):
+            return False
+        meta = obj.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name"))
+        client = self.clusters[cluster]
+        try:
+            client.patch_status(
+                FAILOVERS, namespace, name, status, resource_version=meta.get("resourceVersion")
+            )
+        except NotFoundError:
+            return False  # deleted meanwhile: nothing to show the status on
+        except ConflictError:
+            depth = getattr(self._conflicts, "depth", 0)
+            if depth >= 2:
+                raise
+            self._conflicts.depth = depth + 1
+            try:
+                fresh = client.find(FAILOVERS, namespace, name)
+                if fresh is not None:
+                    self.handle(cluster, fresh)
+            finally:
+                self._conflicts.depth = depth
+            return False
+        return True
+
+    # --- FailoverGroup statuses ---------------------------------------------------------------------
+
+    def sync_group_statuses(self, cluster: str, now: float | None = None) -> int:
+        """Bring the status of every FailoverGroup on ``cluster`` up to date; returns how many changed."""
+        now = self._clock() if now is None else now
+        client = self.clusters[cluster]
+        items, _ = client.list(FAILOVER_GROUPS)
+        written = 0
+        for obj in items:
+            try:
+                group = FailoverGroup.model_validate(obj)
+            except ValidationError as error:
+                bad, message = first_error(error)
+                self._log_once(
+                    cluster, obj, "invalid_group", f"FailoverGroup {describe(obj)}: {bad}: {message}"
+                )
+                continue
+            if self.operator_id is not None and group.spec.operator_id != self.operator_id:
+                continue
+            status = self.group_status(cluster, group, obj, now)
+            # lastSyncTime alone is no change; a None (merge patch: remove) equals a missing key.
+            current = _without_none((obj.get("status") or {}).get("globalState") or {})
+            wanted = _without_none(status["globalState"])
+            current.pop("lastSyncTime", None)
+            wanted.pop("lastSyncTime", None)
+            if not needs_write(obj, status, ignore=("globalState",)) and current == wanted:
+                continue
+            client.patch_status(FAILOVER_GROUPS, group.metadata.namespace, group.metadata.name, status)
+            written += 1
+        self.stats[cluster].group_status_writes += written
+        return written
+
+    def group_status(self, cluster: str, group: FailoverGroup, obj: Obj, now: float) -> dict[str, Any]:
+        """The FailoverGroup's status on ``cluster``: global state from DynamoDB, health from objects."""
+        coordination = self.orchestrator.coordination
+        previous = dict((obj.get("status") or {}).get("globalState") or {})
+        try:
+            active = coordination.active_cluster(group.key)
+            heartbeats = coordination.heartbeats(group.key)
+            history = coordination.history(group.key, limit=10)
+        except OrchestratorError as error:
+            log.warning(
+                "group_state_unavailable", cluster=cluster, group=str(group.key), error=error.describe()
+            )
+            previous.update(dbSyncStatus="Error", thisCluster=cluster)
+            return {"suspended": group.spec.suspended, "globalState": previous}
+        role = ClusterRole.PRIMARY if cluster == active else ClusterRole.STANDBY
+        health: GroupHealth = (
+            observe_group(self.clusters[cluster], group, role)
+            if active is not None
+            else unreachable(cluster, role, "no active cluster recorded")
+        )
+        status: dict[str, Any] = {
+            "health": health.health.value,
+            "suspended": group.spec.suspended,
+            **resource_statuses(group, health),
+            "globalState": {
+                "activeCluster": active,
+                "thisCluster": cluster,
+                "lastFailover": last_failover(history),
+                "dbSyncStatus": "Synced",
+                "lastSyncTime": iso(now),
+                "clusters": cluster_states(
+                    sorted({*self.clusters, *(b.cluster for b in heartbeats)}),
+                    active,
+                    heartbeats,
+                    now,
+                    group.spec.timeouts.heartbeat.total_seconds(),
+                ),
+            },
+        }
+        finished = [r for r in history if r.outcome == "SUCCESS"]
+        if finished:
+            status["lastFailoverTime"] = iso(finished[0].finished_at)
+        return status
+
+
+def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def resource_statuses(group: FailoverGroup, health: GroupHealth) -> dict[str, list[dict[str, Any]]]:
+    """Per-resource ``health`` and ``status`` of ``workloads[]``, ``networkResources[]`` and so on."""
+    judged = {(r.ref.kind, r.ref.name): r for r in health.resources}
+
+    def entry(kind: str, name: str) -> dict[str, Any]:
+        found = judged.get((kind, name))
+        if found is None:
+            return {"kind": kind, "name": name, "health": Health.UNKNOWN.value, "status": health.detail}
+        return {"kind": kind, "name": name, "health": found.health.value, "status": found.status}
+
+    workloads = []
+    for workload in group.spec.workloads:
+        item = entry(workload.kind.value, workload.name)
+        volumes = [entry("VolumeReplication", v) for v in workload.volume_replications]
+        if volumes:
+            item["volumeReplications"] = [{k: v for k, v in vol.items() if k != "kind"} for vol in volumes]
+        workloads.append(item)
+    return {
+        "workloads": workloads,
+        "networkResources": [entry(n.kind.value, n.name) for n in group.spec.network_resources],
+        "fluxResources": [entry(f.kind.value, f.name) for f in group.spec.flux_resources],
+    }
+
+
+def last_failover(history: Sequence[HistoryRecord]) -> dict[str, Any] | None:
+    if not history:
+        return None
+    record = history[0]
+    return {
+        "runId": record.run_id,
+        "failover": record.failover,
+        "sourceCluster": record.source_cluster,
+        "targetCluster": record.target_cluster,
+        "outcome": record.outcome,
+        "time": iso(record.finished_at),
+    }
+
+
+def cluster_states(
+    names: Sequence[str], active: str | None, heartbeats: Sequence[Heartbeat], now: float, timeout: float
+) -> list[dict[str, Any]]:
+    """``globalState.clusters[]``: role from DynamoDB, health from the heartbeat (UNKNOWN when stale)."""
+    beats = {b.cluster: b for b in heartbeats}
+    stale = set(stale_clusters(heartbeats, now, timeout))
+    out = []
+    for name in names:
+        beat = beats.get(name)
+        item: dict[str, Any] = {
+            "name": name,
+            "role": (ClusterRole.PRIMARY if name == active else ClusterRole.STANDBY).value,
+            "health": Health.UNKNOWN.value if beat is None or name in stale else beat.health,
+        }
+        if beat is not None:
+            item["lastHeartbeat"] = iso(beat.at)
+        out.append(item)
+    return out
