@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -27,11 +28,13 @@ from rich.table import Table
 
 from fsm.graph import mermaid
 from fsm.models import Failover, FailoverMode, GroupKey
+from fsm.run import Run
 from producers.decisions import first_error
 from producers.health import HealthChecker
 from producers.kube import FAILOVERS, ClusterClient, connect, current_context, kubeconfig_contexts
+from producers.views import run_view, summary
 from producers.watcher import FailoverWatcher
-from workers.api import Orchestrator, configure_logging
+from workers.api import Orchestrator, configure_logging, liveness, start_metrics_server
 from workers.errors import OrchestratorError
 from workers.settings import Settings
 
@@ -151,6 +154,39 @@ def status(
             run.message,
         )
     out().print(table)
+
+
+@app.command()
+def watch(
+    target: Annotated[str, typer.Argument(help="A run id, or NAMESPACE/NAME of a Failover")],
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes")] = 0.5,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0: never)")] = 0.0,
+) -> None:
+    """Follow a run (or every run of a Failover) live: stages, steps, timings and the current wait."""
+    from rich.console import Group
+    from rich.live import Live
+
+    with orchestrator() as handle:
+
+        def runs() -> list[Run]:
+            found = handle.runs(failover=target) if "/" in target else [r for r in [handle.run(target)] if r]
+            if not found:
+                raise fail(f"no run {target!r} in Redis (give a run id, or NAMESPACE/NAME of a Failover)")
+            return found
+
+        current = runs()
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        with Live(Group(*[run_view(r) for r in current]), console=out(), refresh_per_second=4) as live:
+            while not all(r.state.terminal for r in current):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise fail(f"still running after {timeout:g}s", 1)
+                time.sleep(interval)
+                current = runs()
+                live.update(Group(*[run_view(r) for r in current]))
+    for run in current:
+        out().print(summary(run))
+    if any(r.status.value == "FAILED" for r in current):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -344,6 +380,8 @@ def _in_foreground(component: _Background, what: str, clusters: list[str]) -> No
     """Run ``component`` until Ctrl-C or SIGTERM, then stop it cleanly."""
     settings = Settings()
     configure_logging(json=settings.log_json, level=settings.log_level)
+    if settings.metrics_port:
+        start_metrics_server(settings.metrics_port)
     stopping = threading.Event()
     previous = None
     try:
@@ -354,7 +392,8 @@ def _in_foreground(component: _Background, what: str, clusters: list[str]) -> No
     out().print(f"{what} running on {', '.join(clusters)}; Ctrl-C stops it")
     try:
         while not stopping.wait(0.5):
-            pass
+            # The liveness probe reads this file; the component's own threads log their failures.
+            liveness.touch()
     except KeyboardInterrupt:
         pass
     finally:

@@ -16,11 +16,13 @@ from celery import Celery
 
 from fsm.models import Failover, FailoverGroup, GroupKey, RequestError, check_request
 from fsm.run import Run, new_run
+from workers import liveness
 from workers.app import create_app
 from workers.container import dynamo_coordination
 from workers.engine import START_TASK
 from workers.errors import PermanentError
 from workers.logging import configure_logging
+from workers.metrics import set_heartbeat_age, start_metrics_server
 from workers.ports import Coordination, HistoryRecord, LockInfo
 from workers.settings import Settings
 from workers.store import RunStore
@@ -34,7 +36,10 @@ __all__ = [
     "RequestError",
     "Submission",
     "configure_logging",
+    "liveness",
     "run_id_for",
+    "set_heartbeat_age",
+    "start_metrics_server",
 ]
 
 

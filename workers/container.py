@@ -63,10 +63,11 @@ def dynamo_coordination(settings: Settings) -> Coordination:
 def production_adapters(settings: Settings) -> Adapters:
     """Kubernetes through kubeconfig contexts (or in-cluster), DynamoDB, and the Failover status writer."""
     from workers.kube import KubeClients, KubeEffects
+    from workers.metrics import MetricsObserver
     from workers.status import FailoverStatusWriter
 
     clients = KubeClients(settings.kubeconfig)
-    observers: list[RunObserver] = []
+    observers: list[RunObserver] = [MetricsObserver()]
     if settings.failover_cluster or settings.clusters:
         default_cluster = settings.failover_cluster or settings.clusters[0]
         observers.append(FailoverStatusWriter(clients, default_cluster))

@@ -101,14 +101,27 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-RETRYABLE_CODES: Final = frozenset({
-    "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
-    "InternalServerError", "InternalFailure", "ServiceUnavailable", "TransactionConflictException",
-    "TransactionInProgressException", "LimitExceededException",
-})
-RETRYABLE_REASONS: Final = frozenset({
-    "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded",
-})
+RETRYABLE_CODES: Final = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "TransactionConflictException",
+        "TransactionInProgressException",
+        "LimitExceededException",
+    }
+)
+RETRYABLE_REASONS: Final = frozenset(
+    {
+        "TransactionConflict",
+        "ThrottlingError",
+        "ProvisionedThroughputExceeded",
+        "RequestLimitExceeded",
+    }
+)
 _CAS_ROUNDS: Final = 3  # read-then-write rounds of acquire_lock when the lock moved in between
 _DAY: Final = 86400.0
 
@@ -337,8 +350,14 @@ class DynamoCoordination:
                 raise self._held(group, old, now)
             token = max(codec.get_int(config, "lockToken"), old.token if old else 0) + 1
             items = codec.acquire_transaction(
-                self._table, pk, counter=config.get("lockToken"), token=token, holder=holder,
-                run_id=run_id, now=now, expires_at=expires_at,
+                self._table,
+                pk,
+                counter=config.get("lockToken"),
+                token=token,
+                holder=holder,
+                run_id=run_id,
+                now=now,
+                expires_at=expires_at,
             )
             try:
                 self._transact(what, items, str(uuid.uuid4()))
@@ -398,8 +417,12 @@ class DynamoCoordination:
         except _ConditionFailed as failed:
             if failed.item is None and failed.attempt > 1:
                 return True  # our earlier attempt deleted it and its answer was lost
-            log.info("dynamodb_lock_not_released", group=str(group), token=token,
-                     reason=self._lost(group, token, failed.item, "release the lock"))
+            log.info(
+                "dynamodb_lock_not_released",
+                group=str(group),
+                token=token,
+                reason=self._lost(group, token, failed.item, "release the lock"),
+            )
             return False
         return True
 
@@ -429,8 +452,9 @@ class DynamoCoordination:
             actual = codec.get_opt_str(old_config or {}, "ownerCluster")
             owner_text = (
                 f"the owner condition failed: expected the active cluster to be {expected_owner!r}, "
-                f"but it is {actual!r}" if actual else
-                f"the owner condition failed: expected {expected_owner!r}, but no owner is recorded"
+                f"but it is {actual!r}"
+                if actual
+                else f"the owner condition failed: expected {expected_owner!r}, but no owner is recorded"
             )
             if lock_failed:
                 message = self._lost(group, token, old_lock, "complete the failover")
@@ -504,12 +528,16 @@ class DynamoCoordination:
 
     def _lost(self, group: GroupKey, token: int, old_lock: Mapping[str, Any] | None, action: str) -> str:
         if old_lock is None:
-            return (f"cannot {action} of group {group} with token {token}: the lock is gone "
-                    "(released, or expired and removed)")
+            return (
+                f"cannot {action} of group {group} with token {token}: the lock is gone "
+                "(released, or expired and removed)"
+            )
         info = codec.lock_from_item(old_lock)
-        return (f"cannot {action} of group {group} with token {token}: the token differs, the lock is now "
-                f"held by {info.holder!r} for run {info.run_id!r} with token {info.token} "
-                f"(lease until {_when(info.expires_at)})")
+        return (
+            f"cannot {action} of group {group} with token {token}: the token differs, the lock is now "
+            f"held by {info.holder!r} for run {info.run_id!r} with token {info.token} "
+            f"(lease until {_when(info.expires_at)})"
+        )
 
     def _get(self, pk: str, sk: str, what: str) -> dict[str, Any] | None:
         key = codec.key(pk, sk)
@@ -609,9 +637,15 @@ class DynamoCoordination:
         try:
             return retrying(attempt)
         except _Transient as e:
-            log.error("dynamodb_call_gave_up", table=self._table, operation=operation, what=what,
-                      attempt=f"{attempts} of {self._max_attempts}", error=str(e),
-                      next_action="raising TemporaryError; the caller retries later")
+            log.error(
+                "dynamodb_call_gave_up",
+                table=self._table,
+                operation=operation,
+                what=what,
+                attempt=f"{attempts} of {self._max_attempts}",
+                error=str(e),
+                next_action="raising TemporaryError; the caller retries later",
+            )
             raise TemporaryError(
                 f"DynamoDB {operation} on table {self._table!r} ({what}) still failing after "
                 f"{attempts} attempts: {e}"
@@ -624,9 +658,15 @@ class DynamoCoordination:
     def _log_retry(self, operation: str, what: str, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
-        log.warning("dynamodb_call_retrying", table=self._table, operation=operation, what=what,
-                    attempt=f"{state.attempt_number} of {self._max_attempts}", error=str(error),
-                    next_action=f"retrying in {delay:.2f}s")
+        log.warning(
+            "dynamodb_call_retrying",
+            table=self._table,
+            operation=operation,
+            what=what,
+            attempt=f"{state.attempt_number} of {self._max_attempts}",
+            error=str(error),
+            next_action=f"retrying in {delay:.2f}s",
+        )
 
     def _permanent(self, error: ClientError, operation: str, what: str) -> OrchestratorError:
         code = _code(error)
@@ -636,8 +676,13 @@ class DynamoCoordination:
                 f"DynamoDB table {self._table!r} not found in region {self._client.meta.region_name!r} "
                 f"({operation} for {what}): run `failoverctl dynamodb init` to create it"
             )
-        if code in ("AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
-                    "ExpiredTokenException", "MissingAuthenticationTokenException"):
+        if code in (
+            "AccessDeniedException",
+            "UnrecognizedClientException",
+            "InvalidSignatureException",
+            "ExpiredTokenException",
+            "MissingAuthenticationTokenException",
+        ):
             return PermanentError(
                 f"DynamoDB refused {operation} on table {self._table!r} ({what}): {code}: {message}; "
                 "check the orchestrator's AWS credentials and IAM policy"

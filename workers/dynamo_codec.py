@@ -273,25 +273,31 @@ def acquire_transaction(
     """Counter ``lockToken`` to ``token`` if still ``counter``, and the LOCK put if free or expired."""
     counter_values: dict[str, AttributeValueTypeDef] = {":current": counter} if counter is not None else {}
     return [
-        {"Update": {
-            "TableName": table,
-            "Key": key(pk, CONFIG_SK),
-            "UpdateExpression": "SET #lockToken = :token",
-            "ConditionExpression": "#lockToken = :current" if counter else "attribute_not_exists(#lockToken)",
-            "ExpressionAttributeNames": _names("lockToken"),
-            "ExpressionAttributeValues": {":token": n(token), **counter_values},
-        }},
-        {"Put": {
-            "TableName": table,
-            "Item": lock_item(
-                pk, token=token, holder=holder, run_id=run_id, acquired_at=now, expires_at=expires_at
-            ),
-            "ConditionExpression": "attribute_not_exists(PK) OR "
-            "(#expiresAt < :now AND (attribute_not_exists(#token) OR #token < :token))",
-            "ExpressionAttributeNames": _names(TTL_ATTRIBUTE, "token"),
-            "ExpressionAttributeValues": {":now": n(now), ":token": n(token)},
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }},
+        {
+            "Update": {
+                "TableName": table,
+                "Key": key(pk, CONFIG_SK),
+                "UpdateExpression": "SET #lockToken = :token",
+                "ConditionExpression": "#lockToken = :current"
+                if counter
+                else "attribute_not_exists(#lockToken)",
+                "ExpressionAttributeNames": _names("lockToken"),
+                "ExpressionAttributeValues": {":token": n(token), **counter_values},
+            }
+        },
+        {
+            "Put": {
+                "TableName": table,
+                "Item": lock_item(
+                    pk, token=token, holder=holder, run_id=run_id, acquired_at=now, expires_at=expires_at
+                ),
+                "ConditionExpression": "attribute_not_exists(PK) OR "
+                "(#expiresAt < :now AND (attribute_not_exists(#token) OR #token < :token))",
+                "ExpressionAttributeNames": _names(TTL_ATTRIBUTE, "token"),
+                "ExpressionAttributeValues": {":now": n(now), ":token": n(token)},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        },
     ]
 
 
@@ -303,27 +309,36 @@ def completion_transaction(
     The lock comes first: should DynamoDB report only the first failed condition, the lost lease wins.
     """
     return [
-        {"Delete": {
-            "TableName": table,
-            "Key": key(pk, LOCK_SK),
-            "ConditionExpression": "#token = :token",
-            "ExpressionAttributeNames": _names("token"),
-            "ExpressionAttributeValues": {":token": n(token)},
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }},
-        {"Update": {
-            "TableName": table,
-            "Key": key(pk, CONFIG_SK),
-            "UpdateExpression": "SET #ownerCluster = :new, #previousOwner = :expected, "
-            "#version = if_not_exists(#version, :zero) + :one, #lastFailover = :at",
-            "ConditionExpression": "#ownerCluster = :expected",
-            "ExpressionAttributeNames": _names("ownerCluster", "previousOwner", "version", "lastFailover"),
-            "ExpressionAttributeValues": {
-                ":new": s(new_owner), ":expected": s(expected_owner),
-                ":zero": n(0), ":one": n(1), ":at": n(record.finished_at),
-            },
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }},
+        {
+            "Delete": {
+                "TableName": table,
+                "Key": key(pk, LOCK_SK),
+                "ConditionExpression": "#token = :token",
+                "ExpressionAttributeNames": _names("token"),
+                "ExpressionAttributeValues": {":token": n(token)},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        },
+        {
+            "Update": {
+                "TableName": table,
+                "Key": key(pk, CONFIG_SK),
+                "UpdateExpression": "SET #ownerCluster = :new, #previousOwner = :expected, "
+                "#version = if_not_exists(#version, :zero) + :one, #lastFailover = :at",
+                "ConditionExpression": "#ownerCluster = :expected",
+                "ExpressionAttributeNames": _names(
+                    "ownerCluster", "previousOwner", "version", "lastFailover"
+                ),
+                "ExpressionAttributeValues": {
+                    ":new": s(new_owner),
+                    ":expected": s(expected_owner),
+                    ":zero": n(0),
+                    ":one": n(1),
+                    ":at": n(record.finished_at),
+                },
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        },
         {"Put": {"TableName": table, "Item": history_item(pk, record)}},
     ]
 
@@ -331,16 +346,20 @@ def completion_transaction(
 def volumes_transaction(table: str, pk: str, *, token: int, cluster: str) -> list[TransactWriteItemTypeDef]:
     """[0] LOCK still has ``token``, [1] VOLUMES#{token} put (idempotent)."""
     return [
-        {"ConditionCheck": {
-            "TableName": table,
-            "Key": key(pk, LOCK_SK),
-            "ConditionExpression": "#token = :token",
-            "ExpressionAttributeNames": _names("token"),
-            "ExpressionAttributeValues": {":token": n(token)},
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }},
-        {"Put": {
-            "TableName": table,
-            "Item": {**key(pk, volumes_sk(token)), "cluster": s(cluster), "token": n(token)},
-        }},
+        {
+            "ConditionCheck": {
+                "TableName": table,
+                "Key": key(pk, LOCK_SK),
+                "ConditionExpression": "#token = :token",
+                "ExpressionAttributeNames": _names("token"),
+                "ExpressionAttributeValues": {":token": n(token)},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        },
+        {
+            "Put": {
+                "TableName": table,
+                "Item": {**key(pk, volumes_sk(token)), "cluster": s(cluster), "token": n(token)},
+            }
+        },
     ]

@@ -83,4 +83,3 @@ class LeaseLost(PermanentError):
 
 class CoordinationConflict(PermanentError):
     """A conditional write in the coordination store failed; ``message`` names the condition."""
-

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
         default="workers.container:production_adapters",
         description="'module:function' returning the Adapters (effects, coordination) workers use.",
     )
+    metrics_port: int = Field(
+        default=0, description="Port of the Prometheus /metrics endpoint of each component; 0 turns it off."
+    )
     log_json: bool = Field(default=False, description="JSON log lines (production) instead of console text.")
     log_level: str = Field(default="INFO", description="Log level of every component.")
     timing: Timing = Field(default_factory=Timing, description="Step deadlines and backoff.")

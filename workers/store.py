@@ -202,3 +202,18 @@ class RunStore:
         if run is not None:
             pipe.srem(self._failover_key(run.failover), run_id)
         pipe.execute()
+
+
+@_translated
+def queue_lengths(url: str, names: Iterable[str], *, prefix: str = "") -> dict[str, int]:
+    """Messages waiting in each Celery queue of the broker at ``url`` (the Redis broker keeps a queue
+    as a list, under kombu's ``global_keyprefix``)."""
+    names = list(names)
+    client = redis.Redis.from_url(url, socket_timeout=2.0)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.llen(f"{prefix}{name}")
+        return {name: int(length) for name, length in zip(names, pipe.execute(), strict=True)}
+    finally:
+        client.close()

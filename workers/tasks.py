@@ -16,12 +16,13 @@ from celery import Celery
 from celery.signals import setup_logging, task_postrun, task_prerun
 
 from fsm.plan import Step
+from workers import liveness, metrics
 from workers.app import app
 from workers.container import build_adapters
 from workers.engine import REDRIVE_TASK, START_TASK, Engine, task_name
 from workers.logging import configure_logging
 from workers.settings import Settings, get_settings
-from workers.store import RunStore
+from workers.store import RunStore, queue_lengths
 
 
 class CelerySender:
@@ -66,6 +67,17 @@ def _register(step: Step) -> None:
 
 for _step in Step:
     _register(_step)
+
+
+def _queue_depth() -> dict[str, int]:
+    settings = get_settings()
+    return queue_lengths(settings.broker, [settings.queue], prefix=settings.broker_prefix)
+
+
+# Connected at import: Celery decides at start-up which signals it sends (heartbeat_sent among them).
+liveness.connect_celery_signals()
+if get_settings().metrics_port:
+    metrics.connect_celery_signals(get_settings().metrics_port, queue_depth=_queue_depth)
 
 
 @setup_logging.connect

@@ -1,0 +1,335 @@
+"""Prometheus metrics, derived from run values after each committed decision, and their HTTP endpoint.
+
+:class:`MetricsObserver` is a :class:`workers.container.RunObserver`: the engine hands it the run value
+it just committed and it works out, from that value alone, what the decision changed. It must not
+import ``redis`` or any adapter (the queue depth is read through a callback), never block, and keep
+no more than a bounded map of run id -> last version seen.
+
+Why from the value alone: consecutive decisions of one run are taken by different worker processes
+(prefork children, other pods), so a per-process memory of "what the run looked like before" is
+usually missing or stale. Every decision stamps what it finishes with its own time ``now``, and that
+time can be read back from the committed run (the dispatch it scheduled is due at ``now`` with a
+zero countdown, or the run finished at ``now``), so "records whose ``finished_at`` is that time" are
+exactly the ones this decision finished: each step is counted once, by whichever process finished it.
+
+Multiprocess (Celery prefork): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty writable directory in the
+worker's environment *before it starts* (``prometheus_client`` chooses its value store when first
+imported). Each process then writes its samples to files there; :func:`start_metrics_server`, called
+once in the parent (see :func:`connect_celery_signals`), serves the sum over all of them. Clear the
+directory when the worker starts (:func:`clear_multiprocess_dir`): files of a previous container's
+processes would otherwise be counted again. Without the variable everything stays in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import structlog
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from fsm.run import Run, StepRecord
+
+log = structlog.get_logger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DEFAULT_PORT = 9808
+
+# Seconds. Steps range from a DynamoDB write (tens of ms) to a wait for volumes (minutes).
+STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+RUN_BUCKETS = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+DOWNTIME_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+QueueDepthReader = Callable[[], Mapping[str, int]]
+
+
+class Metrics:
+    """Every metric of the orchestrator, registered in one registry (a fresh one in tests)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.runs_started = Counter(
+            "failover_runs_started_total", "Runs that started, by mode.", ["mode"], registry=registry
+        )
+        self.runs = Counter(
+            "failover_runs_total",
+            "Runs that finished, by mode and outcome (success or failed).",
+            ["mode", "outcome"],
+            registry=registry,
+        )
+        self.run_duration = Histogram(
+            "failover_run_duration_seconds",
+            "Wall time of finished runs, from start to the final decision.",
+            ["mode", "outcome"],
+            buckets=RUN_BUCKETS,
+            registry=registry,
+        )
+        self.steps = Counter(
+            "failover_steps_total",
+            "Steps that finished, by outcome (done, failed or skipped); undo actions as undo:<step>.",
+            ["mode", "step", "outcome"],
+            registry=registry,
+        )
+        self.step_duration = Histogram(
+            "failover_step_duration_seconds",
+            "Wall time of a finished step, first attempt to outcome (polls and retries included).",
+            ["mode", "step"],
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        )
+        self.downtime = Histogram(
+            "failover_downtime_seconds",
+            "Measured downtime of successful runs: source network off to target network on.",
+            ["mode"],
+            buckets=DOWNTIME_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "failover_step_retries_total",
+            "Temporary step failures, each retried with backoff until the step's attempt budget or "
+            "deadline is spent; counted when the step finishes.",
+            ["step"],
+            registry=registry,
+        )
+        self.lock_held = Gauge(
+            "failover_lock_held",
+            "1 while a run holds the group's lock (fencing token taken, run not finished), else 0.",
+            ["group"],
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
+        self.heartbeat_age = Gauge(
+            "failover_cluster_heartbeat_age_seconds",
+            "Seconds since the cluster's last heartbeat, as the health checker last saw it.",
+            ["cluster"],
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
+
+
+@cache
+def default_metrics() -> Metrics:
+    """The process's metrics in the default registry (created once, on first use).
+
+    In multiprocess mode the directory must exist before the first sample is written; it is created
+    here too, so that a worker whose parent did not prepare it still counts instead of failing.
+    """
+    path = multiprocess_dir()
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+    return Metrics()
+
+
+def step_label(key: str) -> str:
+    """The ``step`` label of a record key: ``scale_down_workloads``, or ``undo:<step>`` for an undo.
+
+    Undo records are keyed ``undo:<index>:<step>``; the index is dropped to keep the label bounded.
+    """
+    if key.startswith("undo:"):
+        return f"undo:{key.rsplit(':', 1)[-1]}"
+    return key
+
+
+def decided_at(run: Run) -> float | None:
+    """The ``now`` of the decision that produced ``run``, read back from the value. Pure.
+
+    A decision that moves on dispatches the next step due at ``now`` with no countdown; one that
+    ends the run sets ``finished_at = now``. A re-check or retry (a countdown) finishes no record,
+    so the approximate value it yields never matches a record's ``finished_at``.
+    """
+    if run.dispatch is not None:
+        return run.dispatch.due_at - run.dispatch.countdown
+    return run.finished_at
+
+
+def finished_by_last_decision(run: Run) -> list[tuple[str, StepRecord]]:
+    """The records that the decision producing ``run`` gave an outcome to. Pure."""
+    now = decided_at(run)
+    if now is None:
+        return []
+    return [
+        (key, record)
+        for key, record in run.steps.items()
+        if record.outcome is not None and record.finished_at == now
+    ]
+
+
+class MetricsObserver:
+    """Derives the metrics from each committed run value (see the module docstring).
+
+    Memory: the last version seen per run id, for at most ``memory`` runs (oldest forgotten first),
+    so that the same committed value observed twice is counted once.
+    """
+
+    def __init__(self, metrics: Metrics | None = None, *, memory: int = 4096) -> None:
+        self.metrics = metrics or default_metrics()
+        self.memory = memory
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _first_sight(self, run: Run) -> bool:
+        with self._lock:
+            last = self._seen.get(run.run_id)
+            if last is not None and run.version <= last:
+                return False
+            self._seen[run.run_id] = run.version
+            self._seen.move_to_end(run.run_id)
+            while len(self._seen) > self.memory:
+                self._seen.popitem(last=False)
+            return True
+
+    def observe(self, run: Run, reason: str) -> None:
+        if not self._first_sight(run):
+            return
+        m, mode = self.metrics, run.mode.value
+        now = decided_at(run)
+        if run.started_at is not None and run.started_at == now:
+            m.runs_started.labels(mode=mode).inc()
+        for key, record in finished_by_last_decision(run):
+            step = step_label(key)
+            outcome = record.outcome or "unknown"
+            m.steps.labels(mode=mode, step=step, outcome=outcome).inc()
+            if outcome != "skipped" and record.started_at is not None and record.finished_at is not None:
+                m.step_duration.labels(mode=mode, step=step).observe(record.finished_at - record.started_at)
+            if record.errors:
+                m.retries.labels(step=step).inc(record.errors)
+        group = str(run.group)
+        if run.state.terminal:
+            outcome = run.status.value.lower()
+            m.runs.labels(mode=mode, outcome=outcome).inc()
+            total = run.total_seconds()
+            if total is not None:
+                m.run_duration.labels(mode=mode, outcome=outcome).observe(total)
+            downtime = run.downtime_seconds()
+            if downtime is not None and outcome == "success":
+                m.downtime.labels(mode=mode).observe(downtime)
+            m.lock_held.labels(group=group).set(0)
+        elif run.token is not None:
+            m.lock_held.labels(group=group).set(1)
+
+
+def set_heartbeat_age(cluster: str, seconds: float, metrics: Metrics | None = None) -> None:
+    """Record how old the cluster's last heartbeat is (called by the health checker each round)."""
+    (metrics or default_metrics()).heartbeat_age.labels(cluster=cluster).set(seconds)
+
+
+class QueueDepthCollector(Collector):
+    """``failover_queue_depth{queue}``, read at scrape time through ``read`` (e.g. Redis LLEN per queue).
+
+    The reader belongs to whoever owns the Redis client (``workers.store``); a failing read drops the
+    samples of that scrape and logs why, it never fails the scrape.
+    """
+
+    def __init__(self, read: QueueDepthReader) -> None:
+        self.read = read
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "failover_queue_depth", "Messages waiting in each Celery queue.", labels=["queue"]
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        try:
+            depths = dict(self.read())
+        except Exception as error:
+            log.warning("metrics.queue_depth_failed", error=f"{type(error).__name__}: {error}")
+            depths = {}
+        for queue, depth in sorted(depths.items()):
+            family.add_metric([queue], float(depth))
+        yield family
+
+
+# --- serving ---------------------------------------------------------------------------------------
+
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def clear_multiprocess_dir(path: Path | None = None) -> None:
+    """Remove the sample files of earlier processes. Call once, before any worker process starts."""
+    path = path or multiprocess_dir()
+    if path is None:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+def serving_registry() -> CollectorRegistry:
+    """What to serve: the sum over every process's files in multiprocess mode, else this process."""
+    path = multiprocess_dir()
+    if path is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    prometheus_multiprocess.MultiProcessCollector(registry, path=str(path))  # type: ignore[no-untyped-call]
+    return registry
+
+
+def start_metrics_server(
+    port: int = DEFAULT_PORT,
+    addr: str = "0.0.0.0",  # scraped from other pods; the NetworkPolicy limits who may
+    *,
+    queue_depth: QueueDepthReader | None = None,
+    registry: CollectorRegistry | None = None,
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` on ``port`` from a daemon thread; returns the server and its thread.
+
+    In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set) the served registry sums every process's
+    files; call this in one process only (the Celery parent, via :func:`connect_celery_signals`).
+    """
+    registry = registry or serving_registry()
+    if queue_depth is not None:
+        registry.register(QueueDepthCollector(queue_depth))
+    server, thread = start_http_server(port, addr=addr, registry=registry)
+    log.info("metrics.serving", port=server.server_port, multiprocess=multiprocess_dir() is not None)
+    return server, thread
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a finished process's live gauges (multiprocess mode only; counters and histograms stay)."""
+    path = multiprocess_dir()
+    if path is not None:
+        prometheus_multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
+
+
+def connect_celery_signals(
+    port: int = DEFAULT_PORT, *, queue_depth: QueueDepthReader | None = None
+) -> Callable[[], None]:
+    """Serve metrics from the Celery worker's parent process; clean up after each pool process.
+
+    ``worker_init`` runs in the parent before the pool forks: clear the multiprocess directory, then
+    serve. ``worker_process_shutdown`` runs in each pool process as it exits. Returns a function that
+    disconnects both receivers again.
+    """
+    from celery.signals import worker_init, worker_process_shutdown
+
+    def _serve(**_: Any) -> None:
+        clear_multiprocess_dir()
+        start_metrics_server(port, queue_depth=queue_depth)
+
+    def _process_exit(pid: int | None = None, **_: Any) -> None:
+        mark_process_dead(pid or os.getpid())
+
+    worker_init.connect(_serve, weak=False)
+    worker_process_shutdown.connect(_process_exit, weak=False)
+
+    def disconnect() -> None:
+        worker_init.disconnect(_serve)
+        worker_process_shutdown.disconnect(_process_exit)
+
+    return disconnect
