@@ -60,7 +60,7 @@ def test_each_service_command_exists_in_the_image(name: str) -> None:
 def test_the_table_init_is_the_failoverctl_dynamodb_init_one_shot() -> None:
     init = _services()["dynamodb-init"]
     assert init["command"] == ["dynamodb", "init"]
-    assert init["restart"] == "no"
+    assert init["restart"] == "on-failure"  # retried until DynamoDB Local answers, then done
     for name in ("worker", "watcher", "health-checker"):
         depends = _services()[name]["depends_on"]
         assert depends["dynamodb-init"] == {"condition": "service_completed_successfully"}
