@@ -109,7 +109,9 @@ def test_an_unreachable_redis_is_a_temporary_error_of_ours() -> None:
     store.close()
 
 
-def test_queue_lengths_read_the_broker_lists(real_redis: redis.Redis, redis_server_url: str, prefix: str) -> None:
+def test_queue_lengths_read_the_broker_lists(
+    real_redis: redis.Redis, redis_server_url: str, prefix: str
+) -> None:
     from workers.store import queue_lengths
 
     real_redis.rpush(f"{prefix}steps", "a", "b", "c")
