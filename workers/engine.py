@@ -105,6 +105,10 @@ class Engine:
         if run is None:
             log.warning("run.unknown", run_id=run_id, step=step.value)
             return None
+        # Every line this task logs from here on names the run's Failover, group, step and cluster.
+        structlog.contextvars.bind_contextvars(
+            failover=run.failover, group=str(run.group), step=step.value, cluster=run.current_cluster
+        )
         if not run.expects(step, ticket):
             log.info(
                 "message.stale",

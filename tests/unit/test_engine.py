@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import fakeredis
 import pytest
+import structlog
 
 from fsm.plan import Step, Timing
 from fsm.run import RunStatus, new_run
@@ -313,3 +314,15 @@ def test_a_cronjobs_running_jobs_are_stopped_after_the_grace_period_not_left_run
     assert run is not None and run.status is RunStatus.SUCCESS, run.message
     [stopped] = [e for e in harness.clusters.timeline() if e["op"] == "stop_jobs"]
     assert stopped["cluster"] == "site-a" and stopped["ref"] == f"CronJob/shop/{cronjob.name}"
+
+
+def test_step_logs_name_the_run_failover_group_and_step(harness: Harness) -> None:
+    submit(harness)
+    harness.deliver(harness.sender.sent.pop(0))  # start
+    structlog.contextvars.clear_contextvars()
+    try:
+        harness.deliver(harness.sender.sent.pop(0))  # validate
+        bound = structlog.contextvars.get_contextvars()
+    finally:
+        structlog.contextvars.clear_contextvars()  # as the task_postrun hook does
+    assert bound == {"failover": "shop/move-shop", "group": "shop/shop", "step": "validate", "cluster": None}
