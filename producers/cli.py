@@ -27,14 +27,28 @@ from rich.console import Console
 from rich.table import Table
 
 from fsm.graph import mermaid
-from fsm.models import Failover, FailoverMode, GroupKey
+from fsm.models import Failover, FailoverGroup, FailoverMode, GroupKey
 from fsm.run import Run
 from producers.decisions import first_error
 from producers.health import HealthChecker
-from producers.kube import FAILOVERS, ClusterClient, connect, current_context, kubeconfig_contexts
+from producers.kube import (
+    FAILOVER_GROUPS,
+    FAILOVERS,
+    ClusterClient,
+    connect,
+    current_context,
+    kubeconfig_contexts,
+)
 from producers.views import run_view, summary
 from producers.watcher import FailoverWatcher
-from workers.api import Orchestrator, configure_logging, liveness, start_metrics_server
+from workers.api import (
+    Orchestrator,
+    PlanReport,
+    RequestError,
+    configure_logging,
+    liveness,
+    start_metrics_server,
+)
 from workers.errors import OrchestratorError
 from workers.settings import Settings
 
@@ -504,6 +518,205 @@ def submit_command(
         raise fail(error.describe()) from error
     name = (created.get("metadata") or {}).get("name")
     out().print(f"failover {namespace}/{name} created in cluster {where}; the watcher submits it")
+
+
+# --- dry runs: `plan` and `validate` -------------------------------------------------------------------
+
+
+@contextmanager
+def _planner(kubeconfig: Path | None) -> Iterator[Orchestrator]:
+    """An Orchestrator whose cluster reads go through ``kubeconfig`` (default: the settings')."""
+    settings = Settings(kubeconfig=str(kubeconfig)) if kubeconfig is not None else Settings()
+    try:
+        with Orchestrator(settings) as handle:
+            yield handle
+    except OrchestratorError as error:
+        raise fail(error.describe()) from error
+
+
+def _read_groups(file: Path) -> list[FailoverGroup]:
+    try:
+        documents = [d for d in yaml.safe_load_all(file.read_text()) if d is not None]
+    except (OSError, yaml.YAMLError) as error:
+        raise fail(f"{file}: cannot read it: {str(error).splitlines()[0]}") from error
+    groups = []
+    for index, document in enumerate(documents):
+        if not isinstance(document, dict) or document.get("kind") != "FailoverGroup":
+            continue
+        try:
+            groups.append(FailoverGroup.model_validate(document))
+        except ValidationError as error:
+            field, message = first_error(error)
+            raise fail(f"{file}: document {index + 1}: {field}: {message}") from error
+    if not groups:
+        raise fail(f"{file}: no FailoverGroup in it")
+    return groups
+
+
+def _fetch_group(client: ClusterClient, where: str, namespace: str, name: str, label: str) -> FailoverGroup:
+    raw = client.find(FAILOVER_GROUPS, namespace, name)
+    if raw is None:
+        raise fail(f"{label}: FailoverGroup {namespace}/{name} does not exist in cluster {where}")
+    try:
+        return FailoverGroup.model_validate(raw)
+    except ValidationError as error:
+        field, message = first_error(error)
+        raise fail(
+            f"{label}: FailoverGroup {namespace}/{name} in cluster {where} is invalid: {field}: {message}"
+        ) from error
+
+
+def _context_for(kubeconfig: Path | None, context: str | None, fallback: str | None) -> str:
+    contexts = kubeconfig_contexts(kubeconfig)
+    where = context or current_context(kubeconfig) or fallback
+    if where is None or where not in contexts:
+        raise fail(f"--context {where!r}: no such context in the kubeconfig ({', '.join(contexts)})", 2)
+    return where
+
+
+def _print_plan(report: PlanReport) -> None:
+    echo = typer.echo
+    echo(f"Failover {report.failover}: group {report.group}, {report.mode}")
+    echo(f"  from {report.source_cluster} (source) to {report.target_cluster} (target)")
+    roles = {report.source_cluster: "source", report.target_cluster: "target"}
+    for cluster in report.clusters():
+        echo("")
+        echo(f"cluster {cluster} ({roles.get(cluster, '?')}):")
+        for step in report.steps:
+            if step.cluster != cluster or step.skip_reason is not None:
+                continue
+            echo(f"  {step.step.value} [{step.stage}]")
+            for change in step.changes:
+                mark = "~" if change.changed else "="
+                echo(f"    {mark} {change.ref}: {change.detail}")
+            if step.checks:
+                echo(f"    ? waits for {', '.join(step.checks)}")
+            for problem in step.problems:
+                echo(f"    ! {problem}")
+    echo("")
+    echo("coordination (DynamoDB):")
+    for step in report.steps:
+        if step.cluster is None and step.skip_reason is None:
+            echo(f"  {step.step.value}: {step.description}")
+    if report.skipped:
+        echo("")
+        echo("skipped:")
+        for step in report.skipped:
+            echo(f"  {step.step.value}: {step.skip_reason}")
+    echo("")
+    for note in report.notes:
+        echo(f"note: {note}")
+    echo(f"Plan: {report.summary()}. Nothing was changed.")
+
+
+@app.command("plan")
+def plan_command(
+    file: Annotated[Path, typer.Option("--file", "-f", help="The Failover manifest (YAML; - for stdin)")],
+    group_file: Annotated[
+        Path | None,
+        typer.Option("--group", "-g", help="FailoverGroup manifest(s) (default: read from --context)"),
+    ] = None,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context", help="Cluster to read the FailoverGroup(s) from (default: current context)"
+        ),
+    ] = None,
+    kubeconfig: KubeconfigOption = None,
+    output: OutputOption = Output.table,
+) -> None:
+    """Show what a Failover would change, cluster by cluster and object by object. Changes nothing.
+
+    Exits 1 when the plan found problems (a missing object, a cluster that does not answer)."""
+    manifest = _read_manifest(file)
+    try:
+        failover = Failover.model_validate(manifest)
+    except ValidationError as error:
+        field, message = first_error(error)
+        raise fail(f"{file}: {field}: {message}") from error
+    wanted = failover.group_namespaces()
+    if group_file is not None:
+        found = {(g.metadata.namespace, g.metadata.name): g for g in _read_groups(group_file)}
+        missing = [f"{ns}/{name}" for ns, name in wanted if (ns, name) not in found]
+        if missing:
+            raise fail(f"{group_file}: no FailoverGroup {', '.join(missing)} in it")
+        groups = [found[key] for key in wanted]
+    else:
+        try:
+            where = _context_for(kubeconfig, context, failover.spec.target_cluster)
+            client = ClusterClient.from_kubeconfig(kubeconfig, where)
+            try:
+                groups = [
+                    _fetch_group(client, where, ns, name, f"{file}: spec.failoverGroups[{index}]")
+                    for index, (ns, name) in enumerate(wanted)
+                ]
+            finally:
+                client.close()
+        except OrchestratorError as error:
+            raise fail(error.describe()) from error
+    with _planner(kubeconfig) as handle:
+        try:
+            reports = [handle.plan(failover, group) for group in groups]
+        except RequestError as error:
+            raise fail(f"{file}: {error.field}: {error.message}") from error
+    if output is Output.json:
+        _emit_json([report.to_dict() for report in reports])
+    else:
+        for index, report in enumerate(reports):
+            if index:
+                typer.echo("")
+            _print_plan(report)
+    problems = [problem for report in reports for problem in report.problems]
+    if problems:
+        for problem in problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("validate")
+def validate_command(
+    group: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the FailoverGroup")],
+    context: Annotated[
+        str | None,
+        typer.Option("--context", help="Cluster to read the FailoverGroup from (default: current context)"),
+    ] = None,
+    cluster: ClusterOption = None,
+    kubeconfig: KubeconfigOption = None,
+    output: OutputOption = Output.table,
+) -> None:
+    """Check that every object of a FailoverGroup exists on every cluster; exit 1 listing what is not."""
+    namespace, _, name = group.partition("/")
+    if not namespace or not name or "/" in name:
+        raise fail(f"group {group!r}: expected NAMESPACE/NAME", 2)
+    try:
+        contexts = kubeconfig_contexts(kubeconfig)
+        clusters = cluster or Settings().clusters or contexts
+        where = _context_for(kubeconfig, context, clusters[0] if clusters else None)
+        client = ClusterClient.from_kubeconfig(kubeconfig, where)
+        try:
+            found = _fetch_group(client, where, namespace, name, group)
+        finally:
+            client.close()
+    except OrchestratorError as error:
+        raise fail(error.describe()) from error
+    with _planner(kubeconfig) as handle:
+        problems = handle.validate(found, list(clusters))
+    count = len([*found.workload_refs(), *found.volume_refs(), *found.network_refs(), *found.flux_refs()])
+    if output is Output.json:
+        _emit_json(
+            {
+                "group": group,
+                "clusters": list(clusters),
+                "objects": count,
+                "problems": [p.to_dict() for p in problems],
+            }
+        )
+    elif not problems:
+        typer.echo(f"group {group}: all {count} objects found on every cluster ({', '.join(clusters)})")
+    if problems:
+        for problem in problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -37,9 +37,11 @@ from pydantic import ValidationError
 from fsm.health import ClusterRole, GroupHealth, Health, stale_clusters, unreachable
 from fsm.models import Failover, FailoverGroup, RequestError, check_request
 from producers.decisions import (
+    DRY_RUN_MESSAGE,
     FailoverAction,
     FailoverDecision,
     GroupRun,
+    conditions,
     decide_failover,
     describe,
     dry_run_status,
@@ -51,7 +53,7 @@ from producers.decisions import (
 )
 from producers.health import observe_group
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj, ResourceGone
-from workers.api import Orchestrator
+from workers.api import Orchestrator, PlanReport
 from workers.errors import ConflictError, NotFoundError, OrchestratorError, TemporaryError
 from workers.ports import Heartbeat, HistoryRecord
 
@@ -291,7 +293,8 @@ class FailoverWatcher:
             assert decision.field is not None
             self._write_status(cluster, obj, invalid_status(obj, decision.field, decision.message, now))
         elif decision.action is FailoverAction.DRY_RUN:
-            self._write_status(cluster, obj, dry_run_status(obj, now))
+            assert decision.failover is not None
+            return self._dry_run(cluster, obj, decision.failover, decision)
         elif decision.action is FailoverAction.SUBMIT:
             assert decision.failover is not None
             return self._submit(cluster, obj, decision.failover, decision)
@@ -397,6 +400,36 @@ class FailoverWatcher:
                     run_id=run.run_id,
                 )
         self._write_status(cluster, obj, submitted_status(obj, runs, self._clock()))
+        return decision
+
+    def _dry_run(
+        self, cluster: str, obj: Obj, failover: Failover, decision: FailoverDecision
+    ) -> FailoverDecision:
+        """Plan every group (reading the clusters, writing nothing) and put the plan in the status.
+
+        SUCCESS with a ``DryRun`` condition and ``status.plan`` (per cluster, the objects that would
+        change and how) when the plan is clean; PENDING with the problems (missing objects, clusters
+        that do not answer) otherwise, planned again when the Failover is seen again. Nothing is
+        submitted either way.
+        """
+        groups = self._groups(cluster, obj, failover)
+        if isinstance(groups, FailoverDecision):
+            return groups
+        reports = []
+        for index, group in enumerate(groups):
+            try:
+                reports.append(self.orchestrator.plan(failover, group))
+            except RequestError as error:
+                return self._invalid(cluster, obj, self._field(error, index), error.message)
+            except OrchestratorError as error:
+                log.warning(
+                    "dry_run_not_planned", cluster=cluster, failover=describe(obj), error=error.describe()
+                )
+                status = dry_run_status(obj, self._clock())
+                status["message"] = f"{status['message']} (no plan here: {error.describe()})"
+                self._write_status(cluster, obj, status)
+                return decision
+        self._write_status(cluster, obj, dry_run_plan_status(obj, reports, self._clock()))
         return decision
 
     @staticmethod
@@ -509,6 +542,30 @@ class FailoverWatcher:
         if finished:
             status["lastFailoverTime"] = iso(finished[0].finished_at)
         return status
+
+
+def dry_run_plan_status(obj: Obj, reports: Sequence[PlanReport], now: float) -> dict[str, Any]:
+    """The status of a planned dry run: the plan per cluster, skipped steps, a ``DryRun`` condition."""
+    problems = [str(p) for r in reports for p in r.problems]
+    summary = "; ".join(r.summary() for r in reports)
+    generation = (obj.get("metadata") or {}).get("generation")
+    if problems:
+        message = f"{DRY_RUN_MESSAGE}; the plan found problems: {'; '.join(problems)}"
+        wanted = [("DryRun", False, "PlanHasProblems", message)]
+    else:
+        message = f"dry run: nothing was changed or submitted; plan: {summary}"
+        wanted = [("DryRun", True, "Planned", message)]
+    return {
+        "status": "PENDING" if problems else "SUCCESS",
+        "message": message,
+        "plan": [entry for r in reports for entry in r.status_plan()],
+        "skippedSteps": [
+            {"group": r.group, "step": s.step.value, "reason": s.skip_reason}
+            for r in reports
+            for s in r.skipped
+        ],
+        "conditions": conditions(obj, wanted, generation, now),
+    }
 
 
 def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:

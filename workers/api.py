@@ -21,19 +21,25 @@ from workers.app import create_app
 from workers.container import dynamo_coordination
 from workers.engine import START_TASK
 from workers.errors import PermanentError
+from workers.kube import KubeClients, KubeEffects
 from workers.logging import configure_logging
 from workers.metrics import set_heartbeat_age, start_metrics_server
-from workers.ports import Coordination, HistoryRecord, LockInfo
+from workers.planning import PlanReport, Problem, StepPlan, plan_failover, validate_group
+from workers.ports import Change, Coordination, HistoryRecord, LockInfo
 from workers.settings import Settings
 from workers.store import RunStore
 from workers.tasks import CelerySender
 
 __all__ = [
+    "Change",
     "Coordination",
     "HistoryRecord",
     "LockInfo",
     "Orchestrator",
+    "PlanReport",
+    "Problem",
     "RequestError",
+    "StepPlan",
     "Submission",
     "configure_logging",
     "liveness",
@@ -73,9 +79,14 @@ class Orchestrator:
         self.store = RunStore.from_url(settings.redis_url, prefix=settings.key_prefix, ttl=settings.run_ttl)
         self._celery: Celery | None = None
         self._celery_lock = threading.Lock()
+        self._effects: KubeEffects | None = None
 
     def close(self) -> None:
         self.store.close()
+        with self._celery_lock:
+            effects, self._effects = self._effects, None
+        if effects is not None:
+            effects.close()
         if self._celery is not None:
             self._celery.close()
         close = getattr(self.coordination, "close", None)
@@ -168,3 +179,29 @@ class Orchestrator:
                 ),
             )
         return info
+
+    # --- dry runs ---------------------------------------------------------------------------------
+
+    @property
+    def effects(self) -> KubeEffects:
+        """Read access to the clusters of ``settings.kubeconfig``, built on first use (dry runs only)."""
+        with self._celery_lock:
+            if self._effects is None:
+                self._effects = KubeEffects(KubeClients(self.settings.kubeconfig))
+            return self._effects
+
+    def plan(self, failover: Failover, group: FailoverGroup) -> PlanReport:
+        """What ``failover`` would change for ``group``, per cluster and object; changes nothing.
+
+        The source is the group's active cluster from the coordination store. Raises
+        :class:`RequestError` naming the field when the request could not run (as :meth:`submit`).
+        """
+        known = frozenset(self.settings.clusters) or None
+        source = self.coordination.active_cluster(group.key)
+        check_request(failover, group, active_cluster=source, known_clusters=known)
+        assert source is not None
+        return plan_failover(failover, group, source_cluster=source, effects=self.effects)
+
+    def validate(self, group: FailoverGroup, clusters: list[str]) -> list[Problem]:
+        """Every object ``group`` references that is missing or unreadable on one of ``clusters``."""
+        return validate_group(group, clusters, self.effects)

@@ -428,6 +428,36 @@ def _finished(job: Obj) -> bool:
     )
 
 
+def _shown(value: object) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    return str(value)
+
+
+def describe_edit(obj: Obj, edit: Edit) -> str:
+    """``edit``'s merge patch against ``obj``, field by field (``spec.replicas 3 -> 0; annotations
+    +key=value, -key, ~key=old -> new``). Pure."""
+    parts = []
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    for key, new in (edit.patch.get("spec") or {}).items():
+        parts.append(f"spec.{key} {_shown((spec or {}).get(key))} -> {_shown(new)}")
+    current = annotations_of(obj)
+    notes = []
+    for key, new in ((edit.patch.get("metadata") or {}).get("annotations") or {}).items():
+        if new is None:
+            if key in current:
+                notes.append(f"-{key}")
+        elif key in current:
+            notes.append(f"~{key}={current[key]} -> {new}")
+        else:
+            notes.append(f"+{key}={new}")
+    if notes:
+        parts.append("annotations " + ", ".join(notes))
+    return "; ".join(parts) or edit.detail
+
+
 class KubeEffects:
     """ClusterEffects on real (or sandbox) Kubernetes API servers. See the module docstring.
 
@@ -566,6 +596,38 @@ class KubeEffects:
                 log.warning("kube.jobs_deleted", cluster=cluster, obj=str(ref), jobs=deleted)
             detail = f"deleted running Jobs {', '.join(deleted)}" if deleted else "no running Jobs"
             return Change(cluster=cluster, ref=ref, action="stop_jobs", changed=bool(deleted), detail=detail)
+
+    def preview(
+        self,
+        cluster: str,
+        ref: ResourceRef,
+        role: Role,
+        *,
+        replicas: int | None = None,
+        requested_at: str | None = None,
+    ) -> Change:
+        """The change ``make_passive``/``make_active`` would make to ``ref`` now, without making it.
+
+        Reads the object once and computes the same edit the effect would (``passive_edit`` or
+        ``active_edit``); ``detail`` spells the edit out field by field, e.g. ``spec.replicas 3 -> 0;
+        annotations +failover.hahomelabs.com/replicas=3``. ``changed=False`` when the object is
+        already in the wanted form. Never writes (RBAC: get). The epoch annotation every real write
+        also sets is not part of the detail: its value is the run's fencing token, unknown here.
+        """
+        with _located(cluster, ref):
+            _, obj = self.read(cluster, ref)
+            if role is Role.PASSIVE:
+                edit = passive_edit(ref.kind, obj)
+            else:
+                edit = active_edit(ref.kind, obj, replicas=replicas, requested_at=requested_at)
+            action = f"make_{role.value}"
+            if edit is None:
+                return Change(
+                    cluster=cluster, ref=ref, action=action, changed=False, detail=f"already {role.value}"
+                )
+            return Change(
+                cluster=cluster, ref=ref, action=action, changed=True, detail=describe_edit(obj, edit)
+            )
 
     # --- internals ---------------------------------------------------------------------------------
 

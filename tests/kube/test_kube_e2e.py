@@ -211,7 +211,13 @@ def test_a_failover_between_sandbox_clusters(kube_stack: KubeStack, mode: str) -
     # Every wait polled the real controllers' progress at least once before they got there.
     assert {name: run.steps[name].checks >= 1 for name in WAITS} == dict.fromkeys(WAITS, True)
     # The worker's status writer showed the run on the Failover.
-    failover_status = fleet["site-a"].store.get("Failover", "shop", "move-shop")["status"]
+    # The status is written after the run's final commit, by the worker that made it: wait for it.
+    deadline = time.monotonic() + 10
+    while True:
+        failover_status = fleet["site-a"].store.get("Failover", "shop", "move-shop")["status"]
+        if failover_status["status"] == "SUCCESS" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert (failover_status["status"], failover_status["state"]) == ("SUCCESS", "SUCCEEDED")
     assert failover_status["failoverGroups"][0]["runId"] == run_id
 
