@@ -36,6 +36,10 @@ class Settings(BaseSettings):
         description="Seconds before the Redis broker redelivers an unacknowledged message; "
         "must stay far above the longest countdown (poll_max, retry_max).",
     )
+    task_events: bool = Field(
+        default=True,
+        description="Send Celery task events (Flower needs them; each costs a publish per task).",
+    )
     broker_transport_extra: dict[str, float | int | str] = Field(
         default_factory=dict,
         description="More kombu Redis transport options, e.g. unacked_restore_interval (JSON).",

@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=14, help="failover runs (about 19 messages each)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     parser.add_argument("--worker-log", type=Path, default=None, help="keep the worker's log here")
+    parser.add_argument("--no-events", action="store_true", help="turn Celery task events off (no Flower)")
     args = parser.parse_args()
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     with redis_url() as url, tempfile.TemporaryDirectory() as tmp:
@@ -98,6 +99,7 @@ def main() -> None:
             queue=f"{prefix}q",
             timing=TIMING,
             visibility_timeout=60,
+            task_events=not args.no_events,
         )
         env = {
             "FAILOVER_REDIS_URL": url,
@@ -107,6 +109,7 @@ def main() -> None:
             "FAILOVER_TIMING": TIMING.model_dump_json(),
             "FAILOVER_VISIBILITY_TIMEOUT": "60",
             "FAILOVER_ADAPTERS": "sandbox.null_adapters:null_adapters",
+            "FAILOVER_TASK_EVENTS": str(not args.no_events).lower(),
         }
         client = redis.Redis.from_url(url)
         app = create_app(settings)
@@ -140,6 +143,7 @@ def main() -> None:
             client.close()
             app.close()
     hop, step = statistics.median(hop_times), statistics.median(step_times)
+    print(f"task events               : {'off' if args.no_events else 'on (Flower)'}")
     print(
         f"bare Celery hop           : {hop * 1000:7.3f} ms  "
         f"(median of {args.rounds} rounds x {args.hops} hops)"
