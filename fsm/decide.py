@@ -14,7 +14,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict
 
 from fsm.machine import Trigger, machine_for
-from fsm.plan import CATALOGUE, POINT_OF_NO_RETURN, Kind, Stage, State, Step
+from fsm.plan import CATALOGUE, POINT_OF_NO_RETURN, Kind, PlanKind, Stage, State, Step
 from fsm.run import CompensationAction, Dispatch, Failure, Run, RunStatus, StepRecord
 
 
@@ -141,7 +141,7 @@ def decide(run: Run, event: Event, now: float) -> Decision:
         if run.state is State.COMPENSATING:
             return _next_undo(run, new, now, f"undo {step.value} {verb}")
         trigger = Trigger.STEP_SUCCEEDED if done else Trigger.STEP_SKIPPED
-        new.state = machine_for(run.mode).fire(run.state, trigger)
+        new.state = machine_for(run.plan_kind).fire(run.state, trigger)
         return _settle(
             run, new, now, f"{step.value} {verb}: {message}" if message else f"{step.value} {verb}"
         )
@@ -156,7 +156,7 @@ def _start(run: Run, now: float) -> Decision:
     new.status = RunStatus.IN_PROGRESS
     new.started_at = now
     new.deadline_at = now + (run.deadline_at - run.created_at)
-    new.state = machine_for(run.mode).fire(State.PENDING, Trigger.START)
+    new.state = machine_for(run.plan_kind).fire(State.PENDING, Trigger.START)
     return _settle(run, new, now, "started")
 
 
@@ -194,7 +194,7 @@ def _fail(run: Run, new: Run, event: Event, *, step: Step, message: str, now: fl
     new.compensation = compensation_for(new, undo=event.undo)
     new.compensation_index = 0
     new.message = f"failed at {failure.describe()}"
-    new.state = machine_for(run.mode).fire(run.state, Trigger.STEP_FAILED)
+    new.state = machine_for(run.plan_kind).fire(run.state, Trigger.STEP_FAILED)
     return _settle(run, new, now, f"{step.value} failed: {message}; compensating")
 
 
@@ -232,7 +232,7 @@ def _apply(run: Run, updates: Updates | None) -> None:
 
 def _again(old: Run, new: Run, now: float, *, delay: float, trigger: str, reason: str) -> Decision:
     """The same step, checked again after ``delay``: a new message with a new ticket."""
-    new.state = machine_for(old.mode).fire(old.state, trigger)
+    new.state = machine_for(old.plan_kind).fire(old.state, trigger)
     new.tickets += 1
     assert old.dispatch is not None
     new.dispatch = Dispatch(step=old.dispatch.step, ticket=new.tickets, countdown=delay, due_at=now + delay)
@@ -242,13 +242,13 @@ def _again(old: Run, new: Run, now: float, *, delay: float, trigger: str, reason
 def _next_undo(old: Run, new: Run, now: float, reason: str) -> Decision:
     new.compensation_index += 1
     more = new.compensation_index < len(new.compensation)
-    new.state = machine_for(old.mode).fire(State.COMPENSATING, Trigger.UNDO_FINISHED, more_undo=more)
+    new.state = machine_for(old.plan_kind).fire(State.COMPENSATING, Trigger.UNDO_FINISHED, more_undo=more)
     return _settle(old, new, now, reason)
 
 
 def _settle(old: Run, new: Run, now: float, reason: str) -> Decision:
     """Skip the steps the plan marks as skipped, then dispatch the next step or finish the run."""
-    mode_machine = machine_for(new.mode)
+    mode_machine = machine_for(new.plan_kind)
     skipped = []
     while (step := new.state.step) is not None and new.state is not State.COMPENSATING:
         planned = new.planned(step)
@@ -272,7 +272,10 @@ def _settle(old: Run, new: Run, now: float, reason: str) -> Decision:
         new.dispatch = None
         if new.state is State.SUCCEEDED:
             new.status = RunStatus.SUCCESS
-            new.message = f"moved to {new.target_cluster}"
+            if new.plan_kind is PlanKind.STANDDOWN:
+                new.message = f"{new.source_cluster} stood down; {new.target_cluster} stays active"
+            else:
+                new.message = f"moved to {new.target_cluster}"
             reason = f"{reason}; run succeeded"
         else:
             new.status = RunStatus.FAILED
@@ -304,8 +307,11 @@ def compensation_for(run: Run, *, undo: bool = True) -> list[CompensationAction]
             )
         ]
     attempted = [p for p in run.plan if (rec := run.steps.get(p.step.value)) and rec.attempts > 0]
-    no_return = POINT_OF_NO_RETURN[run.mode]
+    no_return = POINT_OF_NO_RETURN[run.plan_kind]
     actions: list[CompensationAction] = []
+    if no_return is None:
+        because = "a stand-down is never undone: the site must not serve a group it does not own"
+        return [CompensationAction(step=Step.ABORT, cluster=None, because=because)]
     if any(p.step is no_return for p in attempted):
         actions.append(
             CompensationAction(

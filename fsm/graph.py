@@ -10,13 +10,14 @@ from transitions.extensions.diagrams import GraphMachine
 
 from fsm.machine import machine_states, transition_table
 from fsm.models import FailoverMode
+from fsm.plan import PlanKind
 
 
 class _Model:
     """transitions draws the graph of a model; this one only carries the state."""
 
 
-def mermaid(mode: FailoverMode) -> str:
+def mermaid(mode: FailoverMode | PlanKind) -> str:
     model = _Model()
     GraphMachine(
         model=model,

@@ -17,7 +17,7 @@ from typing import Any
 from transitions import Machine, MachineError
 
 from fsm.models import FailoverMode
-from fsm.plan import SEQUENCES, State, state_of
+from fsm.plan import SEQUENCES, PlanKind, State, state_of
 
 
 class Trigger:
@@ -41,9 +41,9 @@ class _Cursor:
         return self.more_undo
 
 
-def transition_table(mode: FailoverMode) -> list[dict[str, Any]]:
+def transition_table(mode: FailoverMode | PlanKind) -> list[dict[str, Any]]:
     """The machine's transitions as plain data (also what ``failoverctl graph`` draws)."""
-    states = [state_of(step) for step, _stage, _side in SEQUENCES[mode]]
+    states = [state_of(step) for step, _stage, _side in SEQUENCES[PlanKind.of(mode)]]
     table: list[dict[str, Any]] = [{"trigger": Trigger.START, "source": State.PENDING, "dest": states[0]}]
     for here, there in zip(states, [*states[1:], State.SUCCEEDED], strict=True):
         table.append({"trigger": Trigger.STEP_SUCCEEDED, "source": here, "dest": there})
@@ -65,15 +65,15 @@ def transition_table(mode: FailoverMode) -> list[dict[str, Any]]:
     return table
 
 
-def machine_states(mode: FailoverMode) -> list[State]:
-    steps = [state_of(step) for step, _stage, _side in SEQUENCES[mode]]
+def machine_states(mode: FailoverMode | PlanKind) -> list[State]:
+    steps = [state_of(step) for step, _stage, _side in SEQUENCES[PlanKind.of(mode)]]
     return [State.PENDING, *steps, State.COMPENSATING, State.SUCCEEDED, State.FAILED]
 
 
 class _ModeMachine:
     """One shared machine per mode with one cursor, positioned and fired under a lock."""
 
-    def __init__(self, mode: FailoverMode) -> None:
+    def __init__(self, mode: PlanKind) -> None:
         self.mode = mode
         self._lock = threading.Lock()
         # One cursor lives on the machine for good: attaching a model per call costs ~0.3 ms.
@@ -103,16 +103,20 @@ class _ModeMachine:
 class InvalidTransition(RuntimeError):
     """An event that the mode's machine does not allow from the run's state (a bug, not a fault)."""
 
-    def __init__(self, mode: FailoverMode, state: State, trigger: str) -> None:
+    def __init__(self, mode: PlanKind, state: State, trigger: str) -> None:
         super().__init__(f"{mode.value} machine: no transition {trigger!r} from {state.name}")
         self.mode, self.state, self.trigger = mode, state, trigger
 
 
+def machine_for(mode: FailoverMode | PlanKind) -> _ModeMachine:
+    return _machine(PlanKind.of(mode))
+
+
 @cache
-def machine_for(mode: FailoverMode) -> _ModeMachine:
-    return _ModeMachine(mode)
+def _machine(kind: PlanKind) -> _ModeMachine:
+    return _ModeMachine(kind)
 
 
-def reachable_states(mode: FailoverMode) -> Sequence[State]:
+def reachable_states(mode: FailoverMode | PlanKind) -> Sequence[State]:
     """Every state of the mode's machine (used by tests and the graph command)."""
     return machine_states(mode)

@@ -36,6 +36,7 @@ class Step(StrEnum):
     WAIT_READY = "wait_ready"
     ENABLE_NETWORK = "enable_network"
     COMPLETE = "complete"
+    RECORD_STANDDOWN = "record_standdown"
     ABORT = "abort"
 
 
@@ -61,6 +62,7 @@ class State(Enum):
     WAITING_FOR_READY = Step.WAIT_READY.value
     ENABLING_NETWORK = Step.ENABLE_NETWORK.value
     COMPLETING = Step.COMPLETE.value
+    RECORDING_STANDDOWN = Step.RECORD_STANDDOWN.value
     COMPENSATING = "compensating"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -247,6 +249,12 @@ CATALOGUE: dict[Step, StepInfo] = {
             "flip the active cluster, record history and release the lock in one transaction",
         ),
         StepInfo(
+            Step.RECORD_STANDDOWN,
+            Kind.COORDINATION,
+            Needs.NOTHING,
+            "record in history what the stand-down changed and release the lock",
+        ),
+        StepInfo(
             Step.ABORT,
             Kind.COORDINATION,
             Needs.NOTHING,
@@ -255,13 +263,31 @@ CATALOGUE: dict[Step, StepInfo] = {
     )
 }
 
+
+class PlanKind(StrEnum):
+    """What a run does: the two failover modes of the API, and the orchestrator's own stand-down.
+
+    STANDDOWN makes a site that came back after losing its groups passive (its workloads down, its
+    volumes secondary, DNS off it) so that it never serves a group it no longer owns. It is never
+    requested through the API; the health checker starts it.
+    """
+
+    CONSISTENCY = "CONSISTENCY"
+    UPTIME = "UPTIME"
+    STANDDOWN = "STANDDOWN"
+
+    @classmethod
+    def of(cls, mode: FailoverMode | PlanKind) -> PlanKind:
+        return cls(mode.value)
+
+
 _S, _T, _C = Side.SOURCE, Side.TARGET, Side.COORDINATION
 _INIT, _PREP, _VOL = Stage.INITIALIZATION, Stage.SOURCE_PREPARATION, Stage.VOLUME_TRANSITION
 _ACT, _DOWN, _DONE = Stage.TARGET_ACTIVATION, Stage.SOURCE_STANDDOWN, Stage.COMPLETION
 
-SEQUENCES: dict[FailoverMode, tuple[tuple[Step, Stage, Side], ...]] = {
+SEQUENCES: dict[PlanKind, tuple[tuple[Step, Stage, Side], ...]] = {
     # Never two writers: the source is fully down and its volumes secondary before the target moves.
-    FailoverMode.CONSISTENCY: (
+    PlanKind.CONSISTENCY: (
         (Step.VALIDATE, _INIT, _C),
         (Step.ACQUIRE_LOCK, _INIT, _C),
         (Step.DISABLE_NETWORK, _PREP, _S),
@@ -282,7 +308,7 @@ SEQUENCES: dict[FailoverMode, tuple[tuple[Step, Stage, Side], ...]] = {
         (Step.COMPLETE, _DONE, _C),
     ),
     # Service first: the target is up and takes traffic before the source stands down.
-    FailoverMode.UPTIME: (
+    PlanKind.UPTIME: (
         (Step.VALIDATE, _INIT, _C),
         (Step.ACQUIRE_LOCK, _INIT, _C),
         (Step.PROMOTE_VOLUMES, _ACT, _T),
@@ -302,12 +328,28 @@ SEQUENCES: dict[FailoverMode, tuple[tuple[Step, Stage, Side], ...]] = {
     ),
 }
 
+STANDDOWN_SEQUENCE: tuple[tuple[Step, Stage, Side], ...] = (
+    # The "source" of a stand-down is the returning site; the lock keeps failovers of the group out.
+    (Step.ACQUIRE_LOCK, _INIT, _C),
+    (Step.DISABLE_NETWORK, _DOWN, _S),
+    (Step.SCALE_DOWN_WORKLOADS, _DOWN, _S),
+    (Step.SUSPEND_FLUX, _DOWN, _S),
+    (Step.WAIT_SCALED_DOWN, _DOWN, _S),
+    (Step.DEMOTE_VOLUMES, _DOWN, _S),
+    (Step.WAIT_VOLUMES_DEMOTED, _DOWN, _S),
+    (Step.RECORD_STANDDOWN, _DONE, _C),
+)
+SEQUENCES[PlanKind.STANDDOWN] = STANDDOWN_SEQUENCE
+
 # Past this step, undoing the run automatically could leave two writers (CONSISTENCY: the target's
 # volumes may already be primary) or two stood-down sites (UPTIME: the source is going dark while the
 # target already serves); a failure from here on is recorded and left to the operator.
-POINT_OF_NO_RETURN: dict[FailoverMode, Step] = {
-    FailoverMode.CONSISTENCY: Step.PROMOTE_VOLUMES,
-    FailoverMode.UPTIME: Step.DISABLE_NETWORK,
+# A stand-down is never undone (None): bringing the site back up would make it serve a group it does
+# not own.
+POINT_OF_NO_RETURN: dict[PlanKind, Step | None] = {
+    PlanKind.CONSISTENCY: Step.PROMOTE_VOLUMES,
+    PlanKind.UPTIME: Step.DISABLE_NETWORK,
+    PlanKind.STANDDOWN: None,
 }
 
 
@@ -373,7 +415,9 @@ def _skip_reason(needs: Needs, group: FailoverGroup) -> str | None:
     return missing[needs]
 
 
-def build_plan(mode: FailoverMode, group: FailoverGroup, timing: Timing | None = None) -> list[PlannedStep]:
+def build_plan(
+    mode: FailoverMode | PlanKind, group: FailoverGroup, timing: Timing | None = None
+) -> list[PlannedStep]:
     """The ordered steps for ``mode`` applied to ``group``. Pure.
 
     Steps whose resources the group lacks stay in the plan with a ``skip_reason``, so that the run's
@@ -381,7 +425,7 @@ def build_plan(mode: FailoverMode, group: FailoverGroup, timing: Timing | None =
     """
     timing = timing or Timing()
     plan = []
-    for step, stage, side in SEQUENCES[mode]:
+    for step, stage, side in SEQUENCES[PlanKind.of(mode)]:
         info = CATALOGUE[step]
         plan.append(
             PlannedStep(

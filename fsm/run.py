@@ -12,7 +12,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from fsm.models import Failover, FailoverGroup, FailoverMode, GroupKey, ResourceRef
-from fsm.plan import PlannedStep, Side, Stage, State, Step, Timing, build_plan
+from fsm.plan import PlanKind, PlannedStep, Side, Stage, State, Step, Timing, build_plan
 
 
 class RunStatus(StrEnum):
@@ -104,6 +104,7 @@ class Run(BaseModel):
     failover_cluster: str | None = None
     group: GroupKey
     mode: FailoverMode
+    kind: PlanKind | None = None
     source_cluster: str
     target_cluster: str
     force: bool = False
@@ -132,6 +133,11 @@ class Run(BaseModel):
     journal_sequence: int = 0
 
     # --- derived views (pure) ----------------------------------------------------------------
+
+    @property
+    def plan_kind(self) -> PlanKind:
+        """Which machine drives the run: its failover mode, or the orchestrator's own stand-down."""
+        return self.kind or PlanKind.of(self.mode)
 
     @property
     def current_step(self) -> Step | None:
@@ -236,6 +242,38 @@ def new_run(
         reason=failover.spec.reason,
         resources=Resources.of(group),
         plan=build_plan(mode, group, timing),
+        timing=timing,
+        created_at=now,
+        deadline_at=now + group.spec.timeouts.transitory_state.total_seconds(),
+        heartbeat_timeout=group.spec.timeouts.heartbeat.total_seconds(),
+    )
+
+
+def new_standdown_run(
+    *,
+    run_id: str,
+    group: FailoverGroup,
+    cluster: str,
+    owner: str,
+    reason: str,
+    now: float,
+    timing: Timing | None = None,
+) -> Run:
+    """A PENDING stand-down of ``cluster``, which still holds active objects of ``group`` although
+    ``owner`` is the group's active cluster. Pure."""
+    timing = timing or Timing()
+    return Run(
+        run_id=run_id,
+        failover="",
+        group=group.key,
+        mode=FailoverMode.CONSISTENCY,
+        kind=PlanKind.STANDDOWN,
+        source_cluster=cluster,
+        target_cluster=owner,
+        force=False,
+        reason=reason,
+        resources=Resources.of(group),
+        plan=build_plan(PlanKind.STANDDOWN, group, timing),
         timing=timing,
         created_at=now,
         deadline_at=now + group.spec.timeouts.transitory_state.total_seconds(),

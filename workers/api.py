@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 from fsm.models import Failover, FailoverGroup, GroupKey, RequestError, check_request
-from fsm.run import Run, new_run
+from fsm.run import Run, new_run, new_standdown_run
 from workers import liveness
 from workers.app import create_app
 from workers.container import dynamo_coordination
@@ -132,6 +132,34 @@ class Orchestrator:
         if not self.store.create(run):
             existing = self.store.load(run.run_id)
             return Submission(run=existing or run, created=False)
+        CelerySender(self.celery, self.settings).send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
+        return Submission(run=run, created=True)
+
+    def stand_down(self, group: FailoverGroup, cluster: str, *, reason: str) -> Submission:
+        """Make ``cluster`` passive for ``group``, which it no longer owns (a site that came back).
+
+        One stand-down per cluster and ownership epoch (the group's newest history record), however
+        often a health checker asks. Raises :class:`RequestError` if ``cluster`` owns the group.
+        """
+        owner = self.coordination.active_cluster(group.key)
+        if owner is None or owner == cluster:
+            raise RequestError(
+                "cluster", f"{cluster!r} is the active cluster of group {group.key}: not standing it down"
+            )
+        newest = self.coordination.history(group.key, limit=1)
+        epoch = newest[0].run_id if newest else "-"
+        run_id = hashlib.sha256(f"standdown|{group.key}|{cluster}|{epoch}".encode()).hexdigest()[:20]
+        run = new_standdown_run(
+            run_id=run_id,
+            group=group,
+            cluster=cluster,
+            owner=owner,
+            reason=reason,
+            now=time.time(),
+            timing=self.settings.timing,
+        )
+        if not self.store.create(run):
+            return Submission(run=self.store.load(run_id) or run, created=False)
         CelerySender(self.celery, self.settings).send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
         return Submission(run=run, created=True)
 

@@ -121,6 +121,8 @@ class FailoverStatusWriter:
 
     def observe(self, run: Run, reason: str) -> None:
         """Show ``run`` on its Failover: status first, then Events. Never raises: errors are logged."""
+        if not run.failover:  # the orchestrator's own stand-downs have no Failover object
+            return
         failover: Obj | None = None
         try:
             failover = self._write_status(run, reason)

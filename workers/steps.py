@@ -10,13 +10,14 @@ here under ``@step(Step.NEW)``, and add ``Step.NEW`` to the catalogue and a mode
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fsm.decide import Updates
 from fsm.models import ResourceRef
-from fsm.plan import Step
+from fsm.plan import CATALOGUE, Kind, Step
 from fsm.run import Run
 from workers.errors import ClusterUnreachable, CoordinationConflict, LeaseLost, LockHeld, PermanentError
 from workers.ports import Change, ClusterEffects, Coordination, HistoryRecord, Role
@@ -78,8 +79,11 @@ class StepContext:
                     requested_at=self.requested_at(ref),
                 )
             self.changes.append(change)
-        changed = sum(1 for c in self.changes if c.changed)
-        return Done(f"{changed} of {len(refs)} made {role.value} on {cluster}")
+        changed = [c for c in self.changes if c.changed]
+        summary = f"{len(changed)} of {len(refs)} made {role.value} on {cluster}"
+        if changed:
+            summary += " (" + "; ".join(f"{c.ref}: {c.detail}" for c in changed) + ")"
+        return Done(summary[:1000])
 
     def requested_at(self, ref: ResourceRef) -> str | None:
         """The reconcile stamp, for the Flux objects whose group asks for ``triggerReconcile`` only."""
@@ -348,6 +352,23 @@ def complete(ctx: StepContext) -> Outcome:
             return Done(f"already completed: {run.target_cluster} is active")
         raise
     return Done(f"{run.target_cluster} is now the active cluster; lock released")
+
+
+@step(Step.RECORD_STANDDOWN)
+def record_standdown(ctx: StepContext) -> Outcome:
+    """The record of what a stand-down changed on the returning site, then the lock goes back."""
+    run = ctx.run
+    effects = {p.step.value for p in run.plan if CATALOGUE[p.step].kind is Kind.EFFECT}
+    changes = [
+        f"{key}: {rec.message}" for key, rec in run.steps.items() if key in effects and rec.outcome == "done"
+    ]
+    record = dataclasses.replace(
+        history_record(run, outcome="STOOD_DOWN", now=ctx.now),
+        message=f"{run.source_cluster} made passive ({run.reason}): " + " | ".join(changes),
+    )
+    ctx.coordination.record_history(run.group, record)
+    ctx.coordination.release_lock(run.group, token=ctx.epoch)
+    return Done(f"stand-down of {run.source_cluster} recorded in history; lock released")
 
 
 @step(Step.ABORT)

@@ -326,3 +326,32 @@ def test_step_logs_name_the_run_failover_group_and_step(harness: Harness) -> Non
     finally:
         structlog.contextvars.clear_contextvars()  # as the task_postrun hook does
     assert bound == {"failover": "shop/move-shop", "group": "shop/shop", "step": "validate", "cluster": None}
+
+
+def test_a_returning_site_is_stood_down_and_the_change_recorded(harness: Harness) -> None:
+    from fsm.run import new_standdown_run
+
+    g = group()
+    # site-b became the owner while site-a was away; site-a comes back still active.
+    harness.coordination.client.set(f"t:owner:{g.key.operator_id}:shop:shop", "site-b")
+    run = new_standdown_run(
+        run_id="sd-1",
+        group=g,
+        cluster="site-a",
+        owner="site-b",
+        reason="site-a answers again",
+        now=harness.clock(),
+        timing=harness.engine.settings.timing,
+    )
+    assert harness.engine.submit(run)
+    harness.pump()
+    done = harness.store.load("sd-1")
+    assert done is not None and done.status is RunStatus.SUCCESS, done.message
+    assert all(harness.clusters.role("site-a", ref) == "passive" for ref in all_refs(g))
+    assert all(harness.clusters.role("site-b", ref) == "passive" for ref in all_refs(g))  # untouched
+    assert harness.coordination.active_cluster(g.key) == "site-b"
+    assert harness.coordination.lock_info(g.key) is None
+    [record] = harness.coordination.history(g.key)
+    assert record.outcome == "STOOD_DOWN"
+    assert record.message.startswith("site-a made passive (site-a answers again): disable_network: 2 of 2")
+    assert "VolumeReplication shop/db-data: asked to become passive" in record.message

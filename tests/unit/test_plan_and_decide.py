@@ -395,3 +395,36 @@ def test_the_machine_refuses_events_that_its_table_lacks(mode: FailoverMode) -> 
 
 def test_compensation_of_a_run_that_never_started_is_only_abort() -> None:
     assert [a.step for a in compensation_for(make_run())] == [Step.ABORT]
+
+
+def make_standdown() -> Run:
+    from fsm.run import new_standdown_run
+
+    return new_standdown_run(
+        run_id="sd",
+        group=group(),
+        cluster="site-a",
+        owner="site-b",
+        reason="site-a came back",
+        now=0.0,
+        timing=TIMING,
+    )
+
+
+def test_a_standdown_makes_only_the_returning_site_passive_and_records_it() -> None:
+    decisions = drive(make_standdown(), succeed)
+    final = decisions[-1].run
+    assert executed(decisions) == [
+        "acquire_lock", "disable_network", "scale_down_workloads", "suspend_flux", "wait_scaled_down",
+        "demote_volumes", "wait_volumes_demoted", "record_standdown",
+    ]  # fmt: skip
+    assert {final.cluster_for(p.side) for p in final.plan if p.side is not Side.COORDINATION} == {"site-a"}
+    assert final.status is RunStatus.SUCCESS
+    assert final.message == "site-a stood down; site-b stays active"
+
+
+def test_a_failed_standdown_is_never_undone() -> None:
+    final = drive(make_standdown(), fail_at(Step.DEMOTE_VOLUMES))[-1].run
+    assert final.status is RunStatus.FAILED
+    assert [a.step for a in final.compensation] == [Step.ABORT]
+    assert "never undone" in final.compensation[0].because
