@@ -40,6 +40,13 @@ See :func:`decide`. In short: only when the active cluster's heartbeat is older 
 ``timeouts.unhealthyPrimary``; never while the group is ``suspended``, while any run holds the group's
 lock, while an automatic Failover of the group is in flight, or within the cool-down after the last
 automatic one; and only to a standby with a fresh heartbeat, OK before DEGRADED.
+
+A site that came back
+---------------------
+
+See :func:`decide_stand_down`: a cluster that is not the group's active cluster, answers and still holds
+active objects of the group (:func:`active_objects`) is stood down, unless a run holds the group's lock
+(a failover in flight makes its target look active before the owner flips). Never the owner.
 """
 
 from __future__ import annotations
@@ -515,3 +522,90 @@ def is_automatic(reason: str, labels: Mapping[str, str] | None = None) -> bool:
     if labels is not None and labels.get(LABEL_AUTOMATIC) == "true":
         return True
     return reason.startswith(AUTOMATIC_REASON_PREFIX)
+
+
+# --- standing down a site that came back ------------------------------------------------------------
+
+
+def active_sign(kind: str, obj: Obj | None) -> str | None:
+    """Why ``obj`` is active (serving, writing, publishing or reconciling), or None when it is not.
+
+    A missing object is not active. Deployment/StatefulSet: replicas > 0 or any ready; CronJob: not
+    suspended; VolumeReplication: primary (status or spec); Ingress/VirtualService: external-dns
+    annotation ``dns-controller``; HelmRelease/Kustomization: not suspended.
+    """
+    if obj is None:
+        return None
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if kind in _WORKLOADS:
+        desired, ready = _int(spec.get("replicas"), 1), _int(status.get("readyReplicas"))
+        return f"{desired} replicas, {ready} ready" if desired > 0 or ready > 0 else None
+    if kind == "CronJob":
+        return None if spec.get("suspend") else "scheduled"
+    if kind == VOLUME_REPLICATION:
+        state = str(status.get("state") or "").lower()
+        wanted = str(spec.get("replicationState") or "").lower()
+        if state == "primary":
+            return "primary"
+        return "replicationState primary" if wanted == "primary" else None
+    if kind in _NETWORK:
+        value = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_DNS_CONTROLLER)
+        return "DNS published" if value == DNS_ACTIVE else None
+    if kind in _FLUX:
+        return None if spec.get("suspend") else "resumed"
+    return None
+
+
+def active_objects(group: FailoverGroup, objects: Mapping[ResourceRef, Obj | None]) -> tuple[str, ...]:
+    """``("Deployment/web: 3 replicas, 3 ready", ...)``: the group's objects that are active."""
+    found = []
+    for ref in group_refs(group):
+        sign = active_sign(ref.kind, objects.get(ref))
+        if sign is not None:
+            found.append(f"{ref.kind}/{ref.name}: {sign}")
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class StandDownDecision:
+    """Whether to make ``cluster`` passive for a group it does not own, and the sentence why (not)."""
+
+    cluster: str
+    stand_down: bool
+    reason: str
+
+
+def decide_stand_down(
+    *,
+    group: str,
+    cluster: str,
+    owner: str | None,
+    active: Sequence[str],
+    lock_holder: str | None,
+) -> StandDownDecision:
+    """A cluster that answers and holds active objects of ``group`` although ``owner`` owns it (a site
+    that came back after a failover away from it) is stood down. Never the owner, never without an
+    owner, and never while a run holds the group's lock: a failover in flight makes its target look
+    active before the owner flips. ``active`` comes from :func:`active_objects`."""
+
+    def no(why: str) -> StandDownDecision:
+        return StandDownDecision(cluster, False, f"group {group}: {cluster} {why}")
+
+    if owner is None:
+        return no("is not stood down: no active cluster is recorded")
+    if cluster == owner:
+        return no("is the active cluster: never stood down")
+    if not active:
+        return no(f"is passive as expected ({owner} is the active cluster)")
+    objects = "; ".join(active)
+    if lock_holder is not None:
+        return no(
+            f"holds active objects ({objects}) but run {lock_holder} holds the group's lock: "
+            "a failover may be in flight, not standing it down"
+        )
+    return StandDownDecision(
+        cluster,
+        True,
+        f"group {group}: {cluster} came back holding active objects of a group owned by {owner} "
+        f"({objects}): standing it down",
+    )

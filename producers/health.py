@@ -9,10 +9,16 @@ watcher then submits it like any other. It never runs a step and never submits a
 
 A cluster that does not answer gets no heartbeat (its heartbeat going stale is how others learn it is
 down); it is simply tried again on the next pass.
+
+A site that came back: when a cluster other than the group's active one answers and still holds active
+objects of the group (:func:`fsm.health.active_objects`) while no run holds the group's lock, the
+checker asks :meth:`workers.api.Orchestrator.stand_down` to make it passive (deduplicated there per
+ownership epoch) and logs the decision once (:func:`fsm.health.decide_stand_down`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +37,10 @@ from fsm.health import (
     Health,
     HealthDecision,
     HealthInputs,
+    StandDownDecision,
+    active_objects,
     decide,
+    decide_stand_down,
     group_refs,
     is_automatic,
     judge_group,
@@ -40,26 +49,36 @@ from fsm.health import (
 )
 from fsm.models import FailoverGroup, FailoverMode, GroupKey, ResourceRef
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj
-from workers.api import Orchestrator
+from workers.api import Orchestrator, RequestError
 from workers.errors import OrchestratorError, TemporaryError
-from workers.ports import Heartbeat, HistoryRecord
+from workers.ports import Heartbeat, HistoryRecord, LockInfo
 
 log = structlog.get_logger(__name__)
 
 
 def observe_group(client: ClusterClient, group: FailoverGroup, role: ClusterRole) -> GroupHealth:
     """Read every object of ``group`` on ``client``'s cluster and judge it (UNKNOWN if unreachable)."""
+    return read_and_judge(client, group, role)[0]
+
+
+def read_and_judge(
+    client: ClusterClient, group: FailoverGroup, role: ClusterRole
+) -> tuple[GroupHealth, dict[ResourceRef, Obj | None] | None]:
+    """:func:`observe_group` and the objects read (None when they could not all be read)."""
     objects: dict[ResourceRef, Obj | None] = {}
     try:
         for ref in group_refs(group):
             objects[ref] = client.get_object(ref.kind, ref.namespace, ref.name)
     except TemporaryError as error:
-        return unreachable(client.name, role, error.describe())
+        return unreachable(client.name, role, error.describe()), None
     except OrchestratorError as error:  # e.g. RBAC: the cluster answers but we cannot judge the group
-        return GroupHealth(
-            client.name, role, Health.ERROR, (), f"cannot read the group's objects: {error.describe()}"
+        return (
+            GroupHealth(
+                client.name, role, Health.ERROR, (), f"cannot read the group's objects: {error.describe()}"
+            ),
+            None,
         )
-    return judge_group(client.name, group, objects, role)
+    return judge_group(client.name, group, objects, role), objects
 
 
 def parse_timestamp(value: object) -> float | None:
@@ -87,6 +106,8 @@ class GroupOutcome:
     decision: HealthDecision
     created: str | None = None
     created_in: str | None = None
+    stand_downs: tuple[StandDownDecision, ...] = ()
+    stood_down: tuple[str, ...] = ()  # run ids of the stand-downs this pass started
 
 
 class HealthChecker:
@@ -127,6 +148,7 @@ class HealthChecker:
         self._created_at: dict[GroupKey, float] = {}
         self._next_due: dict[GroupKey, float] = {}
         self._last_reason: dict[GroupKey, str] = {}
+        self._last_stand_down: dict[tuple[GroupKey, str], str] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -201,13 +223,17 @@ class HealthChecker:
         active = coordination.active_cluster(key)
         group = found.group
         observations = []
+        read: dict[str, dict[ResourceRef, Obj | None]] = {}
         for name, client in self.clusters.items():
             role = ClusterRole.PRIMARY if name == active else ClusterRole.STANDBY
             if name not in reachable or name not in found.clusters:
                 why = "did not answer" if name not in reachable else "the FailoverGroup is not there"
                 observations.append(unreachable(name, role, why))
                 continue
-            observations.append(observe_group(client, group, role))
+            observation, objects = read_and_judge(client, group, role)
+            observations.append(observation)
+            if objects is not None:
+                read[name] = objects
         heartbeats = coordination.heartbeats(key)
         lock = coordination.lock_info(key)
         history = coordination.history(key, limit=20)
@@ -241,9 +267,60 @@ class HealthChecker:
         if self._last_reason.get(key) != decision.reason:
             self._last_reason[key] = decision.reason
             log.info("health_decision", group=str(key), action=decision.action.value, reason=decision.reason)
+        stand_downs, stood_down = self._stand_down(key, group, active, read, lock)
         if decision.action is not Action.FAILOVER or decision.failover is None:
-            return GroupOutcome(key, decision)
-        return self._create_failover(key, decision, reachable, now)
+            return GroupOutcome(key, decision, stand_downs=stand_downs, stood_down=stood_down)
+        outcome = self._create_failover(key, decision, reachable, now)
+        return dataclasses.replace(outcome, stand_downs=stand_downs, stood_down=stood_down)
+
+    def _stand_down(
+        self,
+        key: GroupKey,
+        group: FailoverGroup,
+        active: str | None,
+        read: Mapping[str, Mapping[ResourceRef, Obj | None]],
+        lock: LockInfo | None,
+    ) -> tuple[tuple[StandDownDecision, ...], tuple[str, ...]]:
+        """Stand down every answering cluster but the owner that still holds active objects."""
+        decisions = tuple(
+            decide_stand_down(
+                group=str(key),
+                cluster=name,
+                owner=active,
+                active=active_objects(group, objects),
+                lock_holder=lock.run_id if lock is not None else None,
+            )
+            for name, objects in sorted(read.items())
+            if name != active
+        )
+        started: list[str] = []
+        for decision in decisions:
+            if self._last_stand_down.get((key, decision.cluster)) != decision.reason:
+                self._last_stand_down[(key, decision.cluster)] = decision.reason
+                log.info(
+                    "stand_down_decision",
+                    group=str(key),
+                    cluster=decision.cluster,
+                    stand_down=decision.stand_down,
+                    reason=decision.reason,
+                )
+            if not decision.stand_down:
+                continue
+            try:
+                submission = self.orchestrator.stand_down(group, decision.cluster, reason=decision.reason)
+            except RequestError as error:  # the owner flipped since it was read: nothing to do
+                log.info("stand_down_refused", group=str(key), cluster=decision.cluster, error=str(error))
+                continue
+            if submission.created:
+                started.append(submission.run.run_id)
+                log.warning(
+                    "stand_down_started",
+                    group=str(key),
+                    cluster=decision.cluster,
+                    run_id=submission.run.run_id,
+                    reason=decision.reason,
+                )
+        return decisions, tuple(started)
 
     def _automatic_state(
         self, key: GroupKey, automatic: list[Obj], history: Sequence[HistoryRecord]

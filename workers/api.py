@@ -49,6 +49,10 @@ __all__ = [
 ]
 
 
+# A stand-down that failed is tried again, but not before this many seconds (the checker runs often).
+STANDDOWN_RETRY_AFTER = 300.0
+
+
 def run_id_for(failover: Failover, group: FailoverGroup) -> str:
     """One run per Failover (namespace, name, spec) and group, wherever and however often it is seen.
 
@@ -147,7 +151,20 @@ class Orchestrator:
                 "cluster", f"{cluster!r} is the active cluster of group {group.key}: not standing it down"
             )
         newest = self.coordination.history(group.key, limit=1)
-        epoch = newest[0].run_id if newest else "-"
+        last = newest[0] if newest else None
+        if (
+            last is not None
+            and last.outcome == "FAILED"
+            and not last.failover
+            and last.source_cluster == cluster
+        ):
+            wait = STANDDOWN_RETRY_AFTER - (time.time() - last.finished_at)
+            if wait > 0:
+                raise RequestError(
+                    "cluster",
+                    f"the last stand-down of {cluster!r} failed ({last.message}); tried again in {wait:.0f}s",
+                )
+        epoch = last.run_id if last else "-"
         run_id = hashlib.sha256(f"standdown|{group.key}|{cluster}|{epoch}".encode()).hexdigest()[:20]
         run = new_standdown_run(
             run_id=run_id,

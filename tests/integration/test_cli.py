@@ -163,3 +163,46 @@ def test_submission_is_checked_and_deduplicated(env: dict[str, str]) -> None:
         assert first.created and not again.created
         assert first.run.run_id == again.run.run_id == run_id_for(failover(), g)
         assert handle.run(first.run.run_id) is not None
+
+
+def _failed_stand_down(finished_at: float) -> HistoryRecord:
+    return HistoryRecord(
+        run_id=f"sd-{finished_at}",
+        failover="",
+        group="shop/shop",
+        mode="CONSISTENCY",
+        source_cluster="site-a",
+        target_cluster="site-b",
+        force=False,
+        reason="came back",
+        started_at=finished_at - 1,
+        finished_at=finished_at,
+        outcome="FAILED",
+        message="demote_volumes: forbidden",
+    )
+
+
+def test_a_stand_down_is_started_once_per_ownership_epoch(env: dict[str, str]) -> None:
+    invoke("dynamodb", "init")
+    g = group()
+    with Orchestrator(Settings()) as handle:
+        handle.coordination.set_initial_owner(g.key, "site-b")
+        with pytest.raises(RequestError, match="is the active cluster"):
+            handle.stand_down(g, "site-b", reason="test")
+        first = handle.stand_down(g, "site-a", reason="still active")
+        again = handle.stand_down(g, "site-a", reason="still active")
+    assert first.created and first.run.plan_kind.value == "STANDDOWN"
+    assert not again.created and again.run.run_id == first.run.run_id
+
+
+def test_a_failed_stand_down_is_tried_again_only_after_a_pause(env: dict[str, str]) -> None:
+    invoke("dynamodb", "init")
+    g = group()
+    with Orchestrator(Settings()) as handle:
+        handle.coordination.set_initial_owner(g.key, "site-b")
+        handle.coordination.record_history(g.key, _failed_stand_down(time.time() - 400))
+        retried = handle.stand_down(g, "site-a", reason="still active")
+        handle.coordination.record_history(g.key, _failed_stand_down(time.time() - 10))
+        with pytest.raises(RequestError, match=r"failed .*tried again in"):
+            handle.stand_down(g, "site-a", reason="still active")
+    assert retried.created

@@ -1,0 +1,173 @@
+"""The whole automatic failover loop on local stand-ins: two sandbox clusters with the sample group
+(site-a active, short timeouts), a moto DynamoDB, the real Redis, a real Celery worker with the
+production adapters (as ``sandbox.demo`` wires it), and the watcher and the health checker running
+in-process. Everything started here is stopped afterwards."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from fsm.models import FailoverGroup, GroupKey
+from fsm.plan import Timing
+from producers.health import HealthChecker
+from producers.kube import ClusterClient, connect
+from producers.watcher import FailoverWatcher
+from sandbox.celery_worker import WorkerProcess
+from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION, dynamodb_client, moto_dynamodb
+from sandbox.kube import SandboxFleet, load_sample_fleet
+from workers.api import Orchestrator
+from workers.dynamo import DynamoCoordination
+from workers.settings import Settings
+
+OPERATOR = "failover-orchestrator"  # the operatorID the sample group carries
+SHOP = GroupKey(operator_id=OPERATOR, namespace="shop", name="shop")
+CLUSTERS = ["site-a", "site-b"]
+TIMING = Timing(
+    poll_initial=0.1,
+    poll_factor=1.5,
+    poll_max=0.3,
+    retry_initial=0.1,
+    retry_max=0.5,
+    effect_timeout=20,
+    wait_timeout=20,
+    coordination_timeout=20,
+)
+CONTROLLERS: dict[str, Any] = {
+    "tick": 0.02,
+    "workload_delay": 0.1,
+    "replica_step": 0.05,
+    "volume_delay": 0.1,
+    "volume_resync_delay": 0.2,
+    "flux_delay": 0.1,
+    "job_duration": 0.3,
+}
+# Short enough for a test: a site is called down after 3 s without a heartbeat.
+SHORT_TIMEOUTS = {"transitoryState": "2m", "unhealthyPrimary": "3s", "heartbeat": "3s"}
+HEARTBEAT_INTERVAL = "500ms"
+
+
+@dataclass
+class World:
+    fleet: SandboxFleet
+    orchestrator: Orchestrator
+    coordination: DynamoCoordination
+    clients: dict[str, ClusterClient]
+    checker: HealthChecker
+    watcher: FailoverWatcher
+    worker: WorkerProcess
+    tmp_path: Path
+    started: list[Callable[[], None]] = field(default_factory=list)
+
+    def group(self) -> FailoverGroup:
+        return FailoverGroup.model_validate(self.fleet["site-b"].store.get("FailoverGroup", "shop", "shop"))
+
+    def worker_log(self) -> str:
+        return self.worker.log_path.read_text()[-6000:]
+
+
+def shorten_timeouts(fleet: SandboxFleet, **spec: Any) -> None:
+    """Patch the sample FailoverGroup on every cluster (short timeouts, plus ``spec``)."""
+    for cluster in fleet:
+        group = cluster.store.get("FailoverGroup", "shop", "shop")
+        group["spec"]["timeouts"] = {**group["spec"].get("timeouts", {}), **SHORT_TIMEOUTS}
+        group["spec"]["heartbeatInterval"] = HEARTBEAT_INTERVAL
+        group["spec"].update(spec)
+        cluster.store.put(group)
+
+
+@pytest.fixture(scope="session")
+def dynamodb_endpoint() -> Iterator[str]:
+    with moto_dynamodb() as url:
+        yield url
+
+
+@pytest.fixture
+def group_spec() -> dict[str, Any]:
+    """Extra spec fields of the sample group; a test overrides this fixture (e.g. ``suspended``)."""
+    return {}
+
+
+@pytest.fixture
+def world(
+    *,
+    redis_server_url: str,
+    real_redis: redis.Redis,
+    prefix: str,
+    tmp_path: Path,
+    dynamodb_endpoint: str,
+    group_spec: dict[str, Any],
+) -> Iterator[World]:
+    table = f"autofailover-{uuid.uuid4().hex[:10]}"
+    with SandboxFleet(CLUSTERS, kubeconfig_path=tmp_path / "kubeconfig", **CONTROLLERS) as fleet:
+        load_sample_fleet(fleet, active="site-a")
+        shorten_timeouts(fleet, **group_spec)
+        client = dynamodb_client(dynamodb_endpoint)
+        coordination = DynamoCoordination(table, client=client)
+        coordination.ensure_table()
+        coordination.set_initial_owner(SHOP, "site-a")
+        settings = Settings(
+            redis_url=redis_server_url,
+            key_prefix=prefix,
+            broker_prefix=prefix,
+            queue=f"{prefix}steps",
+            timing=TIMING,
+            visibility_timeout=30,
+            kubeconfig=str(fleet.kubeconfig_path),
+            clusters=CLUSTERS,
+            operator_id=OPERATOR,
+        )
+        env = {
+            "FAILOVER_REDIS_URL": redis_server_url,
+            "FAILOVER_KEY_PREFIX": prefix,
+            "FAILOVER_BROKER_PREFIX": prefix,
+            "FAILOVER_QUEUE": f"{prefix}steps",
+            "FAILOVER_ADAPTERS": "workers.container:production_adapters",
+            "FAILOVER_TIMING": TIMING.model_dump_json(),
+            "FAILOVER_VISIBILITY_TIMEOUT": "30",
+            "FAILOVER_BROKER_TRANSPORT_EXTRA": json.dumps(
+                {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+            ),
+            "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),
+            "FAILOVER_CLUSTERS": json.dumps(CLUSTERS),
+            "FAILOVER_FAILOVER_CLUSTER": "site-b",
+            "FAILOVER_DYNAMODB_TABLE": table,
+            "FAILOVER_DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+            "FAILOVER_OPERATOR_ID": OPERATOR,
+            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
+            "AWS_DEFAULT_REGION": REGION,
+        }
+        orchestrator = Orchestrator(settings, coordination=coordination)
+        clients = connect(fleet.kubeconfig_path, request_timeout=2.0)
+        worker = WorkerProcess(env, name="auto", queues=settings.queue, log_path=tmp_path / "worker.log")
+        checker = HealthChecker(
+            orchestrator, clients, operator_id=OPERATOR, cooldown=600.0, min_sleep=0.1, max_sleep=0.5
+        )
+        watcher = FailoverWatcher(
+            orchestrator,
+            clients,
+            operator_id=OPERATOR,
+            watch_timeout=1,
+            backoff_initial=0.05,
+            backoff_max=0.4,
+            group_status_interval=3600.0,
+        )
+        try:
+            worker.wait_ready()
+            yield World(fleet, orchestrator, coordination, clients, checker, watcher, worker, tmp_path)
+        finally:
+            checker.stop()
+            watcher.stop()
+            worker.stop()
+            for opened in clients.values():
+                opened.close()
+            orchestrator.close()
+            client.close()

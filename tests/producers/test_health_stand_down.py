@@ -1,0 +1,79 @@
+"""The health checker stands down a non-owner cluster that holds active objects of a group (sandbox
+clusters, moto DynamoDB, real Redis; the stand-down run is only created and enqueued here)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from fsm.plan import PlanKind
+from producers.health import HealthChecker
+from sandbox.kube import SandboxFleet
+from tests.producers.conftest import SHOP
+from workers.api import Orchestrator
+from workers.dynamo import DynamoCoordination
+
+pytestmark = pytest.mark.integration
+
+DNS = "external-dns.alpha.kubernetes.io/controller"
+
+
+def publish_dns(fleet: SandboxFleet, cluster: str) -> None:
+    ingress = fleet[cluster].store.get("Ingress", "shop", "web")
+    ingress["metadata"]["annotations"][DNS] = "dns-controller"
+    fleet[cluster].store.put(ingress)
+
+
+def test_a_passive_standby_and_the_owner_are_left_alone(
+    checker: HealthChecker, enqueued: Callable[[], int]
+) -> None:
+    [outcome] = checker.run_once(time.time())
+
+    assert outcome.stood_down == ()
+    [standby] = outcome.stand_downs  # the owner site-a is not even considered
+    assert (standby.cluster, standby.stand_down) == ("site-b", False)
+    assert "passive as expected" in standby.reason
+    assert enqueued() == 0
+
+
+def test_a_non_owner_with_active_objects_is_stood_down_once(
+    fleet: SandboxFleet,
+    checker: HealthChecker,
+    orchestrator: Orchestrator,
+    enqueued: Callable[[], int],
+) -> None:
+    publish_dns(fleet, "site-b")
+
+    [outcome] = checker.run_once(time.time())
+
+    [decision] = outcome.stand_downs
+    assert decision.stand_down and "Ingress/web: DNS published" in decision.reason
+    [run_id] = outcome.stood_down
+    run = orchestrator.run(run_id)
+    assert run is not None
+    assert (run.plan_kind, run.source_cluster, run.target_cluster) == (PlanKind.STANDDOWN, "site-b", "site-a")
+    assert "Ingress/web: DNS published" in run.reason
+    assert enqueued() == 1
+
+    # Asked again in the same ownership epoch: the same run, nothing new is enqueued.
+    [again] = checker.run_once(time.time())
+    assert again.stand_downs[0].stand_down and again.stood_down == ()
+    assert enqueued() == 1
+
+
+def test_no_stand_down_while_a_run_holds_the_lock(
+    fleet: SandboxFleet,
+    checker: HealthChecker,
+    coordination: DynamoCoordination,
+    enqueued: Callable[[], int],
+) -> None:
+    coordination.acquire_lock(SHOP, holder="test", run_id="run-in-flight", lease_seconds=60, now=time.time())
+    publish_dns(fleet, "site-b")
+
+    [outcome] = checker.run_once(time.time())
+
+    [decision] = outcome.stand_downs
+    assert not decision.stand_down and "run run-in-flight holds the group's lock" in decision.reason
+    assert outcome.stood_down == () and enqueued() == 0
