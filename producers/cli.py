@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from fsm.graph import mermaid
+from fsm.graph import dot, mermaid
 from fsm.models import Failover, FailoverGroup, FailoverMode, GroupKey
 from fsm.run import Run
 from producers.decisions import first_error
@@ -117,12 +118,40 @@ def _emit_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
+class GraphFormat(StrEnum):
+    mermaid = "mermaid"
+    dot = "dot"
+    png = "png"
+
+
 @app.command()
 def graph(
     mode: Annotated[ModeChoice, typer.Option("--mode", "-m", help="Which mode's machine to draw.")],
+    format: Annotated[
+        GraphFormat, typer.Option("--format", "-f", help="mermaid, dot or png")
+    ] = GraphFormat.mermaid,
+    output_file: Annotated[
+        Path | None, typer.Option("--output-file", "-o", help="Write here (png needs it)")
+    ] = None,
 ) -> None:
-    """Print the state machine of a failover mode as a Mermaid state diagram."""
-    typer.echo(mermaid(FailoverMode(mode.value.upper())))
+    """Print (or write) the state machine of a failover mode: Mermaid by default, DOT, or a PNG."""
+    kind = FailoverMode(mode.value.upper())
+    if format is GraphFormat.png:
+        if output_file is None:
+            raise fail("--format png writes a file: give --output-file FILE.png", 2)
+        if shutil.which("dot") is None:
+            raise fail(
+                "a PNG needs Graphviz's dot: install it (apt-get install graphviz) or use --format mermaid"
+            )
+        subprocess.run(["dot", "-Tpng", "-o", str(output_file)], input=dot(kind), text=True, check=True)
+        out().print(f"wrote {output_file}")
+        return
+    text = mermaid(kind) if format is GraphFormat.mermaid else dot(kind)
+    if output_file is not None:
+        output_file.write_text(text)
+        out().print(f"wrote {output_file}")
+    else:
+        typer.echo(text)
 
 
 @app.command()

@@ -206,3 +206,34 @@ def test_a_failed_stand_down_is_tried_again_only_after_a_pause(env: dict[str, st
         with pytest.raises(RequestError, match=r"failed .*tried again in"):
             handle.stand_down(g, "site-a", reason="still active")
     assert retried.created
+
+
+def test_watch_follows_a_run_to_its_end_and_exits_by_its_outcome(env: dict[str, str]) -> None:
+    invoke("dynamodb", "init")
+    with Orchestrator(Settings()) as handle:
+        run = new_run(
+            run_id="r-watch", failover=failover(), group=group(), source_cluster="site-a", now=100.0
+        )
+        handle.store.create(run)
+        stored = handle.store.load("r-watch")
+        assert stored is not None
+        started = decide(stored, Event(kind=EventKind.START), 101.0).run
+        handle.store.commit(started, expected_version=stored.version)
+        code, out = invoke("watch", "r-watch", "--timeout", "0.5", "--interval", "0.1")
+        assert code == 1 and "still running after 0.5s" in out
+        current = handle.store.load("r-watch")
+        assert current is not None
+        failed = current.model_copy(
+            update={
+                "state": current.state.FAILED,
+                "status": current.status.FAILED,
+                "message": "failed at step validate: boom",
+                "dispatch": None,
+            }
+        )
+        handle.store.commit(failed, expected_version=current.version)
+    code, out = invoke("watch", "shop/move-shop", "--interval", "0.1")
+    assert code == 1, out
+    assert "failed at step validate: boom" in out and "CONSISTENCY site-a→site-b: FAILED" in out
+    code, out = invoke("watch", "no-such-run")
+    assert code == 1 and out.startswith("error: no run 'no-such-run'")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -85,3 +88,24 @@ def test_steps_can_be_routed_to_a_queue_per_cluster() -> None:
         ("failover.scale_down_workloads", ["r1", 3], None, "failover.site-a"),
         ("failover.acquire_lock", ["r1", 4], 1.5, "failover"),
     ]
+
+
+def test_graph_as_dot_and_as_a_png_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["graph", "--mode", "consistency", "--format", "dot"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith('digraph "failover CONSISTENCY"')
+    assert 'COMPENSATING -> FAILED [label="undo_finished"]' in result.output
+    png = tmp_path / "consistency.png"
+    result = runner.invoke(
+        app, ["graph", "--mode", "consistency", "--format", "png", "--output-file", str(png)]
+    )
+    if shutil.which("dot") is None:
+        assert result.exit_code == 1 and "apt-get install graphviz" in result.output
+    else:
+        assert result.exit_code == 0, result.output
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_png_needs_an_output_file() -> None:
+    result = runner.invoke(app, ["graph", "--mode", "uptime", "--format", "png"])
+    assert result.exit_code == 2 and "--output-file" in result.output
