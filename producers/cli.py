@@ -366,8 +366,9 @@ def demo() -> None:
     an UPTIME failback with a live view, prints the measured times and the final state of both
     clusters, and stops everything it started.
     """
-    # The sandbox is never imported by the product: the demo runs as a program of its own.
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "sandbox.demo"]))
+    # The sandbox is never imported by the product: the demo runs as a program of its own, in this
+    # process (exec), so that Ctrl-C and SIGTERM reach it and it stops everything it started.
+    os.execv(sys.executable, [sys.executable, "-m", "sandbox.demo"])
 
 
 sandbox_app = typer.Typer(help="Local stand-ins for the outside world.", no_args_is_help=True)
@@ -377,7 +378,7 @@ app.add_typer(sandbox_app, name="sandbox")
 @sandbox_app.command("up")
 def sandbox_up() -> None:
     """Start two sandbox clusters, Redis, DynamoDB and a worker, print how to reach them, wait for Ctrl-C."""
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "sandbox.demo", "--up"]))
+    os.execv(sys.executable, [sys.executable, "-m", "sandbox.demo", "--up"])
 
 
 # --- producers: the watcher, the health checker and `submit` ----------------------------------------

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -262,6 +264,7 @@ def sandbox_up(console: Console) -> int:
                     time.sleep(1)
         finally:
             worker.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
@@ -269,6 +272,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--up", action="store_true", help="leave the environment running until Ctrl-C")
     args = parser.parse_args()
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM stops it like Ctrl-C does: through the finally blocks that stop what it started.
+    signal.signal(signal.SIGTERM, interrupt)
     console = Console()
     return sandbox_up(console) if args.up else run_demo(console)
 
