@@ -52,7 +52,11 @@ def test_acquire_grants_token_one_and_records_the_lock(dynamo: DynamoCoordinatio
     info = dynamo.lock_info(group)
     assert info is not None
     assert (info.token, info.holder, info.run_id, info.acquired_at, info.expires_at) == (
-        1, "site-a", "run-1", 100.0, 110.0,
+        1,
+        "site-a",
+        "run-1",
+        100.0,
+        110.0,
     )
     assert dynamo.calls == {"BatchGetItem": 1, "TransactWriteItems": 1, "GetItem": 1}  # + lock_info
 
@@ -148,4 +152,3 @@ def test_an_expired_lock_can_still_be_renewed_by_its_holder_until_taken(
 
     # The token is still current: no one else can have acted under a newer one.
     assert dynamo.renew_lease(group, token=grant.token, lease_seconds=10, now=130.0) == 140.0
-

@@ -22,8 +22,13 @@ PAGE_FILLER = 60_000  # bytes per item: DynamoDB (and moto) stop a Query page at
 
 def test_history_round_trip_keeps_every_field(dynamo: DynamoCoordination, group: GroupKey) -> None:
     full = history_record(
-        "run-1", force=True, outcome="FAILED", failed_step="scale-down west/checkout",
-        message="timed out", skipped=("flux", "network"), downtime_seconds=None,
+        "run-1",
+        force=True,
+        outcome="FAILED",
+        failed_step="scale-down west/checkout",
+        message="timed out",
+        skipped=("flux", "network"),
+        downtime_seconds=None,
     )
     minimal = history_record("run-2", started_at=200.0, failed_step=None, skipped=())
 
@@ -101,7 +106,10 @@ def test_heartbeats_keep_every_cluster_and_the_latest_beat(
     dynamo.write_heartbeat(group, Heartbeat(cluster="east", health="healthy", role="active", at=10.0))
     dynamo.write_heartbeat(group, Heartbeat(cluster="west", health="healthy", role="passive", at=11.0))
     latest_east = Heartbeat(
-        cluster="east", health="degraded", role="active", at=20.5,
+        cluster="east",
+        health="degraded",
+        role="active",
+        at=20.5,
         resources={"Deployment shop/checkout": "Ready", "VolumeReplication shop/data": "primary"},
     )
     dynamo.write_heartbeat(group, latest_east)
