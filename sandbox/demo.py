@@ -32,9 +32,10 @@ from fsm.plan import Timing
 from fsm.run import Run
 from producers.views import run_view, summary
 from sandbox.celery_worker import WorkerProcess
-from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION, endpoint_of, moto_server
+from sandbox.dynamo import AWS_DUMMY_ENV, endpoint_of, moto_server
 from sandbox.kube import SandboxFleet, load_sample_fleet
 from sandbox.redis_server import redis_url
+from sandbox.stack import stack_settings, worker_env
 from workers.api import Orchestrator
 from workers.settings import Settings
 
@@ -72,36 +73,19 @@ def environment(workdir: Path) -> Iterator[Environment]:
     ):
         load_sample_fleet(fleet, active="site-a")
         endpoint = endpoint_of(moto)
-        env = {
-            "FAILOVER_REDIS_URL": url,
-            "FAILOVER_KEY_PREFIX": prefix,
-            "FAILOVER_BROKER_PREFIX": prefix,
-            "FAILOVER_QUEUE": f"{prefix}steps",
-            "FAILOVER_TIMING": TIMING.model_dump_json(),
-            "FAILOVER_VISIBILITY_TIMEOUT": "60",
-            "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),
-            "FAILOVER_CLUSTERS": '["site-a", "site-b"]',
-            "FAILOVER_FAILOVER_CLUSTER": "site-a",
-            "FAILOVER_DYNAMODB_TABLE": table,
-            "FAILOVER_DYNAMODB_ENDPOINT_URL": endpoint,
-            "FAILOVER_OPERATOR_ID": "demo",
-            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
-            "AWS_DEFAULT_REGION": REGION,
-        }
-        settings = Settings(
-            redis_url=url,
-            key_prefix=prefix,
-            broker_prefix=prefix,
-            queue=f"{prefix}steps",
+        settings = stack_settings(
+            url,
+            prefix,
             timing=TIMING,
             visibility_timeout=60,
             kubeconfig=str(fleet.kubeconfig_path),
             clusters=["site-a", "site-b"],
+            failover_cluster="site-a",
             dynamodb_table=table,
             dynamodb_endpoint_url=endpoint,
             operator_id="demo",
         )
+        env = worker_env(settings, **AWS_DUMMY_ENV)
         with _aws_env(env):
             handle = Orchestrator(settings)
             try:

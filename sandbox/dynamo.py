@@ -42,6 +42,12 @@ if TYPE_CHECKING:
 REGION = "us-east-1"
 DUMMY_ACCESS_KEY = "testing"
 DUMMY_SECRET_KEY = "testing"  # moto accepts any credentials
+# What a process (a worker, the CLI) needs in its environment to talk to moto with boto3's defaults.
+AWS_DUMMY_ENV = {
+    "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
+    "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
+    "AWS_DEFAULT_REGION": REGION,
+}
 
 _WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

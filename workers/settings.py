@@ -6,6 +6,7 @@ Workers, the watcher, the health checker, the CLI and Flower read the same setti
 
 from __future__ import annotations
 
+import json
 import socket
 from functools import cache
 
@@ -90,6 +91,16 @@ class Settings(BaseSettings):
                 f"countdown ({longest:g}s), or the broker redelivers messages still waiting for their time"
             )
         return self
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as the environment another process reads them from (FAILOVER_*; lists,
+        objects and booleans as JSON). A worker started with it sees exactly these settings."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            env[f"FAILOVER_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        return env
 
     @property
     def broker(self) -> str:

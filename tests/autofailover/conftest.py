@@ -5,7 +5,6 @@ in-process. Everything started here is stopped afterwards."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,11 +20,11 @@ from producers.health import HealthChecker
 from producers.kube import ClusterClient, connect
 from producers.watcher import FailoverWatcher
 from sandbox.celery_worker import WorkerProcess
-from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION, dynamodb_client, moto_dynamodb
+from sandbox.dynamo import AWS_DUMMY_ENV, dynamodb_client, moto_dynamodb
 from sandbox.kube import SandboxFleet, load_sample_fleet
+from sandbox.stack import stack_settings, worker_env
 from workers.api import Orchestrator
 from workers.dynamo import DynamoCoordination
-from workers.settings import Settings
 
 OPERATOR = "failover-orchestrator"  # the operatorID the sample group carries
 SHOP = GroupKey(operator_id=OPERATOR, namespace="shop", name="shop")
@@ -113,38 +112,19 @@ def world(
         coordination = DynamoCoordination(table, client=client)
         coordination.ensure_table()
         coordination.set_initial_owner(SHOP, "site-a")
-        settings = Settings(
-            redis_url=redis_server_url,
-            key_prefix=prefix,
-            broker_prefix=prefix,
-            queue=f"{prefix}steps",
+        settings = stack_settings(
+            redis_server_url,
+            prefix,
             timing=TIMING,
             visibility_timeout=30,
             kubeconfig=str(fleet.kubeconfig_path),
             clusters=CLUSTERS,
             operator_id=OPERATOR,
+            failover_cluster="site-b",
+            dynamodb_table=table,
+            dynamodb_endpoint_url=dynamodb_endpoint,
         )
-        env = {
-            "FAILOVER_REDIS_URL": redis_server_url,
-            "FAILOVER_KEY_PREFIX": prefix,
-            "FAILOVER_BROKER_PREFIX": prefix,
-            "FAILOVER_QUEUE": f"{prefix}steps",
-            "FAILOVER_ADAPTERS": "workers.container:production_adapters",
-            "FAILOVER_TIMING": TIMING.model_dump_json(),
-            "FAILOVER_VISIBILITY_TIMEOUT": "30",
-            "FAILOVER_BROKER_TRANSPORT_EXTRA": json.dumps(
-                {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
-            ),
-            "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),
-            "FAILOVER_CLUSTERS": json.dumps(CLUSTERS),
-            "FAILOVER_FAILOVER_CLUSTER": "site-b",
-            "FAILOVER_DYNAMODB_TABLE": table,
-            "FAILOVER_DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
-            "FAILOVER_OPERATOR_ID": OPERATOR,
-            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
-            "AWS_DEFAULT_REGION": REGION,
-        }
+        env = worker_env(settings, FAILOVER_ADAPTERS="workers.container:production_adapters", **AWS_DUMMY_ENV)
         orchestrator = Orchestrator(settings, coordination=coordination)
         clients = connect(fleet.kubeconfig_path, request_timeout=2.0)
         worker = WorkerProcess(env, name="auto", queues=settings.queue, log_path=tmp_path / "worker.log")

@@ -3,7 +3,6 @@ processes (``celery -A workers.tasks worker``), the port fakes sharing state thr
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,15 +16,14 @@ from fsm.plan import Timing
 from fsm.run import Run, new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import (
-    DUMMY_ACCESS_KEY,
-    DUMMY_SECRET_KEY,
-    REGION,
+    AWS_DUMMY_ENV,
     SerializedMotoServer,
     dynamodb_client,
     endpoint_of,
     moto_server,
 )
 from sandbox.fakes import FakeClusters, FakeCoordination
+from sandbox.stack import stack_settings, worker_env
 from tests.factories import all_refs, failover, group
 from workers.app import create_app
 from workers.container import Adapters
@@ -103,28 +101,12 @@ def _stack(
     tmp_path: Path,
     dynamodb: tuple[str, str] | None,
 ) -> Iterator[Stack]:
-    env = {
-        "FAILOVER_REDIS_URL": redis_server_url,
-        "FAILOVER_KEY_PREFIX": prefix,
-        "FAILOVER_BROKER_PREFIX": prefix,
-        "FAILOVER_QUEUE": f"{prefix}steps",
-        "FAILOVER_ADAPTERS": "sandbox.fakes:adapters_from_env",
-        "FAILOVER_FAKE_PREFIX": f"{prefix}fake:",
-        "FAILOVER_FAKE_SETTLE_CHECKS": "3",
-        "FAILOVER_TIMING": TIMING.model_dump_json(),
-        "FAILOVER_VISIBILITY_TIMEOUT": "3",
-        "FAILOVER_BROKER_TRANSPORT_EXTRA": json.dumps(
-            {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
-        ),
-        "FAILOVER_REDRIVE_AFTER": "5",
-    }
-    settings = Settings(
-        redis_url=redis_server_url,
-        key_prefix=prefix,
-        broker_prefix=prefix,
-        queue=f"{prefix}steps",
-        timing=TIMING,
-        visibility_timeout=3,
+    settings = stack_settings(redis_server_url, prefix, timing=TIMING)
+    env = worker_env(
+        settings,
+        FAILOVER_ADAPTERS="sandbox.fakes:adapters_from_env",
+        FAILOVER_FAKE_PREFIX=f"{prefix}fake:",
+        FAILOVER_FAKE_SETTLE_CHECKS="3",
     )
     app = create_app(settings)
     clusters = FakeClusters(real_redis, f"{prefix}fake:")
@@ -139,9 +121,7 @@ def _stack(
                 "FAILOVER_ADAPTERS": "sandbox.fakes:fake_clusters_with_dynamodb",
                 "FAILOVER_DYNAMODB_TABLE": table,
                 "FAILOVER_DYNAMODB_ENDPOINT_URL": endpoint,
-                "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
-                "AWS_DEFAULT_REGION": REGION,
+                **AWS_DUMMY_ENV,
             }
         )
         client = dynamodb_client(endpoint)

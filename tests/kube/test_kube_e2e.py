@@ -4,7 +4,6 @@ checks the safety invariants of each mode on the clusters' objects."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from fsm.run import Run, RunStatus, new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.fakes import FakeCoordination
 from sandbox.kube import SandboxCluster, SandboxFleet, load_sample_fleet
+from sandbox.stack import stack_settings, worker_env
 from tests.factories import failover, group
 from tests.kube.conftest import FAST
 from tests.kube.invariants import InvariantMonitor, not_ready, snapshot, stood_down
@@ -112,29 +112,13 @@ def kube_stack(
                 },
             }
         )
-        env = {
-            "FAILOVER_REDIS_URL": redis_server_url,
-            "FAILOVER_KEY_PREFIX": prefix,
-            "FAILOVER_BROKER_PREFIX": prefix,
-            "FAILOVER_QUEUE": f"{prefix}steps",
-            "FAILOVER_ADAPTERS": "sandbox.kube_adapters:kube_clusters_with_fake_coordination",
-            "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),
-            "FAILOVER_STATUS_CLUSTER": "site-a",
-            "FAILOVER_FAKE_PREFIX": f"{prefix}fake:",
-            "FAILOVER_TIMING": TIMING.model_dump_json(),
-            "FAILOVER_VISIBILITY_TIMEOUT": "3",
-            "FAILOVER_BROKER_TRANSPORT_EXTRA": json.dumps(
-                {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
-            ),
-            "FAILOVER_REDRIVE_AFTER": "5",
-        }
-        settings = Settings(
-            redis_url=redis_server_url,
-            key_prefix=prefix,
-            broker_prefix=prefix,
-            queue=f"{prefix}steps",
-            timing=TIMING,
-            visibility_timeout=3,
+        settings = stack_settings(redis_server_url, prefix, timing=TIMING)
+        env = worker_env(
+            settings,
+            FAILOVER_ADAPTERS="sandbox.kube_adapters:kube_clusters_with_fake_coordination",
+            FAILOVER_KUBECONFIG=str(fleet.kubeconfig_path),
+            FAILOVER_STATUS_CLUSTER="site-a",
+            FAILOVER_FAKE_PREFIX=f"{prefix}fake:",
         )
         app = create_app(settings)
         clients = KubeClients(fleet.kubeconfig_path)

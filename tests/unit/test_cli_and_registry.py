@@ -109,3 +109,21 @@ def test_graph_as_dot_and_as_a_png_file(tmp_path: Path) -> None:
 def test_a_png_needs_an_output_file() -> None:
     result = runner.invoke(app, ["graph", "--mode", "uptime", "--format", "png"])
     assert result.exit_code == 2 and "--output-file" in result.output
+
+
+def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fsm.plan import Timing
+
+    original = Settings(
+        redis_url="redis://h:1/2",
+        queue="q",
+        clusters=["a", "b"],
+        per_cluster_queues=True,
+        timing=Timing(poll_initial=0.5),
+        broker_transport_extra={"unacked_restore_interval": 1},
+        kubeconfig="/k",
+        visibility_timeout=999,
+    )
+    for name, value in original.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original

@@ -1,0 +1,35 @@
+"""Settings for a local stack (tests, the demo, the benchmark): one place that says how a test
+stack differs from production, and the environment that gives a worker process the same settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fsm.plan import Timing
+from workers.settings import Settings
+
+# Restore a dead worker's unacknowledged messages within seconds, not minutes.
+FAST_RESTORE = {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+
+
+def stack_settings(
+    redis_url: str, prefix: str, *, timing: Timing, visibility_timeout: float = 3.0, **overrides: Any
+) -> Settings:
+    """Settings of a stack whose keys, broker keys and queue all live under ``prefix``."""
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "key_prefix": prefix,
+        "broker_prefix": prefix,
+        "queue": f"{prefix}steps",
+        "timing": timing,
+        "visibility_timeout": visibility_timeout,
+        "broker_transport_extra": FAST_RESTORE,
+        "redrive_after": 5.0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a worker process that must see ``settings`` (plus ``extra`` variables)."""
+    return {**settings.to_env(), **extra}
