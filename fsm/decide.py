@@ -53,6 +53,7 @@ class Event(BaseModel):
     started_at: float | None = None
     updates: Updates | None = None
     undo: bool = True
+    max_attempts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,11 +103,16 @@ def decide(run: Run, event: Event, now: float) -> Decision:
     if record.started_at is None:
         record.started_at = event.started_at if event.started_at is not None else now
     kind, message = _overdue(run, event, now)
+    if event.kind is EventKind.SUCCEEDED:
+        # Even a success that came too late changed something (a lock taken, replicas counted):
+        # the run must know, or its compensation would not release what it holds.
+        _apply(new, event.updates)
 
     step_timeout = _timeout(run)
     step_deadline = record.started_at + step_timeout
     if kind is EventKind.WAITING:
         record.checks += 1
+        record.errors = 0  # the budget limits consecutive failures; a good check resets it
         record.message = message
         if now < step_deadline:
             delay = min(run.timing.poll_delay(record.checks), step_deadline - now)
@@ -118,7 +124,7 @@ def decide(run: Run, event: Event, now: float) -> Decision:
     if kind is EventKind.TEMPORARY_FAILURE:
         record.errors += 1
         record.message = message
-        budget = run.timing.max_attempts
+        budget = event.max_attempts or run.timing.max_attempts
         if record.errors < budget and now < step_deadline:
             delay = run.timing.retry_delay(record.errors, event.jitter, event.retry_after)
             reason = f"attempt {record.errors} of {budget} failed ({message}); retrying in {delay:.1f}s"
@@ -137,7 +143,8 @@ def decide(run: Run, event: Event, now: float) -> Decision:
         done = kind is EventKind.SUCCEEDED
         record.outcome = "done" if done else "skipped"
         verb = "done" if done else "skipped"
-        _apply(new, event.updates)
+        if not done:
+            _apply(new, event.updates)
         if run.state is State.COMPENSATING:
             return _next_undo(run, new, now, f"undo {step.value} {verb}")
         trigger = Trigger.STEP_SUCCEEDED if done else Trigger.STEP_SKIPPED
@@ -160,9 +167,32 @@ def _start(run: Run, now: float) -> Decision:
     return _settle(run, new, now, "started")
 
 
+# A message re-sent this many times without any worker processing it fails the step: its queue has
+# no consumer (a lost site's per-cluster queue) or every worker that takes it dies.
+MAX_REDRIVES = 10
+
+
 def _redrive(run: Run, now: float) -> Decision:
-    """The run's message is overdue (lost between commit and send, or its worker died): send it again."""
+    """The run's message is overdue (lost between commit and send, or its worker died): send it again,
+    unless the deadlines have passed meanwhile: no step reports back then, so they are checked here."""
     assert run.dispatch is not None
+    step = run.dispatch.step
+    record = run.steps.get(run.step_key)
+    unprocessed = f"its message for {step.value} was not processed (sent again {run.dispatch.redriven} times)"
+    cause = None
+    if now > run.deadline_at and run.state is not State.COMPENSATING:
+        cause = f"run exceeded its transitoryState timeout: {unprocessed}"
+    elif record is not None and record.started_at is not None and now > record.started_at + _timeout(run):
+        cause = f"not done within the step deadline of {_timeout(run):g}s: {unprocessed}"
+    elif run.dispatch.redriven >= MAX_REDRIVES:
+        cause = f"no worker processed it: {unprocessed}"
+    if cause is not None:
+        new = _copy(run)
+        failed = new.steps.setdefault(run.step_key, StepRecord())
+        failed.started_at = failed.started_at or now
+        failed.finished_at, failed.outcome, failed.message = now, "failed", cause
+        event = Event(kind=EventKind.PERMANENT_FAILURE, step=step, ticket=run.dispatch.ticket)
+        return _fail(run, new, event, step=step, message=cause, now=now)
     new = _copy(run)
     new.dispatch = run.dispatch.model_copy(update={"redriven": run.dispatch.redriven + 1, "due_at": now})
     reason = f"message for {run.dispatch.step.value} ticket {run.dispatch.ticket} overdue: sent again"
@@ -312,7 +342,7 @@ def compensation_for(run: Run, *, undo: bool = True) -> list[CompensationAction]
     if no_return is None:
         because = "a stand-down is never undone: the site must not serve a group it does not own"
         return [CompensationAction(step=Step.ABORT, cluster=None, because=because)]
-    if any(p.step is no_return for p in attempted):
+    if no_return.value in run.steps:  # reached: attempted, or skipped for lack of resources
         actions.append(
             CompensationAction(
                 step=Step.ABORT,

@@ -99,6 +99,7 @@ class Resources(BaseModel):
 
 class Run(BaseModel):
     run_id: str
+    nonce: str = ""
     version: int = 0
     failover: str
     failover_cluster: str | None = None
@@ -133,6 +134,11 @@ class Run(BaseModel):
     journal_sequence: int = 0
 
     # --- derived views (pure) ----------------------------------------------------------------
+
+    @property
+    def lock_owner(self) -> str:
+        """Who the group's lock names: the run id, and this copy's nonce when it has one."""
+        return f"{self.run_id}#{self.nonce}" if self.nonce else self.run_id
 
     @property
     def plan_kind(self) -> PlanKind:
@@ -226,12 +232,14 @@ def new_run(
     now: float,
     timing: Timing | None = None,
     failover_cluster: str | None = None,
+    nonce: str = "",
 ) -> Run:
     """A PENDING run of ``failover`` for ``group``, currently active on ``source_cluster``. Pure."""
     timing = timing or Timing()
     mode = failover.spec.failover_mode
     return Run(
         run_id=run_id,
+        nonce=nonce,
         failover=f"{failover.metadata.namespace}/{failover.metadata.name}",
         failover_cluster=failover_cluster,
         group=group.key,
@@ -258,12 +266,14 @@ def new_standdown_run(
     reason: str,
     now: float,
     timing: Timing | None = None,
+    nonce: str = "",
 ) -> Run:
     """A PENDING stand-down of ``cluster``, which still holds active objects of ``group`` although
     ``owner`` is the group's active cluster. Pure."""
     timing = timing or Timing()
     return Run(
         run_id=run_id,
+        nonce=nonce,
         failover="",
         group=group.key,
         mode=FailoverMode.CONSISTENCY,

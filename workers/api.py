@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 from celery import Celery
@@ -132,6 +133,7 @@ class Orchestrator:
             now=time.time(),
             timing=self.settings.timing,
             failover_cluster=failover_cluster,
+            nonce=uuid.uuid4().hex[:12],
         )
         if not self.store.create(run):
             existing = self.store.load(run.run_id)
@@ -167,6 +169,7 @@ class Orchestrator:
         epoch = last.run_id if last else "-"
         run_id = hashlib.sha256(f"standdown|{group.key}|{cluster}|{epoch}".encode()).hexdigest()[:20]
         run = new_standdown_run(
+            nonce=uuid.uuid4().hex[:12],
             run_id=run_id,
             group=group,
             cluster=cluster,

@@ -20,7 +20,7 @@ import structlog
 
 from fsm.decide import Decision, Event, EventKind, decide
 from fsm.models import GroupKey
-from fsm.plan import CATALOGUE, Step
+from fsm.plan import CATALOGUE, State, Step
 from fsm.run import Run
 from workers.container import Adapters
 from workers.errors import ClusterUnreachable, LeaseLost, OrchestratorError, PermanentError, TemporaryError
@@ -54,6 +54,8 @@ class Sender(Protocol):
 
 
 _COMMIT_ATTEMPTS = 5
+# Without force, an unreachable source gets this many attempts (a few seconds) before the run fails.
+SOURCE_UNREACHABLE_ATTEMPTS = 3
 
 
 class Engine:
@@ -105,23 +107,22 @@ class Engine:
         if run is None:
             log.warning("run.unknown", run_id=run_id, step=step.value)
             return None
-        # Every line this task logs from here on names the run's Failover, group, step and cluster.
-        structlog.contextvars.bind_contextvars(
+        # Every line logged while this step runs names the run's Failover, group, step and cluster.
+        with structlog.contextvars.bound_contextvars(
             failover=run.failover, group=str(run.group), step=step.value, cluster=run.current_cluster
-        )
-        if not run.expects(step, ticket):
-            log.info(
-                "message.stale",
-                run_id=run_id,
-                step=step.value,
-                ticket=ticket,
-                state=run.state.name,
-                expected=run.dispatch.model_dump() if run.dispatch else None,
-            )
-            return None
-        started = self.clock()
-        event = self._execute(run, step, ticket, started)
-        return self.apply(run, event)
+        ):
+            if not run.expects(step, ticket):
+                log.info(
+                    "message.stale",
+                    run_id=run_id,
+                    ticket=ticket,
+                    state=run.state.name,
+                    expected=run.dispatch.model_dump() if run.dispatch else None,
+                )
+                return None
+            started = self.clock()
+            event = self._execute(run, step, ticket, started)
+            return self.apply(run, event)
 
     def redrive(self) -> list[str]:
         """Re-send the message of every run that is overdue by ``redrive_after`` seconds."""
@@ -130,6 +131,7 @@ class Engine:
         for run_id in self.store.overdue(before=now - self.settings.redrive_after):
             run = self.store.load(run_id)
             if run is None or run.state.terminal:
+                self.store.untrack(run_id)  # expired or finished: never let it crowd out live runs
                 continue
             if run.dispatch is None:
                 decision = self.apply(run, Event(kind=EventKind.START))
@@ -183,7 +185,9 @@ class Engine:
         )
         base: dict[str, Any] = {"step": step, "ticket": ticket, "started_at": started}
         try:
-            if run.token is not None and step is not Step.ABORT:
+            # COMPLETE, RECORD_STANDDOWN and ABORT end the lease themselves, conditioned on the token; a
+            # redelivery after they committed must reach their own "already done" checks.
+            if run.token is not None and step not in (Step.ABORT, Step.COMPLETE, Step.RECORD_STANDDOWN):
                 self.adapters.coordination.renew_lease(
                     run.group, token=run.token, lease_seconds=self.settings.lease_seconds, now=started
                 )
@@ -254,12 +258,22 @@ class Engine:
                 **base,
             )
         if not run.force:
+            # A blip is retried (briefly: a lost site should fail fast); then the run fails saying
+            # what to do. Compensation keeps the full budget: it is putting the source back.
             message = (
                 f"source cluster {cluster!r} is unreachable ({error.message}); if the site is lost, "
                 "submit a new Failover with force: true to skip its steps once its heartbeat is stale"
             )
             log.error("step.source_unreachable", run_id=run.run_id, step=step.value, cluster=cluster)
-            return Event(kind=EventKind.PERMANENT_FAILURE, message=message, cluster=cluster, **base)
+            budget = None if run.state is State.COMPENSATING else SOURCE_UNREACHABLE_ATTEMPTS
+            return Event(
+                kind=EventKind.TEMPORARY_FAILURE,
+                message=message,
+                cluster=cluster,
+                jitter=self.jitter(),
+                max_attempts=budget,
+                **base,
+            )
         beats = {beat.cluster: beat.at for beat in self.adapters.coordination.heartbeats(run.group)}
         age = now - beats[cluster] if cluster in beats else None
         if age is not None and age < run.heartbeat_timeout:

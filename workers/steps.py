@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from fsm.decide import Updates
 from fsm.models import ResourceRef
-from fsm.plan import CATALOGUE, Kind, Step
+from fsm.plan import CATALOGUE, Kind, State, Step
 from fsm.run import Run
 from workers.errors import ClusterUnreachable, CoordinationConflict, LeaseLost, LockHeld, PermanentError
 from workers.ports import Change, ClusterEffects, Coordination, HistoryRecord, Role
@@ -171,12 +171,14 @@ def acquire_lock(ctx: StepContext) -> Outcome:
     run = ctx.run
     try:
         grant = ctx.coordination.acquire_lock(
-            run.group, holder=ctx.holder, run_id=run.run_id, lease_seconds=ctx.lease_seconds, now=ctx.now
+            run.group, holder=ctx.holder, run_id=run.lock_owner, lease_seconds=ctx.lease_seconds, now=ctx.now
         )
     except LockHeld:
         # A redelivered message after a crash between acquiring and committing: the lock is ours.
+        # ``lock_owner`` carries this copy's nonce: the same run id created at another site (each
+        # site's Redis deduplicates only its own submissions) does not pass for us.
         info = ctx.coordination.lock_info(run.group)
-        if info is None or info.run_id != run.run_id:
+        if info is None or info.run_id != run.lock_owner:
             raise
         return Done(
             f"lock already held by this run (token {info.token})",
@@ -219,8 +221,10 @@ def suspend_flux(ctx: StepContext) -> Outcome:
 @step(Step.RESUME_FLUX)
 def resume_flux(ctx: StepContext) -> Outcome:
     if ctx.run.requested_at is None:
-        # One stamp per run, kept in the run so that retries and the wait agree on it.
-        stamp = datetime.fromtimestamp(ctx.now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        # One stamp per run, derived from the run itself: two copies of this message (a redelivery
+        # racing the original) write the same value, so the wait for it can always succeed.
+        started = ctx.run.started_at or ctx.run.created_at
+        stamp = datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         ctx.run = ctx.run.model_copy(update={"requested_at": stamp})
     done = ctx.make(ctx.run.resources.flux, Role.ACTIVE)
     return Done(done.message, Updates(requested_at=ctx.run.requested_at))
@@ -251,8 +255,11 @@ def wait_scaled_down(ctx: StepContext) -> Outcome:
     started = ctx.step_started_at
     if started is None or not pending:
         return ctx.judge(refs, Role.PASSIVE, pending)
-    # The step fails at its own deadline or the run's (timeouts.transitoryState), whichever is first.
-    deadline = min(started + ctx.step_timeout, ctx.run.deadline_at)
+    # The step fails at its own deadline or the run's (timeouts.transitoryState), whichever is first;
+    # compensation is not bound by the run's deadline (it has usually passed by then).
+    deadline = started + ctx.step_timeout
+    if ctx.run.state is not State.COMPENSATING:
+        deadline = min(deadline, ctx.run.deadline_at)
     if ctx.now < started + (deadline - started) * JOB_GRACE_SHARE:
         return ctx.judge(refs, Role.PASSIVE, pending)
     cluster = ctx.on_cluster()

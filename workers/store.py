@@ -47,7 +47,11 @@ return 1
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+if ARGV[8] == '1' then
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+else
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[6]) - 1)
 redis.call('SADD', KEYS[4], ARGV[1])
@@ -137,6 +141,7 @@ class RunStore:
                 run.created_at,
                 self.index_limit,
                 self.ttl,
+                "1" if run.state.terminal else "0",
             ],
         )
         return bool(created)
@@ -160,6 +165,11 @@ class RunStore:
             args=[expected_version, stored.version, stored.model_dump_json(), run.run_id, due, self.ttl],
         )
         return stored if result == 1 else None
+
+    @_translated
+    def untrack(self, run_id: str) -> None:
+        """Drop a run from the in-flight index (it finished, or its key expired)."""
+        self.client.zrem(self._inflight, run_id)
 
     @_translated
     def overdue(self, *, before: float, limit: int = 100) -> list[str]:

@@ -247,8 +247,9 @@ def test_an_unreachable_source_without_force_fails_at_once_suggesting_force(harn
     run = harness.store.load(run_id)
     assert run is not None and run.status is RunStatus.FAILED
     assert run.failure is not None and run.failure.step is Step.VALIDATE
-    assert run.steps["validate"].attempts == 1
-    assert "source cluster 'site-a' is unreachable" in run.message and "force: true" in run.message
+    assert run.steps["validate"].attempts == 3  # a blip is retried briefly, a lost site fails fast
+    assert "gave up after 3 attempts: source cluster 'site-a' is unreachable" in run.message
+    assert "force: true" in run.message
     assert harness.coordination.active_cluster(group().key) == "site-a"
 
 
@@ -317,15 +318,25 @@ def test_a_cronjobs_running_jobs_are_stopped_after_the_grace_period_not_left_run
 
 
 def test_step_logs_name_the_run_failover_group_and_step(harness: Harness) -> None:
+    from structlog.testing import LogCapture
+
     submit(harness)
     harness.deliver(harness.sender.sent.pop(0))  # start
-    structlog.contextvars.clear_contextvars()
+    capture = LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
     try:
         harness.deliver(harness.sender.sent.pop(0))  # validate
-        bound = structlog.contextvars.get_contextvars()
     finally:
-        structlog.contextvars.clear_contextvars()  # as the task_postrun hook does
-    assert bound == {"failover": "shop/move-shop", "group": "shop/shop", "step": "validate", "cluster": None}
+        structlog.reset_defaults()
+    decided = next(e for e in capture.entries if e["event"] == "run.decided")
+    assert {k: decided[k] for k in ("failover", "group", "step", "cluster", "run_id")} == {
+        "failover": "shop/move-shop",
+        "group": "shop/shop",
+        "step": "validate",
+        "cluster": None,
+        "run_id": "run-1",
+    }
+    assert structlog.contextvars.get_contextvars() == {}  # nothing leaks into the next message
 
 
 def test_a_returning_site_is_stood_down_and_the_change_recorded(harness: Harness) -> None:
@@ -355,3 +366,73 @@ def test_a_returning_site_is_stood_down_and_the_change_recorded(harness: Harness
     assert record.outcome == "STOOD_DOWN"
     assert record.message.startswith("site-a made passive (site-a answers again): disable_network: 2 of 2")
     assert "VolumeReplication shop/db-data: asked to become passive" in record.message
+
+
+def test_the_same_run_created_at_two_sites_gets_the_lock_only_once(harness: Harness) -> None:
+    # Each site's Redis deduplicates only its own submissions: the second copy has its own nonce.
+    other_sender = ListSender()
+    other_site = Harness(
+        Engine(
+            RunStore(harness.store.client, prefix="t2:"),
+            harness.engine.adapters,
+            other_sender,
+            harness.engine.settings,
+            clock=harness.clock,
+            jitter=lambda: 0.5,
+        ),
+        other_sender,
+        RunStore(harness.store.client, prefix="t2:"),
+        harness.clusters,
+        harness.coordination,
+        harness.clock,
+    )
+    first = new_run(
+        run_id="same",
+        failover=failover(),
+        group=group(),
+        source_cluster="site-a",
+        now=harness.clock(),
+        timing=harness.engine.settings.timing,
+        nonce="aaa",
+    )
+    assert harness.engine.submit(first)
+    assert other_site.engine.submit(first.model_copy(update={"nonce": "bbb"}))
+    harness.pump(limit=3)  # start, validate, acquire_lock: site 1's copy holds the lock
+    other_site.pump()
+    harness.pump()
+    mine, theirs = harness.store.load("same"), other_site.store.load("same")
+    assert mine is not None and mine.status is RunStatus.SUCCESS, mine.message
+    assert theirs is not None and theirs.status is RunStatus.FAILED
+    assert theirs.failure is not None and theirs.failure.step is Step.ACQUIRE_LOCK
+    assert "same#aaa" in theirs.message
+
+
+def test_a_redelivered_completion_after_its_transaction_committed_is_a_success(harness: Harness) -> None:
+    g = group()
+    run_id = submit(harness)
+    while harness.sender.sent[0].name != "failover.complete":
+        harness.deliver(harness.sender.sent.pop(0))
+    run = harness.store.load(run_id)
+    assert run is not None and run.token is not None
+    # The first delivery committed the DynamoDB transaction, then its worker died before Redis.
+    from workers.steps import history_record
+
+    harness.coordination.complete_failover(
+        g.key,
+        token=run.token,
+        expected_owner="site-a",
+        new_owner="site-b",
+        record=history_record(run, outcome="SUCCESS", now=harness.clock()),
+    )
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.SUCCESS, run.message
+    assert [h.outcome for h in harness.coordination.history(g.key)] == ["SUCCESS"]
+
+
+def test_the_redrive_sweep_forgets_runs_that_are_gone_or_finished(harness: Harness) -> None:
+    run_id = submit(harness)
+    harness.store.client.delete(f"t:run:{run_id}")  # the key expired or was lost
+    harness.clock.now += harness.engine.settings.redrive_after + 1
+    assert harness.engine.redrive() == []
+    assert harness.store.overdue(before=harness.clock.now + 10_000) == []

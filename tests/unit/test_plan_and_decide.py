@@ -359,9 +359,84 @@ def test_stage_boundaries_produce_numbered_journal_marks() -> None:
 def test_a_redrive_resends_the_same_ticket() -> None:
     run = decide(make_run(), Event(kind=EventKind.START), 0.0).run
     assert run.dispatch is not None
-    d = decide(run, Event(kind=EventKind.REDRIVE, step=run.dispatch.step, ticket=run.dispatch.ticket), 500.0)
+    d = decide(run, Event(kind=EventKind.REDRIVE, step=run.dispatch.step, ticket=run.dispatch.ticket), 50.0)
     assert d.dispatch is not None
     assert (d.dispatch.ticket, d.dispatch.redriven) == (run.dispatch.ticket, 1)
+
+
+def redrive(run: Run, now: float) -> Decision:
+    assert run.dispatch is not None
+    return decide(run, Event(kind=EventKind.REDRIVE, step=run.dispatch.step, ticket=run.dispatch.ticket), now)
+
+
+def test_a_message_nobody_processes_fails_the_run_at_its_deadline() -> None:
+    run = decide(make_run(), Event(kind=EventKind.START), 0.0).run
+    d = redrive(run, 301.0)  # past timeouts.transitoryState (5m) and nobody took the message
+    assert d.run.state is State.COMPENSATING
+    assert d.run.failure is not None and d.run.failure.step is Step.VALIDATE
+    assert "transitoryState timeout: its message for validate was not processed" in d.run.message
+
+
+def test_a_message_redriven_too_often_fails_the_step() -> None:
+    from fsm.decide import MAX_REDRIVES
+
+    run = decide(make_run(), Event(kind=EventKind.START), 0.0).run
+    for attempt in range(MAX_REDRIVES):
+        run = redrive(run, 1.0 + attempt).run
+    d = redrive(run, 20.0)
+    assert d.run.state is State.COMPENSATING and "no worker processed it" in d.run.message
+
+
+def test_the_point_of_no_return_counts_even_when_its_step_was_skipped() -> None:
+    # UPTIME without network resources: disable_network is skipped, then the source stand-down fails.
+    final = drive(make_run("UPTIME", networkResources=[]), fail_at(Step.SCALE_DOWN_WORKLOADS))[-1].run
+    assert [a.step for a in final.compensation] == [Step.ABORT]
+
+
+def test_a_late_success_still_hands_its_lock_to_the_run() -> None:
+    run = decide(make_run(), Event(kind=EventKind.START), 0.0).run
+    run = decide(run, succeed(run), 1.0).run
+    assert run.dispatch is not None and run.dispatch.step is Step.ACQUIRE_LOCK
+    late = Event(
+        kind=EventKind.SUCCEEDED,
+        step=Step.ACQUIRE_LOCK,
+        ticket=run.dispatch.ticket,
+        updates=Updates(token=7, lease_expires_at=400.0),
+    )
+    d = decide(run, late, 305.0)
+    assert d.run.state is State.COMPENSATING
+    assert d.run.token == 7  # so ABORT releases the lock this run holds
+
+
+def test_the_error_budget_counts_consecutive_failures_only() -> None:
+    run = decide(make_run(), Event(kind=EventKind.START), 0.0).run
+    while run.dispatch and run.dispatch.step is not Step.WAIT_SCALED_DOWN:
+        run = decide(run, succeed(run), 1.0).run
+    for round_ in range(4):  # 4 x (2 errors, then a good check): 8 errors in all, budget 3
+        for _ in range(2):
+            assert run.dispatch is not None
+            run = decide(
+                run,
+                Event(
+                    kind=EventKind.TEMPORARY_FAILURE,
+                    step=run.dispatch.step,
+                    ticket=run.dispatch.ticket,
+                    message="503",
+                ),
+                2.0 + round_,
+            ).run
+        assert run.dispatch is not None
+        run = decide(
+            run,
+            Event(
+                kind=EventKind.WAITING,
+                step=run.dispatch.step,
+                ticket=run.dispatch.ticket,
+                message="pods left",
+            ),
+            2.5 + round_,
+        ).run
+    assert run.state is State.WAITING_FOR_SCALE_DOWN and run.failure is None
 
 
 def test_downtime_is_measured_from_network_off_to_network_on() -> None:
