@@ -25,6 +25,7 @@ from sandbox.dynamo import (
 from sandbox.fakes import FakeClusters, FakeCoordination
 from sandbox.stack import stack_settings, worker_env
 from tests.factories import all_refs, failover, group
+from tests.waiting import wait_for_run
 from workers.app import create_app
 from workers.container import Adapters
 from workers.dynamo import DynamoCoordination
@@ -79,15 +80,8 @@ class Stack:
         return run_id
 
     def wait_for(self, run_id: str, done: Callable[[Run], bool], timeout: float = 60.0) -> Run:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.store.load(run_id)
-            if run is not None and done(run):
-                return run
-            time.sleep(0.05)
-        logs = "\n".join(w.log_path.read_text()[-4000:] for w in self.workers)
-        raise AssertionError(
-            f"run {run_id} did not get there in {timeout}s: {self.store.load(run_id)}\n{logs}"
+        return wait_for_run(
+            self.store, run_id, done, timeout=timeout, logs=[w.log_path for w in self.workers]
         )
 
     def wait_finished(self, run_id: str, timeout: float = 60.0) -> Run:

@@ -22,6 +22,7 @@ from sandbox.stack import stack_settings, worker_env
 from tests.factories import failover, group
 from tests.kube.conftest import FAST
 from tests.kube.invariants import InvariantMonitor, not_ready, snapshot, stood_down
+from tests.waiting import wait_for_run
 from workers.app import create_app
 from workers.container import Adapters
 from workers.engine import Engine
@@ -82,15 +83,8 @@ class KubeStack:
         return run_id
 
     def wait_for(self, run_id: str, done: Callable[[Run], bool], timeout: float = 60.0) -> Run:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.store.load(run_id)
-            if run is not None and done(run):
-                return run
-            time.sleep(0.05)
-        logs = "\n".join(w.log_path.read_text()[-4000:] for w in self.workers)
-        raise AssertionError(
-            f"run {run_id} did not get there in {timeout}s: {self.store.load(run_id)}\n{logs}"
+        return wait_for_run(
+            self.store, run_id, done, timeout=timeout, logs=[w.log_path for w in self.workers]
         )
 
 
