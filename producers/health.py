@@ -49,7 +49,7 @@ from fsm.health import (
 )
 from fsm.models import FailoverGroup, FailoverMode, GroupKey, ResourceRef
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj
-from workers.api import Orchestrator, RequestError
+from workers.api import Orchestrator, RequestError, set_heartbeat_age
 from workers.errors import OrchestratorError, TemporaryError
 from workers.ports import Heartbeat, HistoryRecord, LockInfo
 
@@ -235,6 +235,8 @@ class HealthChecker:
             if objects is not None:
                 read[name] = objects
         heartbeats = coordination.heartbeats(key)
+        for beat in heartbeats:  # as this checker sees them: what the alert on a stale site reads
+            set_heartbeat_age(beat.cluster, max(0.0, now - beat.at))
         lock = coordination.lock_info(key)
         history = coordination.history(key, limit=20)
         active_health = next(

@@ -60,6 +60,11 @@ def test_heartbeats_are_written_for_every_cluster_that_answers(
 
     beats = {b.cluster: b for b in coordination.heartbeats(SHOP)}
     assert (beats["site-a"].at, beats["site-b"].at) == (now + 30, now)  # no heartbeat for a silent cluster
+    # The gauge an alert reads: site-b's heartbeat was 30 s old when the checker looked.
+    from prometheus_client import REGISTRY
+
+    age = REGISTRY.get_sample_value("failover_cluster_heartbeat_age_seconds", {"cluster": "site-b"})
+    assert age == 30.0
 
 
 def test_a_stale_active_cluster_gets_one_automatic_failover_that_the_watcher_submits(
