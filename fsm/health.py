@@ -51,6 +51,7 @@ active objects of the group (:func:`active_objects`) is stood down, unless a run
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -329,10 +330,21 @@ class AutoFailover:
     mode: FailoverMode
     force: bool
     reason: str
+    epoch: str = ""
 
     @property
     def generate_name(self) -> str:
         return f"auto-{self.group}-"
+
+    @property
+    def name(self) -> str | None:
+        """One name per group and ownership epoch (the newest history record when it was decided):
+        two sites' checkers deciding the same failover create the same object, and the second
+        creation is refused as AlreadyExists instead of starting a second run."""
+        if not self.epoch:
+            return None
+        digest = hashlib.sha256(f"{self.namespace}/{self.group}|{self.epoch}".encode()).hexdigest()[:10]
+        return f"auto-{self.group}-{digest}"
 
     @property
     def labels(self) -> dict[str, str]:
@@ -343,7 +355,7 @@ class AutoFailover:
             "apiVersion": GROUP_VERSION,
             "kind": "Failover",
             "metadata": {
-                "generateName": self.generate_name,
+                **({"name": self.name} if self.name else {"generateName": self.generate_name}),
                 "namespace": self.namespace,
                 "labels": self.labels,
             },
@@ -383,6 +395,7 @@ class HealthInputs:
     lock_holder: str | None = None
     mode: FailoverMode = FailoverMode.UPTIME
     cooldown: float = 600.0
+    epoch: str = ""
 
 
 @dataclass(frozen=True)
@@ -513,6 +526,7 @@ def decide(inputs: HealthInputs) -> HealthDecision:
         mode=inputs.mode,
         force=source_stale,
         reason=sentence,
+        epoch=inputs.epoch,
     )
     return HealthDecision(Action.FAILOVER, f"group {name}: {sentence}", to_write, failover, stale)
 

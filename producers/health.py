@@ -50,7 +50,7 @@ from fsm.health import (
 from fsm.models import FailoverGroup, FailoverMode, GroupKey, ResourceRef
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj
 from workers.api import Orchestrator, RequestError, set_heartbeat_age
-from workers.errors import OrchestratorError, TemporaryError
+from workers.errors import ConflictError, OrchestratorError, TemporaryError
 from workers.ports import Heartbeat, HistoryRecord, LockInfo
 
 log = structlog.get_logger(__name__)
@@ -260,6 +260,16 @@ class HealthChecker:
                 lock_holder=lock.run_id if lock is not None and lock.expires_at > now else None,
                 mode=self.mode,
                 cooldown=self.cooldown,
+                # What the checker knows of the group's past names the automatic Failover, so that
+                # two sites deciding the same thing create one object; any later history or
+                # automatic Failover changes the name.
+                epoch="|".join(
+                    [
+                        str(active),
+                        history[0].run_id if history else "no-history",
+                        *sorted(str((o.get("metadata") or {}).get("name")) for o in automatic),
+                    ]
+                ),
             )
         )
         for seen in decision.heartbeats:
@@ -353,6 +363,13 @@ class HealthChecker:
                 continue
             try:
                 created = client.create(FAILOVERS, key.namespace, decision.failover.manifest())
+            except ConflictError:
+                # Another site's checker decided the same failover first: the same name, one run.
+                self._created_at[key] = now
+                log.info(
+                    "automatic_failover_exists", group=str(key), cluster=name, failover=decision.failover.name
+                )
+                return GroupOutcome(key, decision, decision.failover.name, name)
             except OrchestratorError as error:
                 log.warning(
                     "automatic_failover_not_created",

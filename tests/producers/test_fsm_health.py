@@ -341,3 +341,28 @@ def test_the_automatic_failover_manifest_is_a_valid_failover() -> None:
     assert manifest["spec"]["failoverMode"] == "CONSISTENCY"
     assert manifest["spec"]["failoverGroups"] == [{"name": "shop", "namespace": "shop"}]
     assert decision.stale == ("site-a",)
+
+
+def test_an_automatic_failover_is_named_by_what_was_known_when_it_was_decided() -> None:
+    from fsm.health import AutoFailover
+    from fsm.models import FailoverMode
+
+    def auto(epoch: str) -> AutoFailover:
+        return AutoFailover(
+            group="shop",
+            namespace="shop",
+            target_cluster="site-b",
+            mode=FailoverMode.UPTIME,
+            force=True,
+            reason="automatic",
+            epoch=epoch,
+        )
+
+    assert auto("site-a|run-1").name == auto("site-a|run-1").name
+    assert auto("site-a|run-1").name != auto("site-a|run-2").name
+    assert auto("site-a|run-1").manifest()["metadata"]["name"].startswith("auto-shop-")
+    assert auto("").manifest()["metadata"] == {
+        "generateName": "auto-shop-",
+        "namespace": "shop",
+        "labels": {"failover.hahomelabs.com/automatic": "true", "failover.hahomelabs.com/group": "shop"},
+    }

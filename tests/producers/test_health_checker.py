@@ -10,6 +10,7 @@ import pytest
 
 from fsm.health import LABEL_AUTOMATIC, LABEL_GROUP, Action
 from producers.health import HealthChecker
+from producers.kube import ClusterClient
 from producers.watcher import FailoverWatcher
 from sandbox.kube import SandboxFleet
 from tests.producers.conftest import SHOP
@@ -177,3 +178,20 @@ def test_the_checker_runs_in_the_background_and_stops(
         started = time.monotonic()
         checker.stop()
         assert time.monotonic() - started < 2.0
+
+
+def test_two_sites_checkers_deciding_the_same_failover_create_one(
+    fleet: SandboxFleet, checker: HealthChecker, orchestrator: Orchestrator, clients: dict[str, ClusterClient]
+) -> None:
+    other_site = HealthChecker(orchestrator, clients, operator_id=checker.operator_id, cooldown=300.0)
+    now = time.time()
+    checker.run_once(now)
+    fleet["site-a"].set_down(True)
+    [mine] = checker.run_once(now + 61)
+    assert mine.created is not None and mine.created.startswith("auto-shop-")
+    # The other site decided the same thing from the same view, a moment before it could see ours:
+    # its creation meets ours by name and is refused, so one Failover (one run) results.
+    assert mine.decision.failover is not None
+    theirs = other_site._create_failover(SHOP, mine.decision, {"site-a", "site-b"} - {"site-a"}, now + 61)
+    assert theirs.created == mine.created
+    assert len(automatic_failovers(fleet)) == 1
