@@ -279,7 +279,10 @@ class HealthChecker:
         if self._last_reason.get(key) != decision.reason:
             self._last_reason[key] = decision.reason
             log.info("health_decision", group=str(key), action=decision.action.value, reason=decision.reason)
-        stand_downs, stood_down = self._stand_down(key, group, active, read, lock)
+        # A lock whose lease ran out belongs to a run that died: it no longer blocks a stand-down
+        # (a stand-down takes the lock itself, so it cannot race a live run either way).
+        live_lock = lock if lock is not None and lock.expires_at > now else None
+        stand_downs, stood_down = self._stand_down(key, group, active, read, live_lock)
         if decision.action is not Action.FAILOVER or decision.failover is None:
             return GroupOutcome(key, decision, stand_downs=stand_downs, stood_down=stood_down)
         outcome = self._create_failover(key, decision, reachable, now)

@@ -77,3 +77,19 @@ def test_no_stand_down_while_a_run_holds_the_lock(
     [decision] = outcome.stand_downs
     assert not decision.stand_down and "run run-in-flight holds the group's lock" in decision.reason
     assert outcome.stood_down == () and enqueued() == 0
+
+
+def test_a_lock_whose_lease_ran_out_does_not_block_a_stand_down(
+    fleet: SandboxFleet,
+    checker: HealthChecker,
+    coordination: DynamoCoordination,
+    enqueued: Callable[[], int],
+) -> None:
+    now = time.time()
+    coordination.acquire_lock(SHOP, holder="test", run_id="run-that-died", lease_seconds=60, now=now - 600)
+    publish_dns(fleet, "site-b")
+
+    [outcome] = checker.run_once(now)
+
+    assert [d.stand_down for d in outcome.stand_downs] == [True]
+    assert len(outcome.stood_down) == 1 and enqueued() == 1
