@@ -8,6 +8,19 @@ from typing import Any
 from fsm.plan import Timing
 from workers.settings import Settings
 
+# Deadlines and backoff short enough for tests against fakes and sandbox clusters.
+FAST_TIMING = Timing(
+    poll_initial=0.05,
+    poll_factor=1.5,
+    poll_max=0.2,
+    retry_initial=0.05,
+    retry_max=0.2,
+    max_attempts=4,
+    effect_timeout=30,
+    wait_timeout=30,
+    coordination_timeout=30,
+)
+
 # Restore a dead worker's unacknowledged messages within seconds, not minutes.
 FAST_RESTORE = {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
 

@@ -1,6 +1,6 @@
-"""Shared fixtures: a real Redis (``REDIS_URL`` if it answers, else an embedded one), a key prefix
-of each test's own (cleaned up afterwards: only that prefix, never FLUSHALL), and fakeredis for unit
-tests."""
+"""Shared fixtures: a moto DynamoDB server, a real Redis (``REDIS_URL`` if it answers, else an
+embedded one), a key prefix of each test's own (cleaned up afterwards: only that prefix, never
+FLUSHALL), and fakeredis for unit tests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import fakeredis
 import pytest
 import redis
 
+from sandbox.dynamo import SerializedMotoServer, endpoint_of, moto_server
 from sandbox.redis_server import redis_url
 
 
@@ -18,6 +19,19 @@ from sandbox.redis_server import redis_url
 def redis_server_url() -> Iterator[str]:
     with redis_url() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[SerializedMotoServer]:
+    """One moto DynamoDB server for the session (its ``calls`` count requests); tests use their own
+    tables, since moto keeps its state per process."""
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dynamodb_endpoint(moto: SerializedMotoServer) -> str:
+    return endpoint_of(moto)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from producers.health import HealthChecker
 from producers.kube import ClusterClient, connect
 from producers.watcher import FailoverWatcher
 from sandbox.celery_worker import WorkerProcess
-from sandbox.dynamo import AWS_DUMMY_ENV, dynamodb_client, moto_dynamodb
+from sandbox.dynamo import AWS_DUMMY_ENV, dynamodb_client
 from sandbox.kube import SandboxFleet, load_sample_fleet
 from sandbox.stack import stack_settings, worker_env
 from workers.api import Orchestrator
@@ -80,12 +80,6 @@ def shorten_timeouts(fleet: SandboxFleet, **spec: Any) -> None:
         group["spec"]["heartbeatInterval"] = HEARTBEAT_INTERVAL
         group["spec"].update(spec)
         cluster.store.put(group)
-
-
-@pytest.fixture(scope="session")
-def dynamodb_endpoint() -> Iterator[str]:
-    with moto_dynamodb() as url:
-        yield url
 
 
 @pytest.fixture

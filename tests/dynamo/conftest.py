@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fsm.models import GroupKey
-from sandbox.dynamo import dynamodb_client, moto_dynamodb
+from sandbox.dynamo import dynamodb_client
 from workers.dynamo import DynamoCoordination
 
 if TYPE_CHECKING:
@@ -19,9 +19,9 @@ FAST_RETRIES = {"backoff_initial": 0.001, "backoff_max": 0.005}
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    with moto_dynamodb() as endpoint:
-        yield endpoint
+def moto_endpoint(dynamodb_endpoint: str) -> str:
+    """The session's moto server (tests/conftest.py), under the name these tests use."""
+    return dynamodb_endpoint
 
 
 @pytest.fixture(scope="session")

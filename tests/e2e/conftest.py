@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from fsm.plan import Timing
 from fsm.run import Run, new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import (
@@ -20,10 +19,9 @@ from sandbox.dynamo import (
     SerializedMotoServer,
     dynamodb_client,
     endpoint_of,
-    moto_server,
 )
 from sandbox.fakes import FakeClusters, FakeCoordination
-from sandbox.stack import stack_settings, worker_env
+from sandbox.stack import FAST_TIMING, stack_settings, worker_env
 from tests.factories import all_refs, failover, group
 from tests.waiting import wait_for_run
 from workers.app import create_app
@@ -35,17 +33,7 @@ from workers.settings import Settings
 from workers.store import RunStore
 from workers.tasks import CelerySender
 
-TIMING = Timing(
-    poll_initial=0.05,
-    poll_factor=1.5,
-    poll_max=0.2,
-    retry_initial=0.05,
-    retry_max=0.2,
-    max_attempts=4,
-    effect_timeout=30,
-    wait_timeout=30,
-    coordination_timeout=30,
-)
+TIMING = FAST_TIMING
 
 
 @dataclass
@@ -142,12 +130,6 @@ def _stack(
 @pytest.fixture
 def stack(redis_server_url: str, real_redis: redis.Redis, prefix: str, tmp_path: Path) -> Iterator[Stack]:
     yield from _stack(redis_server_url, real_redis, prefix, tmp_path, None)
-
-
-@pytest.fixture(scope="session")
-def moto() -> Iterator[SerializedMotoServer]:
-    with moto_server() as server:
-        yield server
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -15,7 +14,7 @@ from fsm.decide import Event, EventKind, decide
 from fsm.models import GroupKey
 from fsm.run import new_run
 from producers.cli import app
-from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION, moto_dynamodb
+from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION
 from tests.factories import failover, group
 from workers.api import Orchestrator, RequestError, run_id_for
 from workers.ports import HistoryRecord
@@ -25,22 +24,16 @@ pytestmark = pytest.mark.integration
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_dynamodb() as url:
-        yield url
-
-
 @pytest.fixture
 def env(
-    endpoint: str,
+    dynamodb_endpoint: str,
     redis_server_url: str,
     real_redis: redis.Redis,
     prefix: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, str]:
     values = {
-        "FAILOVER_DYNAMODB_ENDPOINT_URL": endpoint,
+        "FAILOVER_DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
         "FAILOVER_DYNAMODB_TABLE": f"cli-{uuid.uuid4().hex[:10]}",
         "FAILOVER_REDIS_URL": redis_server_url,
         "FAILOVER_KEY_PREFIX": prefix,

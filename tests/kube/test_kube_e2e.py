@@ -13,12 +13,11 @@ import pytest
 import redis
 
 from fsm.models import FailoverGroup
-from fsm.plan import Timing
 from fsm.run import Run, RunStatus, new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.fakes import FakeCoordination
 from sandbox.kube import SandboxCluster, SandboxFleet, load_sample_fleet
-from sandbox.stack import stack_settings, worker_env
+from sandbox.stack import FAST_TIMING, stack_settings, worker_env
 from tests.factories import failover, group
 from tests.kube.conftest import FAST
 from tests.kube.invariants import InvariantMonitor, not_ready, snapshot, stood_down
@@ -33,17 +32,7 @@ from workers.tasks import CelerySender
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-TIMING = Timing(
-    poll_initial=0.05,
-    poll_factor=1.5,
-    poll_max=0.2,
-    retry_initial=0.05,
-    retry_max=0.2,
-    max_attempts=4,
-    effect_timeout=30,
-    wait_timeout=30,
-    coordination_timeout=30,
-)
+TIMING = FAST_TIMING
 EPOCH = "failover.hahomelabs.com/epoch"
 # Controllers slow enough that every wait step finds its objects still moving at its first check.
 CONTROLLERS = {**FAST, "workload_delay": 0.2, "volume_delay": 0.2, "flux_delay": 0.2}

@@ -14,7 +14,7 @@ import redis
 
 from fsm.models import Failover, FailoverGroup, GroupKey
 from producers.kube import ClusterClient, connect
-from sandbox.dynamo import dynamodb_client, moto_dynamodb
+from sandbox.dynamo import dynamodb_client
 from sandbox.kube import SandboxFleet, load_sample_fleet, sample_manifests
 from workers.api import Orchestrator
 from workers.dynamo import DynamoCoordination
@@ -68,12 +68,6 @@ def effects(fleet: SandboxFleet) -> Iterator[KubeEffects]:
     made = KubeEffects(KubeClients(fleet.kubeconfig_path, connect_timeout=0.5, read_timeout=3.0))
     yield made
     made.close()
-
-
-@pytest.fixture(scope="session")
-def dynamodb_endpoint() -> Iterator[str]:
-    with moto_dynamodb() as url:
-        yield url
 
 
 @pytest.fixture

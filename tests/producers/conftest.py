@@ -17,7 +17,7 @@ from fsm.models import GroupKey
 from producers.health import HealthChecker
 from producers.kube import ClusterClient, connect
 from producers.watcher import FailoverWatcher
-from sandbox.dynamo import dynamodb_client, moto_dynamodb
+from sandbox.dynamo import dynamodb_client
 from sandbox.kube import SandboxFleet, load_sample_fleet
 from workers.api import Orchestrator
 from workers.dynamo import DynamoCoordination
@@ -56,12 +56,6 @@ def failover_manifest(
             **spec,
         },
     }
-
-
-@pytest.fixture(scope="session")
-def dynamodb_endpoint() -> Iterator[str]:
-    with moto_dynamodb() as url:
-        yield url
 
 
 @pytest.fixture
