@@ -1,31 +1,27 @@
 """``decide(run, event, now)``: what an event means for a run, as data with a reason.
 
 Pure (after Patroni's ``run_cycle``): no I/O, no clock (``now`` is passed in), no randomness (the
-jitter is in the event). It returns a :class:`Decision` holding the new run value, the one message to
-send next (if any), the journal marks for stage boundaries crossed, and a sentence saying why. The
-worker that called it commits the run by compare-and-set, writes the journal and sends the message.
+jitter is in the event). Runs are immutable: it returns a :class:`Decision` holding a *new* run value,
+the one message to send next (if any), the journal marks for stage boundaries crossed, and a sentence
+saying why. The worker that called it commits the run by compare-and-set, writes the journal and sends
+the message. The state a run moves to is looked up in :data:`fsm.machine.TABLE`, compiled from the
+kind's ``transitions`` machine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from fsm.machine import Trigger, machine_for
-from fsm.plan import CATALOGUE, POINT_OF_NO_RETURN, Kind, PlanKind, Stage, State, Step
+from fsm.machine import EventKind as EventKind  # noqa: PLC0414 (re-exported: one name per idea)
+from fsm.machine import fire
+from fsm.plan import CATALOGUE, POINT_OF_NO_RETURN, Phase, PlanKind, Stage, State, Step, StepType
 from fsm.run import CompensationAction, Dispatch, Failure, Run, RunStatus, StepRecord
 
-
-class EventKind(StrEnum):
-    START = "start"
-    SUCCEEDED = "step_succeeded"
-    SKIPPED = "step_skipped"
-    WAITING = "step_waiting"
-    TEMPORARY_FAILURE = "step_failed_temporarily"
-    PERMANENT_FAILURE = "step_failed"
-    REDRIVE = "redrive"
+# A message re-sent this many times without any worker processing it fails the step: its queue has
+# no consumer (a lost site's per-cluster queue) or every worker that takes it dies.
+MAX_REDRIVES = 10
 
 
 class Updates(BaseModel):
@@ -40,6 +36,13 @@ class Updates(BaseModel):
 
 
 class Event(BaseModel):
+    """What happened: a step's outcome as its worker reported it, a start or a redrive.
+
+    ``lease_lost``: the step found the group's lock no longer its own; another run may own the group,
+    so nothing may be undone (see :func:`compensation_for`). ``max_attempts`` overrides the timing's
+    error budget for this failure (a lost source fails fast: :mod:`fsm.unreachable`).
+    """
+
     model_config = ConfigDict(frozen=True)
 
     kind: EventKind
@@ -52,7 +55,7 @@ class Event(BaseModel):
     jitter: float = 0.5
     started_at: float | None = None
     updates: Updates | None = None
-    undo: bool = True
+    lease_lost: bool = False
     max_attempts: int | None = None
 
 
@@ -75,11 +78,7 @@ class Decision:
 
     @property
     def finished(self) -> bool:
-        return self.run.state.terminal
-
-
-def _ignore(run: Run, reason: str) -> Decision:
-    return Decision(run=run, changed=False, reason=reason)
+        return self.run.terminal
 
 
 def decide(run: Run, event: Event, now: float) -> Decision:
@@ -92,84 +91,91 @@ def decide(run: Run, event: Event, now: float) -> Decision:
         return _ignore(
             run,
             f"stale message for {step.value if step else None} ticket {ticket}: run is "
-            f"{run.state.name} and waits for {waiting}; ignored",
+            f"{run.state_name} and waits for {waiting}; ignored",
         )
     if event.kind is EventKind.REDRIVE:
         return _redrive(run, now)
+    return _outcome(run, event, step, now)
 
-    new = _copy(run)
-    record = new.steps.setdefault(run.step_key, StepRecord())
-    record.attempts += 1
-    if record.started_at is None:
-        record.started_at = event.started_at if event.started_at is not None else now
-    kind, message = _overdue(run, event, now)
+
+def _ignore(run: Run, reason: str) -> Decision:
+    return Decision(run=run, changed=False, reason=reason)
+
+
+def _outcome(run: Run, event: Event, step: Step, now: float) -> Decision:
+    """A step reported back: count the attempt, then move on, check again, retry or fail."""
+    record = run.steps.get(run.step_key, StepRecord())
+    started = record.started_at
+    if started is None:
+        started = event.started_at if event.started_at is not None else now
+    record = record.model_copy(update={"attempts": record.attempts + 1, "started_at": started})
+    new = _with_record(run, record)
     if event.kind is EventKind.SUCCEEDED:
         # Even a success that came too late changed something (a lock taken, replicas counted):
         # the run must know, or its compensation would not release what it holds.
-        _apply(new, event.updates)
-
-    step_timeout = _timeout(run)
-    step_deadline = record.started_at + step_timeout
+        new = _apply(new, event.updates)
+    kind, message = _overdue(run, event, now)
+    deadline = new.step_deadline
+    assert deadline is not None  # the record has just been started
     if kind is EventKind.WAITING:
-        record.checks += 1
-        record.errors = 0  # the budget limits consecutive failures; a good check resets it
-        record.message = message
-        if now < step_deadline:
-            delay = min(run.timing.poll_delay(record.checks), step_deadline - now)
+        record = record.model_copy(update={"checks": record.checks + 1, "errors": 0, "message": message})
+        if now < deadline:
+            # The error budget limits consecutive failures: a good check resets it.
+            delay = min(run.timing.poll_delay(record.checks), deadline - now)
             return _again(
-                run, new, now, delay=delay, trigger=Trigger.STEP_WAITING, reason=f"waiting: {message}"
+                run, _with_record(new, record), now, delay=delay, kind=kind, reason=f"waiting: {message}"
             )
         kind = EventKind.PERMANENT_FAILURE
-        message = f"not done within the step deadline of {step_timeout:g}s: {message}"
+        message = f"not done within the step deadline of {run.step_timeout:g}s: {message}"
     if kind is EventKind.TEMPORARY_FAILURE:
-        record.errors += 1
-        record.message = message
+        record = record.model_copy(update={"errors": record.errors + 1, "message": message})
         budget = event.max_attempts or run.timing.max_attempts
-        if record.errors < budget and now < step_deadline:
+        if record.errors < budget and now < deadline:
             delay = run.timing.retry_delay(record.errors, event.jitter, event.retry_after)
             reason = f"attempt {record.errors} of {budget} failed ({message}); retrying in {delay:.1f}s"
-            return _again(run, new, now, delay=delay, trigger=Trigger.STEP_RETRYING, reason=reason)
+            return _again(run, _with_record(new, record), now, delay=delay, kind=kind, reason=reason)
         kind = EventKind.PERMANENT_FAILURE
         if record.errors >= budget:
             message = f"gave up after {record.errors} attempts: {message}"
         else:
-            message = f"still failing at the step deadline of {step_timeout:g}s: {message}"
-
-    record.finished_at = now
-    record.message = message
+            message = f"still failing at the step deadline of {run.step_timeout:g}s: {message}"
     if kind in (EventKind.SUCCEEDED, EventKind.SKIPPED):
-        # A skip at run time (a lost source under force) moves on like a success but is recorded
-        # as a skip, so that status and history say what was not done.
-        done = kind is EventKind.SUCCEEDED
-        record.outcome = "done" if done else "skipped"
-        verb = "done" if done else "skipped"
-        if not done:
-            _apply(new, event.updates)
-        if run.state is State.COMPENSATING:
-            return _next_undo(run, new, now, f"undo {step.value} {verb}")
-        trigger = Trigger.STEP_SUCCEEDED if done else Trigger.STEP_SKIPPED
-        new.state = machine_for(run.plan_kind).fire(run.state, trigger)
-        return _settle(
-            run, new, now, f"{step.value} {verb}: {message}" if message else f"{step.value} {verb}"
-        )
-    record.outcome = "failed"
-    return _fail(run, new, event, step=step, message=message, now=now)
+        return _step_ended(run, new, record, event, kind=kind, message=message, now=now)
+    record = record.model_copy(update={"finished_at": now, "message": message, "outcome": "failed"})
+    return _fail(run, _with_record(new, record), event, step=step, message=message, now=now)
+
+
+def _step_ended(
+    run: Run, new: Run, record: StepRecord, event: Event, *, kind: EventKind, message: str, now: float
+) -> Decision:
+    """A step done, or skipped at run time (a lost source under force): it moves on like a success
+    but is recorded as a skip, so that status and history say what was not done."""
+    done = kind is EventKind.SUCCEEDED
+    verb = "done" if done else "skipped"
+    record = record.model_copy(update={"finished_at": now, "message": message, "outcome": verb})
+    new = _with_record(new, record)
+    if not done:
+        new = _apply(new, event.updates)
+    step = run.current_step
+    assert step is not None
+    if run.state is Phase.COMPENSATING:
+        return _next_undo(run, new, now, kind, f"undo {step.value} {verb}")
+    new = new.model_copy(update={"state": fire(run.kind, run.state, kind)})
+    return _settle(run, new, now, f"{step.value} {verb}: {message}" if message else f"{step.value} {verb}")
 
 
 def _start(run: Run, now: float) -> Decision:
-    if run.state is not State.PENDING:
-        return _ignore(run, f"run already started (state {run.state.name}): start ignored")
-    new = _copy(run)
-    new.status = RunStatus.IN_PROGRESS
-    new.started_at = now
-    new.deadline_at = now + (run.deadline_at - run.created_at)
-    new.state = machine_for(run.plan_kind).fire(State.PENDING, Trigger.START)
+    if run.state is not Phase.PENDING:
+        return _ignore(run, f"run already started (state {run.state_name}): start ignored")
+    new = run.model_copy(
+        update={
+            "status": RunStatus.IN_PROGRESS,
+            "started_at": now,
+            "deadline_at": now + (run.deadline_at - run.created_at),
+            "state": fire(run.kind, Phase.PENDING, EventKind.START),
+        }
+    )
     return _settle(run, new, now, "started")
-
-
-# A message re-sent this many times without any worker processing it fails the step: its queue has
-# no consumer (a lost site's per-cluster queue) or every worker that takes it dies.
-MAX_REDRIVES = 10
 
 
 def _redrive(run: Run, now: float) -> Decision:
@@ -177,26 +183,32 @@ def _redrive(run: Run, now: float) -> Decision:
     unless the deadlines have passed meanwhile: no step reports back then, so they are checked here."""
     assert run.dispatch is not None
     step = run.dispatch.step
-    record = run.steps.get(run.step_key)
     unprocessed = f"its message for {step.value} was not processed (sent again {run.dispatch.redriven} times)"
     cause = None
-    if now > run.deadline_at and run.state is not State.COMPENSATING:
+    deadline = run.step_deadline
+    if now > run.deadline_at and run.state is not Phase.COMPENSATING:
         cause = f"run exceeded its transitoryState timeout: {unprocessed}"
-    elif record is not None and record.started_at is not None and now > record.started_at + _timeout(run):
-        cause = f"not done within the step deadline of {_timeout(run):g}s: {unprocessed}"
+    elif deadline is not None and now > deadline:
+        cause = f"not done within the step deadline of {run.step_timeout:g}s: {unprocessed}"
     elif run.dispatch.redriven >= MAX_REDRIVES:
         cause = f"no worker processed it: {unprocessed}"
     if cause is not None:
-        new = _copy(run)
-        failed = new.steps.setdefault(run.step_key, StepRecord())
-        failed.started_at = failed.started_at or now
-        failed.finished_at, failed.outcome, failed.message = now, "failed", cause
+        failed = run.steps.get(run.step_key, StepRecord())
+        failed = failed.model_copy(
+            update={
+                "started_at": failed.started_at or now,
+                "finished_at": now,
+                "outcome": "failed",
+                "message": cause,
+            }
+        )
         event = Event(kind=EventKind.PERMANENT_FAILURE, step=step, ticket=run.dispatch.ticket)
-        return _fail(run, new, event, step=step, message=cause, now=now)
-    new = _copy(run)
-    new.dispatch = run.dispatch.model_copy(update={"redriven": run.dispatch.redriven + 1, "due_at": now})
-    reason = f"message for {run.dispatch.step.value} ticket {run.dispatch.ticket} overdue: sent again"
-    return Decision(run=new, changed=True, dispatch=new.dispatch, reason=reason)
+        return _fail(run, _with_record(run, failed), event, step=step, message=cause, now=now)
+    dispatch = run.dispatch.model_copy(update={"redriven": run.dispatch.redriven + 1, "due_at": now})
+    reason = f"message for {step.value} ticket {run.dispatch.ticket} overdue: sent again"
+    return Decision(
+        run=run.model_copy(update={"dispatch": dispatch}), changed=True, dispatch=dispatch, reason=reason
+    )
 
 
 def _overdue(run: Run, event: Event, now: float) -> tuple[EventKind, str]:
@@ -205,7 +217,7 @@ def _overdue(run: Run, event: Event, now: float) -> tuple[EventKind, str]:
     Compensation is exempt (it must be allowed to finish), and so is a completion that already
     happened: failing it now would undo a failover that has taken effect.
     """
-    if now <= run.deadline_at or run.state is State.COMPENSATING:
+    if now < run.deadline_at or run.state is Phase.COMPENSATING:
         return event.kind, event.message
     if event.kind is EventKind.SUCCEEDED and event.step is Step.COMPLETE:
         return event.kind, event.message
@@ -216,151 +228,149 @@ def _overdue(run: Run, event: Event, now: float) -> tuple[EventKind, str]:
 
 def _fail(run: Run, new: Run, event: Event, *, step: Step, message: str, now: float) -> Decision:
     failure = Failure(step=step, cluster=event.cluster or run.current_cluster, obj=event.obj, cause=message)
-    if run.state is State.COMPENSATING:
+    if run.state is Phase.COMPENSATING:
         # An undo that fails does not stop the others: each restores something on its own.
-        new.message = f"{new.message}; undo failed at {failure.describe()}"
-        return _next_undo(run, new, now, f"undo {step.value} failed: {message}")
-    new.failure = failure
-    new.compensation = compensation_for(new, undo=event.undo)
-    new.compensation_index = 0
-    new.message = f"failed at {failure.describe()}"
-    new.state = machine_for(run.plan_kind).fire(run.state, Trigger.STEP_FAILED)
+        new = new.model_copy(update={"message": f"{new.message}; undo failed at {failure.describe()}"})
+        return _next_undo(run, new, now, EventKind.PERMANENT_FAILURE, f"undo {step.value} failed: {message}")
+    new = new.model_copy(update={"failure": failure, "message": f"failed at {failure.describe()}"})
+    new = new.model_copy(
+        update={
+            "compensation": compensation_for(new, lease_lost=event.lease_lost),
+            "compensation_index": 0,
+            "state": fire(run.kind, run.state, EventKind.PERMANENT_FAILURE),
+        }
+    )
     return _settle(run, new, now, f"{step.value} failed: {message}; compensating")
 
 
-def _copy(run: Run) -> Run:
-    """A copy safe to change: the only containers ``decide`` mutates are ``steps`` and its records.
-
-    (A deep pydantic copy costs ~0.5 ms a step; this costs microseconds.)
-    """
-    new = run.model_copy()
-    new.steps = {key: record.model_copy() for key, record in run.steps.items()}
-    return new
+def _with_record(run: Run, record: StepRecord) -> Run:
+    """``run`` with the current step's record replaced (runs and records are immutable)."""
+    return run.model_copy(update={"steps": {**run.steps, run.step_key: record}})
 
 
-def _timeout(run: Run) -> float:
-    if run.state is State.COMPENSATING:
-        step = run.current_step
-        return run.timing.timeout_for(CATALOGUE[step].kind) if step else 0.0
-    step = run.state.step
-    planned = run.planned(step) if step else None
-    return planned.timeout if planned else 0.0
-
-
-def _apply(run: Run, updates: Updates | None) -> None:
+def _apply(run: Run, updates: Updates | None) -> Run:
     if updates is None:
-        return
-    if updates.token is not None:
-        run.token = updates.token
-    if updates.lease_expires_at is not None:
-        run.lease_expires_at = updates.lease_expires_at
-    if updates.replicas is not None:
-        run.replicas = dict(updates.replicas)
-    if updates.requested_at is not None:
-        run.requested_at = updates.requested_at
+        return run
+    changes = {
+        name: value
+        for name, value in (
+            ("token", updates.token),
+            ("lease_expires_at", updates.lease_expires_at),
+            ("replicas", dict(updates.replicas) if updates.replicas is not None else None),
+            ("requested_at", updates.requested_at),
+        )
+        if value is not None
+    }
+    return run.model_copy(update=changes) if changes else run
 
 
-def _again(old: Run, new: Run, now: float, *, delay: float, trigger: str, reason: str) -> Decision:
+def _again(old: Run, new: Run, now: float, *, delay: float, kind: EventKind, reason: str) -> Decision:
     """The same step, checked again after ``delay``: a new message with a new ticket."""
-    new.state = machine_for(old.plan_kind).fire(old.state, trigger)
-    new.tickets += 1
     assert old.dispatch is not None
-    new.dispatch = Dispatch(step=old.dispatch.step, ticket=new.tickets, countdown=delay, due_at=now + delay)
-    return Decision(run=new, changed=True, reason=reason, dispatch=new.dispatch)
+    tickets = new.tickets + 1
+    dispatch = Dispatch(step=old.dispatch.step, ticket=tickets, countdown=delay, due_at=now + delay)
+    new = new.model_copy(
+        update={"state": fire(old.kind, old.state, kind), "tickets": tickets, "dispatch": dispatch}
+    )
+    return Decision(run=new, changed=True, reason=reason, dispatch=dispatch)
 
 
-def _next_undo(old: Run, new: Run, now: float, reason: str) -> Decision:
-    new.compensation_index += 1
-    more = new.compensation_index < len(new.compensation)
-    new.state = machine_for(old.plan_kind).fire(State.COMPENSATING, Trigger.UNDO_FINISHED, more_undo=more)
+def _next_undo(old: Run, new: Run, now: float, kind: EventKind, reason: str) -> Decision:
+    index = new.compensation_index + 1
+    ended = kind if index < len(new.compensation) else EventKind.UNDO_FINISHED
+    new = new.model_copy(
+        update={"compensation_index": index, "state": fire(old.kind, Phase.COMPENSATING, ended)}
+    )
     return _settle(old, new, now, reason)
+
+
+def _skip_planned(new: Run, now: float) -> tuple[Run, list[str]]:
+    """Move past the steps the plan marks as skipped (no objects of their kind), recording each."""
+    skipped = []
+    while (step := new.at_step) is not None:
+        planned = new.planned(step)
+        if planned is None or planned.skip_reason is None:
+            break
+        record = StepRecord(started_at=now, finished_at=now, outcome="skipped", message=planned.skip_reason)
+        new = new.model_copy(
+            update={
+                "steps": {**new.steps, step.value: record},
+                "state": fire(new.kind, step, EventKind.SKIPPED),
+            }
+        )
+        skipped.append(step.value)
+    return new, skipped
 
 
 def _settle(old: Run, new: Run, now: float, reason: str) -> Decision:
     """Skip the steps the plan marks as skipped, then dispatch the next step or finish the run."""
-    mode_machine = machine_for(new.plan_kind)
-    skipped = []
-    while (step := new.state.step) is not None and new.state is not State.COMPENSATING:
-        planned = new.planned(step)
-        if planned is None or planned.skip_reason is None:
-            break
-        new.steps[step.value] = StepRecord(
-            started_at=now, finished_at=now, outcome="skipped", message=planned.skip_reason
-        )
-        skipped.append(step.value)
-        new.state = mode_machine.fire(new.state, Trigger.STEP_SKIPPED)
+    new, skipped = _skip_planned(new, now)
     if skipped:
         reason = f"{reason}; skipped {', '.join(skipped)} (no resources of their kind)"
-
     journal = []
     if old.stage is not None and old.stage != new.stage:
-        new.journal_sequence += 1
-        journal.append(JournalMark(stage=old.stage, state=new.state, sequence=new.journal_sequence))
-
-    if new.state.terminal:
-        new.finished_at = now
-        new.dispatch = None
-        if new.state is State.SUCCEEDED:
-            new.status = RunStatus.SUCCESS
-            if new.plan_kind is PlanKind.STANDDOWN:
-                new.message = f"{new.source_cluster} stood down; {new.target_cluster} stays active"
-            else:
-                new.message = f"moved to {new.target_cluster}"
-            reason = f"{reason}; run succeeded"
-        else:
-            new.status = RunStatus.FAILED
-            reason = f"{reason}; run failed"
-        return Decision(run=new, changed=True, reason=reason, journal=journal)
-
+        sequence = new.journal_sequence + 1
+        new = new.model_copy(update={"journal_sequence": sequence})
+        journal.append(JournalMark(stage=old.stage, state=new.state, sequence=sequence))
+    if new.terminal:
+        return Decision(run=_finished(new, now), changed=True, reason=_ended(new, reason), journal=journal)
     step = new.current_step
-    assert step is not None, f"non-terminal state {new.state.name} without a step"
-    new.tickets += 1
-    new.dispatch = Dispatch(step=step, ticket=new.tickets, countdown=0.0, due_at=now)
+    assert step is not None, f"non-terminal state {new.state_name} without a step"
+    tickets = new.tickets + 1
+    dispatch = Dispatch(step=step, ticket=tickets, countdown=0.0, due_at=now)
+    new = new.model_copy(update={"tickets": tickets, "dispatch": dispatch})
     return Decision(
-        run=new, changed=True, reason=f"{reason}; next {step.value}", dispatch=new.dispatch, journal=journal
+        run=new, changed=True, reason=f"{reason}; next {step.value}", dispatch=dispatch, journal=journal
     )
 
 
-def compensation_for(run: Run, *, undo: bool = True) -> list[CompensationAction]:
+def _finished(run: Run, now: float) -> Run:
+    update: dict[str, object] = {"finished_at": now, "dispatch": None}
+    if run.state is Phase.SUCCEEDED:
+        update["status"] = RunStatus.SUCCESS
+        if run.kind is PlanKind.STANDDOWN:
+            update["message"] = f"{run.source_cluster} stood down; {run.target_cluster} stays active"
+        else:
+            update["message"] = f"moved to {run.target_cluster}"
+    else:
+        update["status"] = RunStatus.FAILED
+    return run.model_copy(update=update)
+
+
+def _ended(run: Run, reason: str) -> str:
+    return f"{reason}; run succeeded" if run.state is Phase.SUCCEEDED else f"{reason}; run failed"
+
+
+def compensation_for(run: Run, *, lease_lost: bool = False) -> list[CompensationAction]:
     """The undo actions for a run that just failed, newest effect first, then ABORT. Pure.
 
     Every effect step that was attempted (the failed one included: it may have half-applied) is
-    undone on the cluster it acted on, unless the run had reached its mode's point of no return, past
+    undone on the cluster it acted on, unless the run had reached its kind's point of no return, past
     which an automatic undo could make two writers; then only ABORT runs and the message says so.
+    A run whose lease was lost undoes nothing either: another run may own the group by now, and an
+    undo would fight it.
     """
-    if not undo:
-        return [
-            CompensationAction(
-                step=Step.ABORT,
-                cluster=None,
-                because="the lease was lost: another run may own the group; nothing undone",
-            )
-        ]
-    attempted = [p for p in run.plan if (rec := run.steps.get(p.step.value)) and rec.attempts > 0]
-    no_return = POINT_OF_NO_RETURN[run.plan_kind]
-    actions: list[CompensationAction] = []
+    if lease_lost:
+        because = "the lease was lost: another run may own the group; nothing undone"
+        return [CompensationAction(step=Step.ABORT, cluster=None, because=because)]
+    no_return = POINT_OF_NO_RETURN[run.kind]
     if no_return is None:
         because = "a stand-down is never undone: the site must not serve a group it does not own"
         return [CompensationAction(step=Step.ABORT, cluster=None, because=because)]
     if no_return.value in run.steps:  # reached: attempted, or skipped for lack of resources
-        actions.append(
-            CompensationAction(
-                step=Step.ABORT,
-                cluster=None,
-                because=f"past {no_return.value}: no automatic undo (it could leave two writers); "
-                "operator action needed",
-            )
+        because = (
+            f"past {no_return.value}: no automatic undo (it could leave two writers); operator action needed"
         )
-        return actions
-    for planned in reversed(attempted):
-        info = CATALOGUE[planned.step]
-        if info.kind is not Kind.EFFECT:
-            continue
-        cluster = run.cluster_for(planned.side)
-        for undo_step in info.undo:
-            actions.append(
-                CompensationAction(step=undo_step, cluster=cluster, because=f"undo {planned.step.value}")
-            )
+        return [CompensationAction(step=Step.ABORT, cluster=None, because=because)]
+    attempted = [p for p in run.plan if (rec := run.steps.get(p.step.value)) and rec.attempts > 0]
+    actions = [
+        CompensationAction(
+            step=undo_step, cluster=run.cluster_for(planned.side), because=f"undo {planned.step.value}"
+        )
+        for planned in reversed(attempted)
+        if CATALOGUE[planned.step].type is StepType.EFFECT
+        for undo_step in CATALOGUE[planned.step].undo
+    ]
     actions.append(
         CompensationAction(step=Step.ABORT, cluster=None, because="record the failure, release the lock")
     )

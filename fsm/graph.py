@@ -1,4 +1,4 @@
-"""The state machine of a mode as a Mermaid ``stateDiagram-v2``, drawn by transitions itself.
+"""The state machine of a kind of run as a Mermaid ``stateDiagram-v2``, drawn by transitions itself.
 
 Pure: returns text. Built from the same table as the machine that ``decide`` fires, so the picture
 cannot drift from the behaviour.
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from transitions.extensions.diagrams import GraphMachine
 
-from fsm.machine import machine_states, transition_table
-from fsm.models import FailoverMode
+from fsm.machine import build_machine, transition_table
 from fsm.plan import PlanKind
 
 
@@ -17,34 +16,25 @@ class _Model:
     """transitions draws the graph of a model; this one only carries the state."""
 
 
-def mermaid(mode: FailoverMode | PlanKind) -> str:
+def mermaid(kind: PlanKind) -> str:
+    """The machine ``decide`` follows (its table is compiled from this very machine), as Mermaid."""
     model = _Model()
-    GraphMachine(
-        model=model,
-        states=machine_states(mode),
-        transitions=transition_table(mode),
-        initial=machine_states(mode)[0],
-        auto_transitions=False,
-        graph_engine="mermaid",
-        show_conditions=True,
-        title=f"failover {mode.value}",
+    build_machine(
+        kind, model, machine_class=GraphMachine, graph_engine="mermaid", title=f"failover {kind.value}"
     )
     return str(model.get_graph().draw(None))  # type: ignore[attr-defined]
 
 
-def dot(mode: FailoverMode | PlanKind) -> str:
+def dot(kind: PlanKind) -> str:
     """The same machine in Graphviz DOT, for a PNG (``failoverctl graph --format png``). Pure."""
     edges: dict[tuple[str, str], list[str]] = {}
-    for transition in transition_table(mode):
+    for transition in transition_table(kind):
         sources = transition["source"] if isinstance(transition["source"], list) else [transition["source"]]
         for source in sources:
             dest = transition["dest"] or source  # internal transitions stay where they are
-            label = transition["trigger"] + (
-                f" [{transition['conditions']}]" if "conditions" in transition else ""
-            )
-            edges.setdefault((source.name, dest.name), []).append(label)
+            edges.setdefault((source, dest), []).append(transition["trigger"])
     lines = [
-        f'digraph "failover {PlanKind.of(mode).value}" {{',
+        f'digraph "failover {kind.value}" {{',
         "  rankdir=TB;",
         '  node [shape=box, style="rounded,filled", fillcolor=white, fontname="Helvetica"];',
         '  edge [fontname="Helvetica", fontsize=9];',

@@ -1,17 +1,19 @@
-"""The plan: for each mode, the ordered steps with their stage, side, deadline and retry policy.
+"""The plan: for each kind of run, the ordered steps with their stage, side, deadline and objects.
 
 Pure: :func:`build_plan` only computes. It reads no cluster and no clock; who runs each step, on
-which cluster, is the caller's business (``workers.engine``). Adding a step is one entry in
-:data:`CATALOGUE`, one line in a mode's sequence below, and one function in ``workers.steps``.
+which cluster, is the caller's business (``workers.engine``). Steps are data: adding an effect or a
+wait is one :class:`Step` member with its :data:`CATALOGUE` entry (objects, role, label) and one
+line in a sequence below; only a coordination step also needs a function in ``workers.steps``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from fsm.kinds import Role
 from fsm.models import FailoverGroup, FailoverMode
 
 
@@ -40,48 +42,32 @@ class Step(StrEnum):
     ABORT = "abort"
 
 
-class State(Enum):
-    """Where a run's machine is. Step states are named as API.md's ``status.state`` (upper snake)."""
+class Phase(StrEnum):
+    """Where a run is when it is not at a step of its plan."""
 
     PENDING = "pending"
-    VALIDATING = Step.VALIDATE.value
-    ACQUIRING_LOCK = Step.ACQUIRE_LOCK.value
-    DISABLING_NETWORK = Step.DISABLE_NETWORK.value
-    SCALING_DOWN_WORKLOADS = Step.SCALE_DOWN_WORKLOADS.value
-    SUSPENDING_FLUX = Step.SUSPEND_FLUX.value
-    WAITING_FOR_SCALE_DOWN = Step.WAIT_SCALED_DOWN.value
-    DEMOTING_VOLUMES = Step.DEMOTE_VOLUMES.value
-    WAITING_FOR_VOLUME_DEMOTION = Step.WAIT_VOLUMES_DEMOTED.value
-    MARKING_VOLUMES_RELEASED = Step.MARK_VOLUMES_RELEASED.value
-    WAITING_FOR_VOLUME_RELEASE = Step.WAIT_VOLUMES_RELEASED.value
-    PROMOTING_VOLUMES = Step.PROMOTE_VOLUMES.value
-    WAITING_FOR_VOLUME_PROMOTION = Step.WAIT_VOLUMES_PROMOTED.value
-    VERIFYING_VOLUMES = Step.VERIFY_VOLUMES.value
-    SCALING_UP_WORKLOADS = Step.SCALE_UP_WORKLOADS.value
-    RESUMING_FLUX = Step.RESUME_FLUX.value
-    WAITING_FOR_READY = Step.WAIT_READY.value
-    ENABLING_NETWORK = Step.ENABLE_NETWORK.value
-    COMPLETING = Step.COMPLETE.value
-    RECORDING_STANDDOWN = Step.RECORD_STANDDOWN.value
     COMPENSATING = "compensating"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
     @property
-    def step(self) -> Step | None:
-        """The step this state runs, or None for PENDING, COMPENSATING and the terminal states."""
-        return _STEP_BY_VALUE.get(self.value)
-
-    @property
     def terminal(self) -> bool:
-        return self in (State.SUCCEEDED, State.FAILED)
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
 
 
-_STEP_BY_VALUE = {s.value: s for s in Step}
+# Where a run's machine is: at a step of its plan, or in one of the phases around them. One name per
+# idea: a step is its own state (``Step.DEMOTE_VOLUMES``), shown in status by its catalogue label
+# (``DEMOTING_VOLUMES``, API.md's ``status.state``).
+State = Step | Phase
 
 
-def state_of(step: Step) -> State:
-    return State(step.value)
+def state_name(state: State) -> str:
+    """``status.state``: a step's label (``SCALING_DOWN_WORKLOADS``), else the phase (``COMPENSATING``)."""
+    return CATALOGUE[state].label if isinstance(state, Step) else state.name
+
+
+def is_terminal(state: State) -> bool:
+    return isinstance(state, Phase) and state.terminal
 
 
 class Stage(StrEnum):
@@ -104,18 +90,16 @@ class Side(StrEnum):
     COORDINATION = "coordination"
 
 
-class Needs(StrEnum):
-    """The resources a step works on: a step whose group has none of them is skipped."""
+class Objects(StrEnum):
+    """A set of the group's objects a step works on (see :class:`fsm.run.Resources`)."""
 
-    NOTHING = "nothing"
-    NETWORK = "network"
     WORKLOADS = "workloads"
-    FLUX = "flux"
     VOLUMES = "volumes"
-    WORKLOADS_OR_FLUX = "workloads_or_flux"
+    NETWORK = "network"
+    FLUX = "flux"
 
 
-class Kind(StrEnum):
+class StepType(StrEnum):
     """An effect changes objects; a wait only reads them (and is polled); coordination is DynamoDB."""
 
     EFFECT = "effect"
@@ -125,141 +109,176 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True)
 class StepInfo:
+    """One step as data: what it is, what it works on and, for effects and waits, the role it moves
+    its objects to or waits for. Effects and waits with a ``role`` run from this entry alone (one
+    generic effect, one generic wait in ``workers.steps``); the dry run reads the same entry.
+
+    ``objects`` empty: the step needs no object (coordination). A step whose group has none of its
+    objects is skipped, and the plan says why. ``label`` is the run's ``status.state`` at this step.
+    """
+
     step: Step
-    kind: Kind
-    needs: Needs
+    type: StepType
+    label: str
     description: str
+    objects: tuple[Objects, ...] = ()
+    role: Role | None = None
     undo: tuple[Step, ...] = ()
 
+
+_W, _V, _N, _F = Objects.WORKLOADS, Objects.VOLUMES, Objects.NETWORK, Objects.FLUX
+_EFFECT, _WAIT, _COORD = StepType.EFFECT, StepType.WAIT, StepType.COORDINATION
+_ACTIVE, _PASSIVE = Role.ACTIVE, Role.PASSIVE
 
 CATALOGUE: dict[Step, StepInfo] = {
     info.step: info
     for info in (
         StepInfo(
             Step.VALIDATE,
-            Kind.COORDINATION,
-            Needs.NOTHING,
+            _COORD,
+            "VALIDATING",
             "check the request against the active cluster and both clusters' objects",
         ),
-        StepInfo(
-            Step.ACQUIRE_LOCK, Kind.COORDINATION, Needs.NOTHING, "take the group's lock and its fencing token"
-        ),
+        StepInfo(Step.ACQUIRE_LOCK, _COORD, "ACQUIRING_LOCK", "take the group's lock and its fencing token"),
         StepInfo(
             Step.DISABLE_NETWORK,
-            Kind.EFFECT,
-            Needs.NETWORK,
+            _EFFECT,
+            "DISABLING_NETWORK",
             "tell external-dns to ignore the Ingresses and VirtualServices",
+            (_N,),
+            _PASSIVE,
             undo=(Step.ENABLE_NETWORK,),
         ),
         StepInfo(
             Step.SCALE_DOWN_WORKLOADS,
-            Kind.EFFECT,
-            Needs.WORKLOADS,
+            _EFFECT,
+            "SCALING_DOWN_WORKLOADS",
             "remember replicas, scale Deployments and StatefulSets to 0, suspend CronJobs",
+            (_W,),
+            _PASSIVE,
             undo=(Step.SCALE_UP_WORKLOADS, Step.WAIT_READY),
         ),
         StepInfo(
             Step.SUSPEND_FLUX,
-            Kind.EFFECT,
-            Needs.FLUX,
+            _EFFECT,
+            "SUSPENDING_FLUX",
             "suspend the HelmReleases and Kustomizations",
+            (_F,),
+            _PASSIVE,
             undo=(Step.RESUME_FLUX,),
         ),
         StepInfo(
             Step.WAIT_SCALED_DOWN,
-            Kind.WAIT,
-            Needs.WORKLOADS,
+            _WAIT,
+            "WAITING_FOR_SCALE_DOWN",
             "wait until no pod runs and no CronJob has an active Job",
+            (_W,),
+            _PASSIVE,
         ),
         StepInfo(
             Step.DEMOTE_VOLUMES,
-            Kind.EFFECT,
-            Needs.VOLUMES,
+            _EFFECT,
+            "DEMOTING_VOLUMES",
             "set the VolumeReplications to secondary",
+            (_V,),
+            _PASSIVE,
             undo=(Step.PROMOTE_VOLUMES, Step.WAIT_VOLUMES_PROMOTED),
         ),
         StepInfo(
             Step.WAIT_VOLUMES_DEMOTED,
-            Kind.WAIT,
-            Needs.VOLUMES,
+            _WAIT,
+            "WAITING_FOR_VOLUME_DEMOTION",
             "wait until every VolumeReplication reports secondary",
+            (_V,),
+            _PASSIVE,
         ),
         StepInfo(
             Step.MARK_VOLUMES_RELEASED,
-            Kind.COORDINATION,
-            Needs.VOLUMES,
+            _COORD,
+            "MARKING_VOLUMES_RELEASED",
             "record in DynamoDB that the source let go of the volumes",
+            (_V,),
         ),
         StepInfo(
             Step.WAIT_VOLUMES_RELEASED,
-            Kind.WAIT,
-            Needs.VOLUMES,
+            _WAIT,
+            "WAITING_FOR_VOLUME_RELEASE",
             "wait for the source's release record before promoting",
+            (_V,),
         ),
         StepInfo(
             Step.PROMOTE_VOLUMES,
-            Kind.EFFECT,
-            Needs.VOLUMES,
+            _EFFECT,
+            "PROMOTING_VOLUMES",
             "set the VolumeReplications to primary",
+            (_V,),
+            _ACTIVE,
             undo=(Step.DEMOTE_VOLUMES, Step.WAIT_VOLUMES_DEMOTED),
         ),
         StepInfo(
             Step.WAIT_VOLUMES_PROMOTED,
-            Kind.WAIT,
-            Needs.VOLUMES,
+            _WAIT,
+            "WAITING_FOR_VOLUME_PROMOTION",
             "wait until every VolumeReplication reports primary",
+            (_V,),
+            _ACTIVE,
         ),
         StepInfo(
             Step.VERIFY_VOLUMES,
-            Kind.WAIT,
-            Needs.VOLUMES,
+            _WAIT,
+            "VERIFYING_VOLUMES",
             "check primary, Completed=True and not Degraded on every volume",
+            (_V,),
+            _ACTIVE,
         ),
         StepInfo(
             Step.SCALE_UP_WORKLOADS,
-            Kind.EFFECT,
-            Needs.WORKLOADS,
+            _EFFECT,
+            "SCALING_UP_WORKLOADS",
             "restore replicas, resume CronJobs, re-enable Flux reconciliation",
+            (_W,),
+            _ACTIVE,
             undo=(Step.SCALE_DOWN_WORKLOADS, Step.WAIT_SCALED_DOWN),
         ),
         StepInfo(
             Step.RESUME_FLUX,
-            Kind.EFFECT,
-            Needs.FLUX,
+            _EFFECT,
+            "RESUMING_FLUX",
             "resume the HelmReleases and Kustomizations and request a reconcile",
+            (_F,),
+            _ACTIVE,
             undo=(Step.SUSPEND_FLUX,),
         ),
         StepInfo(
             Step.WAIT_READY,
-            Kind.WAIT,
-            Needs.WORKLOADS_OR_FLUX,
+            _WAIT,
+            "WAITING_FOR_READY",
             "wait until workloads are ready and Flux objects reconciled",
+            (_W, _F),
+            _ACTIVE,
         ),
         StepInfo(
             Step.ENABLE_NETWORK,
-            Kind.EFFECT,
-            Needs.NETWORK,
+            _EFFECT,
+            "ENABLING_NETWORK",
             "hand the Ingresses and VirtualServices back to external-dns",
+            (_N,),
+            _ACTIVE,
             undo=(Step.DISABLE_NETWORK,),
         ),
         StepInfo(
             Step.COMPLETE,
-            Kind.COORDINATION,
-            Needs.NOTHING,
+            _COORD,
+            "COMPLETING",
             "flip the active cluster, record history and release the lock in one transaction",
         ),
         StepInfo(
             Step.RECORD_STANDDOWN,
-            Kind.COORDINATION,
-            Needs.NOTHING,
+            _COORD,
+            "RECORDING_STANDDOWN",
             "record in history what the stand-down changed and release the lock",
         ),
-        StepInfo(
-            Step.ABORT,
-            Kind.COORDINATION,
-            Needs.NOTHING,
-            "record the failed run in history and release the lock",
-        ),
+        StepInfo(Step.ABORT, _COORD, "ABORTING", "record the failed run in history and release the lock"),
     )
 }
 
@@ -277,7 +296,8 @@ class PlanKind(StrEnum):
     STANDDOWN = "STANDDOWN"
 
     @classmethod
-    def of(cls, mode: FailoverMode | PlanKind) -> PlanKind:
+    def of(cls, mode: FailoverMode) -> PlanKind:
+        """The plan kind of a requested failover mode."""
         return cls(mode.value)
 
 
@@ -326,20 +346,18 @@ SEQUENCES: dict[PlanKind, tuple[tuple[Step, Stage, Side], ...]] = {
         (Step.WAIT_VOLUMES_DEMOTED, _DOWN, _S),
         (Step.COMPLETE, _DONE, _C),
     ),
-}
-
-STANDDOWN_SEQUENCE: tuple[tuple[Step, Stage, Side], ...] = (
     # The "source" of a stand-down is the returning site; the lock keeps failovers of the group out.
-    (Step.ACQUIRE_LOCK, _INIT, _C),
-    (Step.DISABLE_NETWORK, _DOWN, _S),
-    (Step.SCALE_DOWN_WORKLOADS, _DOWN, _S),
-    (Step.SUSPEND_FLUX, _DOWN, _S),
-    (Step.WAIT_SCALED_DOWN, _DOWN, _S),
-    (Step.DEMOTE_VOLUMES, _DOWN, _S),
-    (Step.WAIT_VOLUMES_DEMOTED, _DOWN, _S),
-    (Step.RECORD_STANDDOWN, _DONE, _C),
-)
-SEQUENCES[PlanKind.STANDDOWN] = STANDDOWN_SEQUENCE
+    PlanKind.STANDDOWN: (
+        (Step.ACQUIRE_LOCK, _INIT, _C),
+        (Step.DISABLE_NETWORK, _DOWN, _S),
+        (Step.SCALE_DOWN_WORKLOADS, _DOWN, _S),
+        (Step.SUSPEND_FLUX, _DOWN, _S),
+        (Step.WAIT_SCALED_DOWN, _DOWN, _S),
+        (Step.DEMOTE_VOLUMES, _DOWN, _S),
+        (Step.WAIT_VOLUMES_DEMOTED, _DOWN, _S),
+        (Step.RECORD_STANDDOWN, _DONE, _C),
+    ),
+}
 
 # Past this step, undoing the run automatically could leave two writers (CONSISTENCY: the target's
 # volumes may already be primary) or two stood-down sites (UPTIME: the source is going dark while the
@@ -368,13 +386,14 @@ class Timing(BaseModel):
     retry_max: float = 30.0
     max_attempts: int = 6
 
-    def timeout_for(self, kind: Kind) -> float:
-        timeouts: dict[Kind, float] = {
-            Kind.EFFECT: self.effect_timeout,
-            Kind.WAIT: self.wait_timeout,
-            Kind.COORDINATION: self.coordination_timeout,
+    def timeout_for(self, step: Step) -> float:
+        """The deadline of one attempt at ``step``, from its type (effect, wait, coordination)."""
+        timeouts: dict[StepType, float] = {
+            StepType.EFFECT: self.effect_timeout,
+            StepType.WAIT: self.wait_timeout,
+            StepType.COORDINATION: self.coordination_timeout,
         }
-        return timeouts[kind]
+        return timeouts[CATALOGUE[step].type]
 
     def poll_delay(self, checks: int) -> float:
         """Countdown before the ``checks``-th re-check of a wait step: short, then growing."""
@@ -399,41 +418,44 @@ class PlannedStep(BaseModel):
     skip_reason: str | None = None
 
 
-def _skip_reason(needs: Needs, group: FailoverGroup) -> str | None:
+_MISSING: dict[Objects, str] = {
+    Objects.WORKLOADS: "workloads",
+    Objects.VOLUMES: "VolumeReplications",
+    Objects.NETWORK: "Ingresses or VirtualServices",
+    Objects.FLUX: "HelmReleases or Kustomizations",
+}
+
+
+def skip_reason(info: StepInfo, group: FailoverGroup) -> str | None:
+    """Why ``info``'s step has nothing to do for ``group`` (none of its objects), or None. Pure."""
+    if not info.objects:
+        return None
     spec = group.spec
-    has_volumes = any(w.volume_replications for w in spec.workloads)
-    missing = {
-        Needs.NOTHING: None,
-        Needs.NETWORK: None if spec.network_resources else "the group has no Ingresses or VirtualServices",
-        Needs.WORKLOADS: None if spec.workloads else "the group has no workloads",
-        Needs.FLUX: None if spec.flux_resources else "the group has no HelmReleases or Kustomizations",
-        Needs.VOLUMES: None if has_volumes else "the group has no VolumeReplications",
-        Needs.WORKLOADS_OR_FLUX: None
-        if spec.workloads or spec.flux_resources
-        else "the group has no workloads and no Flux resources",
+    present = {
+        Objects.WORKLOADS: bool(spec.workloads),
+        Objects.VOLUMES: any(w.volume_replications for w in spec.workloads),
+        Objects.NETWORK: bool(spec.network_resources),
+        Objects.FLUX: bool(spec.flux_resources),
     }
-    return missing[needs]
+    if any(present[objects] for objects in info.objects):
+        return None
+    return f"the group has no {' and no '.join(_MISSING[o] for o in info.objects)}"
 
 
-def build_plan(
-    mode: FailoverMode | PlanKind, group: FailoverGroup, timing: Timing | None = None
-) -> list[PlannedStep]:
-    """The ordered steps for ``mode`` applied to ``group``. Pure.
+def build_plan(kind: PlanKind, group: FailoverGroup, timing: Timing | None = None) -> list[PlannedStep]:
+    """The ordered steps of a ``kind`` run applied to ``group``. Pure.
 
-    Steps whose resources the group lacks stay in the plan with a ``skip_reason``, so that the run's
+    Steps whose objects the group lacks stay in the plan with a ``skip_reason``, so that the run's
     status can say what was skipped and why instead of silently doing less.
     """
     timing = timing or Timing()
-    plan = []
-    for step, stage, side in SEQUENCES[PlanKind.of(mode)]:
-        info = CATALOGUE[step]
-        plan.append(
-            PlannedStep(
-                step=step,
-                stage=stage,
-                side=side,
-                timeout=timing.timeout_for(info.kind),
-                skip_reason=_skip_reason(info.needs, group),
-            )
+    return [
+        PlannedStep(
+            step=step,
+            stage=stage,
+            side=side,
+            timeout=timing.timeout_for(step),
+            skip_reason=skip_reason(CATALOGUE[step], group),
         )
-    return plan
+        for step, stage, side in SEQUENCES[kind]
+    ]

@@ -1,18 +1,33 @@
 """A run: one group moving under one Failover, as a versioned value object.
 
-Pure data. A run is changed only by :func:`fsm.machine.decide`, which returns a new value; the run
-store commits it with a compare-and-set on ``version`` (Patroni's versioned ``Cluster``/``Leader``).
+Pure, immutable data. A run is never changed in place: :func:`fsm.decide.decide` returns a new value,
+and the run store commits it with a compare-and-set on ``version`` (Patroni's versioned
+``Cluster``/``Leader``).
 Everything a step needs to do its work is here, so a task takes nothing but the run id and a ticket.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fsm.models import Failover, FailoverGroup, FailoverMode, GroupKey, ResourceRef
-from fsm.plan import PlanKind, PlannedStep, Side, Stage, State, Step, Timing, build_plan
+from fsm.models import Failover, FailoverGroup, GroupKey, ResourceRef
+from fsm.plan import (
+    Objects,
+    Phase,
+    PlanKind,
+    PlannedStep,
+    Side,
+    Stage,
+    State,
+    Step,
+    Timing,
+    build_plan,
+    is_terminal,
+    state_name,
+)
 
 
 class RunStatus(StrEnum):
@@ -26,6 +41,8 @@ class RunStatus(StrEnum):
 
 class StepRecord(BaseModel):
     """What happened to one step (or one compensation action): attempts, checks, times, outcome."""
+
+    model_config = ConfigDict(frozen=True)
 
     attempts: int = 0
     checks: int = 0
@@ -86,6 +103,20 @@ class Resources(BaseModel):
     flux: list[ResourceRef] = Field(default_factory=list)
     reconcile: list[str] = Field(default_factory=list)
 
+    def select(self, objects: tuple[Objects, ...]) -> list[ResourceRef]:
+        """The references of the given object sets, in the order given (a step's catalogue entry)."""
+        chosen: dict[Objects, list[ResourceRef]] = {
+            Objects.WORKLOADS: self.workloads,
+            Objects.VOLUMES: self.volumes,
+            Objects.NETWORK: self.network,
+            Objects.FLUX: self.flux,
+        }
+        return [ref for o in objects for ref in chosen[o]]
+
+    def reconciled(self, ref: ResourceRef) -> bool:
+        """Whether ``ref`` is a Flux object whose group asks for ``triggerReconcile``."""
+        return ref in self.flux and ref.name in self.reconcile
+
     @classmethod
     def of(cls, group: FailoverGroup) -> Resources:
         return cls(
@@ -98,14 +129,15 @@ class Resources(BaseModel):
 
 
 class Run(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     run_id: str
     nonce: str = ""
     version: int = 0
     failover: str
     failover_cluster: str | None = None
     group: GroupKey
-    mode: FailoverMode
-    kind: PlanKind | None = None
+    kind: PlanKind
     source_cluster: str
     target_cluster: str
     force: bool = False
@@ -114,7 +146,7 @@ class Run(BaseModel):
     plan: list[PlannedStep]
     timing: Timing = Field(default_factory=Timing)
     heartbeat_timeout: float = 60.0
-    state: State = State.PENDING
+    state: State = Phase.PENDING
     status: RunStatus = RunStatus.PENDING
     message: str = ""
     created_at: float
@@ -141,27 +173,40 @@ class Run(BaseModel):
         return f"{self.run_id}#{self.nonce}" if self.nonce else self.run_id
 
     @property
-    def plan_kind(self) -> PlanKind:
-        """Which machine drives the run: its failover mode, or the orchestrator's own stand-down."""
-        return self.kind or PlanKind.of(self.mode)
+    def terminal(self) -> bool:
+        return is_terminal(self.state)
+
+    @property
+    def state_name(self) -> str:
+        """``status.state``: the step's label (``DEMOTING_VOLUMES``) or the phase (``COMPENSATING``)."""
+        return state_name(self.state)
+
+    @property
+    def at_step(self) -> Step | None:
+        """The plan step the machine is at (None before the start, in compensation and at the end)."""
+        return self.state if isinstance(self.state, Step) else None
+
+    @property
+    def current_action(self) -> CompensationAction | None:
+        """The undo action being run, while the run compensates."""
+        if self.state is Phase.COMPENSATING and self.compensation_index < len(self.compensation):
+            return self.compensation[self.compensation_index]
+        return None
 
     @property
     def current_step(self) -> Step | None:
-        """The step the run waits on: the state's step, or the current compensation action's."""
-        if self.state is State.COMPENSATING:
-            if self.compensation_index < len(self.compensation):
-                return self.compensation[self.compensation_index].step
-            return None
-        return self.state.step
+        """The step the run waits on: the plan's step, or the current compensation action's."""
+        action = self.current_action
+        return action.step if action is not None else self.at_step
 
     @property
     def step_key(self) -> str:
         """Key of the current step's record: compensation actions get their own records."""
-        if self.state is State.COMPENSATING:
-            action = self.compensation[self.compensation_index]
+        action = self.current_action
+        if action is not None:
             return f"undo:{self.compensation_index}:{action.step.value}"
-        step = self.state.step
-        return step.value if step else self.state.name.lower()
+        step = self.at_step
+        return step.value if step else self.state.value
 
     def planned(self, step: Step) -> PlannedStep | None:
         for planned in self.plan:
@@ -171,9 +216,9 @@ class Run(BaseModel):
 
     @property
     def stage(self) -> Stage | None:
-        if self.state is State.COMPENSATING:
+        if self.state is Phase.COMPENSATING:
             return Stage.COMPENSATION
-        step = self.state.step
+        step = self.at_step
         planned = self.planned(step) if step else None
         return planned.stage if planned else None
 
@@ -183,18 +228,52 @@ class Run(BaseModel):
     @property
     def current_cluster(self) -> str | None:
         """The cluster the current step acts on (None for coordination steps)."""
-        if self.state is State.COMPENSATING:
-            if self.compensation_index < len(self.compensation):
-                return self.compensation[self.compensation_index].cluster
-            return None
-        step = self.state.step
+        action = self.current_action
+        if action is not None or self.state is Phase.COMPENSATING:
+            return action.cluster if action is not None else None
+        step = self.at_step
         planned = self.planned(step) if step else None
         return self.cluster_for(planned.side) if planned else None
+
+    # --- the one deadline of the current step --------------------------------------------------
+
+    @property
+    def step_timeout(self) -> float:
+        """How long one step (or undo action) may take: the plan's figure, else its type's."""
+        step = self.current_step
+        if step is None:
+            return 0.0
+        planned = self.planned(step) if self.current_action is None else None
+        return planned.timeout if planned is not None else self.timing.timeout_for(step)
+
+    @property
+    def step_deadline(self) -> float | None:
+        """When the current step fails for lack of time: its first attempt plus :attr:`step_timeout`,
+        and never later than the run's own deadline (``timeouts.transitoryState``), except in
+        compensation, which must be allowed to finish. None before the step's first attempt.
+
+        The one deadline everybody uses: ``decide`` fails the step at it, the redrive sweep checks it,
+        and a step that waits (a CronJob's Jobs) measures its grace period against it.
+        """
+        record = self.steps.get(self.step_key)
+        if record is None or record.started_at is None:
+            return None
+        deadline = record.started_at + self.step_timeout
+        return deadline if self.state is Phase.COMPENSATING else min(deadline, self.deadline_at)
+
+    @property
+    def reconcile_stamp(self) -> str:
+        """The Flux ``reconcile.fluxcd.io/requestedAt`` value of this run: the stored one, else one
+        derived from the run itself, so that two copies of a message write the same value."""
+        if self.requested_at is not None:
+            return self.requested_at
+        started = self.started_at or self.created_at
+        return datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     def expects(self, step: Step, ticket: int) -> bool:
         """True when a message for ``step`` with ``ticket`` is the one this run waits for."""
         return (
-            not self.state.terminal
+            not self.terminal
             and self.dispatch is not None
             and self.dispatch.step is step
             and self.dispatch.ticket == ticket
@@ -236,20 +315,20 @@ def new_run(
 ) -> Run:
     """A PENDING run of ``failover`` for ``group``, currently active on ``source_cluster``. Pure."""
     timing = timing or Timing()
-    mode = failover.spec.failover_mode
+    kind = PlanKind.of(failover.spec.failover_mode)
     return Run(
         run_id=run_id,
         nonce=nonce,
         failover=f"{failover.metadata.namespace}/{failover.metadata.name}",
         failover_cluster=failover_cluster,
         group=group.key,
-        mode=mode,
+        kind=kind,
         source_cluster=source_cluster,
         target_cluster=failover.spec.target_cluster,
         force=failover.spec.force,
         reason=failover.spec.reason,
         resources=Resources.of(group),
-        plan=build_plan(mode, group, timing),
+        plan=build_plan(kind, group, timing),
         timing=timing,
         created_at=now,
         deadline_at=now + group.spec.timeouts.transitory_state.total_seconds(),
@@ -276,7 +355,6 @@ def new_standdown_run(
         nonce=nonce,
         failover="",
         group=group.key,
-        mode=FailoverMode.CONSISTENCY,
         kind=PlanKind.STANDDOWN,
         source_cluster=cluster,
         target_cluster=owner,

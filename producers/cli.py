@@ -188,10 +188,10 @@ def status(
             run.run_id,
             run.failover,
             str(run.group),
-            run.mode.value,
+            run.kind.value,
             f"{run.source_cluster} → {run.target_cluster}",
             run.status.value,
-            run.state.name,
+            run.state_name,
             _when(run.started_at),
             f"{took:.1f}s" if took is not None else "",
             run.message,
@@ -220,7 +220,7 @@ def watch(
         current = runs()
         deadline = time.monotonic() + timeout if timeout > 0 else None
         with Live(Group(*[run_view(r) for r in current]), console=out(), refresh_per_second=4) as live:
-            while not all(r.state.terminal for r in current):
+            while not all(r.terminal for r in current):
                 if deadline is not None and time.monotonic() > deadline:
                     raise fail(f"still running after {timeout:g}s", 1)
                 time.sleep(interval)

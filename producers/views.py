@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from fsm.plan import State
+from fsm.plan import Phase
 from fsm.run import Run, StepRecord
 
 _MARKS = {"done": ("✓", "green"), "skipped": ("↷", "dim"), "failed": ("✗", "bold red")}
@@ -37,15 +37,15 @@ def _row(table: Table, name: str, cluster: str, record: StepRecord | None, curre
 def run_view(run: Run) -> Group:
     """The run's plan with each step's outcome, time and message; the current step highlighted."""
     title = (
-        f"{run.failover} · group {run.group} · {run.mode.value} · {run.source_cluster} → "
-        f"{run.target_cluster} · {run.status.value} ({run.state.name})"
+        f"{run.failover} · group {run.group} · {run.kind.value} · {run.source_cluster} → "
+        f"{run.target_cluster} · {run.status.value} ({run.state_name})"
     )
     table = Table(title=title, title_justify="left", expand=False, show_lines=False)
     for column in ("", "step", "cluster", "took", "detail"):
         table.add_column(column)
     for planned in run.plan:
         cluster = run.cluster_for(planned.side) or "dynamodb"
-        current = run.state.step is planned.step and run.state is not State.COMPENSATING
+        current = run.at_step is planned.step
         _row(
             table,
             f"{planned.stage.value.lower()}/{planned.step.value}",
@@ -55,7 +55,7 @@ def run_view(run: Run) -> Group:
         )
     for index, action in enumerate(run.compensation):
         key = f"undo:{index}:{action.step.value}"
-        current = run.state is State.COMPENSATING and run.compensation_index == index
+        current = run.state is Phase.COMPENSATING and run.compensation_index == index
         _row(
             table,
             f"compensation/{action.step.value}",
@@ -72,7 +72,7 @@ def run_view(run: Run) -> Group:
 def summary(run: Run) -> str:
     total = run.total_seconds()
     downtime = run.downtime_seconds()
-    parts = [f"{run.mode.value} {run.source_cluster}→{run.target_cluster}: {run.status.value}"]
+    parts = [f"{run.kind.value} {run.source_cluster}→{run.target_cluster}: {run.status.value}"]
     if total is not None:
         parts.append(f"total {total:.2f}s")
     parts.append(f"downtime {downtime:.2f}s" if downtime is not None else "downtime n/a")

@@ -148,7 +148,7 @@ def _follow(console: Console, handle: Orchestrator, run_id: str, timeout: float 
     run = handle.run(run_id)
     assert run is not None
     with Live(run_view(run), console=console, refresh_per_second=8) as live:
-        while not run.state.terminal and time.monotonic() < deadline:
+        while not run.terminal and time.monotonic() < deadline:
             time.sleep(0.15)
             run = handle.run(run_id) or run
             live.update(run_view(run))

@@ -20,8 +20,9 @@ import structlog
 
 from fsm.decide import Decision, Event, EventKind, decide
 from fsm.models import GroupKey
-from fsm.plan import CATALOGUE, State, Step
+from fsm.plan import Step, state_name
 from fsm.run import Run
+from fsm.unreachable import judge_unreachable, needs_heartbeat
 from workers.container import Adapters
 from workers.errors import ClusterUnreachable, LeaseLost, OrchestratorError, PermanentError, TemporaryError
 from workers.ports import JournalEntry
@@ -35,14 +36,6 @@ START_TASK = "failover.start"
 REDRIVE_TASK = "failover.redrive"
 
 
-def _step_timeout(run: Run) -> float:
-    step = run.current_step
-    planned = run.planned(step) if step and run.state.step is step else None
-    if planned is not None:
-        return planned.timeout
-    return run.timing.timeout_for(CATALOGUE[step].kind) if step else 0.0
-
-
 def task_name(step: Step) -> str:
     return f"failover.{step.value}"
 
@@ -54,8 +47,6 @@ class Sender(Protocol):
 
 
 _COMMIT_ATTEMPTS = 5
-# Without force, an unreachable source gets this many attempts (a few seconds) before the run fails.
-SOURCE_UNREACHABLE_ATTEMPTS = 3
 
 
 class Engine:
@@ -88,7 +79,7 @@ class Engine:
             run_id=run.run_id,
             failover=run.failover,
             group=str(run.group),
-            mode=run.mode.value,
+            kind=run.kind.value,
             source=run.source_cluster,
             target=run.target_cluster,
         )
@@ -116,7 +107,7 @@ class Engine:
                     "message.stale",
                     run_id=run_id,
                     ticket=ticket,
-                    state=run.state.name,
+                    state=run.state_name,
                     expected=run.dispatch.model_dump() if run.dispatch else None,
                 )
                 return None
@@ -130,7 +121,7 @@ class Engine:
         sent = []
         for run_id in self.store.overdue(before=now - self.settings.redrive_after):
             run = self.store.load(run_id)
-            if run is None or run.state.terminal:
+            if run is None or run.terminal:
                 self.store.untrack(run_id)  # expired or finished: never let it crowd out live runs
                 continue
             if run.dispatch is None:
@@ -158,8 +149,8 @@ class Engine:
             return None
         stored = self.store.load(run_id)
         assert stored is not None
-        log.warning("run.rebuilt", run_id=run_id, state=stored.state.name, sequence=entries[-1].sequence)
-        if stored.state.terminal:
+        log.warning("run.rebuilt", run_id=run_id, state=stored.state_name, sequence=entries[-1].sequence)
+        if stored.terminal:
             return stored
         if stored.dispatch is None:
             self.apply(stored, Event(kind=EventKind.START))
@@ -171,17 +162,14 @@ class Engine:
     # --- internals -------------------------------------------------------------------------------
 
     def _execute(self, run: Run, step: Step, ticket: int, started: float) -> Event:
-        cluster = run.current_cluster
         ctx = StepContext(
             run=run,
-            cluster=cluster,
+            cluster=run.current_cluster,
             effects=self.adapters.effects,
             coordination=self.adapters.coordination,
             now=started,
             lease_seconds=self.settings.lease_seconds,
             holder=self.settings.holder,
-            step_started_at=record.started_at if (record := run.steps.get(run.step_key)) else None,
-            step_timeout=_step_timeout(run),
         )
         base: dict[str, Any] = {"step": step, "ticket": ticket, "started_at": started}
         try:
@@ -192,16 +180,22 @@ class Engine:
                     run.group, token=run.token, lease_seconds=self.settings.lease_seconds, now=started
                 )
             outcome = STEPS[step](ctx)
-        except ClusterUnreachable as error:
-            return self._unreachable(run, step, error, started, base)
-        except TemporaryError as error:
+        except Exception as error:
+            return self._failed(run, error, started, base)
+        if isinstance(outcome, Done):
+            return Event(kind=EventKind.SUCCEEDED, message=outcome.message, updates=outcome.updates, **base)
+        return Event(kind=EventKind.WAITING, message=outcome.message, **base)
+
+    def _failed(self, run: Run, error: Exception, now: float, base: dict[str, Any]) -> Event:
+        """The event for a step that raised: our errors say whether to retry; anything else is a bug
+        or an unexpected fault, retried within the step's budget (effects are idempotent)."""
+        cluster = run.current_cluster
+        where = {"run_id": run.run_id, "step": base["step"].value, "cluster": cluster}
+        if isinstance(error, ClusterUnreachable):
+            return self._unreachable(run, error, now, base)
+        if isinstance(error, TemporaryError):
             log.warning(
-                "step.temporary_failure",
-                run_id=run.run_id,
-                step=step.value,
-                cluster=cluster,
-                error=error.describe(),
-                retry_after=error.retry_after,
+                "step.temporary_failure", **where, error=error.describe(), retry_after=error.retry_after
             )
             return Event(
                 kind=EventKind.TEMPORARY_FAILURE,
@@ -212,92 +206,47 @@ class Engine:
                 jitter=self.jitter(),
                 **base,
             )
-        except PermanentError as error:
-            log.error(
-                "step.failed", run_id=run.run_id, step=step.value, cluster=cluster, error=error.describe()
-            )
+        if isinstance(error, PermanentError):
+            log.error("step.failed", **where, error=error.describe())
             return Event(
                 kind=EventKind.PERMANENT_FAILURE,
                 message=error.describe(),
                 cluster=error.cluster or cluster,
                 obj=error.obj,
-                undo=not isinstance(error, LeaseLost),
+                lease_lost=isinstance(error, LeaseLost),
                 **base,
             )
-        except OrchestratorError as error:
+        if isinstance(error, OrchestratorError):
             return Event(kind=EventKind.PERMANENT_FAILURE, message=error.describe(), cluster=cluster, **base)
-        except Exception as error:
-            # An error nobody translated is a bug or an unexpected fault: retry it within the
-            # step's budget (effects are idempotent) and say what it was.
-            log.exception("step.unexpected_error", run_id=run.run_id, step=step.value, cluster=cluster)
-            return Event(
-                kind=EventKind.TEMPORARY_FAILURE,
-                message=f"{type(error).__name__}: {error}",
-                cluster=cluster,
-                jitter=self.jitter(),
-                **base,
-            )
-        if isinstance(outcome, Done):
-            return Event(kind=EventKind.SUCCEEDED, message=outcome.message, updates=outcome.updates, **base)
-        return Event(kind=EventKind.WAITING, message=outcome.message, **base)
-
-    def _unreachable(
-        self, run: Run, step: Step, error: ClusterUnreachable, now: float, base: dict[str, Any]
-    ) -> Event:
-        """A cluster that does not answer. The target (or DynamoDB) is retried like any temporary
-        fault. The source is the site that may be lost: without ``force`` the run fails at once,
-        saying so; with ``force`` its steps are skipped, but only once its heartbeat is stale for
-        ``timeouts.heartbeat``, so that a network blip never skips the stand-down of a live site."""
-        cluster = error.cluster or run.current_cluster
-        if cluster != run.source_cluster:
-            return Event(
-                kind=EventKind.TEMPORARY_FAILURE,
-                message=error.describe(),
-                cluster=cluster,
-                jitter=self.jitter(),
-                **base,
-            )
-        if not run.force:
-            # A blip is retried (briefly: a lost site should fail fast); then the run fails saying
-            # what to do. Compensation keeps the full budget: it is putting the source back.
-            message = (
-                f"source cluster {cluster!r} is unreachable ({error.message}); if the site is lost, "
-                "submit a new Failover with force: true to skip its steps once its heartbeat is stale"
-            )
-            log.error("step.source_unreachable", run_id=run.run_id, step=step.value, cluster=cluster)
-            budget = None if run.state is State.COMPENSATING else SOURCE_UNREACHABLE_ATTEMPTS
-            return Event(
-                kind=EventKind.TEMPORARY_FAILURE,
-                message=message,
-                cluster=cluster,
-                jitter=self.jitter(),
-                max_attempts=budget,
-                **base,
-            )
-        beats = {beat.cluster: beat.at for beat in self.adapters.coordination.heartbeats(run.group)}
-        age = now - beats[cluster] if cluster in beats else None
-        if age is not None and age < run.heartbeat_timeout:
-            wait = run.heartbeat_timeout - age
-            message = (
-                f"source cluster {cluster!r} is unreachable but its heartbeat is only {age:.0f}s old; "
-                f"under force its steps are skipped once it is {run.heartbeat_timeout:g}s old"
-            )
-            return Event(
-                kind=EventKind.TEMPORARY_FAILURE,
-                message=message,
-                cluster=cluster,
-                retry_after=wait,
-                jitter=self.jitter(),
-                **base,
-            )
-        seen = f"last heartbeat {age:.0f}s ago" if age is not None else "no heartbeat on record"
-        log.warning(
-            "step.skipped_lost_source", run_id=run.run_id, step=step.value, cluster=cluster, seen=seen
-        )
+        log.error("step.unexpected_error", **where, exc_info=error)
+        message = f"{type(error).__name__}: {error}"
         return Event(
-            kind=EventKind.SKIPPED,
-            message=f"skipped under force: source {cluster!r} unreachable, {seen}",
+            kind=EventKind.TEMPORARY_FAILURE, message=message, cluster=cluster, jitter=self.jitter(), **base
+        )
+
+    def _unreachable(self, run: Run, error: ClusterUnreachable, now: float, base: dict[str, Any]) -> Event:
+        """A cluster that does not answer: :func:`fsm.unreachable.judge_unreachable` decides; this only
+        reads the heartbeat it needs and logs what it decided."""
+        cluster = error.cluster or run.current_cluster
+        heartbeat_at = None
+        if needs_heartbeat(run, cluster):
+            beats = {beat.cluster: beat.at for beat in self.adapters.coordination.heartbeats(run.group)}
+            heartbeat_at = beats.get(cluster) if cluster else None
+        verdict = judge_unreachable(
+            run, cluster, error.describe(), detail=error.message, now=now, heartbeat_at=heartbeat_at
+        )
+        where = {"run_id": run.run_id, "step": base["step"].value, "cluster": cluster}
+        if verdict.skipped_source:
+            log.warning("step.skipped_lost_source", **where, reason=verdict.message)
+        elif cluster == run.source_cluster and not run.force:
+            log.error("step.source_unreachable", **where, reason=verdict.message)
+        return Event(
+            kind=verdict.kind,
+            message=verdict.message,
             cluster=cluster,
+            retry_after=verdict.retry_after,
+            max_attempts=verdict.max_attempts,
+            jitter=self.jitter(),
             **base,
         )
 
@@ -329,7 +278,7 @@ class Engine:
                 run_id=run.run_id,
                 sequence=mark.sequence,
                 stage=mark.stage.value,
-                state=mark.state.name,
+                state=state_name(mark.state),
                 at=self.clock(),
                 run_json=run.model_dump_json(),
             )
@@ -346,7 +295,7 @@ class Engine:
         log.info(
             "run.decided",
             run_id=run.run_id,
-            state=run.state.name,
+            state=run.state_name,
             status=run.status.value,
             version=run.version,
             reason=decision.reason,

@@ -189,7 +189,7 @@ class MetricsObserver:
     def observe(self, run: Run, reason: str) -> None:
         if not self._first_sight(run):
             return
-        m, mode = self.metrics, run.mode.value
+        m, mode = self.metrics, run.kind.value
         now = decided_at(run)
         if run.started_at is not None and run.started_at == now:
             m.runs_started.labels(mode=mode).inc()
@@ -202,7 +202,7 @@ class MetricsObserver:
             if record.errors:
                 m.retries.labels(step=step).inc(record.errors)
         group = str(run.group)
-        if run.state.terminal:
+        if run.terminal:
             outcome = run.status.value.lower()
             m.runs.labels(mode=mode, outcome=outcome).inc()
             total = run.total_seconds()

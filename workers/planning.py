@@ -14,12 +14,12 @@ changes the object in between.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fsm.models import Failover, FailoverGroup, ResourceRef
-from fsm.plan import CATALOGUE, Kind, Side, Step, build_plan
+from fsm.plan import CATALOGUE, PlanKind, Side, Step, StepType, build_plan
 from fsm.run import Resources
 from workers.errors import ClusterUnreachable, NotFoundError, OrchestratorError
 from workers.kube import KubeEffects
@@ -28,28 +28,6 @@ from workers.ports import Change, ClusterEffects, Role
 # What the Flux reconcile request will be set to: the run's own start time, unknown before it starts.
 REQUESTED_AT_PLACEHOLDER = "<time of the run>"
 EPOCH_NOTE = "every changed object is also stamped failover.hahomelabs.com/epoch=<the run's fencing token>"
-
-Refs = Callable[[Resources], list[ResourceRef]]
-
-# The objects each effect or wait step works on and the role it moves them to (or waits for), as
-# workers.steps does them.
-EFFECTS: dict[Step, tuple[Refs, Role]] = {
-    Step.DISABLE_NETWORK: (lambda r: r.network, Role.PASSIVE),
-    Step.ENABLE_NETWORK: (lambda r: r.network, Role.ACTIVE),
-    Step.SCALE_DOWN_WORKLOADS: (lambda r: r.workloads, Role.PASSIVE),
-    Step.SCALE_UP_WORKLOADS: (lambda r: r.workloads, Role.ACTIVE),
-    Step.SUSPEND_FLUX: (lambda r: r.flux, Role.PASSIVE),
-    Step.RESUME_FLUX: (lambda r: r.flux, Role.ACTIVE),
-    Step.DEMOTE_VOLUMES: (lambda r: r.volumes, Role.PASSIVE),
-    Step.PROMOTE_VOLUMES: (lambda r: r.volumes, Role.ACTIVE),
-}
-WAITS: dict[Step, tuple[Refs, Role]] = {
-    Step.WAIT_SCALED_DOWN: (lambda r: r.workloads, Role.PASSIVE),
-    Step.WAIT_VOLUMES_DEMOTED: (lambda r: r.volumes, Role.PASSIVE),
-    Step.WAIT_VOLUMES_PROMOTED: (lambda r: r.volumes, Role.ACTIVE),
-    Step.VERIFY_VOLUMES: (lambda r: r.volumes, Role.ACTIVE),
-    Step.WAIT_READY: (lambda r: [*r.workloads, *r.flux], Role.ACTIVE),
-}
 
 
 @dataclass(frozen=True)
@@ -77,7 +55,7 @@ class StepPlan:
     """One step of the plan: where it runs, why it is skipped, what it would change or check."""
 
     step: Step
-    kind: Kind
+    type: StepType
     stage: str
     side: Side
     cluster: str | None
@@ -90,7 +68,7 @@ class StepPlan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "step": self.step.value,
-            "kind": self.kind.value,
+            "kind": self.type.value,
             "stage": self.stage,
             "side": self.side.value,
             "cluster": self.cluster,
@@ -248,11 +226,7 @@ class _Reader:
             if cluster in self.down:
                 problems.append(Problem(cluster, self.down[cluster]))
                 break
-            requested_at = (
-                REQUESTED_AT_PLACEHOLDER
-                if ref in resources.flux and ref.name in resources.reconcile
-                else None
-            )
+            requested_at = REQUESTED_AT_PLACEHOLDER if resources.reconciled(ref) else None
             try:
                 changes.append(
                     self.effects.preview(
@@ -286,23 +260,23 @@ def plan_failover(
     # As the validate step: the source's count wins, the target's remembered count is the fallback.
     counts = reader.replicas([target, source_cluster], resources.workloads)
     steps = []
-    for planned in build_plan(mode, group):
+    for planned in build_plan(PlanKind.of(mode), group):
+        # The same catalogue entry the real step runs from: its objects and the role it moves them to.
         info = CATALOGUE[planned.step]
         cluster = {Side.SOURCE: source_cluster, Side.TARGET: target}.get(planned.side)
         changes: tuple[Change, ...] = ()
         checks: tuple[str, ...] = ()
         problems: tuple[Problem, ...] = ()
-        if planned.skip_reason is None and cluster is not None:
-            if planned.step in EFFECTS:
-                refs_of, role = EFFECTS[planned.step]
-                changes, problems = reader.preview(cluster, refs_of(resources), role, resources, counts)
-            elif planned.step in WAITS:
-                refs_of, role = WAITS[planned.step]
-                checks = tuple(f"{ref} {role.value}" for ref in refs_of(resources))
+        if planned.skip_reason is None and cluster is not None and info.role is not None:
+            refs = resources.select(info.objects)
+            if info.type is StepType.EFFECT:
+                changes, problems = reader.preview(cluster, refs, info.role, resources, counts)
+            else:
+                checks = tuple(f"{ref} {info.role.value}" for ref in refs)
         steps.append(
             StepPlan(
                 step=planned.step,
-                kind=info.kind,
+                type=info.type,
                 stage=planned.stage.value,
                 side=planned.side,
                 cluster=cluster,

@@ -34,15 +34,10 @@ Adapters raise only :mod:`workers.errors` exceptions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
+from fsm.kinds import Role as Role  # noqa: PLC0414 (re-exported)
 from fsm.models import GroupKey, ResourceRef
-
-
-class Role(StrEnum):
-    ACTIVE = "active"
-    PASSIVE = "passive"
 
 
 @dataclass(frozen=True)

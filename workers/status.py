@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from fsm.models import API_GROUP, API_VERSION, GROUP_VERSION
-from fsm.plan import State
+from fsm.plan import Phase
 from fsm.run import Run, RunStatus
 from workers.errors import ConflictError, NotFoundError, OrchestratorError
 from workers.kube import KubeClients, Target
@@ -238,7 +238,7 @@ class FailoverStatusWriter:
             )
         status.update(
             status=overall,
-            state=run.state.name,
+            state=run.state_name,
             message=message,
             failoverGroups=groups,
             conditions=self._conditions(status, overall, run, message, meta.get("generation")),
@@ -258,7 +258,7 @@ class FailoverStatusWriter:
 
     @staticmethod
     def _group_entry(run: Run, reason: str) -> Obj:
-        step = run.current_step if not run.state.terminal else None
+        step = run.current_step if not run.terminal else None
         entry: Obj = {
             "name": run.group.name,
             "namespace": run.group.namespace,
@@ -284,7 +284,7 @@ class FailoverStatusWriter:
             (
                 "Progressing",
                 overall == "IN_PROGRESS",
-                _camel(run.state.name) if overall == "IN_PROGRESS" else reasons[overall],
+                _camel(run.state_name) if overall == "IN_PROGRESS" else reasons[overall],
                 message,
             ),
             (
@@ -361,12 +361,12 @@ class FailoverStatusWriter:
             elif record.outcome == "failed":
                 text = f"{group}: step {key} failed{where}: {record.message}"
                 found.append(StepEvent(finished, key, "failed", "StepFailed", text, warning=True))
-        if not run.state.terminal and run.current_step is not None and run.step_key not in run.steps:
+        if not run.terminal and run.current_step is not None and run.step_key not in run.steps:
             # Dispatched but not reported back yet: it starts now.
             text = f"{group}: step {run.step_key} started{self._where(run, run.step_key)}"
             found.append(StepEvent(self.clock(), run.step_key, "started", "StepStarted", text))
-        if run.state.terminal:
-            succeeded = run.state is State.SUCCEEDED
+        if run.terminal:
+            succeeded = run.state is Phase.SUCCEEDED
             found.append(
                 StepEvent(
                     run.finished_at or self.clock(),

@@ -1,11 +1,13 @@
-"""The step implementations: one small function per :class:`fsm.plan.Step`.
+"""The step implementations: effects and waits run from the catalogue; coordination steps are functions.
 
-Each function does one idempotent piece of work on one cluster (or on the coordination store) and
-returns :class:`Done` or :class:`Wait`; it raises :class:`workers.errors.TemporaryError` or
+Each step does one idempotent piece of work on one cluster (or on the coordination store) and returns
+:class:`Done` or :class:`Wait`; it raises :class:`workers.errors.TemporaryError` or
 :class:`workers.errors.PermanentError` when it cannot. It never sleeps, never re-reads the run and
-never decides what comes next: the engine and ``fsm.decide`` do. To add a step: write a function
-here under ``@step(Step.NEW)``, and add ``Step.NEW`` to the catalogue and a mode's sequence in
-``fsm/plan.py``.
+never decides what comes next: the engine and ``fsm.decide`` do.
+
+Steps are data: every effect step is :func:`effect` and every wait step :func:`wait`, run from the
+step's entry in ``fsm.plan.CATALOGUE`` (which objects, which role). Adding one is a catalogue entry
+and a line in a sequence. Only coordination steps (DynamoDB) are functions here, under ``@step``.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from fsm.decide import Updates
 from fsm.models import ResourceRef
-from fsm.plan import CATALOGUE, Kind, State, Step
+from fsm.plan import CATALOGUE, Step, StepInfo, StepType
 from fsm.run import Run
 from workers.errors import ClusterUnreachable, CoordinationConflict, LeaseLost, LockHeld, PermanentError
 from workers.ports import Change, ClusterEffects, Coordination, HistoryRecord, Role
@@ -48,8 +49,6 @@ class StepContext:
     now: float
     lease_seconds: float
     holder: str
-    step_started_at: float | None = None
-    step_timeout: float = 0.0
     changes: list[Change] = field(default_factory=list)
 
     @property
@@ -86,12 +85,9 @@ class StepContext:
         return Done(summary[:1000])
 
     def requested_at(self, ref: ResourceRef) -> str | None:
-        """The reconcile stamp, for the Flux objects whose group asks for ``triggerReconcile`` only."""
-        return (
-            self.run.requested_at
-            if ref in self.run.resources.flux and ref.name in self.run.resources.reconcile
-            else None
-        )
+        """The reconcile stamp, for the Flux objects whose group asks for ``triggerReconcile`` only,
+        once the run has one (the effect that resumes them records it)."""
+        return self.run.requested_at if self.run.resources.reconciled(ref) else None
 
     def pending(self, refs: Sequence[ResourceRef], role: Role) -> list[tuple[ResourceRef, str]]:
         """The objects that have not reached ``role`` yet, each with the reason why not."""
@@ -124,6 +120,69 @@ def step(name: Step) -> Callable[[StepFn], StepFn]:
         return fn
 
     return register
+
+
+def _role(info: StepInfo) -> Role:
+    if info.role is None:
+        raise PermanentError(f"step {info.step.value} has no role in the catalogue")
+    return info.role
+
+
+def effect(ctx: StepContext, info: StepInfo) -> Outcome:
+    """Move the step's objects to its role on its cluster (idempotent: what is there stays).
+
+    Making Flux objects active with ``triggerReconcile`` also requests a reconcile; the stamp is
+    derived from the run (:attr:`fsm.run.Run.reconcile_stamp`), so two copies of this message write
+    the same value and the wait for it can always succeed. The run records it.
+    """
+    role, refs = _role(info), ctx.run.resources.select(info.objects)
+    stamp = None
+    if role is Role.ACTIVE and any(ctx.run.resources.reconciled(ref) for ref in refs):
+        stamp = ctx.run.reconcile_stamp
+        ctx.run = ctx.run.model_copy(update={"requested_at": stamp})
+    done = ctx.make(refs, role)
+    return Done(done.message, Updates(requested_at=stamp)) if stamp else done
+
+
+# A suspended CronJob's running Jobs are waited for this share of the time left to the step's
+# deadline, then deleted: never left running silently, never allowed to fail the run by outliving it.
+JOB_GRACE_SHARE = 0.5
+
+
+def wait(ctx: StepContext, info: StepInfo) -> Outcome:
+    """Check whether the step's objects have reached its role; past half the step's deadline, a wait
+    for passive objects deletes the running Jobs of the suspended CronJobs still pending."""
+    role, refs = _role(info), ctx.run.resources.select(info.objects)
+    pending = ctx.pending(refs, role)
+    outcome = ctx.judge(refs, role, pending)
+    started = ctx.run.steps[ctx.run.step_key].started_at if ctx.run.step_key in ctx.run.steps else None
+    deadline = ctx.run.step_deadline
+    if role is not Role.PASSIVE or not pending or started is None or deadline is None:
+        return outcome
+    if ctx.now < started + (deadline - started) * JOB_GRACE_SHARE:
+        return outcome
+    cluster = ctx.on_cluster()
+    stopped = [
+        change
+        for ref, _detail in pending
+        if ref.kind == "CronJob" and (change := ctx.effects.stop_jobs(cluster, ref)).changed
+    ]
+    ctx.changes.extend(stopped)
+    if stopped and isinstance(outcome, Wait):
+        detail = "; ".join(f"{c.ref}: {c.detail}" for c in stopped)
+        return Wait(f"{outcome.message}; past the grace period, stopped running Jobs ({detail})")
+    return outcome
+
+
+def _from_catalogue(info: StepInfo) -> StepFn:
+    run_it = effect if info.type is StepType.EFFECT else wait
+
+    def run(ctx: StepContext) -> Outcome:
+        return run_it(ctx, info)
+
+    run.__name__ = info.step.value
+    run.__doc__ = info.description
+    return run
 
 
 # --- initialization ------------------------------------------------------------------------------
@@ -190,115 +249,6 @@ def acquire_lock(ctx: StepContext) -> Outcome:
     )
 
 
-# --- effects on one cluster ----------------------------------------------------------------------
-
-
-@step(Step.DISABLE_NETWORK)
-def disable_network(ctx: StepContext) -> Outcome:
-    return ctx.make(ctx.run.resources.network, Role.PASSIVE)
-
-
-@step(Step.ENABLE_NETWORK)
-def enable_network(ctx: StepContext) -> Outcome:
-    return ctx.make(ctx.run.resources.network, Role.ACTIVE)
-
-
-@step(Step.SCALE_DOWN_WORKLOADS)
-def scale_down_workloads(ctx: StepContext) -> Outcome:
-    return ctx.make(ctx.run.resources.workloads, Role.PASSIVE)
-
-
-@step(Step.SCALE_UP_WORKLOADS)
-def scale_up_workloads(ctx: StepContext) -> Outcome:
-    return ctx.make(ctx.run.resources.workloads, Role.ACTIVE)
-
-
-@step(Step.SUSPEND_FLUX)
-def suspend_flux(ctx: StepContext) -> Outcome:
-    return ctx.make(ctx.run.resources.flux, Role.PASSIVE)
-
-
-@step(Step.RESUME_FLUX)
-def resume_flux(ctx: StepContext) -> Outcome:
-    if ctx.run.requested_at is None:
-        # One stamp per run, derived from the run itself: two copies of this message (a redelivery
-        # racing the original) write the same value, so the wait for it can always succeed.
-        started = ctx.run.started_at or ctx.run.created_at
-        stamp = datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        ctx.run = ctx.run.model_copy(update={"requested_at": stamp})
-    done = ctx.make(ctx.run.resources.flux, Role.ACTIVE)
-    return Done(done.message, Updates(requested_at=ctx.run.requested_at))
-
-
-@step(Step.DEMOTE_VOLUMES)
-def demote_volumes(ctx: StepContext) -> Outcome:
-    return ctx.make(ctx.run.resources.volumes, Role.PASSIVE)
-
-
-@step(Step.PROMOTE_VOLUMES)
-def promote_volumes(ctx: StepContext) -> Outcome:
-    return ctx.make(ctx.run.resources.volumes, Role.ACTIVE)
-
-
-# --- waits -----------------------------------------------------------------------------------------
-
-
-# A suspended CronJob's running Jobs are waited for this share of the time left to the step's
-# deadline, then deleted: never left running silently, never allowed to fail the run by outliving it.
-JOB_GRACE_SHARE = 0.5
-
-
-@step(Step.WAIT_SCALED_DOWN)
-def wait_scaled_down(ctx: StepContext) -> Outcome:
-    refs = ctx.run.resources.workloads
-    pending = ctx.pending(refs, Role.PASSIVE)
-    started = ctx.step_started_at
-    if started is None or not pending:
-        return ctx.judge(refs, Role.PASSIVE, pending)
-    # The step fails at its own deadline or the run's (timeouts.transitoryState), whichever is first;
-    # compensation is not bound by the run's deadline (it has usually passed by then).
-    deadline = started + ctx.step_timeout
-    if ctx.run.state is not State.COMPENSATING:
-        deadline = min(deadline, ctx.run.deadline_at)
-    if ctx.now < started + (deadline - started) * JOB_GRACE_SHARE:
-        return ctx.judge(refs, Role.PASSIVE, pending)
-    cluster = ctx.on_cluster()
-    stopped = [
-        change
-        for ref, _detail in pending
-        if ref.kind == "CronJob" and (change := ctx.effects.stop_jobs(cluster, ref)).changed
-    ]
-    ctx.changes.extend(stopped)
-    outcome = ctx.judge(refs, Role.PASSIVE, pending)
-    if stopped and isinstance(outcome, Wait):
-        detail = "; ".join(f"{c.ref}: {c.detail}" for c in stopped)
-        return Wait(f"{outcome.message}; past the grace period, stopped running Jobs ({detail})")
-    return outcome
-
-
-@step(Step.WAIT_VOLUMES_DEMOTED)
-def wait_volumes_demoted(ctx: StepContext) -> Outcome:
-    return ctx.wait_for(ctx.run.resources.volumes, Role.PASSIVE)
-
-
-@step(Step.WAIT_VOLUMES_PROMOTED)
-def wait_volumes_promoted(ctx: StepContext) -> Outcome:
-    return ctx.wait_for(ctx.run.resources.volumes, Role.ACTIVE)
-
-
-@step(Step.VERIFY_VOLUMES)
-def verify_volumes(ctx: StepContext) -> Outcome:
-    outcome = ctx.wait_for(ctx.run.resources.volumes, Role.ACTIVE)
-    if isinstance(outcome, Done):
-        return Done(f"verified: {outcome.message}")
-    return outcome
-
-
-@step(Step.WAIT_READY)
-def wait_ready(ctx: StepContext) -> Outcome:
-    return ctx.wait_for([*ctx.run.resources.workloads, *ctx.run.resources.flux], Role.ACTIVE)
-
-
 # --- coordination ----------------------------------------------------------------------------------
 
 
@@ -324,7 +274,7 @@ def history_record(run: Run, *, outcome: str, now: float) -> HistoryRecord:
         run_id=run.run_id,
         failover=run.failover,
         group=str(run.group),
-        mode=run.mode.value,
+        mode=run.kind.value,
         source_cluster=run.source_cluster,
         target_cluster=run.target_cluster,
         force=run.force,
@@ -365,7 +315,7 @@ def complete(ctx: StepContext) -> Outcome:
 def record_standdown(ctx: StepContext) -> Outcome:
     """The record of what a stand-down changed on the returning site, then the lock goes back."""
     run = ctx.run
-    effects = {p.step.value for p in run.plan if CATALOGUE[p.step].kind is Kind.EFFECT}
+    effects = {p.step.value for p in run.plan if CATALOGUE[p.step].type is StepType.EFFECT}
     changes = [
         f"{key}: {rec.message}" for key, rec in run.steps.items() if key in effects and rec.outcome == "done"
     ]
@@ -388,3 +338,13 @@ def abort(ctx: StepContext) -> Outcome:
     return Done(
         "failure recorded; lock released" if released else "failure recorded; the lock was no longer ours"
     )
+
+
+# Every effect and every wait with a role runs from its catalogue entry.
+STEPS.update(
+    {
+        info.step: _from_catalogue(info)
+        for info in CATALOGUE.values()
+        if info.type is not StepType.COORDINATION and info.role is not None
+    }
+)

@@ -141,7 +141,7 @@ class RunStore:
                 run.created_at,
                 self.index_limit,
                 self.ttl,
-                "1" if run.state.terminal else "0",
+                "1" if run.terminal else "0",
             ],
         )
         return bool(created)
@@ -159,7 +159,7 @@ class RunStore:
         first (or the run is gone): the caller re-reads and decides again.
         """
         stored = run.model_copy(update={"version": expected_version + 1})
-        due = "" if run.state.terminal else repr(run.dispatch.due_at if run.dispatch else run.created_at)
+        due = "" if run.terminal else repr(run.dispatch.due_at if run.dispatch else run.created_at)
         result = self._commit(
             keys=[self._run_key(run.run_id), self._inflight],
             args=[expected_version, stored.version, stored.model_dump_json(), run.run_id, due, self.ttl],

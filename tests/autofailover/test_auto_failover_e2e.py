@@ -84,7 +84,7 @@ def test_a_lost_site_is_failed_over_automatically_and_stood_down_when_it_returns
     # The watcher submits it, the worker runs it: site-b ends active, site-a's steps skipped.
     def finished() -> Any:
         runs = [r for r in world.orchestrator.runs(limit=20) if r.target_cluster == "site-b" and r.force]
-        return runs[0] if runs and runs[0].state.terminal else None
+        return runs[0] if runs and runs[0].terminal else None
 
     run = wait_until(world, finished, 30, "the automatic run to finish")
     assert run.status is RunStatus.SUCCESS, run.message

@@ -73,7 +73,7 @@ def engine_steps(engine: Engine, store: RunStore, runs: int) -> tuple[float, int
         ids.append(run.run_id)
     while True:
         time.sleep(0.1)  # poll rarely: the benchmark must not compete with the worker for the CPU
-        finished = [run for run in (store.load(run_id) for run_id in ids) if run and run.state.terminal]
+        finished = [run for run in (store.load(run_id) for run_id in ids) if run and run.terminal]
         if len(finished) == len(ids):
             break
     assert all(run.status.value == "SUCCESS" for run in finished), [r.message for r in finished]

@@ -79,7 +79,7 @@ def committed(run: Run, outcome: Outcome, clock: Clock, limit: int = 200) -> Ite
     decision = decide(run, Event(kind=EventKind.START), clock())
     run = decision.run.model_copy(update={"version": run.version + 1})
     yield run
-    while not run.state.terminal and limit:
+    while not run.terminal and limit:
         limit -= 1
         now = clock()
         decision = decide(run, outcome(run, now), now)
@@ -319,7 +319,7 @@ def test_the_engine_feeds_the_observer_a_full_run(fake_redis: fakeredis.FakeRedi
         else:
             engine.run_step(Step(name.removeprefix("failover.")), run_id, ticket)
     final = store.load("e1")
-    assert final is not None and final.state.terminal
+    assert final is not None and final.terminal
     mode = FailoverMode.CONSISTENCY.value
     assert sample(registry, "failover_runs_total", mode=mode, outcome="success") == 1
     assert sample(registry, "failover_step_retries_total", step="disable_network") == 2

@@ -73,7 +73,7 @@ class Stack:
         )
 
     def wait_finished(self, run_id: str, timeout: float = 60.0) -> Run:
-        return self.wait_for(run_id, lambda r: r.state.terminal, timeout)
+        return self.wait_for(run_id, lambda r: r.terminal, timeout)
 
 
 def _stack(

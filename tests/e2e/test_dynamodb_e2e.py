@@ -37,7 +37,7 @@ def test_a_failover_takes_the_lock_flips_the_owner_and_writes_history_in_dynamod
     assert [e.sequence for e in journal] == list(range(1, len(journal) + 1))
     assert journal[-1].stage == "COMPLETION"
     # The journal holds the whole run: a new Redis could resume from it.
-    assert Run.model_validate_json(journal[-1].run_json).state.name == "SUCCEEDED"
+    assert Run.model_validate_json(journal[-1].run_json).state_name == "SUCCEEDED"
     per_step = calls / _executions(run)
     print(
         f"\n{mode}: {calls} DynamoDB calls for {_executions(run)} step executions = {per_step:.2f} per step"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from fsm.plan import State
+from fsm.plan import Step
 from fsm.run import RunStatus
 from sandbox.fakes import FakeCoordination
 from tests.e2e.conftest import Stack
@@ -63,7 +63,7 @@ def test_a_failing_step_ends_the_run_with_its_name(stack: Stack) -> None:
 def test_the_same_step_message_delivered_twice_advances_the_run_once(stack: Stack) -> None:
     stack.start_worker("w1")
     run_id = stack.submit()
-    run = stack.wait_for(run_id, lambda r: r.state is State.WAITING_FOR_SCALE_DOWN)
+    run = stack.wait_for(run_id, lambda r: r.state is Step.WAIT_SCALED_DOWN)
     # Deliver copies of messages the run already consumed, through the broker, while it is running.
     for _ in range(3):
         stack.engine.sender.send("failover.validate", run_id, 1, countdown=0.0, cluster=None)
@@ -79,18 +79,18 @@ def test_the_same_step_message_delivered_twice_advances_the_run_once(stack: Stac
 def test_a_worker_killed_mid_run_is_replaced_and_the_run_finishes(stack: Stack) -> None:
     first = stack.start_worker("w1", FAILOVER_FAKE_SETTLE_CHECKS="12")
     run_id = stack.submit()
-    stack.wait_for(run_id, lambda r: r.state is State.WAITING_FOR_SCALE_DOWN)
+    stack.wait_for(run_id, lambda r: r.state is Step.WAIT_SCALED_DOWN)
     first.kill()
     stuck = stack.store.load(run_id)
-    assert stuck is not None and not stuck.state.terminal
+    assert stuck is not None and not stuck.terminal
     stack.start_worker("w2", FAILOVER_FAKE_SETTLE_CHECKS="12")
     # The message the dead worker held comes back one of two ways: the broker restores it once its
     # visibility timeout passes, or (if the worker died between taking it off the queue and marking
     # it unacknowledged, a window kombu has) the overdue sweep that beat runs re-sends it. Run the
     # sweep here as beat would.
     deadline = time.monotonic() + 90
-    while (run := stack.store.load(run_id)) is not None and not run.state.terminal:
-        assert time.monotonic() < deadline, f"run stuck: {run.state.name} {run.dispatch}"
+    while (run := stack.store.load(run_id)) is not None and not run.terminal:
+        assert time.monotonic() < deadline, f"run stuck: {run.state_name} {run.dispatch}"
         stack.engine.redrive()
         time.sleep(0.5)
     assert run is not None and run.status is RunStatus.SUCCESS, run and run.message

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from fsm.decide import Event, EventKind, decide
 from fsm.models import GroupKey
+from fsm.plan import Phase
 from fsm.run import new_run
 from producers.cli import app
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION
@@ -184,7 +185,7 @@ def test_a_stand_down_is_started_once_per_ownership_epoch(env: dict[str, str]) -
             handle.stand_down(g, "site-b", reason="test")
         first = handle.stand_down(g, "site-a", reason="still active")
         again = handle.stand_down(g, "site-a", reason="still active")
-    assert first.created and first.run.plan_kind.value == "STANDDOWN"
+    assert first.created and first.run.kind.value == "STANDDOWN"
     assert not again.created and again.run.run_id == first.run.run_id
 
 
@@ -218,7 +219,7 @@ def test_watch_follows_a_run_to_its_end_and_exits_by_its_outcome(env: dict[str, 
         assert current is not None
         failed = current.model_copy(
             update={
-                "state": current.state.FAILED,
+                "state": Phase.FAILED,
                 "status": current.status.FAILED,
                 "message": "failed at step validate: boom",
                 "dispatch": None,

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from fsm.decide import Event, EventKind, decide
+from fsm.plan import Phase
 from fsm.run import Run, new_run
 from tests.factories import failover, group
 from workers.store import RunStore
@@ -87,7 +88,7 @@ def test_in_flight_runs_are_indexed_by_due_time_and_finished_runs_expire(
     assert store.overdue(before=199.0) == []
     assert store.overdue(before=201.0) == ["r1"]
     assert real_redis.ttl(f"{prefix}run:r1") == -1
-    finished = committed.model_copy(update={"state": committed.state.FAILED, "dispatch": None})
+    finished = committed.model_copy(update={"state": Phase.FAILED, "dispatch": None})
     assert store.commit(finished, expected_version=committed.version) is not None
     assert store.overdue(before=10_000.0) == []
     assert 0 < real_redis.ttl(f"{prefix}run:r1") <= 60

@@ -163,7 +163,7 @@ def test_a_failover_between_sandbox_clusters(kube_stack: KubeStack, mode: str) -
     try:
         kube_stack.start_worker("w1")
         run_id = kube_stack.submit(mode)
-        run = kube_stack.wait_for(run_id, lambda r: r.state.terminal)
+        run = kube_stack.wait_for(run_id, lambda r: r.terminal)
     finally:
         monitor.stop()
     assert run.status is RunStatus.SUCCESS, run.message
@@ -192,7 +192,7 @@ def test_a_failover_between_sandbox_clusters(kube_stack: KubeStack, mode: str) -
 def test_a_missing_object_fails_the_run_naming_kind_object_and_cluster(kube_stack: KubeStack) -> None:
     kube_stack.fleet["site-b"].store.delete("Deployment", "shop", "web")
     kube_stack.start_worker("w1")
-    run = kube_stack.wait_for(kube_stack.submit("CONSISTENCY"), lambda r: r.state.terminal)
+    run = kube_stack.wait_for(kube_stack.submit("CONSISTENCY"), lambda r: r.terminal)
     assert run.status is RunStatus.FAILED
     assert run.failure is not None and run.failure.step.value == "validate"
     assert "Deployment shop/web" in run.message and "'site-b'" in run.message
@@ -204,7 +204,7 @@ def test_a_missing_object_fails_the_run_naming_kind_object_and_cluster(kube_stac
 def test_rbac_denial_fails_the_run_naming_verb_and_resource(kube_stack: KubeStack) -> None:
     kube_stack.fleet["site-a"].faults.forbid("patch", "deployments")
     kube_stack.start_worker("w1")
-    run = kube_stack.wait_for(kube_stack.submit("CONSISTENCY"), lambda r: r.state.terminal)
+    run = kube_stack.wait_for(kube_stack.submit("CONSISTENCY"), lambda r: r.terminal)
     assert run.status is RunStatus.FAILED
     assert run.failure is not None and run.failure.step.value == "scale_down_workloads"
     assert run.failure.cluster == "site-a"
@@ -220,7 +220,7 @@ def test_a_source_that_stops_answering_fails_the_run_saying_so(kube_stack: KubeS
     kube_stack.wait_for(run_id, lambda r: r.token is not None)
     kube_stack.fleet["site-a"].set_down(True)
     try:
-        run = kube_stack.wait_for(run_id, lambda r: r.state.terminal)
+        run = kube_stack.wait_for(run_id, lambda r: r.terminal)
     finally:
         kube_stack.fleet["site-a"].set_down(False)
     assert run.status is RunStatus.FAILED

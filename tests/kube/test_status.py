@@ -72,7 +72,7 @@ class Driver:
         return self.apply(decide(self.run, event, self.now))
 
     def finish(self) -> Run:
-        while not self.run.state.terminal:
+        while not self.run.terminal:
             self.step(message="ok")
         return self.run
 
@@ -279,7 +279,7 @@ def test_writing_is_best_effort(site_a: SandboxCluster, writer: FailoverStatusWr
     assert time.monotonic() - started < 2.0
     site_a.set_down(False)
     driver.step()
-    wait_for(lambda: status_of(site_a).get("state") == driver.run.state.name)
+    wait_for(lambda: status_of(site_a).get("state") == driver.run.state_name)
 
 
 def test_aggregate() -> None:

@@ -53,7 +53,7 @@ def test_a_non_owner_with_active_objects_is_stood_down_once(
     [run_id] = outcome.stood_down
     run = orchestrator.run(run_id)
     assert run is not None
-    assert (run.plan_kind, run.source_cluster, run.target_cluster) == (PlanKind.STANDDOWN, "site-b", "site-a")
+    assert (run.kind, run.source_cluster, run.target_cluster) == (PlanKind.STANDDOWN, "site-b", "site-a")
     assert "Ingress/web: DNS published" in run.reason
     assert enqueued() == 1
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fsm.machine import machine_states
 from fsm.models import FailoverMode
-from fsm.plan import CATALOGUE, SEQUENCES, State, Step, state_of
+from fsm.plan import CATALOGUE, SEQUENCES, PlanKind, Step, StepType, state_name
 from producers.cli import app
 from workers.app import celery_config
 from workers.engine import task_name
@@ -27,8 +27,8 @@ def test_graph_prints_the_modes_machine_as_mermaid(mode: str) -> None:
     result = runner.invoke(app, ["graph", "--mode", mode])
     assert result.exit_code == 0, result.output
     assert "stateDiagram-v2" in result.output
-    for state in machine_states(FailoverMode(mode.upper())):
-        assert f'state "{state.name}"' in result.output
+    for state in machine_states(PlanKind(mode.upper())):
+        assert f'state "{state_name(state)}"' in result.output
     assert "COMPENSATING --> FAILED: undo_finished" in result.output
 
 
@@ -38,22 +38,24 @@ def test_graph_refuses_an_unknown_mode_naming_the_option() -> None:
     assert "--mode" in result.output
 
 
-def test_every_step_has_a_definition_an_implementation_a_state_and_a_task() -> None:
+def test_every_step_has_a_definition_an_implementation_a_state_label_and_a_task() -> None:
     for step in Step:
-        assert step in CATALOGUE, step
+        info = CATALOGUE[step]
         assert step in STEPS, step
-        if step is not Step.ABORT:  # runs only inside COMPENSATING
-            assert state_of(step).step is step
+        assert info.label.isupper() and " " not in info.label, step
         assert task_name(step) in celery_app.tasks
+        # Steps are data: effects and waits name their objects and role; only coordination is code.
+        if info.type is StepType.EFFECT:
+            assert info.objects and info.role is not None, step
     planned = {s for sequence in SEQUENCES.values() for s, _, _ in sequence}
     assert planned | {Step.ABORT} == set(Step)
-    assert {s.step for s in State if s.step} == set(Step) - {Step.ABORT}
+    assert len({info.label for info in CATALOGUE.values()}) == len(Step)
 
 
 def test_undo_steps_are_steps_of_the_catalogue() -> None:
     for info in CATALOGUE.values():
         for undo in info.undo:
-            assert CATALOGUE[undo].kind.value in ("effect", "wait")
+            assert CATALOGUE[undo].type in (StepType.EFFECT, StepType.WAIT)
 
 
 def test_celery_is_configured_for_idempotent_redelivery() -> None:

@@ -262,7 +262,7 @@ def test_under_force_a_lost_sources_steps_are_skipped_once_its_heartbeat_is_stal
     run_id = submit_forced(harness, force=True)
     harness.pump(limit=4)  # start, validate... validate reads the source: it must cope too
     run = harness.store.load(run_id)
-    assert run is not None and not run.state.terminal
+    assert run is not None and not run.terminal
     waiting = run.steps.get(run.step_key)
     assert waiting is not None and "heartbeat is only" in waiting.message
     harness.clock.now += 61  # the heartbeat is now older than timeouts.heartbeat (1m)

@@ -7,9 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from fsm.decide import Decision, Event, EventKind, Updates, compensation_for, decide
-from fsm.machine import InvalidTransition, machine_for, transition_table
-from fsm.models import FailoverMode
-from fsm.plan import SEQUENCES, Side, Stage, State, Step, Timing, build_plan
+from fsm.machine import TABLE, InvalidTransition, build_machine, fire, machine_states, transition_table
+from fsm.plan import SEQUENCES, Phase, PlanKind, Side, Stage, Step, Timing, build_plan, state_name
 from fsm.run import Run, RunStatus, new_run
 from tests.factories import failover, group
 
@@ -60,7 +59,7 @@ def drive(
     """Feed ``outcome(run)`` for the dispatched step until the run ends; returns every decision."""
     decisions = [decide(run, Event(kind=EventKind.START), now)]
     run = decisions[-1].run
-    while not run.state.terminal and limit:
+    while not run.terminal and limit:
         limit -= 1
         event = outcome(run)
         assert event is not None
@@ -83,14 +82,14 @@ def test_each_mode_runs_its_steps_in_order_and_succeeds(mode: str, order: list[s
     decisions = drive(make_run(mode), succeed)
     final = decisions[-1].run
     assert executed(decisions) == order
-    assert final.state is State.SUCCEEDED
+    assert final.state is Phase.SUCCEEDED
     assert final.status is RunStatus.SUCCESS
     assert final.message == "moved to site-b"
     assert all(final.steps[s].outcome == "done" for s in order)
 
 
 def test_consistency_sides_never_touch_the_target_before_the_source_let_go() -> None:
-    plan = build_plan(FailoverMode.CONSISTENCY, group())
+    plan = build_plan(PlanKind.CONSISTENCY, group())
     sides = [p.side for p in plan]
     first_target = sides.index(Side.TARGET)
     assert Side.SOURCE not in sides[first_target:]
@@ -102,7 +101,7 @@ def test_consistency_sides_never_touch_the_target_before_the_source_let_go() -> 
 
 
 def test_uptime_brings_the_target_up_before_the_source_goes_down() -> None:
-    plan = build_plan(FailoverMode.UPTIME, group())
+    plan = build_plan(PlanKind.UPTIME, group())
     sides = [p.side for p in plan]
     assert Side.TARGET not in sides[sides.index(Side.SOURCE) :]
     assert {p.stage for p in plan} == {
@@ -151,7 +150,7 @@ def test_a_wait_is_polled_with_a_growing_countdown_and_new_tickets() -> None:
             ),
             2.0 + check,
         )
-        assert d.dispatch is not None and d.run.state is State.WAITING_FOR_SCALE_DOWN
+        assert d.dispatch is not None and d.run.state is Step.WAIT_SCALED_DOWN
         countdowns.append(d.dispatch.countdown)
         run = d.run
     assert countdowns == [1, 2, 4, 8, 8]
@@ -222,7 +221,7 @@ def test_temporary_failures_back_off_then_give_up() -> None:
     assert delays == [0.5, 1.0]
     assert run.failure is not None and run.failure.step is Step.DISABLE_NETWORK
     assert "gave up after 3 attempts: 503 from the API server" in run.message
-    assert run.state is State.COMPENSATING
+    assert run.state is Phase.COMPENSATING
 
 
 def test_retry_after_from_the_server_is_honoured() -> None:
@@ -230,17 +229,17 @@ def test_retry_after_from_the_server_is_honoured() -> None:
     assert TIMING.retry_delay(5, 0.999) <= TIMING.retry_max
 
 
-def fail_at(step: Step, *, undo: bool = True) -> Callable[[Run], Event]:
+def fail_at(step: Step, *, lease_lost: bool = False) -> Callable[[Run], Event]:
     def outcome(run: Run) -> Event:
         assert run.dispatch is not None
-        if run.dispatch.step is step and run.state is not State.COMPENSATING:
+        if run.dispatch.step is step and run.state is not Phase.COMPENSATING:
             return Event(
                 kind=EventKind.PERMANENT_FAILURE,
                 step=step,
                 ticket=run.dispatch.ticket,
                 message="boom",
                 obj="StatefulSet shop/db",
-                undo=undo,
+                lease_lost=lease_lost,
             )
         return succeed(run)
 
@@ -284,7 +283,7 @@ def test_an_uptime_failure_on_the_target_stands_the_target_down_again() -> None:
 
 
 def test_a_lost_lease_undoes_nothing() -> None:
-    final = drive(make_run(), fail_at(Step.SCALE_DOWN_WORKLOADS, undo=False))[-1].run
+    final = drive(make_run(), fail_at(Step.SCALE_DOWN_WORKLOADS, lease_lost=True))[-1].run
     assert [a.step for a in final.compensation] == [Step.ABORT]
     assert "lease was lost" in final.compensation[0].because
 
@@ -292,7 +291,7 @@ def test_a_lost_lease_undoes_nothing() -> None:
 def test_a_failing_undo_does_not_stop_the_others() -> None:
     def outcome(run: Run) -> Event:
         assert run.dispatch is not None
-        if run.state is State.COMPENSATING and run.dispatch.step is Step.SCALE_UP_WORKLOADS:
+        if run.state is Phase.COMPENSATING and run.dispatch.step is Step.SCALE_UP_WORKLOADS:
             return Event(
                 kind=EventKind.PERMANENT_FAILURE,
                 step=run.dispatch.step,
@@ -312,7 +311,7 @@ def test_a_run_past_its_transitory_timeout_fails_and_compensates() -> None:
     run = decide(run, succeed(run), 1.0).run
     run = decide(run, succeed(run), 2.0).run
     d = decide(run, succeed(run), 301.0)
-    assert d.run.state is State.COMPENSATING
+    assert d.run.state is Phase.COMPENSATING
     assert "transitoryState timeout of 300s" in d.run.message
 
 
@@ -372,7 +371,7 @@ def redrive(run: Run, now: float) -> Decision:
 def test_a_message_nobody_processes_fails_the_run_at_its_deadline() -> None:
     run = decide(make_run(), Event(kind=EventKind.START), 0.0).run
     d = redrive(run, 301.0)  # past timeouts.transitoryState (5m) and nobody took the message
-    assert d.run.state is State.COMPENSATING
+    assert d.run.state is Phase.COMPENSATING
     assert d.run.failure is not None and d.run.failure.step is Step.VALIDATE
     assert "transitoryState timeout: its message for validate was not processed" in d.run.message
 
@@ -384,7 +383,7 @@ def test_a_message_redriven_too_often_fails_the_step() -> None:
     for attempt in range(MAX_REDRIVES):
         run = redrive(run, 1.0 + attempt).run
     d = redrive(run, 20.0)
-    assert d.run.state is State.COMPENSATING and "no worker processed it" in d.run.message
+    assert d.run.state is Phase.COMPENSATING and "no worker processed it" in d.run.message
 
 
 def test_the_point_of_no_return_counts_even_when_its_step_was_skipped() -> None:
@@ -404,7 +403,7 @@ def test_a_late_success_still_hands_its_lock_to_the_run() -> None:
         updates=Updates(token=7, lease_expires_at=400.0),
     )
     d = decide(run, late, 305.0)
-    assert d.run.state is State.COMPENSATING
+    assert d.run.state is Phase.COMPENSATING
     assert d.run.token == 7  # so ABORT releases the lock this run holds
 
 
@@ -436,70 +435,52 @@ def test_the_error_budget_counts_consecutive_failures_only() -> None:
             ),
             2.5 + round_,
         ).run
-    assert run.state is State.WAITING_FOR_SCALE_DOWN and run.failure is None
+    assert run.state is Step.WAIT_SCALED_DOWN and run.failure is None
 
 
 def test_downtime_is_measured_from_network_off_to_network_on() -> None:
     run = make_run()
     now = iter(range(100))
     run = decide(run, Event(kind=EventKind.START), next(now)).run
-    while not run.state.terminal:
+    while not run.terminal:
         run = decide(run, succeed(run), float(next(now))).run
     off, on = run.steps["disable_network"], run.steps["enable_network"]
     assert run.downtime_seconds() == (on.finished_at or 0) - (off.started_at or 0) > 0
     uptime = make_run("UPTIME")
     uptime = decide(uptime, Event(kind=EventKind.START), 0.0).run
-    while not uptime.state.terminal:
+    while not uptime.terminal:
         uptime = decide(uptime, succeed(uptime), float(next(now))).run
     assert uptime.downtime_seconds() == 0.0
 
 
-@pytest.mark.parametrize("mode", list(FailoverMode))
-def test_the_machine_refuses_events_that_its_table_lacks(mode: FailoverMode) -> None:
-    machine = machine_for(mode)
+@pytest.mark.parametrize("kind", list(PlanKind))
+def test_the_machine_refuses_events_that_its_table_lacks(kind: PlanKind) -> None:
     with pytest.raises(InvalidTransition, match="no transition 'step_failed' from PENDING"):
-        machine.fire(State.PENDING, "step_failed")
+        fire(kind, Phase.PENDING, EventKind.PERMANENT_FAILURE)
     with pytest.raises(InvalidTransition):
-        machine.fire(State.SUCCEEDED, "step_succeeded")
-    with pytest.raises(InvalidTransition):
-        machine.fire(State.VALIDATING, "to_SUCCEEDED")
-    steps = [s for s, _, _ in SEQUENCES[mode]]
-    assert len({t["trigger"] for t in transition_table(mode)}) == 7
-    assert machine.fire(State(steps[-1].value), "step_succeeded") is State.SUCCEEDED
+        fire(kind, Phase.SUCCEEDED, EventKind.SUCCEEDED)
+    steps = [s for s, _, _ in SEQUENCES[kind]]
+    assert len({t["trigger"] for t in transition_table(kind)}) == 8
+    assert fire(kind, steps[-1], EventKind.SUCCEEDED) is Phase.SUCCEEDED
+    machine = build_machine(kind)
+    with pytest.raises(AttributeError):  # auto_transitions=False: no shortcut past the plan
+        machine.model.to_SUCCEEDED()
 
 
-def test_compensation_of_a_run_that_never_started_is_only_abort() -> None:
-    assert [a.step for a in compensation_for(make_run())] == [Step.ABORT]
+@pytest.mark.parametrize("kind", list(PlanKind))
+def test_the_compiled_table_agrees_with_the_machine_on_every_state_and_event(kind: PlanKind) -> None:
+    """decide() looks transitions up in TABLE; the card's machine is the truth. Fire every event from
+    every state on a real transitions machine and compare."""
+    from transitions import MachineError
 
-
-def make_standdown() -> Run:
-    from fsm.run import new_standdown_run
-
-    return new_standdown_run(
-        run_id="sd",
-        group=group(),
-        cluster="site-a",
-        owner="site-b",
-        reason="site-a came back",
-        now=0.0,
-        timing=TIMING,
-    )
-
-
-def test_a_standdown_makes_only_the_returning_site_passive_and_records_it() -> None:
-    decisions = drive(make_standdown(), succeed)
-    final = decisions[-1].run
-    assert executed(decisions) == [
-        "acquire_lock", "disable_network", "scale_down_workloads", "suspend_flux", "wait_scaled_down",
-        "demote_volumes", "wait_volumes_demoted", "record_standdown",
-    ]  # fmt: skip
-    assert {final.cluster_for(p.side) for p in final.plan if p.side is not Side.COORDINATION} == {"site-a"}
-    assert final.status is RunStatus.SUCCESS
-    assert final.message == "site-a stood down; site-b stays active"
-
-
-def test_a_failed_standdown_is_never_undone() -> None:
-    final = drive(make_standdown(), fail_at(Step.DEMOTE_VOLUMES))[-1].run
-    assert final.status is RunStatus.FAILED
-    assert [a.step for a in final.compensation] == [Step.ABORT]
-    assert "never undone" in final.compensation[0].because
+    for state in machine_states(kind):
+        for event in EventKind:
+            machine = build_machine(kind)
+            machine.set_state(state_name(state))
+            try:
+                machine.model.trigger(event.value)
+                expected = machine.model.state
+            except MachineError:
+                expected = None
+            got = TABLE[kind].get((state, event))
+            assert (state_name(got) if got is not None else None) == expected, (state, event)
