@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from fsm.machine import machine_states
-from fsm.models import FailoverMode
 from fsm.plan import CATALOGUE, SEQUENCES, PlanKind, Step, StepType, state_name
 from producers.cli import app
 from workers.app import celery_config

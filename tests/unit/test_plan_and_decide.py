@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fsm.decide import Decision, Event, EventKind, Updates, compensation_for, decide
+from fsm.decide import Decision, Event, EventKind, Updates, decide
 from fsm.machine import TABLE, InvalidTransition, build_machine, fire, machine_states, transition_table
 from fsm.plan import SEQUENCES, Phase, PlanKind, Side, Stage, Step, Timing, build_plan, state_name
 from fsm.run import Run, RunStatus, new_run
