@@ -27,7 +27,6 @@ def test_every_command_is_in_the_readme() -> None:
     assert missing == []
 
 
-
 @pytest.mark.parametrize("name", DOCS)
 def test_the_docs_name_only_files_and_links_that_exist(name: str) -> None:
     text = (ROOT / name).read_text()
