@@ -55,7 +55,7 @@ _KEPT = (
 _DROPPED = ("title", "$defs")
 _HANDLED = ("$ref", "anyOf", "const", "properties", "items", "additionalProperties", "format")
 
-# What `kubectl explain` shows; the models carry no field descriptions, API.md is the source.
+# What `kubectl explain` shows; the models carry no field descriptions, docs/API.md is the source.
 _FAILOVER_SPEC_DOCS: dict[str, dict[str, Any]] = {
     "": {"description": "A one-shot request to move groups to another cluster. Immutable once created."},
     "targetCluster": {"description": "The cluster (kubeconfig context) that becomes active."},

@@ -41,7 +41,7 @@ class Step(StrEnum):
 
 
 class State(Enum):
-    """Where a run's machine is. Step states are named as API.md's ``status.state`` (upper snake)."""
+    """Where a run's machine is. Step states are named as docs/API.md's ``status.state`` (upper snake)."""
 
     PENDING = "pending"
     VALIDATING = Step.VALIDATE.value
@@ -85,7 +85,7 @@ def state_of(step: Step) -> State:
 
 
 class Stage(StrEnum):
-    """The seed's workflow stages; a journal entry is written whenever a run crosses one."""
+    """The original design's stages (docs/DESIGN-ORIGIN.md); a run crossing one writes a journal entry."""
 
     INITIALIZATION = "INITIALIZATION"
     SOURCE_PREPARATION = "SOURCE_PREPARATION"

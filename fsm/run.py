@@ -16,7 +16,7 @@ from fsm.plan import PlanKind, PlannedStep, Side, Stage, State, Step, Timing, bu
 
 
 class RunStatus(StrEnum):
-    """The Failover status values of API.md, per run."""
+    """The Failover status values of docs/API.md, per run."""
 
     PENDING = "PENDING"
     IN_PROGRESS = "IN_PROGRESS"
