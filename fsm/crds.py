@@ -55,7 +55,7 @@ _KEPT = (
 _DROPPED = ("title", "$defs")
 _HANDLED = ("$ref", "anyOf", "const", "properties", "items", "additionalProperties", "format")
 
-# What `kubectl explain` shows; the models carry no field descriptions, API.md is the source.
+# What `kubectl explain` shows; the models carry no field descriptions, docs/API.md is the source.
 _FAILOVER_SPEC_DOCS: dict[str, dict[str, Any]] = {
     "": {"description": "A one-shot request to move groups to another cluster. Immutable once created."},
     "targetCluster": {"description": "The cluster (kubeconfig context) that becomes active."},
@@ -204,7 +204,7 @@ def _object_schema(spec: dict[str, Any]) -> dict[str, Any]:
             "spec": spec,
             "status": {
                 "type": "object",
-                "description": "Written by the orchestrator (see shared/design/API.md).",
+                "description": "Written by the orchestrator (see docs/API.md in the failover-orchestrator repository).",
                 "x-kubernetes-preserve-unknown-fields": True,
             },
         },

@@ -4,7 +4,7 @@ Pure: these models only validate and describe data. They read no clock, no envir
 cluster; whoever loads a manifest (the watcher, the CLI, a test) passes the dict in and gets either a
 model or a :class:`pydantic.ValidationError` whose ``loc`` names the offending field.
 
-Field names and enums follow ``shared/design/API.md`` so that manifests written for the earlier Go
+Field names and enums follow ``docs/API.md`` so that manifests written for the earlier Go
 operator stay valid; Python attributes are snake_case, the wire names are the API's camelCase.
 """
 

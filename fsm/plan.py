@@ -57,7 +57,7 @@ class Phase(StrEnum):
 
 # Where a run's machine is: at a step of its plan, or in one of the phases around them. One name per
 # idea: a step is its own state (``Step.DEMOTE_VOLUMES``), shown in status by its catalogue label
-# (``DEMOTING_VOLUMES``, API.md's ``status.state``).
+# (``DEMOTING_VOLUMES``, docs/API.md's ``status.state``).
 State = Step | Phase
 
 
@@ -71,7 +71,7 @@ def is_terminal(state: State) -> bool:
 
 
 class Stage(StrEnum):
-    """The seed's workflow stages; a journal entry is written whenever a run crosses one."""
+    """The original design's stages (docs/DESIGN-ORIGIN.md); a run crossing one writes a journal entry."""
 
     INITIALIZATION = "INITIALIZATION"
     SOURCE_PREPARATION = "SOURCE_PREPARATION"

@@ -31,7 +31,7 @@ from fsm.plan import (
 
 
 class RunStatus(StrEnum):
-    """The Failover status values of API.md, per run."""
+    """The Failover status values of docs/API.md, per run."""
 
     PENDING = "PENDING"
     IN_PROGRESS = "IN_PROGRESS"

@@ -57,7 +57,7 @@ class Resource:
 FAILOVERS = Resource("Failover", API_GROUP, (API_VERSION,), "failovers")
 FAILOVER_GROUPS = Resource("FailoverGroup", API_GROUP, (API_VERSION,), "failovergroups")
 
-# The kinds a FailoverGroup references (API.md). Kept here rather than imported from the engine's
+# The kinds a FailoverGroup references (docs/API.md). Kept here rather than imported from the engine's
 # adapter: producers may only import the narrow workers API.
 KINDS: dict[str, Resource] = {
     r.kind: r

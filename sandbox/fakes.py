@@ -43,7 +43,7 @@ from workers.ports import (
 )
 from workers.settings import Settings
 
-# Where the change itself is the whole state (API.md: an annotation, a suspend flag), no controller
+# Where the change itself is the whole state (docs/API.md: an annotation, a suspend flag), no controller
 # has to catch up and the role is reached at once.
 _IMMEDIATE = {
     Role.PASSIVE: frozenset({"Ingress", "VirtualService", "HelmRelease", "Kustomization"}),

@@ -1,8 +1,10 @@
-"""The :class:`~workers.ports.Coordination` port on DynamoDB (boto3): the only module that imports boto3.
+"""The :class:`~workers.ports.Coordination` port on DynamoDB (boto3): what each operation reads and writes.
 
 It stores what must outlive any one site; it never decides anything (that is ``fsm``'s job) and never
-reads the clock: every timestamp comes from the caller. SDK errors are translated here into
-:mod:`workers.errors`; transient ones are retried here with bounded exponential backoff and jitter.
+reads the clock: every timestamp comes from the caller. Requests go through
+:class:`workers.dynamo_table.DynamoTable` (the only module that imports boto3), which
+retries transient SDK errors with bounded exponential backoff and jitter and translates the rest into
+:mod:`workers.errors`; here, failed conditions become the port's errors (LockHeld, LeaseLost, ...).
 
 Table layout (one table, string keys ``PK``/``SK``, on-demand billing, TTL on ``expiresAt``; the key
 design of the earlier Go operator; readers tolerate missing attributes).
@@ -56,101 +58,29 @@ condition; point every site's lock traffic at one region, or use multi-region st
 
 from __future__ import annotations
 
-import collections
-import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
-import boto3
 import structlog
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, WaiterError
-from botocore.exceptions import ConnectionError as BotoConnectionError
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential,
-    wait_random,
-)
 
 from fsm.models import GroupKey
 from workers import dynamo_codec as codec
-from workers.errors import (
-    CoordinationConflict,
-    LeaseLost,
-    LockHeld,
-    OrchestratorError,
-    PermanentError,
-    TemporaryError,
-)
+from workers.dynamo_table import ConditionFailed, DynamoTable
+from workers.errors import CoordinationConflict, LeaseLost, LockHeld
 from workers.ports import Heartbeat, HistoryRecord, JournalEntry, LockGrant, LockInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
-    from mypy_boto3_dynamodb.type_defs import QueryInputTypeDef, QueryOutputTypeDef, TransactWriteItemTypeDef
 
     from workers.ports import Coordination
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
-
-RETRYABLE_CODES: Final = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "TransactionConflictException",
-        "TransactionInProgressException",
-        "LimitExceededException",
-    }
-)
-RETRYABLE_REASONS: Final = frozenset(
-    {
-        "TransactionConflict",
-        "ThrottlingError",
-        "ProvisionedThroughputExceeded",
-        "RequestLimitExceeded",
-    }
-)
 _CAS_ROUNDS: Final = 3  # read-then-write rounds of acquire_lock when the lock moved in between
 _DAY: Final = 86400.0
-
-
-class _Transient(Exception):
-    """Worth retrying inside the adapter: throttling, 5xx, transaction conflicts, connection trouble."""
-
-
-class _ConditionFailed(Exception):
-    """A condition of ours failed; carries the old items DynamoDB returned (``ALL_OLD``)."""
-
-    def __init__(self, error: ClientError, attempt: int) -> None:
-        super().__init__(str(error))
-        response: Mapping[str, Any] = error.response
-        self.error = error
-        self.attempt = attempt
-        self.item: Mapping[str, Any] | None = response.get("Item")
-        self.reasons: list[Mapping[str, Any]] = list(response.get("CancellationReasons") or [])
-
-    def reason(self, index: int) -> tuple[bool, Mapping[str, Any] | None]:
-        """Whether the ``index``-th transaction item's condition failed, and that item as it was."""
-        if index >= len(self.reasons):
-            return False, None
-        reason = self.reasons[index]
-        return reason.get("Code") == "ConditionalCheckFailed", reason.get("Item")
-
-
-def _code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "Unknown")
 
 
 def _when(timestamp: float) -> str:
@@ -185,25 +115,21 @@ class DynamoCoordination:
         waiting ``backoff_initial * 2**n`` (at most ``backoff_max``) plus up to ``backoff_initial`` jitter.
         Journal entries expire ``journal_ttl_seconds`` after their ``at`` (None: never).
         """
+        self._db = DynamoTable(
+            table_name,
+            endpoint_url=endpoint_url,
+            region_name=region_name,
+            client=client,
+            max_attempts=max_attempts,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            retry_deadline=retry_deadline,
+            request_timeout=request_timeout,
+        )
         self._table = table_name
-        self._owns_client = client is None
-        if client is None:
-            config = Config(
-                retries={"total_max_attempts": 1, "mode": "standard"},
-                connect_timeout=request_timeout,
-                read_timeout=request_timeout,
-            )
-            client = boto3.session.Session(region_name=region_name).client(
-                "dynamodb", endpoint_url=endpoint_url, config=config
-            )
-        self._client: DynamoDBClient = client
-        self._max_attempts = max_attempts
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
-        self._retry_deadline = retry_deadline
+        self._client: DynamoDBClient = self._db.client
         self._journal_ttl = journal_ttl_seconds
-        self._calls_lock = threading.Lock()
-        self.calls: collections.Counter[str] = collections.Counter()
+        self.calls = self._db.calls
 
     @property
     def table_name(self) -> str:
@@ -211,8 +137,7 @@ class DynamoCoordination:
 
     def close(self) -> None:
         """Close the client if this adapter created it."""
-        if self._owns_client:
-            self._client.close()
+        self._db.close()
 
     def __enter__(self) -> DynamoCoordination:
         return self
@@ -220,92 +145,15 @@ class DynamoCoordination:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # --- the table -------------------------------------------------------------------------------
-
     def ensure_table(self) -> None:
         """Create the table if missing (idempotent, safe from many processes), wait for ACTIVE, enable TTL."""
-        what = f"ensure table {self._table!r}"
-
-        def describe() -> Mapping[str, Any] | None:
-            try:
-                return self._client.describe_table(TableName=self._table)["Table"]
-            except ClientError as e:
-                if _code(e) == "ResourceNotFoundException":
-                    return None
-                raise
-
-        def create() -> None:
-            try:
-                self._client.create_table(
-                    TableName=self._table,
-                    KeySchema=[
-                        {"AttributeName": "PK", "KeyType": "HASH"},
-                        {"AttributeName": "SK", "KeyType": "RANGE"},
-                    ],
-                    AttributeDefinitions=[
-                        {"AttributeName": "PK", "AttributeType": "S"},
-                        {"AttributeName": "SK", "AttributeType": "S"},
-                    ],
-                    BillingMode="PAY_PER_REQUEST",
-                )
-            except ClientError as e:
-                if _code(e) != "ResourceInUseException":  # another process created it first: fine
-                    raise
-
-        def wait_active() -> None:
-            try:
-                self._client.get_waiter("table_exists").wait(
-                    TableName=self._table, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
-                )
-            except WaiterError as e:
-                raise TemporaryError(f"table {self._table!r} did not become ACTIVE in time: {e}") from e
-
-        table = self._call("DescribeTable", what, describe)
-        if table is None:
-            self._call("CreateTable", what, create)
-        if table is None or table.get("TableStatus") != "ACTIVE":
-            self._call("DescribeTable", f"{what}: wait for ACTIVE", wait_active)
-            table = self._call("DescribeTable", what, describe) or {}
-        schema = {k["AttributeName"]: k["KeyType"] for k in table.get("KeySchema", [])}
-        if schema != {"PK": "HASH", "SK": "RANGE"}:
-            raise PermanentError(
-                f"table {self._table!r} has key schema {schema}, expected PK (HASH) and SK (RANGE)"
-            )
-        self._ensure_ttl(what)
-
-    def _ensure_ttl(self, what: str) -> None:
-        def describe_ttl() -> tuple[str, str]:
-            ttl = self._client.describe_time_to_live(TableName=self._table)["TimeToLiveDescription"]
-            return ttl.get("TimeToLiveStatus", "DISABLED"), ttl.get("AttributeName", "")
-
-        def enable_ttl() -> None:
-            try:
-                self._client.update_time_to_live(
-                    TableName=self._table,
-                    TimeToLiveSpecification={"Enabled": True, "AttributeName": codec.TTL_ATTRIBUTE},
-                )
-            except ClientError as e:
-                if _code(e) != "ValidationException":  # "already enabled" / "in progress": checked below
-                    raise
-
-        status, attribute = self._call("DescribeTimeToLive", what, describe_ttl)
-        if status not in ("ENABLED", "ENABLING"):
-            self._call("UpdateTimeToLive", what, enable_ttl)
-            status, attribute = self._call("DescribeTimeToLive", what, describe_ttl)
-        if status not in ("ENABLED", "ENABLING"):
-            raise TemporaryError(
-                f"TTL of table {self._table!r} is {status}; run `failoverctl dynamodb init` again"
-            )
-        if attribute != codec.TTL_ATTRIBUTE:
-            raise PermanentError(
-                f"table {self._table!r} has TTL on {attribute!r}, expected {codec.TTL_ATTRIBUTE!r}"
-            )
+        self._db.ensure()
 
     # --- owner -----------------------------------------------------------------------------------
 
     def active_cluster(self, group: GroupKey) -> str | None:
         """The group's active cluster (consistent read), or None if no owner was ever recorded."""
-        item = self._get(codec.group_pk(group), codec.CONFIG_SK, f"read owner of {group}")
+        item = self._db.get(codec.group_pk(group), codec.CONFIG_SK, f"read owner of {group}")
         return codec.get_opt_str(item, "ownerCluster") if item else None
 
     def set_initial_owner(self, group: GroupKey, cluster: str) -> None:
@@ -321,8 +169,8 @@ class DynamoCoordination:
             ReturnValuesOnConditionCheckFailure="ALL_OLD",
         )
         try:
-            self._call("UpdateItem", f"set initial owner of {group} to {cluster!r}", request)
-        except _ConditionFailed as failed:
+            self._db.call("UpdateItem", f"set initial owner of {group} to {cluster!r}", request)
+        except ConditionFailed as failed:
             owner = codec.get_opt_str(failed.item or {}, "ownerCluster")
             if owner == cluster and failed.attempt > 1:
                 return  # our earlier attempt wrote it and its answer was lost
@@ -343,7 +191,7 @@ class DynamoCoordination:
         for _ in range(_CAS_ROUNDS):
             # A consistent read first: a held lock is refused without a transaction, and the new token
             # goes past both the counter and the token of an expired lock (written by older code).
-            current = self._get_many(pk, [codec.CONFIG_SK, codec.LOCK_SK], what)
+            current = self._db.get_many(pk, [codec.CONFIG_SK, codec.LOCK_SK], what)
             config = current.get(codec.CONFIG_SK, {})
             old = codec.lock_from_item(current[codec.LOCK_SK]) if codec.LOCK_SK in current else None
             if old is not None and old.expires_at >= now:
@@ -360,8 +208,8 @@ class DynamoCoordination:
                 expires_at=expires_at,
             )
             try:
-                self._transact(what, items, str(uuid.uuid4()))
-            except _ConditionFailed as failed:
+                self._db.transact(what, items, str(uuid.uuid4()))
+            except ConditionFailed as failed:
                 lock_failed, lock_item = failed.reason(1)
                 winner = codec.lock_from_item(lock_item) if lock_failed and lock_item else None
                 if winner is not None and winner.expires_at >= now:
@@ -396,8 +244,8 @@ class DynamoCoordination:
             ReturnValuesOnConditionCheckFailure="ALL_OLD",
         )
         try:
-            self._call("UpdateItem", f"renew lease of {group} (token {token})", request)
-        except _ConditionFailed as failed:
+            self._db.call("UpdateItem", f"renew lease of {group} (token {token})", request)
+        except ConditionFailed as failed:
             raise LeaseLost(self._lost(group, token, failed.item, "renew the lease")) from failed.error
         return expires_at
 
@@ -413,8 +261,8 @@ class DynamoCoordination:
             ReturnValuesOnConditionCheckFailure="ALL_OLD",
         )
         try:
-            self._call("DeleteItem", f"release lock of {group} (token {token})", request)
-        except _ConditionFailed as failed:
+            self._db.call("DeleteItem", f"release lock of {group} (token {token})", request)
+        except ConditionFailed as failed:
             if failed.item is None and failed.attempt > 1:
                 return True  # our earlier attempt deleted it and its answer was lost
             log.info(
@@ -428,7 +276,7 @@ class DynamoCoordination:
 
     def lock_info(self, group: GroupKey) -> LockInfo | None:
         """The LOCK item as stored (consistent read), expired or not; None if there is none."""
-        item = self._get(codec.group_pk(group), codec.LOCK_SK, f"read lock of {group}")
+        item = self._db.get(codec.group_pk(group), codec.LOCK_SK, f"read lock of {group}")
         return codec.lock_from_item(item) if item else None
 
     def complete_failover(
@@ -445,8 +293,8 @@ class DynamoCoordination:
             uuid.uuid5(uuid.NAMESPACE_URL, f"{self._table}/{pk}/{token}/{record.run_id}/{new_owner}")
         )
         try:
-            self._transact(what, items, request_token)
-        except _ConditionFailed as failed:
+            self._db.transact(what, items, request_token)
+        except ConditionFailed as failed:
             lock_failed, old_lock = failed.reason(0)
             owner_failed, old_config = failed.reason(1)
             actual = codec.get_opt_str(old_config or {}, "ownerCluster")
@@ -475,15 +323,17 @@ class DynamoCoordination:
         items = codec.volumes_transaction(self._table, pk, token=token, cluster=cluster)
         what = f"mark volumes of {group} released by {cluster!r} (token {token})"
         try:
-            self._transact(what, items, str(uuid.uuid4()))
-        except _ConditionFailed as failed:
+            self._db.transact(what, items, str(uuid.uuid4()))
+        except ConditionFailed as failed:
             _, old_lock = failed.reason(0)
             message = self._lost(group, token, old_lock, "mark the volumes released")
             raise LeaseLost(message) from failed.error
 
     def volumes_released(self, group: GroupKey, *, token: int) -> str | None:
         """The cluster that released the volumes under ``token`` (consistent read), or None if not yet."""
-        item = self._get(codec.group_pk(group), codec.volumes_sk(token), f"read volume handshake of {group}")
+        item = self._db.get(
+            codec.group_pk(group), codec.volumes_sk(token), f"read volume handshake of {group}"
+        )
         return codec.get_opt_str(item, "cluster") if item else None
 
     # --- heartbeats, history, journal ------------------------------------------------------------
@@ -491,16 +341,16 @@ class DynamoCoordination:
     def write_heartbeat(self, group: GroupKey, heartbeat: Heartbeat) -> None:
         """Put the cluster's heartbeat (best effort; overwrites only that cluster's own record)."""
         item = codec.heartbeat_item(codec.group_pk(group), heartbeat)
-        self._put(item, f"heartbeat of {heartbeat.cluster!r}")
+        self._db.put(item, f"heartbeat of {heartbeat.cluster!r}")
 
     def heartbeats(self, group: GroupKey) -> list[Heartbeat]:
         """Every cluster's last heartbeat, stale ones included: readers judge staleness."""
-        items = self._query(codec.group_pk(group), codec.CLUSTER_PREFIX, f"read heartbeats of {group}")
+        items = self._db.query(codec.group_pk(group), codec.CLUSTER_PREFIX, f"read heartbeats of {group}")
         return [codec.heartbeat_from_item(item) for item in items]
 
     def record_history(self, group: GroupKey, record: HistoryRecord) -> None:
         """Put one finished run (idempotent: keyed by start time and run id)."""
-        self._put(codec.history_item(codec.group_pk(group), record), f"history of run {record.run_id!r}")
+        self._db.put(codec.history_item(codec.group_pk(group), record), f"history of run {record.run_id!r}")
 
     def history(self, group: GroupKey, *, limit: int = 50) -> list[HistoryRecord]:
         """Up to ``limit`` finished runs, newest first."""
@@ -508,23 +358,23 @@ class DynamoCoordination:
             return []
         pk = codec.group_pk(group)
         what = f"read history of {group}"
-        items = self._query(pk, codec.HISTORY_PREFIX, what, newest_first=True, limit=limit)
+        items = self._db.query(pk, codec.HISTORY_PREFIX, what, newest_first=True, limit=limit)
         return [codec.history_from_item(item) for item in items[:limit]]
 
     def write_journal(self, group: GroupKey, entry: JournalEntry) -> None:
         """Put one journal entry (idempotent: keyed by run and sequence)."""
         expires_at = entry.at + self._journal_ttl if self._journal_ttl is not None else None
         item = codec.journal_item(codec.group_pk(group), entry, expires_at=expires_at)
-        self._put(item, f"journal {entry.run_id!r} #{entry.sequence}")
+        self._db.put(item, f"journal {entry.run_id!r} #{entry.sequence}")
 
     def journal(self, group: GroupKey, run_id: str) -> list[JournalEntry]:
         """The run's journal entries in sequence order."""
         pk = codec.group_pk(group)
-        items = self._query(pk, codec.journal_prefix(run_id), f"read journal of {run_id!r}")
+        items = self._db.query(pk, codec.journal_prefix(run_id), f"read journal of {run_id!r}")
         entries = [codec.journal_from_item(item) for item in items]
         return [e for e in entries if e.run_id == run_id]  # a '#' in another run's id cannot leak in
 
-    # --- plumbing --------------------------------------------------------------------------------
+    # --- messages --------------------------------------------------------------------------------
 
     def _lost(self, group: GroupKey, token: int, old_lock: Mapping[str, Any] | None, action: str) -> str:
         if old_lock is None:
@@ -537,158 +387,6 @@ class DynamoCoordination:
             f"cannot {action} of group {group} with token {token}: the token differs, the lock is now "
             f"held by {info.holder!r} for run {info.run_id!r} with token {info.token} "
             f"(lease until {_when(info.expires_at)})"
-        )
-
-    def _get(self, pk: str, sk: str, what: str) -> dict[str, Any] | None:
-        key = codec.key(pk, sk)
-        request = partial(self._client.get_item, TableName=self._table, Key=key, ConsistentRead=True)
-        item: dict[str, Any] | None = self._call("GetItem", what, request).get("Item")
-        return item
-
-    def _get_many(self, pk: str, sks: list[str], what: str) -> dict[str, dict[str, Any]]:
-        """Items of one partition by SK, read consistently in one BatchGetItem."""
-
-        def request() -> list[dict[str, Any]]:
-            keys = [codec.key(pk, sk) for sk in sks]
-            response = self._client.batch_get_item(
-                RequestItems={self._table: {"Keys": keys, "ConsistentRead": True}}
-            )
-            if response.get("UnprocessedKeys"):
-                raise _Transient("BatchGetItem left keys unprocessed (throttled)")
-            items: list[dict[str, Any]] = response.get("Responses", {}).get(self._table, [])
-            return items
-
-        return {codec.get_str(item, "SK"): item for item in self._call("BatchGetItem", what, request)}
-
-    def _put(self, item: codec.Item, what: str) -> None:
-        request = partial(self._client.put_item, TableName=self._table, Item=item)
-        self._call("PutItem", f"write {what}", request)
-
-    def _transact(self, what: str, items: list[TransactWriteItemTypeDef], request_token: str) -> None:
-        request = partial(
-            self._client.transact_write_items, TransactItems=items, ClientRequestToken=request_token
-        )
-        self._call("TransactWriteItems", what, request)
-
-    def _query(
-        self, pk: str, prefix: str, what: str, *, newest_first: bool = False, limit: int | None = None
-    ) -> list[dict[str, Any]]:
-        """All items of ``pk`` whose SK starts with ``prefix`` (consistent), page after page."""
-        items: list[dict[str, Any]] = []
-        start_key: Mapping[str, Any] | None = None
-        while True:
-            kwargs: QueryInputTypeDef = {
-                "TableName": self._table,
-                "KeyConditionExpression": "PK = :pk AND begins_with(SK, :prefix)",
-                "ExpressionAttributeValues": {":pk": codec.s(pk), ":prefix": codec.s(prefix)},
-                "ConsistentRead": True,
-                "ScanIndexForward": not newest_first,
-            }
-            if limit is not None:
-                kwargs["Limit"] = limit - len(items)
-            if start_key:
-                kwargs["ExclusiveStartKey"] = start_key
-            page: QueryOutputTypeDef = self._call("Query", what, partial(self._query_page, kwargs))
-            items.extend(page.get("Items", []))
-            start_key = page.get("LastEvaluatedKey")
-            if not start_key or (limit is not None and len(items) >= limit):
-                return items
-
-    def _query_page(self, kwargs: QueryInputTypeDef) -> QueryOutputTypeDef:
-        return self._client.query(**kwargs)
-
-    def _call(self, operation: str, what: str, request: Callable[[], T]) -> T:
-        """Send one request, retrying transient failures; translate everything else to workers.errors."""
-        attempts = 0
-
-        def attempt() -> T:
-            nonlocal attempts
-            attempts += 1
-            with self._calls_lock:
-                self.calls[operation] += 1
-            try:
-                return request()
-            except ClientError as e:
-                code = _code(e)
-                if code == "ConditionalCheckFailedException":
-                    raise _ConditionFailed(e, attempts) from e
-                if code == "TransactionCanceledException":
-                    reasons = {r.get("Code", "None") for r in e.response.get("CancellationReasons", [])}
-                    if "ConditionalCheckFailed" in reasons:
-                        raise _ConditionFailed(e, attempts) from e
-                    if reasons & RETRYABLE_REASONS:
-                        raise _Transient(f"{code} ({', '.join(sorted(reasons))})") from e
-                    raise
-                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                if code in RETRYABLE_CODES or status >= 500:
-                    raise _Transient(f"{code}: {e.response.get('Error', {}).get('Message', '')}") from e
-                raise
-            except (BotoConnectionError, HTTPClientError) as e:
-                raise _Transient(f"{type(e).__name__}: {e}") from e
-
-        retrying = Retrying(
-            stop=stop_after_attempt(self._max_attempts) | stop_after_delay(self._retry_deadline),
-            wait=wait_exponential(multiplier=self._backoff_initial, max=self._backoff_max)
-            + wait_random(0, self._backoff_initial),  # jitter
-            retry=retry_if_exception_type(_Transient),
-            before_sleep=partial(self._log_retry, operation, what),
-            reraise=True,
-        )
-        try:
-            return retrying(attempt)
-        except _Transient as e:
-            log.error(
-                "dynamodb_call_gave_up",
-                table=self._table,
-                operation=operation,
-                what=what,
-                attempt=f"{attempts} of {self._max_attempts}",
-                error=str(e),
-                next_action="raising TemporaryError; the caller retries later",
-            )
-            raise TemporaryError(
-                f"DynamoDB {operation} on table {self._table!r} ({what}) still failing after "
-                f"{attempts} attempts: {e}"
-            ) from e
-        except ClientError as e:
-            raise self._permanent(e, operation, what) from e
-        except BotoCoreError as e:
-            raise PermanentError(f"DynamoDB {operation} on table {self._table!r} ({what}) failed: {e}") from e
-
-    def _log_retry(self, operation: str, what: str, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
-            "dynamodb_call_retrying",
-            table=self._table,
-            operation=operation,
-            what=what,
-            attempt=f"{state.attempt_number} of {self._max_attempts}",
-            error=str(error),
-            next_action=f"retrying in {delay:.2f}s",
-        )
-
-    def _permanent(self, error: ClientError, operation: str, what: str) -> OrchestratorError:
-        code = _code(error)
-        message = error.response.get("Error", {}).get("Message", "")
-        if code == "ResourceNotFoundException":
-            return PermanentError(
-                f"DynamoDB table {self._table!r} not found in region {self._client.meta.region_name!r} "
-                f"({operation} for {what}): run `failoverctl dynamodb init` to create it"
-            )
-        if code in (
-            "AccessDeniedException",
-            "UnrecognizedClientException",
-            "InvalidSignatureException",
-            "ExpiredTokenException",
-            "MissingAuthenticationTokenException",
-        ):
-            return PermanentError(
-                f"DynamoDB refused {operation} on table {self._table!r} ({what}): {code}: {message}; "
-                "check the orchestrator's AWS credentials and IAM policy"
-            )
-        return PermanentError(
-            f"DynamoDB {operation} on table {self._table!r} ({what}) failed: {code}: {message}"
         )
 
 

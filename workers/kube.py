@@ -5,7 +5,7 @@ service account for the cluster named ``in-cluster``), built on first use, cache
 threads; urllib3's own retries are off and every request has a short connect/read timeout, so that a
 slow or dead API server surfaces at once as :class:`~workers.errors.ClusterUnreachable` and the
 engine's backoff decides what happens next. :class:`KubeEffects` implements the port with the
-per-kind semantics of :mod:`workers.kube_kinds` (API.md's "active/passive" table).
+per-kind semantics of :mod:`workers.kube_kinds` (docs/API.md's "active/passive" table).
 
 Every object is read and written as a plain dict through ``CustomObjectsApi``, which builds the same
 URLs as the typed APIs for any named group (``apps``, ``batch`` and ``networking.k8s.io`` included)

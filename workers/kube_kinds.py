@@ -1,4 +1,4 @@
-"""What "active" and "passive" mean for each kind (API.md's table), as pure functions on object dicts.
+"""What "active" and "passive" mean for each kind (docs/API.md's table), as pure functions on object dicts.
 
 Pure: every function here takes an object as the API server returned it (a plain dict, camelCase keys)
 and computes either the merge patch that moves it to a role, or whether its ``status`` says it got

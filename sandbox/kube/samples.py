@@ -1,7 +1,7 @@
 """Load the sample FailoverGroup "shop" (``sandbox/samples/shop.yaml``) into sandbox clusters.
 
 The YAML holds the active form. :func:`sample_manifests` returns it as is, or made passive the way
-the orchestrator makes a site passive (shared/design/API.md): workloads at 0 replicas with the count
+the orchestrator makes a site passive (docs/API.md): workloads at 0 replicas with the count
 remembered in ``failover.hahomelabs.com/replicas`` and ``kustomize.toolkit.fluxcd.io/reconcile:
 disabled``, the CronJob suspended, VolumeReplications secondary, DNS annotation ``ignore``, the
 HelmRelease suspended. :func:`load_sample_group` also writes the statuses the controllers would have
