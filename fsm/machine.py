@@ -118,7 +118,3 @@ def fire(kind: PlanKind, state: State, event: EventKind) -> State:
         return TABLE[kind][(state, event)]
     except KeyError:
         raise InvalidTransition(kind, state, event) from None
-
-
-def first_step(kind: PlanKind) -> Step:
-    return SEQUENCES[kind][0][0]

@@ -108,6 +108,7 @@ def test_a_lost_site_is_failed_over_automatically_and_stood_down_when_it_returns
 
     standdown = wait_until(world, stood_down_record, 30, "a STOOD_DOWN record")
     assert standdown.source_cluster == "site-a" and standdown.target_cluster == "site-b"
+    assert standdown.mode == "STANDDOWN"  # its own kind of run, not a CONSISTENCY failover
     assert "site-a made passive" in standdown.message
     assert "came back holding active objects" in standdown.reason
     assert "Deployment/web" in standdown.reason  # names what was found active

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from fsm.decide import Event, EventKind, Updates, decide
 from fsm.models import FailoverMode
 from fsm.plan import Step, Timing
-from fsm.run import Run, new_run
+from fsm.run import Run, new_run, new_standdown_run
 from sandbox.fakes import FakeClusters, FakeCoordination, fake_adapters
 from tests.factories import all_refs, failover, group
 from workers.engine import START_TASK, Engine
@@ -430,3 +430,14 @@ def test_prefork_processes_are_summed_in_multiprocess_mode(tmp_path: Path) -> No
     assert 'failover_steps_total{mode="CONSISTENCY",outcome="done",step="validate"} 2.0' in lines
     # "mostrecent": the value the last process set, not a sum, and kept after that process exited.
     assert 'failover_cluster_heartbeat_age_seconds{cluster="site-a"} 11.0' in lines
+
+
+def test_a_stand_down_is_counted_as_standdown_not_as_a_failover_mode() -> None:
+    registry = CollectorRegistry()
+    run = new_standdown_run(
+        run_id="sd1", group=group(), cluster="site-a", owner="site-b", reason="came back", now=1_000.0
+    )
+    observed(committed(run, succeed, Clock()), registry)
+    assert sample(registry, "failover_runs_started_total", mode="STANDDOWN") == 1
+    assert sample(registry, "failover_runs_total", mode="STANDDOWN", outcome="success") == 1
+    assert sample(registry, "failover_runs_started_total", mode="CONSISTENCY") == 0

@@ -187,6 +187,8 @@ def test_a_stand_down_is_started_once_per_ownership_epoch(env: dict[str, str]) -
         again = handle.stand_down(g, "site-a", reason="still active")
     assert first.created and first.run.kind.value == "STANDDOWN"
     assert not again.created and again.run.run_id == first.run.run_id
+    code, out = invoke("status")
+    assert code == 0 and "STANDDOWN" in out and "CONSISTENCY" not in out
 
 
 def test_a_failed_stand_down_is_tried_again_only_after_a_pause(env: dict[str, str]) -> None:
