@@ -19,7 +19,7 @@ from typing import Any
 
 from transitions import Machine
 
-from fsm.plan import SEQUENCES, Phase, PlanKind, State, Step, state_name
+from fsm.plan import SEQUENCES, Phase, PlanKind, State, state_name
 
 
 class EventKind(StrEnum):
