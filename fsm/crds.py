@@ -204,7 +204,7 @@ def _object_schema(spec: dict[str, Any]) -> dict[str, Any]:
             "spec": spec,
             "status": {
                 "type": "object",
-                "description": "Written by the orchestrator (see docs/API.md in the failover-orchestrator repository).",
+                "description": "Written by the orchestrator (see docs/API.md of failover-orchestrator).",
                 "x-kubernetes-preserve-unknown-fields": True,
             },
         },
