@@ -13,6 +13,7 @@ from workers.container import Adapters
 from workers.ports import (
     Change,
     Check,
+    Divergence,
     Heartbeat,
     HistoryRecord,
     JournalEntry,
@@ -47,6 +48,10 @@ class NullEffects:
 
     def stop_jobs(self, cluster: str, ref: ResourceRef) -> Change:
         return Change(cluster, ref, "stop_jobs", changed=False)
+
+    def raise_fence(self, cluster: str, group: GroupKey, *, token: int) -> Change:
+        ref = ResourceRef(kind="FailoverGroup", namespace=group.namespace, name=group.name)
+        return Change(cluster, ref, "raise_fence", changed=True)
 
 
 class NullCoordination:
@@ -104,6 +109,15 @@ class NullCoordination:
 
     def heartbeats(self, group: GroupKey) -> list[Heartbeat]:
         return []
+
+    def settle_owner(self, group: GroupKey, *, token: int, owner: str, record: HistoryRecord) -> None:
+        return None
+
+    def divergence(self, group: GroupKey) -> Divergence | None:
+        return None
+
+    def mark_diverged(self, group: GroupKey, divergence: Divergence) -> None:
+        return None
 
 
 def null_adapters(settings: Settings) -> Adapters:

@@ -21,10 +21,17 @@ import structlog
 from fsm.decide import Decision, Event, EventKind, decide
 from fsm.models import GroupKey
 from fsm.plan import Step, state_name
-from fsm.run import Run
+from fsm.run import Run, Superseded
 from fsm.unreachable import judge_unreachable, needs_heartbeat
 from workers.container import Adapters
-from workers.errors import ClusterUnreachable, LeaseLost, OrchestratorError, PermanentError, TemporaryError
+from workers.errors import (
+    ClusterUnreachable,
+    Fenced,
+    LeaseLost,
+    OrchestratorError,
+    PermanentError,
+    TemporaryError,
+)
 from workers.ports import JournalEntry
 from workers.settings import Settings
 from workers.steps import STEPS, Done, StepContext
@@ -47,6 +54,15 @@ class Sender(Protocol):
 
 
 _COMMIT_ATTEMPTS = 5
+
+
+def _superseded(error: PermanentError) -> Superseded | None:
+    """Whether the error says the run no longer owns its group (so that nothing is undone)."""
+    if isinstance(error, Fenced):
+        return Superseded.FENCED
+    if isinstance(error, LeaseLost):
+        return Superseded.LEASE_LOST
+    return None
 
 
 class Engine:
@@ -213,7 +229,7 @@ class Engine:
                 message=error.describe(),
                 cluster=error.cluster or cluster,
                 obj=error.obj,
-                lease_lost=isinstance(error, LeaseLost),
+                superseded=_superseded(error),
                 **base,
             )
         if isinstance(error, OrchestratorError):

@@ -19,6 +19,10 @@ release_lock                 CAS-critical: conditioned on the token; idempotent 
 complete_failover            CAS-critical: one transaction (owner flip + history + release)
                              conditioned on the token and the expected owner
 active_cluster, lock_info    strongly consistent read (decisions are taken on it)
+settle_owner                 CAS-critical: one transaction (owner set + divergence cleared +
+                             history + release) conditioned on the token
+divergence                   strongly consistent read
+mark_diverged                conditional put: the first record wins until settled
 mark_volumes_released        CAS-critical: conditioned on the token
 volumes_released             strongly consistent read
 write_journal                idempotent put keyed by run and sequence; must succeed before the
@@ -104,6 +108,11 @@ class ClusterEffects(Protocol):
         """Delete a suspended CronJob's running Jobs: waiting for them is not enough any more."""
         ...
 
+    def raise_fence(self, cluster: str, group: GroupKey, *, token: int) -> Change:
+        """Raise the group's fence on ``cluster`` to ``token`` (never lowers it). Raises
+        :class:`workers.errors.Fenced` when the fence is already higher: a newer run owns the group."""
+        ...
+
 
 @dataclass(frozen=True)
 class LockGrant:
@@ -156,6 +165,20 @@ class JournalEntry:
 
 
 @dataclass(frozen=True)
+class Divergence:
+    """Why a group's clusters no longer match what DynamoDB says: a run failed past its point of no
+    return, or the health checker saw the owner not serving while another cluster was active. While
+    recorded, no automatic failover or stand-down touches the group; ``failoverctl group resolve``
+    settles it and clears it."""
+
+    reason: str
+    at: float
+    run_id: str = ""
+    step: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     cluster: str
     health: str
@@ -199,6 +222,19 @@ class Coordination(Protocol):
         record: HistoryRecord,
     ) -> None:
         """Flip the owner, write history and release the lock atomically (or raise, naming why)."""
+        ...
+
+    def settle_owner(self, group: GroupKey, *, token: int, owner: str, record: HistoryRecord) -> None:
+        """Record ``owner`` whatever the owner was, clear any divergence, write history and release
+        the lock held with ``token``, atomically (a resolution; raises LeaseLost if not ours)."""
+        ...
+
+    def divergence(self, group: GroupKey) -> Divergence | None:
+        """The group's recorded divergence (strongly consistent read), or None."""
+        ...
+
+    def mark_diverged(self, group: GroupKey, divergence: Divergence) -> None:
+        """Record that the group is diverged (the first record is kept until it is settled)."""
         ...
 
     def record_history(self, group: GroupKey, record: HistoryRecord) -> None: ...
