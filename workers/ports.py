@@ -34,15 +34,26 @@ Adapters raise only :mod:`workers.errors` exceptions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
+from fsm.kinds import Role
 from fsm.models import GroupKey, ResourceRef
 
-
-class Role(StrEnum):
-    ACTIVE = "active"
-    PASSIVE = "passive"
+# Role lives with the per-kind rules (fsm.kinds); it is exported from here too, because the ports speak
+# of it and their users import it from here.
+__all__ = [
+    "Change",
+    "Check",
+    "ClusterEffects",
+    "Coordination",
+    "Heartbeat",
+    "HistoryRecord",
+    "JournalEntry",
+    "LockGrant",
+    "LockInfo",
+    "Observation",
+    "Role",
+]
 
 
 @dataclass(frozen=True)
