@@ -224,18 +224,7 @@ class HealthChecker:
         coordination = self.orchestrator.coordination
         active = coordination.active_cluster(key)
         group = found.group
-        observations = []
-        read: dict[str, dict[ResourceRef, Obj | None]] = {}
-        for name, client in self.clusters.items():
-            role = ClusterRole.PRIMARY if name == active else ClusterRole.STANDBY
-            if name not in reachable or name not in found.clusters:
-                why = "did not answer" if name not in reachable else "the FailoverGroup is not there"
-                observations.append(unreachable(name, role, why))
-                continue
-            observation, objects = read_and_judge(client, group, role)
-            observations.append(observation)
-            if objects is not None:
-                read[name] = objects
+        observations, read = self._observe(found, reachable, active)
         heartbeats = coordination.heartbeats(key)
         for beat in heartbeats:  # as this checker sees them: what the alert on a stale site reads
             set_heartbeat_age(beat.cluster, max(0.0, now - beat.at))
@@ -289,6 +278,25 @@ class HealthChecker:
             return GroupOutcome(key, decision, stand_downs=stand_downs, stood_down=stood_down)
         outcome = self._create_failover(key, decision, reachable, now)
         return dataclasses.replace(outcome, stand_downs=stand_downs, stood_down=stood_down)
+
+    def _observe(
+        self, found: _Seen, reachable: set[str], active: str | None
+    ) -> tuple[list[GroupHealth], dict[str, dict[ResourceRef, Obj | None]]]:
+        """This pass's judgement of the group on every configured cluster, and the objects read on
+        the clusters where all of them could be read (what a stand-down is decided on)."""
+        observations = []
+        read: dict[str, dict[ResourceRef, Obj | None]] = {}
+        for name, client in self.clusters.items():
+            role = ClusterRole.PRIMARY if name == active else ClusterRole.STANDBY
+            if name not in reachable or name not in found.clusters:
+                why = "did not answer" if name not in reachable else "the FailoverGroup is not there"
+                observations.append(unreachable(name, role, why))
+                continue
+            observation, objects = read_and_judge(client, found.group, role)
+            observations.append(observation)
+            if objects is not None:
+                read[name] = objects
+        return observations, read
 
     def _stand_down(
         self,
