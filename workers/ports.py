@@ -36,24 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fsm.kinds import Role
+from fsm.kinds import Role as Role  # noqa: PLC0414 (re-exported)
 from fsm.models import GroupKey, ResourceRef
-
-# Role lives with the per-kind rules (fsm.kinds); it is exported from here too, because the ports speak
-# of it and their users import it from here.
-__all__ = [
-    "Change",
-    "Check",
-    "ClusterEffects",
-    "Coordination",
-    "Heartbeat",
-    "HistoryRecord",
-    "JournalEntry",
-    "LockGrant",
-    "LockInfo",
-    "Observation",
-    "Role",
-]
 
 
 @dataclass(frozen=True)
