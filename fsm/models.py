@@ -255,6 +255,11 @@ class FailoverGroup(ApiModel):
         ns = self.metadata.namespace
         return [ResourceRef(kind=f.kind, namespace=ns, name=f.name) for f in self.spec.flux_resources]
 
+    def refs(self) -> list[ResourceRef]:
+        """Every object the group references: workloads, volumes, network, Flux (the order they are
+        judged, shown and validated in)."""
+        return [*self.workload_refs(), *self.volume_refs(), *self.network_refs(), *self.flux_refs()]
+
 
 # --- Failover ------------------------------------------------------------------------------------
 

@@ -3,9 +3,10 @@
 Every ``heartbeatInterval`` of each FailoverGroup it finds on the configured clusters, it judges the
 group on each cluster from the real objects (``fsm.health`` rules: PRIMARY on the active cluster,
 STANDBY elsewhere), writes the heartbeat of each cluster that answered through the Coordination port,
-then applies :func:`fsm.health.decide`. When that says so it creates a ``Failover`` object
-(``generateName: auto-<group>-``, labelled automatic) in a cluster that answers, the target first: the
-watcher then submits it like any other. It never runs a step and never submits a run itself.
+then applies :func:`fsm.autofailover.decide_automatic_failover`. When that says so it creates a
+``Failover`` object (``generateName: auto-<group>-``, labelled automatic) in a cluster that answers,
+the target first: the watcher then submits it like any other. It never runs a step and never submits a
+run itself.
 
 A cluster that does not answer gets no heartbeat (its heartbeat going stale is how others learn it is
 down); it is simply tried again on the next pass.
@@ -28,23 +29,24 @@ from datetime import datetime
 import structlog
 from pydantic import ValidationError
 
-from fsm.health import (
+from fsm.autofailover import (
     LABEL_AUTOMATIC,
     LABEL_GROUP,
     Action,
+    HealthDecision,
+    HealthInputs,
+    decide_automatic_failover,
+    is_automatic,
+    next_error_since,
+)
+from fsm.health import (
     ClusterRole,
     GroupHealth,
     Health,
-    HealthDecision,
-    HealthInputs,
     StandDownDecision,
     active_objects,
-    decide,
     decide_stand_down,
-    group_refs,
-    is_automatic,
     judge_group,
-    next_error_since,
     unreachable,
 )
 from fsm.models import FailoverGroup, FailoverMode, GroupKey, ResourceRef
@@ -67,7 +69,7 @@ def read_and_judge(
     """:func:`observe_group` and the objects read (None when they could not all be read)."""
     objects: dict[ResourceRef, Obj | None] = {}
     try:
-        for ref in group_refs(group):
+        for ref in group.refs():
             objects[ref] = client.get_object(ref.kind, ref.namespace, ref.name)
     except TemporaryError as error:
         return unreachable(client.name, role, error.describe()), None
@@ -222,18 +224,7 @@ class HealthChecker:
         coordination = self.orchestrator.coordination
         active = coordination.active_cluster(key)
         group = found.group
-        observations = []
-        read: dict[str, dict[ResourceRef, Obj | None]] = {}
-        for name, client in self.clusters.items():
-            role = ClusterRole.PRIMARY if name == active else ClusterRole.STANDBY
-            if name not in reachable or name not in found.clusters:
-                why = "did not answer" if name not in reachable else "the FailoverGroup is not there"
-                observations.append(unreachable(name, role, why))
-                continue
-            observation, objects = read_and_judge(client, group, role)
-            observations.append(observation)
-            if objects is not None:
-                read[name] = objects
+        observations, read = self._observe(found, reachable, active)
         heartbeats = coordination.heartbeats(key)
         for beat in heartbeats:  # as this checker sees them: what the alert on a stale site reads
             set_heartbeat_age(beat.cluster, max(0.0, now - beat.at))
@@ -245,7 +236,7 @@ class HealthChecker:
         )
         self._error_since[key] = next_error_since(self._error_since.get(key), active_health, now)
         in_flight, last_automatic = self._automatic_state(key, automatic, history)
-        decision = decide(
+        decision = decide_automatic_failover(
             HealthInputs(
                 group=group,
                 now=now,
@@ -287,6 +278,25 @@ class HealthChecker:
             return GroupOutcome(key, decision, stand_downs=stand_downs, stood_down=stood_down)
         outcome = self._create_failover(key, decision, reachable, now)
         return dataclasses.replace(outcome, stand_downs=stand_downs, stood_down=stood_down)
+
+    def _observe(
+        self, found: _Seen, reachable: set[str], active: str | None
+    ) -> tuple[list[GroupHealth], dict[str, dict[ResourceRef, Obj | None]]]:
+        """This pass's judgement of the group on every configured cluster, and the objects read on
+        the clusters where all of them could be read (what a stand-down is decided on)."""
+        observations = []
+        read: dict[str, dict[ResourceRef, Obj | None]] = {}
+        for name, client in self.clusters.items():
+            role = ClusterRole.PRIMARY if name == active else ClusterRole.STANDBY
+            if name not in reachable or name not in found.clusters:
+                why = "did not answer" if name not in reachable else "the FailoverGroup is not there"
+                observations.append(unreachable(name, role, why))
+                continue
+            observation, objects = read_and_judge(client, found.group, role)
+            observations.append(observation)
+            if objects is not None:
+                read[name] = objects
+        return observations, read
 
     def _stand_down(
         self,

@@ -3,7 +3,7 @@
 Two ports, each with a real adapter and a small fake:
 - :class:`ClusterEffects`: make one object active or passive on one cluster and check whether it
   got there. Real adapter: ``workers.kube`` (the official ``kubernetes`` client). The semantics per
-  kind are docs/API.md's "active/passive" table; the engine never looks inside an object.
+  kind are docs/API.md's "active/passive" table (``fsm.kinds``); the engine never looks inside an object.
 - :class:`Coordination`: everything that must outlive one site (the per-group lock with its fencing
   token, the active cluster, history, heartbeats, the run journal and the volume handshake). Real
   adapter: ``workers.dynamo`` (boto3 against DynamoDB).

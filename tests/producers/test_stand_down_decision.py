@@ -1,4 +1,5 @@
-"""``fsm.health``: which objects make a cluster active, and when a site that came back is stood down."""
+"""``fsm.kinds.active_sign`` and ``fsm.health``: which objects make a cluster active, and when a site
+that came back is stood down."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from fsm.health import active_objects, active_sign, decide_stand_down
+from fsm.health import active_objects, decide_stand_down
+from fsm.kinds import active_sign
 from fsm.models import FailoverGroup, ResourceRef
 from tests.factories import SHOP_GROUP
 
