@@ -22,10 +22,9 @@ from enum import StrEnum
 from typing import Any
 
 from fsm.health import GroupHealth, Health, HeartbeatLike, stale_clusters
-from fsm.models import GROUP_VERSION, FailoverGroup, FailoverMode
+from fsm.models import GROUP_VERSION, LABEL_GROUP, FailoverGroup, FailoverMode
 
 LABEL_AUTOMATIC = "failover.hahomelabs.com/automatic"
-LABEL_GROUP = "failover.hahomelabs.com/group"
 AUTOMATIC_REASON_PREFIX = "automatic failover"
 
 

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeGuard
 
-from fsm.models import ANNOTATION_REPLICAS, VOLUME_REPLICATION, FluxKind, NetworkKind, WorkloadKind
+from fsm.models import (
+    ANNOTATION_REPLICAS,
+    API_GROUP,
+    API_VERSION,
+    VOLUME_REPLICATION,
+    FluxKind,
+    NetworkKind,
+    WorkloadKind,
+)
 
 Obj = Mapping[str, Any]  # an object as the API server returned it
 Patch = dict[str, Any]  # a JSON merge patch
@@ -81,6 +89,9 @@ KINDS: dict[str, KindInfo] = {
     )
 }
 JOBS = KindInfo("Job", "batch", ("v1",), "jobs")
+# This project's own resources, served like any other kind.
+FAILOVERS = KindInfo("Failover", API_GROUP, (API_VERSION,), "failovers")
+FAILOVER_GROUPS = KindInfo("FailoverGroup", API_GROUP, (API_VERSION,), "failovergroups")
 
 
 def _unmanaged(kind: str) -> UnknownKind:

@@ -32,6 +32,10 @@ GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 ANNOTATION_REPLICAS = "failover.hahomelabs.com/replicas"
 ANNOTATION_EPOCH = "failover.hahomelabs.com/epoch"
+# The fence of a group on one cluster (an annotation of its FailoverGroup there; it only grows), and the
+# label with which every object the orchestrator writes names its group (deploy/fencing reads both).
+ANNOTATION_FENCE = "failover.hahomelabs.com/fence"
+LABEL_GROUP = "failover.hahomelabs.com/group"
 
 
 class FailoverMode(StrEnum):

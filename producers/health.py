@@ -31,7 +31,6 @@ from pydantic import ValidationError
 
 from fsm.autofailover import (
     LABEL_AUTOMATIC,
-    LABEL_GROUP,
     Action,
     HealthDecision,
     HealthInputs,
@@ -49,7 +48,7 @@ from fsm.health import (
     judge_group,
     unreachable,
 )
-from fsm.models import FailoverGroup, FailoverMode, GroupKey, ResourceRef
+from fsm.models import LABEL_GROUP, FailoverGroup, FailoverMode, GroupKey, ResourceRef
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj
 from workers.api import Orchestrator, RequestError, set_heartbeat_age
 from workers.errors import ConflictError, OrchestratorError, TemporaryError

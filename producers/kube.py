@@ -25,8 +25,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from fsm.kinds import FAILOVER_GROUPS as FAILOVER_GROUPS  # noqa: PLC0414 (re-exported)
+from fsm.kinds import FAILOVERS as FAILOVERS  # noqa: PLC0414
 from fsm.kinds import KINDS, KindInfo
-from fsm.models import API_GROUP, API_VERSION
 from workers.errors import (
     ClusterUnreachable,
     ConflictError,
@@ -42,12 +43,6 @@ Obj = dict[str, Any]
 
 class ResourceGone(TemporaryError):
     """410 Gone: the watch's resourceVersion is older than the server's history. Relist."""
-
-
-# Failover and FailoverGroup are served like any other kind; the kinds a FailoverGroup references
-# come from the one registry in fsm.kinds.
-FAILOVERS = KindInfo("Failover", API_GROUP, (API_VERSION,), "failovers")
-FAILOVER_GROUPS = KindInfo("FailoverGroup", API_GROUP, (API_VERSION,), "failovergroups")
 
 
 def _retry_after(error: ApiException) -> float | None:

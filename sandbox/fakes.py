@@ -95,7 +95,7 @@ class FakeClusters:
 
     # --- ClusterEffects ------------------------------------------------------------------------
 
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int) -> Change:
+    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
         return self._make(cluster, ref, Role.PASSIVE, epoch, replicas=None)
 
     def make_active(
@@ -104,6 +104,7 @@ class FakeClusters:
         ref: ResourceRef,
         *,
         epoch: int,
+        group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
     ) -> Change:

@@ -26,7 +26,7 @@ from workers.settings import Settings
 
 
 class NullEffects:
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int) -> Change:
+    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
         return Change(cluster, ref, "make_passive", changed=True)
 
     def make_active(
@@ -35,6 +35,7 @@ class NullEffects:
         ref: ResourceRef,
         *,
         epoch: int,
+        group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
     ) -> Change:

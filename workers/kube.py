@@ -46,6 +46,7 @@ from kubernetes.client.exceptions import ApiException
 
 from fsm.kinds import (
     CRON_JOB,
+    FAILOVER_GROUPS,
     JOBS,
     Edit,
     KindError,
@@ -53,6 +54,7 @@ from fsm.kinds import (
     UnknownKind,
     active_edit,
     annotations_of,
+    as_int,
     condition,
     guess_role,
     judge,
@@ -60,8 +62,8 @@ from fsm.kinds import (
     passive_edit,
     replica_count,
 )
-from fsm.models import ANNOTATION_EPOCH, ResourceRef
-from workers.errors import ConflictError, NotFoundError, OrchestratorError, PermanentError
+from fsm.models import ANNOTATION_EPOCH, ANNOTATION_FENCE, LABEL_GROUP, GroupKey, ResourceRef
+from workers.errors import ConflictError, Fenced, NotFoundError, OrchestratorError, PermanentError
 from workers.kube_client import KubeClients, Obj, Target
 from workers.ports import Change, Check, Observation, Role
 
@@ -87,12 +89,15 @@ def _located(cluster: str, ref: ResourceRef) -> Iterator[None]:
 # --- the port --------------------------------------------------------------------------------------
 
 
-def _fenced(edit: Edit, obj: Obj, epoch: int) -> Obj:
-    """``edit``'s merge patch, conditioned on the resourceVersion read and stamped with the epoch."""
+def _fenced(edit: Edit, obj: Obj, epoch: int, group: str) -> Obj:
+    """``edit``'s merge patch, conditioned on the resourceVersion read, stamped with the epoch and
+    labelled with the group: what the clusters' fence policy (deploy/fencing) checks."""
     patch = json.loads(json.dumps(edit.patch))
     metadata = patch.setdefault("metadata", {})
     metadata["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion")
     metadata.setdefault("annotations", {})[ANNOTATION_EPOCH] = str(epoch)
+    if group:
+        metadata.setdefault("labels", {})[LABEL_GROUP] = group
     return cast(Obj, patch)
 
 
@@ -198,9 +203,11 @@ class KubeEffects:
 
     # --- ClusterEffects ---------------------------------------------------------------------------
 
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int) -> Change:
+    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
         with _located(cluster, ref):
-            return self._apply(cluster, ref, Role.PASSIVE, epoch, lambda obj: passive_edit(ref.kind, obj))
+            return self._apply(
+                cluster, ref, Role.PASSIVE, (epoch, group), lambda obj: passive_edit(ref.kind, obj)
+            )
 
     def make_active(
         self,
@@ -208,6 +215,7 @@ class KubeEffects:
         ref: ResourceRef,
         *,
         epoch: int,
+        group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
     ) -> Change:
@@ -216,9 +224,42 @@ class KubeEffects:
                 cluster,
                 ref,
                 Role.ACTIVE,
-                epoch,
+                (epoch, group),
                 lambda obj: active_edit(ref.kind, obj, replicas=replicas, requested_at=requested_at),
             )
+
+    def raise_fence(self, cluster: str, group: GroupKey, *, token: int) -> Change:
+        """Raise the group's fence annotation on ``cluster`` to ``token``, conditioned on the
+        resourceVersion read (and, on the server, on deploy/fencing's rule that a fence only grows)."""
+        ref = ResourceRef(kind=FAILOVER_GROUPS.kind, namespace=group.namespace, name=group.name)
+        info = FAILOVER_GROUPS
+        target = Target(cluster, info.group, info.versions[0], info.plural, ref.namespace, ref.name, str(ref))
+        with _located(cluster, ref):
+            for _attempt in range(self.conflict_attempts):
+                obj = self.clients.get(target)
+                current = as_int(annotations_of(obj).get(ANNOTATION_FENCE), 0)
+                if current > token:
+                    raise Fenced(
+                        f"fenced: the fence of {ref} on {cluster!r} is {current}, above this run's "
+                        f"token {token}: a newer run owns the group"
+                    )
+                if current == token:
+                    return Change(cluster, ref, "raise_fence", changed=False, detail=f"fence already {token}")
+                patch = {
+                    "metadata": {
+                        "resourceVersion": (obj.get("metadata") or {}).get("resourceVersion"),
+                        "annotations": {ANNOTATION_FENCE: str(token)},
+                    }
+                }
+                try:
+                    self.clients.patch(target, patch)
+                except ConflictError:
+                    continue
+                log.info(
+                    "kube.fence_raised", cluster=cluster, group=str(group), fence=token, previous=current
+                )
+                return Change(cluster, ref, "raise_fence", changed=True, detail=f"fence {current} -> {token}")
+        raise ConflictError(f"the fence of {ref} kept changing under us", cluster=cluster, obj=str(ref))
 
     def check(self, cluster: str, ref: ResourceRef, role: Role, *, requested_at: str | None = None) -> Check:
         with _located(cluster, ref):
@@ -322,7 +363,12 @@ class KubeEffects:
             raise PermanentError(str(error), cluster=cluster, obj=str(ref)) from error
 
     def _apply(
-        self, cluster: str, ref: ResourceRef, role: Role, epoch: int, edit_of: Callable[[Obj], Edit | None]
+        self,
+        cluster: str,
+        ref: ResourceRef,
+        role: Role,
+        stamp: tuple[int, str],
+        edit_of: Callable[[Obj], Edit | None],
     ) -> Change:
         """Read, compute the edit, patch conditioned on the resourceVersion read; on 409, again."""
         action = f"make_{role.value}"
@@ -335,7 +381,7 @@ class KubeEffects:
                     cluster=cluster, ref=ref, action=action, changed=False, detail=f"already {role.value}"
                 )
             try:
-                self.clients.patch(target, _fenced(edit, obj, epoch))
+                self.clients.patch(target, _fenced(edit, obj, *stamp))
             except ConflictError as error:
                 conflict = error
                 log.info(
@@ -348,7 +394,12 @@ class KubeEffects:
                 )
                 continue
             log.info(
-                "kube.changed", cluster=cluster, obj=str(ref), action=action, detail=edit.detail, epoch=epoch
+                "kube.changed",
+                cluster=cluster,
+                obj=str(ref),
+                action=action,
+                detail=edit.detail,
+                epoch=stamp[0],
             )
             return Change(cluster=cluster, ref=ref, action=action, changed=True, detail=edit.detail)
         raise ConflictError(

@@ -38,6 +38,7 @@ from kubernetes.config.config_exception import ConfigException
 from workers.errors import (
     ClusterUnreachable,
     ConflictError,
+    Fenced,
     ForbiddenError,
     NotFoundError,
     OrchestratorError,
@@ -101,6 +102,10 @@ def _retry_after(error: ApiException, body: Obj) -> float | None:
     return float(seconds) if isinstance(seconds, int | float) else None
 
 
+# What the fence policies of deploy/fencing put in front of every denial they make.
+_FENCED = "denied request: fenced:"
+
+
 def api_error(error: ApiException, target: Target, verb: str) -> OrchestratorError:
     """The :mod:`workers.errors` class for an API server's answer to ``verb`` on ``target``."""
     status = int(error.status or 0)
@@ -121,6 +126,9 @@ def api_error(error: ApiException, target: Target, verb: str) -> OrchestratorErr
             cluster=cluster,
             obj=obj,
         )
+    if status in (403, 422) and _FENCED in message:
+        # The cluster's admission policy (deploy/fencing) refused a write under a stale epoch.
+        return Fenced(f"{cluster!r} refused {verb} of {target.label}: {message}", cluster=cluster, obj=obj)
     if status == 403:
         found = _FORBIDDEN.search(message)
         verb_, resource, group = (

@@ -76,8 +76,12 @@ class Change:
 class ClusterEffects(Protocol):
     """Acts on one object of one cluster at a time. Every method is idempotent."""
 
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int) -> Change:
-        """Apply the kind's "make passive" change; a no-op (``changed=False``) when already done."""
+    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
+        """Apply the kind's "make passive" change; a no-op (``changed=False``) when already done.
+
+        Every write is stamped with ``epoch`` (the run's fencing token) and labelled with ``group``, so
+        that the cluster's fence policy can refuse it if a newer run took the group (:class:`Fenced`).
+        """
         ...
 
     def make_active(
@@ -86,10 +90,11 @@ class ClusterEffects(Protocol):
         ref: ResourceRef,
         *,
         epoch: int,
+        group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
     ) -> Change:
-        """Apply the kind's "make active" change.
+        """Apply the kind's "make active" change (stamped and labelled as :meth:`make_passive`).
 
         ``replicas`` is the fallback count for workloads without the remembered-replicas annotation;
         ``requested_at`` is the Flux reconcile request value (stable across retries of one run).

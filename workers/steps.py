@@ -84,12 +84,13 @@ class StepContext:
         for ref in refs:
             self.guard()
             if role is Role.PASSIVE:
-                change = self.effects.make_passive(cluster, ref, epoch=epoch)
+                change = self.effects.make_passive(cluster, ref, epoch=epoch, group=self.run.group.name)
             else:
                 change = self.effects.make_active(
                     cluster,
                     ref,
                     epoch=epoch,
+                    group=self.run.group.name,
                     replicas=self.run.replicas.get(ref.name),
                     requested_at=self.requested_at(ref),
                 )
@@ -178,11 +179,12 @@ def wait(ctx: StepContext, info: StepInfo) -> Outcome:
     if ctx.now < started + (deadline - started) * JOB_GRACE_SHARE:
         return outcome
     cluster = ctx.on_cluster()
-    stopped = [
-        change
-        for ref, _detail in pending
-        if ref.kind == "CronJob" and (ctx.guard() or (change := ctx.effects.stop_jobs(cluster, ref)).changed)
-    ]
+    stopped = []
+    for ref, _detail in pending:
+        if ref.kind == "CronJob":
+            ctx.guard()
+            if (change := ctx.effects.stop_jobs(cluster, ref)).changed:
+                stopped.append(change)
     ctx.changes.extend(stopped)
     if stopped and isinstance(outcome, Wait):
         detail = "; ".join(f"{c.ref}: {c.detail}" for c in stopped)

@@ -13,7 +13,7 @@ from fsm.run import Run, RunStatus, Superseded, new_run
 from tests.factories import failover, group
 
 CONSISTENCY_ORDER = [
-    "validate", "acquire_lock",
+    "validate", "acquire_lock", "raise_fence",
     "disable_network", "scale_down_workloads", "suspend_flux", "wait_scaled_down",
     "demote_volumes", "wait_volumes_demoted", "mark_volumes_released", "wait_volumes_released",
     "promote_volumes", "wait_volumes_promoted", "verify_volumes",
@@ -21,7 +21,7 @@ CONSISTENCY_ORDER = [
     "complete",
 ]  # fmt: skip
 UPTIME_ORDER = [
-    "validate", "acquire_lock",
+    "validate", "acquire_lock", "raise_fence",
     "promote_volumes", "wait_volumes_promoted", "verify_volumes",
     "scale_up_workloads", "resume_flux", "wait_ready", "enable_network",
     "disable_network", "scale_down_workloads", "suspend_flux", "wait_scaled_down",
@@ -197,7 +197,8 @@ def test_a_wait_past_its_deadline_fails_the_run_naming_the_step() -> None:
 def test_temporary_failures_back_off_then_give_up() -> None:
     run = decide(make_run(), Event(kind=EventKind.START), 0.0).run
     run = decide(run, succeed(run), 1.0).run
-    run = decide(run, succeed(run), 1.0).run  # now disabling the network on the source
+    run = decide(run, succeed(run), 1.0).run
+    run = decide(run, succeed(run), 1.0).run  # the fence raised; now disabling the network on the source
     delays = []
     for attempt in range(3):
         assert run.dispatch is not None
