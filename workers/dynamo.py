@@ -96,6 +96,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import QueryInputTypeDef, QueryOutputTypeDef, TransactWriteItemTypeDef
 
     from workers.ports import Coordination
+    from workers.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -204,6 +205,15 @@ class DynamoCoordination:
         self._journal_ttl = journal_ttl_seconds
         self._calls_lock = threading.Lock()
         self.calls: collections.Counter[str] = collections.Counter()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DynamoCoordination:
+        """The table of ``settings`` (name, endpoint, region): what workers and producers both use."""
+        return cls(
+            settings.dynamodb_table,
+            endpoint_url=settings.dynamodb_endpoint_url,
+            region_name=settings.aws_region,
+        )
 
     @property
     def table_name(self) -> str:
