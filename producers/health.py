@@ -216,12 +216,11 @@ class HealthChecker:
                 automatic.setdefault(key, []).append(obj)
         return seen, reachable, automatic
 
-    def _check(
-        self, key: GroupKey, found: _Seen, reachable: set[str], automatic: list[Obj], now: float
-    ) -> GroupOutcome:
-        coordination = self.orchestrator.coordination
-        active = coordination.active_cluster(key)
-        group = found.group
+    def _observe(
+        self, found: _Seen, reachable: set[str], active: str | None
+    ) -> tuple[list[GroupHealth], dict[str, dict[ResourceRef, Obj | None]]]:
+        """The group judged on every cluster (unreachable where it cannot be read), and the objects
+        read per cluster (for the stand-down decisions)."""
         observations = []
         read: dict[str, dict[ResourceRef, Obj | None]] = {}
         for name, client in self.clusters.items():
@@ -230,10 +229,29 @@ class HealthChecker:
                 why = "did not answer" if name not in reachable else "the FailoverGroup is not there"
                 observations.append(unreachable(name, role, why))
                 continue
-            observation, objects = read_and_judge(client, group, role)
+            observation, objects = read_and_judge(client, found.group, role)
             observations.append(observation)
             if objects is not None:
                 read[name] = objects
+        return observations, read
+
+    def _record(self, key: GroupKey, decision: HealthDecision, now: float) -> None:
+        """Write the heartbeats the decision carries and log its reason when it changed."""
+        for seen in decision.heartbeats:
+            self.orchestrator.coordination.write_heartbeat(
+                key, Heartbeat(seen.cluster, seen.health.value, seen.role.value, now, seen.summary())
+            )
+        if self._last_reason.get(key) != decision.reason:
+            self._last_reason[key] = decision.reason
+            log.info("health_decision", group=str(key), action=decision.action.value, reason=decision.reason)
+
+    def _check(
+        self, key: GroupKey, found: _Seen, reachable: set[str], automatic: list[Obj], now: float
+    ) -> GroupOutcome:
+        coordination = self.orchestrator.coordination
+        active = coordination.active_cluster(key)
+        group = found.group
+        observations, read = self._observe(found, reachable, active)
         heartbeats = coordination.heartbeats(key)
         for beat in heartbeats:  # as this checker sees them: what the alert on a stale site reads
             set_heartbeat_age(beat.cluster, max(0.0, now - beat.at))
@@ -272,13 +290,7 @@ class HealthChecker:
                 ),
             )
         )
-        for seen in decision.heartbeats:
-            coordination.write_heartbeat(
-                key, Heartbeat(seen.cluster, seen.health.value, seen.role.value, now, seen.summary())
-            )
-        if self._last_reason.get(key) != decision.reason:
-            self._last_reason[key] = decision.reason
-            log.info("health_decision", group=str(key), action=decision.action.value, reason=decision.reason)
+        self._record(key, decision, now)
         # A lock whose lease ran out belongs to a run that died: it no longer blocks a stand-down
         # (a stand-down takes the lock itself, so it cannot race a live run either way).
         live_lock = lock if lock is not None and lock.expires_at > now else None
