@@ -217,6 +217,16 @@ class HealthChecker:
                 automatic.setdefault(key, []).append(obj)
         return seen, reachable, automatic
 
+    def _record(self, key: GroupKey, decision: HealthDecision, now: float) -> None:
+        """Write the heartbeats the decision carries and log its reason when it changed."""
+        for seen in decision.heartbeats:
+            self.orchestrator.coordination.write_heartbeat(
+                key, Heartbeat(seen.cluster, seen.health.value, seen.role.value, now, seen.summary())
+            )
+        if self._last_reason.get(key) != decision.reason:
+            self._last_reason[key] = decision.reason
+            log.info("health_decision", group=str(key), action=decision.action.value, reason=decision.reason)
+
     def _check(
         self, key: GroupKey, found: _Seen, reachable: set[str], automatic: list[Obj], now: float
     ) -> GroupOutcome:
@@ -262,13 +272,7 @@ class HealthChecker:
                 ),
             )
         )
-        for seen in decision.heartbeats:
-            coordination.write_heartbeat(
-                key, Heartbeat(seen.cluster, seen.health.value, seen.role.value, now, seen.summary())
-            )
-        if self._last_reason.get(key) != decision.reason:
-            self._last_reason[key] = decision.reason
-            log.info("health_decision", group=str(key), action=decision.action.value, reason=decision.reason)
+        self._record(key, decision, now)
         # A lock whose lease ran out belongs to a run that died: it no longer blocks a stand-down
         # (a stand-down takes the lock itself, so it cannot race a live run either way).
         live_lock = lock if lock is not None and lock.expires_at > now else None

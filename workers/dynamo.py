@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
     from workers.ports import Coordination
+    from workers.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -130,6 +131,15 @@ class DynamoCoordination:
         self._client: DynamoDBClient = self._db.client
         self._journal_ttl = journal_ttl_seconds
         self.calls = self._db.calls
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DynamoCoordination:
+        """The table of ``settings`` (name, endpoint, region): what workers and producers both use."""
+        return cls(
+            settings.dynamodb_table,
+            endpoint_url=settings.dynamodb_endpoint_url,
+            region_name=settings.aws_region,
+        )
 
     @property
     def table_name(self) -> str:

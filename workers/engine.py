@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -32,25 +32,14 @@ from workers.errors import (
     PermanentError,
     TemporaryError,
 )
+from workers.messages import START_TASK, Sender, task_name
 from workers.ports import JournalEntry
 from workers.settings import Settings
 from workers.steps import STEPS, Done, StepContext
 from workers.store import RunStore
+from workers.submission import submit_run
 
 log = structlog.get_logger(__name__)
-
-START_TASK = "failover.start"
-REDRIVE_TASK = "failover.redrive"
-
-
-def task_name(step: Step) -> str:
-    return f"failover.{step.value}"
-
-
-class Sender(Protocol):
-    """Sends one message ``(run_id, ticket)`` to the task ``name`` after ``countdown`` seconds."""
-
-    def send(self, name: str, run_id: str, ticket: int, *, countdown: float, cluster: str | None) -> None: ...
 
 
 _COMMIT_ATTEMPTS = 5
@@ -87,19 +76,7 @@ class Engine:
 
     def submit(self, run: Run) -> bool:
         """Store a new PENDING run and send its start message; False if the run id exists."""
-        if not self.store.create(run):
-            return False
-        self.sender.send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
-        log.info(
-            "run.submitted",
-            run_id=run.run_id,
-            failover=run.failover,
-            group=str(run.group),
-            kind=run.kind.value,
-            source=run.source_cluster,
-            target=run.target_cluster,
-        )
-        return True
+        return submit_run(self.store, self.sender, run).created
 
     def start(self, run_id: str) -> Decision | None:
         run = self.store.load(run_id)

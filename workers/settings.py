@@ -10,7 +10,7 @@ import json
 import socket
 from functools import cache
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fsm.plan import Timing
@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     log_json: bool = Field(default=False, description="JSON log lines (production) instead of console text.")
     log_level: str = Field(default="INFO", description="Log level of every component.")
     timing: Timing = Field(default_factory=Timing, description="Step deadlines and backoff.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis_url(cls, value: str) -> str:
+        """Refused here, so that a typo fails as a setting and not as a connection error later."""
+        scheme, separator, _ = value.partition("://")
+        if not separator or scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"expected redis://HOST:PORT/DB (or rediss://, unix://), got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _countdowns_below_visibility(self) -> Settings:
