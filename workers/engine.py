@@ -32,6 +32,7 @@ from workers.errors import (
     PermanentError,
     TemporaryError,
 )
+from workers.lease import LeaseGuard
 from workers.messages import START_TASK, Sender, task_name
 from workers.ports import JournalEntry
 from workers.settings import Settings
@@ -43,6 +44,7 @@ log = structlog.get_logger(__name__)
 
 
 _COMMIT_ATTEMPTS = 5
+_ENDS_LEASE = frozenset({Step.ABORT, Step.COMPLETE, Step.RECORD_STANDDOWN, Step.RECORD_RESOLUTION})
 
 
 def _superseded(error: PermanentError) -> Superseded | None:
@@ -163,14 +165,20 @@ class Engine:
             now=started,
             lease_seconds=self.settings.lease_seconds,
             holder=self.settings.holder,
+            clusters=tuple(self.settings.clusters),
         )
         base: dict[str, Any] = {"step": step, "ticket": ticket, "started_at": started}
         try:
-            # COMPLETE, RECORD_STANDDOWN and ABORT end the lease themselves, conditioned on the token; a
+            # The steps that end the lease themselves (conditioned on the token) are not renewed: a
             # redelivery after they committed must reach their own "already done" checks.
-            if run.token is not None and step not in (Step.ABORT, Step.COMPLETE, Step.RECORD_STANDDOWN):
-                self.adapters.coordination.renew_lease(
-                    run.group, token=run.token, lease_seconds=self.settings.lease_seconds, now=started
+            if run.token is not None and step not in _ENDS_LEASE:
+                ctx.lease = LeaseGuard.after_renewal(
+                    self.adapters.coordination,
+                    run.group,
+                    token=run.token,
+                    lease_seconds=self.settings.lease_seconds,
+                    margin=self.settings.lease_margin,
+                    wall=self.clock,
                 )
             outcome = STEPS[step](ctx)
         except Exception as error:

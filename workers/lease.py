@@ -33,12 +33,20 @@ class LeaseGuard:
 
     @classmethod
     def after_renewal(
-        cls, coordination: Coordination, group: GroupKey, *, token: int, lease_seconds: float, margin: float
+        cls,
+        coordination: Coordination,
+        group: GroupKey,
+        *,
+        token: int,
+        lease_seconds: float,
+        margin: float,
+        wall: Callable[[], float] = time.time,
     ) -> LeaseGuard:
-        """Renew now and guard from the moment the renewal was sent (the conservative end)."""
+        """Renew now and guard from the moment the renewal was sent (the conservative end).
+        ``wall`` is the clock the lease's expiry is written in (the engine's)."""
         sent = time.monotonic()
-        coordination.renew_lease(group, token=token, lease_seconds=lease_seconds, now=time.time())
-        return cls(coordination, group, token, lease_seconds, min(margin, lease_seconds / 4), sent)
+        coordination.renew_lease(group, token=token, lease_seconds=lease_seconds, now=wall())
+        return cls(coordination, group, token, lease_seconds, min(margin, lease_seconds / 4), sent, wall=wall)
 
     def left(self) -> float:
         """Seconds of lease left by this process's reckoning."""

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     )
     run_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a finished run stays in Redis.")
     lease_seconds: float = Field(default=90.0, description="Lock lease; renewed by every step.")
+    lease_margin: float = Field(
+        default=10.0,
+        description="A step writes only while more than this many seconds of its lease are left "
+        "(at most a quarter of the lease); it renews once half has passed.",
+    )
     redrive_after: float = Field(
         default=45.0, description="A run whose message is this many seconds overdue is sent again."
     )
