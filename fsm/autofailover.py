@@ -8,9 +8,9 @@ tests assert and the checker logs once.
 
 See :func:`decide_automatic_failover`. In short: only when the active cluster's heartbeat is older than
 ``timeouts.heartbeat`` (the Failover then carries ``force: true``) or it has reported ERROR for
-``timeouts.unhealthyPrimary``; never while the group is ``suspended``, while any run holds the group's
-lock, while an automatic Failover of the group is in flight, or within the cool-down after the last
-automatic one; and only to a standby with a fresh heartbeat, OK before DEGRADED.
+``timeouts.unhealthyPrimary``; never while the group is ``suspended`` or diverged, while any run holds
+the group's lock, while an automatic Failover of the group is in flight, or within the cool-down after
+the last automatic one; and only to a standby with a fresh heartbeat, OK before DEGRADED.
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ class HealthInputs:
     last_automatic_at: float | None = None
     automatic_in_flight: str | None = None
     lock_holder: str | None = None
+    diverged: str | None = None
     mode: FailoverMode = FailoverMode.UPTIME
     cooldown: float = 600.0
     epoch: str = ""
@@ -250,6 +251,11 @@ def decide_automatic_failover(inputs: HealthInputs) -> HealthDecision:
     why, source_stale, why_not = _trigger(inputs, beats)
     if why is None:
         return keep(why_not)
+    if inputs.diverged is not None:
+        return keep(
+            f"{why}, but the group is diverged ({inputs.diverged}): no automatic failover until "
+            "`failoverctl group resolve` settles it"
+        )
     if group.spec.suspended:
         suspension = f" ({group.spec.suspension_reason})" if group.spec.suspension_reason else ""
         return keep(f"{why}, but the group is suspended{suspension}: no automatic failover")

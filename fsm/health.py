@@ -275,11 +275,16 @@ def active_objects(group: FailoverGroup, objects: Mapping[ResourceRef, Obj | Non
 
 @dataclass(frozen=True)
 class StandDownDecision:
-    """Whether to make ``cluster`` passive for a group it does not own, and the sentence why (not)."""
+    """Whether to make ``cluster`` passive for a group it does not own, and the sentence why (not).
+
+    ``diverged``: the clusters contradict DynamoDB in a way no automatic action may settle (the owner
+    answers but does not serve while ``cluster`` is active): record the group as diverged.
+    """
 
     cluster: str
     stand_down: bool
     reason: str
+    diverged: bool = False
 
 
 def decide_stand_down(
@@ -289,14 +294,20 @@ def decide_stand_down(
     owner: str | None,
     active: Sequence[str],
     lock_holder: str | None,
+    owner_health: GroupHealth | None = None,
+    diverged: str | None = None,
 ) -> StandDownDecision:
     """A cluster that answers and holds active objects of ``group`` although ``owner`` owns it (a site
     that came back after a failover away from it) is stood down. Never the owner, never without an
-    owner, and never while a run holds the group's lock: a failover in flight makes its target look
-    active before the owner flips. ``active`` comes from :func:`active_objects`."""
+    owner, never while a run holds the group's lock (a failover in flight makes its target look
+    active before the owner flips), never while the group is diverged, and never unless the owner is
+    verified to serve: ``owner_health`` (the owner judged as PRIMARY this pass) must be OK, every
+    workload ready, volumes primary, DNS on. Otherwise standing ``cluster`` down could leave the group
+    with no serving site at all: when the owner answered but does not serve, the group is diverged;
+    when it did not answer, nothing is decided. ``active`` comes from :func:`active_objects`."""
 
-    def no(why: str) -> StandDownDecision:
-        return StandDownDecision(cluster, False, f"group {group}: {cluster} {why}")
+    def no(why: str, *, diverge: bool = False) -> StandDownDecision:
+        return StandDownDecision(cluster, False, f"group {group}: {cluster} {why}", diverge)
 
     if owner is None:
         return no("is not stood down: no active cluster is recorded")
@@ -310,9 +321,26 @@ def decide_stand_down(
             f"holds active objects ({objects}) but run {lock_holder} holds the group's lock: "
             "a failover may be in flight, not standing it down"
         )
+    if diverged is not None:
+        return no(
+            f"holds active objects ({objects}) but the group is diverged ({diverged}): no automatic "
+            "stand-down until `failoverctl group resolve` settles it"
+        )
+    if owner_health is None or not owner_health.reachable:
+        return no(
+            f"holds active objects ({objects}) but the owner {owner} could not be read: not standing "
+            "down what may be the only serving site"
+        )
+    if owner_health.health is not Health.OK:
+        return no(
+            f"holds active objects ({objects}) but the owner {owner} does not serve "
+            f"({owner_health.health.value}: {owner_health.detail}): not standing down what may be the "
+            "only serving site; the group is diverged",
+            diverge=True,
+        )
     return StandDownDecision(
         cluster,
         True,
         f"group {group}: {cluster} came back holding active objects of a group owned by {owner} "
-        f"({objects}): standing it down",
+        f"({objects}), and {owner} serves: standing it down",
     )
