@@ -274,12 +274,7 @@ CATALOGUE: dict[Step, StepInfo] = {
             _ACTIVE,
             undo=(Step.DISABLE_NETWORK,),
         ),
-        StepInfo(
-            Step.COMPLETE,
-            _COORD,
-            "COMPLETING",
-            "flip the active cluster, record history and release the lock in one transaction",
-        ),
+        StepInfo(Step.COMPLETE, _COORD, "COMPLETING", "flip the owner, record history, release the lock"),
         StepInfo(
             Step.RECORD_STANDDOWN,
             _COORD,
@@ -287,10 +282,7 @@ CATALOGUE: dict[Step, StepInfo] = {
             "record in history what the stand-down changed and release the lock",
         ),
         StepInfo(
-            Step.RECORD_RESOLUTION,
-            _COORD,
-            "RECORDING_RESOLUTION",
-            "record the settled owner in DynamoDB and history and release the lock",
+            Step.RECORD_RESOLUTION, _COORD, "RECORDING_RESOLUTION", "record the owner, release the lock"
         ),
         StepInfo(Step.ABORT, _COORD, "ABORTING", "record the failed run in history and release the lock"),
     )

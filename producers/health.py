@@ -52,7 +52,7 @@ from fsm.models import LABEL_GROUP, FailoverGroup, FailoverMode, GroupKey, Resou
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj
 from workers.api import Orchestrator, RequestError, set_heartbeat_age
 from workers.errors import ConflictError, OrchestratorError, TemporaryError
-from workers.ports import Heartbeat, HistoryRecord, LockInfo
+from workers.ports import Divergence, Heartbeat, HistoryRecord, LockInfo
 
 log = structlog.get_logger(__name__)
 
@@ -239,6 +239,8 @@ class HealthChecker:
             set_heartbeat_age(beat.cluster, max(0.0, now - beat.at))
         lock = coordination.lock_info(key)
         history = coordination.history(key, limit=20)
+        divergence = coordination.divergence(key)
+        diverged = divergence.reason if divergence is not None else None
         active_health = next(
             (o.health.value for o in observations if o.cluster == active and o.reachable),
             next((b.health for b in heartbeats if b.cluster == active), "UNKNOWN"),
@@ -258,6 +260,7 @@ class HealthChecker:
                 last_automatic_at=last_automatic,
                 automatic_in_flight=in_flight,
                 lock_holder=lock.run_id if lock is not None and lock.expires_at > now else None,
+                diverged=diverged,
                 mode=self.mode,
                 cooldown=self.cooldown,
                 # What the checker knows of the group's past names the automatic Failover, so that
@@ -276,7 +279,10 @@ class HealthChecker:
         # A lock whose lease ran out belongs to a run that died: it no longer blocks a stand-down
         # (a stand-down takes the lock itself, so it cannot race a live run either way).
         live_lock = lock if lock is not None and lock.expires_at > now else None
-        stand_downs, stood_down = self._stand_down(key, group, active, read, live_lock)
+        owner_health = next((o for o in observations if o.cluster == active), None)
+        stand_downs, stood_down = self._stand_down(
+            key, group, active, read, live_lock, owner_health=owner_health, diverged=diverged, now=now
+        )
         if decision.action is not Action.FAILOVER or decision.failover is None:
             return GroupOutcome(key, decision, stand_downs=stand_downs, stood_down=stood_down)
         outcome = self._create_failover(key, decision, reachable, now)
@@ -308,8 +314,13 @@ class HealthChecker:
         active: str | None,
         read: Mapping[str, Mapping[ResourceRef, Obj | None]],
         lock: LockInfo | None,
+        *,
+        owner_health: GroupHealth | None,
+        diverged: str | None,
+        now: float,
     ) -> tuple[tuple[StandDownDecision, ...], tuple[str, ...]]:
-        """Stand down every answering cluster but the owner that still holds active objects."""
+        """Stand down every answering cluster but the owner that still holds active objects, once the
+        owner is verified to serve; record the group as diverged when it answers and does not."""
         decisions = tuple(
             decide_stand_down(
                 group=str(key),
@@ -317,38 +328,64 @@ class HealthChecker:
                 owner=active,
                 active=active_objects(group, objects),
                 lock_holder=lock.run_id if lock is not None else None,
+                owner_health=owner_health,
+                diverged=diverged,
             )
             for name, objects in sorted(read.items())
             if name != active
         )
-        started: list[str] = []
         for decision in decisions:
-            if self._last_stand_down.get((key, decision.cluster)) != decision.reason:
-                self._last_stand_down[(key, decision.cluster)] = decision.reason
-                log.info(
-                    "stand_down_decision",
-                    group=str(key),
-                    cluster=decision.cluster,
-                    stand_down=decision.stand_down,
-                    reason=decision.reason,
+            if decision.diverged:
+                self.orchestrator.coordination.mark_diverged(
+                    key, Divergence(reason=decision.reason, at=now, detail=self._evidence(group, read))
                 )
-            if not decision.stand_down:
-                continue
-            try:
-                submission = self.orchestrator.stand_down(group, decision.cluster, reason=decision.reason)
-            except RequestError as error:  # the owner flipped since it was read: nothing to do
-                log.info("stand_down_refused", group=str(key), cluster=decision.cluster, error=str(error))
-                continue
-            if submission.created:
-                started.append(submission.run.run_id)
                 log.warning(
-                    "stand_down_started",
-                    group=str(key),
-                    cluster=decision.cluster,
-                    run_id=submission.run.run_id,
-                    reason=decision.reason,
+                    "group_diverged", group=str(key), cluster=decision.cluster, reason=decision.reason
                 )
+                break
+        started = [
+            run_id for decision in decisions if (run_id := self._start_stand_down(key, group, decision))
+        ]
         return decisions, tuple(started)
+
+    def _start_stand_down(
+        self, key: GroupKey, group: FailoverGroup, decision: StandDownDecision
+    ) -> str | None:
+        """Log the decision when it changed; start the stand-down it asks for. The new run's id."""
+        if self._last_stand_down.get((key, decision.cluster)) != decision.reason:
+            self._last_stand_down[(key, decision.cluster)] = decision.reason
+            log.info(
+                "stand_down_decision",
+                group=str(key),
+                cluster=decision.cluster,
+                stand_down=decision.stand_down,
+                reason=decision.reason,
+            )
+        if not decision.stand_down:
+            return None
+        try:
+            submission = self.orchestrator.stand_down(group, decision.cluster, reason=decision.reason)
+        except RequestError as error:  # the owner flipped since it was read: nothing to do
+            log.info("stand_down_refused", group=str(key), cluster=decision.cluster, error=str(error))
+            return None
+        if not submission.created:
+            return None
+        log.warning(
+            "stand_down_started",
+            group=str(key),
+            cluster=decision.cluster,
+            run_id=submission.run.run_id,
+            reason=decision.reason,
+        )
+        return submission.run.run_id
+
+    @staticmethod
+    def _evidence(group: FailoverGroup, read: Mapping[str, Mapping[ResourceRef, Obj | None]]) -> str:
+        """Per cluster, which of the group's objects are active: what an operator settles on."""
+        return "; ".join(
+            f"{name}: {', '.join(active_objects(group, objects)) or 'nothing active'}"
+            for name, objects in sorted(read.items())
+        )
 
     def _automatic_state(
         self, key: GroupKey, automatic: list[Obj], history: Sequence[HistoryRecord]

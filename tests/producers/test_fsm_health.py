@@ -234,6 +234,14 @@ CASES: list[tuple[str, HealthInputs, Action, str, str | None, bool | None]] = [
         None,
     ),
     (
+        "diverged: never automatic, the clusters contradict DynamoDB",
+        replace(A_DOWN, diverged="run r1 failed past its point of no return"),
+        Action.HEARTBEAT,
+        "but the group is diverged (run r1 failed past its point of no return)",
+        None,
+        None,
+    ),
+    (
         "lock held",
         replace(A_DOWN, lock_holder="run-7"),
         Action.HEARTBEAT,
