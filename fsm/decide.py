@@ -17,7 +17,16 @@ from pydantic import BaseModel, ConfigDict
 from fsm.machine import EventKind as EventKind  # noqa: PLC0414 (re-exported: one name per idea)
 from fsm.machine import fire
 from fsm.plan import CATALOGUE, POINT_OF_NO_RETURN, Phase, PlanKind, Stage, State, Step, StepType
-from fsm.run import CompensationAction, Dispatch, Failure, Run, RunStatus, StepRecord, Superseded
+from fsm.run import (
+    CompensationAction,
+    Dispatch,
+    Failure,
+    Run,
+    RunStatus,
+    StepRecord,
+    Superseded,
+    resolve_command,
+)
 
 # A message re-sent this many times without any worker processing it fails the step: its queue has
 # no consumer (a lost site's per-cluster queue) or every worker that takes it dies.
@@ -240,6 +249,13 @@ def _fail(run: Run, new: Run, event: Event, *, step: Step, message: str, now: fl
         new = new.model_copy(update={"message": f"{new.message}; undo failed at {failure.describe()}"})
         return _next_undo(run, new, now, EventKind.PERMANENT_FAILURE, f"undo {step.value} failed: {message}")
     new = new.model_copy(update={"failure": failure, "message": f"failed at {failure.describe()}"})
+    if new.diverged:
+        # Said where everybody reads it (the Failover's status, history), not only in the undo list.
+        diverged = (
+            f"{new.message}; past the point of no return ({POINT_OF_NO_RETURN[run.kind]}): nothing is "
+            f"undone and the group is diverged; settle it with `{resolve_command(run.group)}`"
+        )
+        new = new.model_copy(update={"message": diverged})
     new = new.model_copy(
         update={
             "compensation": compensation_for(new),

@@ -66,6 +66,11 @@ class Dispatch(BaseModel):
     redriven: int = 0
 
 
+def resolve_command(group: GroupKey) -> str:
+    """The command that settles a diverged group, as every message about divergence quotes it."""
+    return f"failoverctl group resolve {group.namespace}/{group.name} --active CLUSTER --reason TEXT"
+
+
 class Superseded(StrEnum):
     """Why a run no longer owns its group: another run may, so nothing of it may be undone."""
 

@@ -15,12 +15,13 @@ from pydantic import ValidationError
 
 from fsm.health import ClusterRole, GroupHealth, Health, stale_clusters, unreachable
 from fsm.models import FailoverGroup
+from fsm.run import resolve_command
 from producers.decisions import describe, first_error, iso, needs_write
 from producers.health import observe_group
 from producers.kube import FAILOVER_GROUPS, ClusterClient, Obj
 from workers.api import Orchestrator
 from workers.errors import OrchestratorError
-from workers.ports import Heartbeat, HistoryRecord
+from workers.ports import Divergence, Heartbeat, HistoryRecord
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +80,7 @@ class GroupStatusWriter:
             active = coordination.active_cluster(group.key)
             heartbeats = coordination.heartbeats(group.key)
             history = coordination.history(group.key, limit=10)
+            divergence = coordination.divergence(group.key)
         except OrchestratorError as error:
             log.warning(
                 "group_state_unavailable", cluster=cluster, group=str(group.key), error=error.describe()
@@ -110,10 +112,41 @@ class GroupStatusWriter:
                 ),
             },
         }
+        status["conditions"] = [action_required(group, divergence, obj, now)]
         finished = [r for r in history if r.outcome == "SUCCESS"]
         if finished:
             status["lastFailoverTime"] = iso(finished[0].finished_at)
         return status
+
+
+def action_required(
+    group: FailoverGroup, divergence: Divergence | None, obj: Obj, now: float
+) -> dict[str, Any]:
+    """The ``OperatorActionRequired`` condition: True while the group is diverged, with what was seen
+    active where and the exact command that settles it."""
+    previous = next(
+        (
+            c
+            for c in (obj.get("status") or {}).get("conditions") or []
+            if isinstance(c, dict) and c.get("type") == "OperatorActionRequired"
+        ),
+        {},
+    )
+    value = "True" if divergence is not None else "False"
+    message = ""
+    if divergence is not None:
+        seen = f"; seen: {divergence.detail}" if divergence.detail else ""
+        message = f"{divergence.reason}{seen}; settle it with `{resolve_command(group.key)}`"
+    return {
+        "type": "OperatorActionRequired",
+        "status": value,
+        "reason": "Diverged" if divergence is not None else "Consistent",
+        "message": message,
+        "lastTransitionTime": previous.get("lastTransitionTime", iso(now))
+        if previous.get("status") == value
+        else iso(now),
+        "observedGeneration": (obj.get("metadata") or {}).get("generation"),
+    }
 
 
 def _changed(obj: Obj, status: Mapping[str, Any]) -> bool:

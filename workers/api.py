@@ -16,7 +16,7 @@ import time
 import uuid
 
 from fsm.models import Failover, FailoverGroup, GroupKey, RequestError, check_request
-from fsm.run import Run, new_run, new_standdown_run
+from fsm.run import Run, new_resolve_run, new_run, new_standdown_run
 from workers import liveness
 from workers.errors import PermanentError
 from workers.kube import KubeClients, KubeEffects
@@ -24,7 +24,7 @@ from workers.logging import configure_logging
 from workers.messages import CelerySender
 from workers.metrics import set_heartbeat_age, start_metrics_server
 from workers.planning import PlanReport, Problem, StepPlan, plan_failover, validate_group
-from workers.ports import Change, Coordination, HistoryRecord, LockInfo
+from workers.ports import Change, Coordination, Divergence, HistoryRecord, LockInfo
 from workers.settings import Settings
 from workers.store import RunStore
 from workers.submission import Submission, submit_run
@@ -32,6 +32,7 @@ from workers.submission import Submission, submit_run
 __all__ = [
     "Change",
     "Coordination",
+    "Divergence",
     "HistoryRecord",
     "LockInfo",
     "Orchestrator",
@@ -184,6 +185,33 @@ class Orchestrator:
             timing=self.settings.timing,
         )
         return submit_run(self.store, self.sender, run)
+
+    def resolve(self, group: FailoverGroup, *, active: str, passive: str, reason: str) -> Submission:
+        """Settle a diverged group: a RESOLVE run makes ``passive`` passive, then ``active`` active,
+        fences both, records ``active`` as the owner, clears the divergence and writes history.
+
+        Run once per other cluster (``failoverctl group resolve`` does). One run per (group, clusters,
+        divergence), so asking twice while the first runs returns the first.
+        """
+        if active == passive:
+            raise RequestError("active", f"{active!r} cannot be both the active and a passive cluster")
+        divergence = self.coordination.divergence(group.key)
+        epoch = f"{divergence.run_id}|{divergence.at}" if divergence is not None else "not-diverged"
+        key = f"resolve|{group.key}|{passive}|{active}|{epoch}"
+        run = new_resolve_run(
+            nonce=uuid.uuid4().hex[:12],
+            run_id=hashlib.sha256(key.encode()).hexdigest()[:20],
+            group=group,
+            passive=passive,
+            active=active,
+            reason=reason,
+            now=time.time(),
+            timing=self.settings.timing,
+        )
+        return submit_run(self.store, self.sender, run)
+
+    def divergence(self, group: GroupKey) -> Divergence | None:
+        return self.coordination.divergence(group)
 
     def runs(self, *, failover: str | None = None, limit: int = 50) -> list[Run]:
         return self.store.for_failover(failover) if failover else self.store.recent(limit)

@@ -279,6 +279,8 @@ class FailoverStatusWriter:
             "FAILED": "Failed",
         }
         failure = run.failure.describe() if run.failure else message
+        fenced = run.failure is not None and run.failure.superseded is not None
+        diverged = run.diverged and overall == "FAILED"
         wanted = [
             ("Ready", overall == "SUCCESS", reasons[overall], message),
             (
@@ -290,8 +292,16 @@ class FailoverStatusWriter:
             (
                 "Failed",
                 overall == "FAILED",
-                "StepFailed" if overall == "FAILED" else "NoFailure",
+                ("Superseded" if fenced else "StepFailed") if overall == "FAILED" else "NoFailure",
                 failure if overall == "FAILED" else "",
+            ),
+            # A failure past the point of no return is not like any other: nothing was undone, what
+            # is active where no longer matches DynamoDB, and only an operator can settle it.
+            (
+                "OperatorActionRequired",
+                diverged,
+                "DivergedPastPointOfNoReturn" if diverged else "NoActionNeeded",
+                run.message if diverged else "",
             ),
         ]
         previous = {c.get("type"): c for c in status.get("conditions") or [] if isinstance(c, dict)}

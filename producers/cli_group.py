@@ -1,0 +1,115 @@
+"""``failoverctl group``: commands on a FailoverGroup as a whole. ``group resolve`` settles a diverged
+group (a run that failed past its point of no return, or clusters that contradict DynamoDB)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fsm.models import FailoverGroup
+from fsm.run import Run
+from producers.cli_common import (
+    ClusterOption,
+    KubeconfigOption,
+    OperatorOption,
+    context_for,
+    fail,
+    fetch_group,
+    group_key,
+    orchestrator,
+    out,
+    settings_of,
+    split_name,
+)
+from producers.kube import ClusterClient, kubeconfig_contexts
+from producers.views import summary
+from workers.api import Orchestrator, RequestError
+from workers.errors import OrchestratorError
+
+group_app = typer.Typer(help="Commands on a FailoverGroup as a whole.", no_args_is_help=True)
+
+
+def _read_group(
+    group: str, kubeconfig: Path | None, context: str | None, clusters: list[str]
+) -> FailoverGroup:
+    namespace, name = split_name(group)
+    try:
+        where = context_for(kubeconfig, context, clusters[0] if clusters else None)
+        client = ClusterClient.from_kubeconfig(kubeconfig, where)
+        try:
+            return fetch_group(client, where, namespace, name, group)
+        finally:
+            client.close()
+    except OrchestratorError as error:
+        raise fail(error.describe()) from error
+
+
+def _wait(handle: Orchestrator, run_id: str, timeout: float) -> Run:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = handle.run(run_id)
+        if run is None:
+            raise fail(f"run {run_id} vanished from Redis; see `failoverctl history`")
+        if run.terminal:
+            return run
+        if time.monotonic() > deadline:
+            raise fail(
+                f"run {run_id} still {run.state_name} after {timeout:g}s; "
+                f"follow it with `failoverctl watch {run_id}`"
+            )
+        time.sleep(0.5)
+
+
+@group_app.command("resolve")
+def resolve_command(
+    ctx: typer.Context,
+    *,
+    group: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the FailoverGroup")],
+    active: Annotated[str, typer.Option("--active", help="The cluster that is to serve the group")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in history)")],
+    context: Annotated[
+        str | None, typer.Option("--context", help="Cluster to read the FailoverGroup from")
+    ] = None,
+    cluster: ClusterOption = None,
+    kubeconfig: KubeconfigOption = None,
+    operator_id: OperatorOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each cluster")] = 900.0,
+) -> None:
+    """Settle a diverged group on one cluster: every other cluster is made passive (and fenced), then
+    ACTIVE is made active and recorded as the owner; the divergence is cleared and history records it.
+
+    Runs through the workers like any failover (they must be running), one cluster at a time."""
+    settings = settings_of(ctx)
+    clusters = list(cluster or settings.clusters or kubeconfig_contexts(kubeconfig))
+    if active not in clusters:
+        raise fail(f"--active {active!r} is not one of the clusters ({', '.join(clusters)})", 2)
+    found = _read_group(group, kubeconfig, context, clusters)
+    key = group_key(group, operator_id or found.spec.operator_id, settings)
+    others = [c for c in clusters if c != active]
+    with orchestrator(settings) as handle:
+        divergence = handle.divergence(key)
+        said = f"diverged: {divergence.reason}" if divergence else "not recorded as diverged"
+        out().print(f"group {key} is {said}")
+        if divergence is not None and divergence.detail:
+            out().print(f"  seen: {divergence.detail}")
+        if not yes:
+            typer.confirm(
+                f"Make {', '.join(others)} passive and {active} active for {key}, and record {active} as "
+                "its owner?",
+                abort=True,
+            )
+        for passive in others:
+            try:
+                submission = handle.resolve(found, active=active, passive=passive, reason=reason)
+            except RequestError as error:
+                raise fail(str(error), 2) from error
+            out().print(f"run {submission.run.run_id}: {passive} passive, then {active} active")
+            run = _wait(handle, submission.run.run_id, timeout)
+            out().print(summary(run))
+            if run.status.value != "SUCCESS":
+                raise fail(f"resolution failed: {run.message}")
+    out().print(f"group {key} settled: {active} is the active cluster")
