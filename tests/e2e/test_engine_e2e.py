@@ -53,9 +53,13 @@ def test_a_failing_step_ends_the_run_with_its_name(stack: Stack) -> None:
     assert run.failure is not None and run.failure.step.value == "scale_up_workloads"
     assert run.message == (
         "failed at step scale_up_workloads, cluster 'site-b', Deployment shop/web: Deployment shop/web on "
-        "cluster 'site-b': cannot make_active Deployment: forbidden by RBAC"
+        "cluster 'site-b': cannot make_active Deployment: forbidden by RBAC; past the point of no return "
+        "(promote_volumes): nothing is undone and the group is diverged; settle it with "
+        "`failoverctl group resolve shop/shop --active CLUSTER --reason TEXT`"
     )
     assert stack.coordination.active_cluster(g.key) == "site-a"
+    divergence = stack.coordination.divergence(g.key)
+    assert divergence is not None and divergence.step == "scale_up_workloads"
     [record] = stack.coordination.history(g.key)
     assert (record.outcome, record.failed_step) == ("FAILED", "scale_up_workloads")
 
