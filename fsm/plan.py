@@ -139,9 +139,14 @@ CATALOGUE: dict[Step, StepInfo] = {
             Step.VALIDATE,
             _COORD,
             "VALIDATING",
-            "check the request against the active cluster and both clusters' objects",
+            "check that every object exists on both clusters and note the replica counts",
         ),
-        StepInfo(Step.ACQUIRE_LOCK, _COORD, "ACQUIRING_LOCK", "take the group's lock and its fencing token"),
+        StepInfo(
+            Step.ACQUIRE_LOCK,
+            _COORD,
+            "ACQUIRING_LOCK",
+            "take the group's lock and fencing token; check under it where the group is active",
+        ),
         StepInfo(
             Step.RAISE_FENCE,
             _COORD,

@@ -285,6 +285,14 @@ class Run(BaseModel):
         return datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     @property
+    def expected_owner(self) -> str | None:
+        """The active cluster this run is valid for, checked under the lock: a failover moves the
+        group away from its source, a stand-down keeps its owner (the target); a resolution sets it."""
+        if self.kind in (PlanKind.CONSISTENCY, PlanKind.UPTIME):
+            return self.source_cluster
+        return self.target_cluster if self.kind is PlanKind.STANDDOWN else None
+
+    @property
     def past_point_of_no_return(self) -> bool:
         """Whether the run reached its kind's point of no return (attempted, or skipped for lack of
         resources): from there on an automatic undo could make two writers (or none)."""

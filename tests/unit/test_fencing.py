@@ -121,3 +121,21 @@ def test_a_paused_process_never_writes_on_an_expired_lease() -> None:
 def test_lock_grants_are_what_the_guard_is_built_from() -> None:
     grant = LockGrant(token=3, holder="h", run_id="r", expires_at=140.0)
     assert grant.token == 3
+
+
+def test_where_the_group_is_active_is_checked_under_the_lock(harness: Harness) -> None:  # noqa: F811
+    """The owner moved after the run was created: the run finds out under the lock, gives the lock
+    back and fails having changed nothing."""
+    g = group()
+    run_id = submit(harness)
+    harness.pump(limit=2)  # start, validate
+    info_before = harness.coordination.lock_info(g.key)
+    assert info_before is None
+    harness.coordination.client.set(harness.coordination._key("owner", g.key), "site-b")
+    harness.pump()
+    run = harness.store.load(run_id)
+    assert run is not None and run.status is RunStatus.FAILED
+    assert run.failure is not None and run.failure.step is Step.ACQUIRE_LOCK
+    assert "'site-b' is already the active cluster" in run.failure.cause
+    assert harness.coordination.lock_info(g.key) is None  # given back at once, not left to expire
+    assert not [e for e in harness.clusters.timeline() if e["op"] != "raise_fence"]
