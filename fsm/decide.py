@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from fsm.machine import EventKind as EventKind  # noqa: PLC0414 (re-exported: one name per idea)
 from fsm.machine import fire
 from fsm.plan import CATALOGUE, POINT_OF_NO_RETURN, Phase, PlanKind, Stage, State, Step, StepType
-from fsm.run import CompensationAction, Dispatch, Failure, Run, RunStatus, StepRecord
+from fsm.run import CompensationAction, Dispatch, Failure, Run, RunStatus, StepRecord, Superseded
 
 # A message re-sent this many times without any worker processing it fails the step: its queue has
 # no consumer (a lost site's per-cluster queue) or every worker that takes it dies.
@@ -38,9 +38,10 @@ class Updates(BaseModel):
 class Event(BaseModel):
     """What happened: a step's outcome as its worker reported it, a start or a redrive.
 
-    ``lease_lost``: the step found the group's lock no longer its own; another run may own the group,
-    so nothing may be undone (see :func:`compensation_for`). ``max_attempts`` overrides the timing's
-    error budget for this failure (a lost source fails fast: :mod:`fsm.unreachable`).
+    ``superseded``: the step found that the run no longer owns its group (its lease was lost, or a
+    cluster fenced its write); another run may own it, so nothing may be undone (see
+    :func:`compensation_for`). ``max_attempts`` overrides the timing's error budget for this failure (a
+    lost source fails fast: :mod:`fsm.unreachable`).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -55,7 +56,7 @@ class Event(BaseModel):
     jitter: float = 0.5
     started_at: float | None = None
     updates: Updates | None = None
-    lease_lost: bool = False
+    superseded: Superseded | None = None
     max_attempts: int | None = None
 
 
@@ -227,7 +228,13 @@ def _overdue(run: Run, event: Event, now: float) -> tuple[EventKind, str]:
 
 
 def _fail(run: Run, new: Run, event: Event, *, step: Step, message: str, now: float) -> Decision:
-    failure = Failure(step=step, cluster=event.cluster or run.current_cluster, obj=event.obj, cause=message)
+    failure = Failure(
+        step=step,
+        cluster=event.cluster or run.current_cluster,
+        obj=event.obj,
+        cause=message,
+        superseded=event.superseded,
+    )
     if run.state is Phase.COMPENSATING:
         # An undo that fails does not stop the others: each restores something on its own.
         new = new.model_copy(update={"message": f"{new.message}; undo failed at {failure.describe()}"})
@@ -235,7 +242,7 @@ def _fail(run: Run, new: Run, event: Event, *, step: Step, message: str, now: fl
     new = new.model_copy(update={"failure": failure, "message": f"failed at {failure.describe()}"})
     new = new.model_copy(
         update={
-            "compensation": compensation_for(new, lease_lost=event.lease_lost),
+            "compensation": compensation_for(new),
             "compensation_index": 0,
             "state": fire(run.kind, run.state, EventKind.PERMANENT_FAILURE),
         }
@@ -341,25 +348,33 @@ def _ended(run: Run, reason: str) -> str:
     return f"{reason}; run succeeded" if run.state is Phase.SUCCEEDED else f"{reason}; run failed"
 
 
-def compensation_for(run: Run, *, lease_lost: bool = False) -> list[CompensationAction]:
-    """The undo actions for a run that just failed, newest effect first, then ABORT. Pure.
+_SUPERSEDED = {
+    Superseded.LEASE_LOST: "the lease was lost: another run may own the group; nothing undone",
+    Superseded.FENCED: "fenced by a cluster: a newer run owns the group; nothing undone",
+}
+
+
+def compensation_for(run: Run) -> list[CompensationAction]:
+    """The undo actions for a run that just failed (``run.failure`` set), newest effect first, then
+    ABORT. Pure.
 
     Every effect step that was attempted (the failed one included: it may have half-applied) is
     undone on the cluster it acted on, unless the run had reached its kind's point of no return, past
-    which an automatic undo could make two writers; then only ABORT runs and the message says so.
-    A run whose lease was lost undoes nothing either: another run may own the group by now, and an
-    undo would fight it.
+    which an automatic undo could make two writers (or leave none serving); then only ABORT runs, and
+    ABORT records the group as diverged for an operator to settle. A superseded run (lease lost,
+    fenced) undoes nothing either: another run may own the group by now, and an undo would fight it.
     """
-    if lease_lost:
-        because = "the lease was lost: another run may own the group; nothing undone"
-        return [CompensationAction(step=Step.ABORT, cluster=None, because=because)]
+    superseded = run.failure.superseded if run.failure else None
+    if superseded is not None:
+        return [CompensationAction(step=Step.ABORT, cluster=None, because=_SUPERSEDED[superseded])]
     no_return = POINT_OF_NO_RETURN[run.kind]
     if no_return is None:
-        because = "a stand-down is never undone: the site must not serve a group it does not own"
+        because = f"a {run.kind.value} run is never undone: it only makes the group safer"
         return [CompensationAction(step=Step.ABORT, cluster=None, because=because)]
-    if no_return.value in run.steps:  # reached: attempted, or skipped for lack of resources
+    if run.past_point_of_no_return:
         because = (
-            f"past {no_return.value}: no automatic undo (it could leave two writers); operator action needed"
+            f"past {no_return.value}: no automatic undo (it could leave two writers or none serving); "
+            "the group is diverged: operator action needed"
         )
         return [CompensationAction(step=Step.ABORT, cluster=None, because=because)]
     attempted = [p for p in run.plan if (rec := run.steps.get(p.step.value)) and rec.attempts > 0]

@@ -32,6 +32,10 @@ GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 ANNOTATION_REPLICAS = "failover.hahomelabs.com/replicas"
 ANNOTATION_EPOCH = "failover.hahomelabs.com/epoch"
+# The fence of a group on one cluster (an annotation of its FailoverGroup there; it only grows), and the
+# label with which every object the orchestrator writes names its group (deploy/fencing reads both).
+ANNOTATION_FENCE = "failover.hahomelabs.com/fence"
+LABEL_GROUP = "failover.hahomelabs.com/group"
 
 
 class FailoverMode(StrEnum):
@@ -254,6 +258,11 @@ class FailoverGroup(ApiModel):
     def flux_refs(self) -> list[ResourceRef]:
         ns = self.metadata.namespace
         return [ResourceRef(kind=f.kind, namespace=ns, name=f.name) for f in self.spec.flux_resources]
+
+    def refs(self) -> list[ResourceRef]:
+        """Every object the group references: workloads, volumes, network, Flux (the order they are
+        judged, shown and validated in)."""
+        return [*self.workload_refs(), *self.volume_refs(), *self.network_refs(), *self.flux_refs()]
 
 
 # --- Failover ------------------------------------------------------------------------------------

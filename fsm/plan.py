@@ -22,6 +22,7 @@ class Step(StrEnum):
 
     VALIDATE = "validate"
     ACQUIRE_LOCK = "acquire_lock"
+    RAISE_FENCE = "raise_fence"
     DISABLE_NETWORK = "disable_network"
     SCALE_DOWN_WORKLOADS = "scale_down_workloads"
     SUSPEND_FLUX = "suspend_flux"
@@ -39,6 +40,7 @@ class Step(StrEnum):
     ENABLE_NETWORK = "enable_network"
     COMPLETE = "complete"
     RECORD_STANDDOWN = "record_standdown"
+    RECORD_RESOLUTION = "record_resolution"
     ABORT = "abort"
 
 
@@ -140,6 +142,12 @@ CATALOGUE: dict[Step, StepInfo] = {
             "check the request against the active cluster and both clusters' objects",
         ),
         StepInfo(Step.ACQUIRE_LOCK, _COORD, "ACQUIRING_LOCK", "take the group's lock and its fencing token"),
+        StepInfo(
+            Step.RAISE_FENCE,
+            _COORD,
+            "RAISING_FENCE",
+            "raise the group's fence to this run's token on every cluster that answers, before any change",
+        ),
         StepInfo(
             Step.DISABLE_NETWORK,
             _EFFECT,
@@ -266,17 +274,15 @@ CATALOGUE: dict[Step, StepInfo] = {
             _ACTIVE,
             undo=(Step.DISABLE_NETWORK,),
         ),
-        StepInfo(
-            Step.COMPLETE,
-            _COORD,
-            "COMPLETING",
-            "flip the active cluster, record history and release the lock in one transaction",
-        ),
+        StepInfo(Step.COMPLETE, _COORD, "COMPLETING", "flip the owner, record history, release the lock"),
         StepInfo(
             Step.RECORD_STANDDOWN,
             _COORD,
             "RECORDING_STANDDOWN",
             "record in history what the stand-down changed and release the lock",
+        ),
+        StepInfo(
+            Step.RECORD_RESOLUTION, _COORD, "RECORDING_RESOLUTION", "record the owner, release the lock"
         ),
         StepInfo(Step.ABORT, _COORD, "ABORTING", "record the failed run in history and release the lock"),
     )
@@ -289,11 +295,15 @@ class PlanKind(StrEnum):
     STANDDOWN makes a site that came back after losing its groups passive (its workloads down, its
     volumes secondary, DNS off it) so that it never serves a group it no longer owns. It is never
     requested through the API; the health checker starts it.
+
+    RESOLVE settles a diverged group (``failoverctl group resolve``): it makes one other cluster
+    passive, then the chosen cluster active, and records the chosen cluster as the owner.
     """
 
     CONSISTENCY = "CONSISTENCY"
     UPTIME = "UPTIME"
     STANDDOWN = "STANDDOWN"
+    RESOLVE = "RESOLVE"
 
     @classmethod
     def of(cls, mode: FailoverMode) -> PlanKind:
@@ -310,6 +320,7 @@ SEQUENCES: dict[PlanKind, tuple[tuple[Step, Stage, Side], ...]] = {
     PlanKind.CONSISTENCY: (
         (Step.VALIDATE, _INIT, _C),
         (Step.ACQUIRE_LOCK, _INIT, _C),
+        (Step.RAISE_FENCE, _INIT, _C),
         (Step.DISABLE_NETWORK, _PREP, _S),
         (Step.SCALE_DOWN_WORKLOADS, _PREP, _S),
         (Step.SUSPEND_FLUX, _PREP, _S),
@@ -331,6 +342,7 @@ SEQUENCES: dict[PlanKind, tuple[tuple[Step, Stage, Side], ...]] = {
     PlanKind.UPTIME: (
         (Step.VALIDATE, _INIT, _C),
         (Step.ACQUIRE_LOCK, _INIT, _C),
+        (Step.RAISE_FENCE, _INIT, _C),
         (Step.PROMOTE_VOLUMES, _ACT, _T),
         (Step.WAIT_VOLUMES_PROMOTED, _ACT, _T),
         (Step.VERIFY_VOLUMES, _ACT, _T),
@@ -349,6 +361,7 @@ SEQUENCES: dict[PlanKind, tuple[tuple[Step, Stage, Side], ...]] = {
     # The "source" of a stand-down is the returning site; the lock keeps failovers of the group out.
     PlanKind.STANDDOWN: (
         (Step.ACQUIRE_LOCK, _INIT, _C),
+        (Step.RAISE_FENCE, _INIT, _C),
         (Step.DISABLE_NETWORK, _DOWN, _S),
         (Step.SCALE_DOWN_WORKLOADS, _DOWN, _S),
         (Step.SUSPEND_FLUX, _DOWN, _S),
@@ -357,17 +370,37 @@ SEQUENCES: dict[PlanKind, tuple[tuple[Step, Stage, Side], ...]] = {
         (Step.WAIT_VOLUMES_DEMOTED, _DOWN, _S),
         (Step.RECORD_STANDDOWN, _DONE, _C),
     ),
+    # Settling a diverged group: the other cluster goes passive first (never two writers), then the
+    # chosen one is made active, then the owner is recorded. Every effect is idempotent.
+    PlanKind.RESOLVE: (
+        (Step.ACQUIRE_LOCK, _INIT, _C),
+        (Step.RAISE_FENCE, _INIT, _C),
+        (Step.DISABLE_NETWORK, _DOWN, _S),
+        (Step.SCALE_DOWN_WORKLOADS, _DOWN, _S),
+        (Step.SUSPEND_FLUX, _DOWN, _S),
+        (Step.WAIT_SCALED_DOWN, _DOWN, _S),
+        (Step.DEMOTE_VOLUMES, _DOWN, _S),
+        (Step.WAIT_VOLUMES_DEMOTED, _DOWN, _S),
+        (Step.PROMOTE_VOLUMES, _ACT, _T),
+        (Step.WAIT_VOLUMES_PROMOTED, _ACT, _T),
+        (Step.SCALE_UP_WORKLOADS, _ACT, _T),
+        (Step.RESUME_FLUX, _ACT, _T),
+        (Step.WAIT_READY, _ACT, _T),
+        (Step.ENABLE_NETWORK, _ACT, _T),
+        (Step.RECORD_RESOLUTION, _DONE, _C),
+    ),
 }
 
 # Past this step, undoing the run automatically could leave two writers (CONSISTENCY: the target's
 # volumes may already be primary) or two stood-down sites (UPTIME: the source is going dark while the
 # target already serves); a failure from here on is recorded and left to the operator.
 # A stand-down is never undone (None): bringing the site back up would make it serve a group it does
-# not own.
+# not own; nor is a resolution (the operator chose the owner; a half-settled group stays diverged).
 POINT_OF_NO_RETURN: dict[PlanKind, Step | None] = {
     PlanKind.CONSISTENCY: Step.PROMOTE_VOLUMES,
     PlanKind.UPTIME: Step.DISABLE_NETWORK,
     PlanKind.STANDDOWN: None,
+    PlanKind.RESOLVE: None,
 }
 
 

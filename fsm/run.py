@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fsm.models import Failover, FailoverGroup, GroupKey, ResourceRef
 from fsm.plan import (
+    POINT_OF_NO_RETURN,
     Objects,
     Phase,
     PlanKind,
@@ -65,6 +66,13 @@ class Dispatch(BaseModel):
     redriven: int = 0
 
 
+class Superseded(StrEnum):
+    """Why a run no longer owns its group: another run may, so nothing of it may be undone."""
+
+    LEASE_LOST = "lease_lost"  # its lease could not be renewed or confirmed
+    FENCED = "fenced"  # a cluster refused its write: a newer run raised the group's fence
+
+
 class Failure(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -72,6 +80,7 @@ class Failure(BaseModel):
     cluster: str | None = None
     obj: str | None = None
     cause: str
+    superseded: Superseded | None = None
 
     def describe(self) -> str:
         where = [f"step {self.step.value}"]
@@ -270,6 +279,19 @@ class Run(BaseModel):
         started = self.started_at or self.created_at
         return datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
+    @property
+    def past_point_of_no_return(self) -> bool:
+        """Whether the run reached its kind's point of no return (attempted, or skipped for lack of
+        resources): from there on an automatic undo could make two writers (or none)."""
+        step = POINT_OF_NO_RETURN[self.kind]
+        return step is not None and step.value in self.steps
+
+    @property
+    def diverged(self) -> bool:
+        """A run that failed past its point of no return, still owning its group: what is active
+        where is no longer what DynamoDB says, and only an operator can settle it."""
+        return self.failure is not None and self.failure.superseded is None and self.past_point_of_no_return
+
     def expects(self, step: Step, ticket: int) -> bool:
         """True when a message for ``step`` with ``ticket`` is the one this run waits for."""
         return (
@@ -362,6 +384,39 @@ def new_standdown_run(
         reason=reason,
         resources=Resources.of(group),
         plan=build_plan(PlanKind.STANDDOWN, group, timing),
+        timing=timing,
+        created_at=now,
+        deadline_at=now + group.spec.timeouts.transitory_state.total_seconds(),
+        heartbeat_timeout=group.spec.timeouts.heartbeat.total_seconds(),
+    )
+
+
+def new_resolve_run(
+    *,
+    run_id: str,
+    group: FailoverGroup,
+    passive: str,
+    active: str,
+    reason: str,
+    now: float,
+    timing: Timing | None = None,
+    nonce: str = "",
+) -> Run:
+    """A PENDING resolution of a diverged ``group``: ``passive`` is made passive, then ``active`` active
+    and recorded as the owner. Pure."""
+    timing = timing or Timing()
+    return Run(
+        run_id=run_id,
+        nonce=nonce,
+        failover="",
+        group=group.key,
+        kind=PlanKind.RESOLVE,
+        source_cluster=passive,
+        target_cluster=active,
+        force=False,
+        reason=reason,
+        resources=Resources.of(group),
+        plan=build_plan(PlanKind.RESOLVE, group, timing),
         timing=timing,
         created_at=now,
         deadline_at=now + group.spec.timeouts.transitory_state.total_seconds(),

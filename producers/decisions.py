@@ -11,11 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from fsm.models import Failover
+
+if TYPE_CHECKING:
+    from workers.api import PlanReport
 
 Obj = Mapping[str, Any]
 
@@ -211,3 +214,27 @@ def needs_write(current: Obj, desired: Mapping[str, Any], *, ignore: Sequence[st
     """Whether merging ``desired`` into the object's status would change anything that matters."""
     status = current.get("status") or {}
     return any(status.get(key) != value for key, value in desired.items() if key not in ignore)
+
+
+def dry_run_plan_status(obj: Obj, reports: Sequence[PlanReport], now: float) -> dict[str, Any]:
+    """The status of a planned dry run: the plan per cluster, skipped steps, a ``DryRun`` condition."""
+    problems = [str(p) for r in reports for p in r.problems]
+    summary = "; ".join(r.summary() for r in reports)
+    generation = (obj.get("metadata") or {}).get("generation")
+    if problems:
+        message = f"{DRY_RUN_MESSAGE}; the plan found problems: {'; '.join(problems)}"
+        wanted = [("DryRun", False, "PlanHasProblems", message)]
+    else:
+        message = f"dry run: nothing was changed or submitted; plan: {summary}"
+        wanted = [("DryRun", True, "Planned", message)]
+    return {
+        "status": "PENDING" if problems else "SUCCESS",
+        "message": message,
+        "plan": [entry for r in reports for entry in r.status_plan()],
+        "skippedSteps": [
+            {"group": r.group, "step": s.step.value, "reason": s.skip_reason}
+            for r in reports
+            for s in r.skipped
+        ],
+        "conditions": conditions(obj, wanted, generation, now),
+    }

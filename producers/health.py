@@ -3,9 +3,10 @@
 Every ``heartbeatInterval`` of each FailoverGroup it finds on the configured clusters, it judges the
 group on each cluster from the real objects (``fsm.health`` rules: PRIMARY on the active cluster,
 STANDBY elsewhere), writes the heartbeat of each cluster that answered through the Coordination port,
-then applies :func:`fsm.health.decide`. When that says so it creates a ``Failover`` object
-(``generateName: auto-<group>-``, labelled automatic) in a cluster that answers, the target first: the
-watcher then submits it like any other. It never runs a step and never submits a run itself.
+then applies :func:`fsm.autofailover.decide_automatic_failover`. When that says so it creates a
+``Failover`` object (``generateName: auto-<group>-``, labelled automatic) in a cluster that answers,
+the target first: the watcher then submits it like any other. It never runs a step and never submits a
+run itself.
 
 A cluster that does not answer gets no heartbeat (its heartbeat going stale is how others learn it is
 down); it is simply tried again on the next pass.
@@ -28,30 +29,30 @@ from datetime import datetime
 import structlog
 from pydantic import ValidationError
 
-from fsm.health import (
+from fsm.autofailover import (
     LABEL_AUTOMATIC,
-    LABEL_GROUP,
     Action,
+    HealthDecision,
+    HealthInputs,
+    decide_automatic_failover,
+    is_automatic,
+    next_error_since,
+)
+from fsm.health import (
     ClusterRole,
     GroupHealth,
     Health,
-    HealthDecision,
-    HealthInputs,
     StandDownDecision,
     active_objects,
-    decide,
     decide_stand_down,
-    group_refs,
-    is_automatic,
     judge_group,
-    next_error_since,
     unreachable,
 )
-from fsm.models import FailoverGroup, FailoverMode, GroupKey, ResourceRef
+from fsm.models import LABEL_GROUP, FailoverGroup, FailoverMode, GroupKey, ResourceRef
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj
 from workers.api import Orchestrator, RequestError, set_heartbeat_age
 from workers.errors import ConflictError, OrchestratorError, TemporaryError
-from workers.ports import Heartbeat, HistoryRecord, LockInfo
+from workers.ports import Divergence, Heartbeat, HistoryRecord, LockInfo
 
 log = structlog.get_logger(__name__)
 
@@ -67,7 +68,7 @@ def read_and_judge(
     """:func:`observe_group` and the objects read (None when they could not all be read)."""
     objects: dict[ResourceRef, Obj | None] = {}
     try:
-        for ref in group_refs(group):
+        for ref in group.refs():
             objects[ref] = client.get_object(ref.kind, ref.namespace, ref.name)
     except TemporaryError as error:
         return unreachable(client.name, role, error.describe()), None
@@ -216,36 +217,37 @@ class HealthChecker:
                 automatic.setdefault(key, []).append(obj)
         return seen, reachable, automatic
 
+    def _record(self, key: GroupKey, decision: HealthDecision, now: float) -> None:
+        """Write the heartbeats the decision carries and log its reason when it changed."""
+        for seen in decision.heartbeats:
+            self.orchestrator.coordination.write_heartbeat(
+                key, Heartbeat(seen.cluster, seen.health.value, seen.role.value, now, seen.summary())
+            )
+        if self._last_reason.get(key) != decision.reason:
+            self._last_reason[key] = decision.reason
+            log.info("health_decision", group=str(key), action=decision.action.value, reason=decision.reason)
+
     def _check(
         self, key: GroupKey, found: _Seen, reachable: set[str], automatic: list[Obj], now: float
     ) -> GroupOutcome:
         coordination = self.orchestrator.coordination
         active = coordination.active_cluster(key)
         group = found.group
-        observations = []
-        read: dict[str, dict[ResourceRef, Obj | None]] = {}
-        for name, client in self.clusters.items():
-            role = ClusterRole.PRIMARY if name == active else ClusterRole.STANDBY
-            if name not in reachable or name not in found.clusters:
-                why = "did not answer" if name not in reachable else "the FailoverGroup is not there"
-                observations.append(unreachable(name, role, why))
-                continue
-            observation, objects = read_and_judge(client, group, role)
-            observations.append(observation)
-            if objects is not None:
-                read[name] = objects
+        observations, read = self._observe(found, reachable, active)
         heartbeats = coordination.heartbeats(key)
         for beat in heartbeats:  # as this checker sees them: what the alert on a stale site reads
             set_heartbeat_age(beat.cluster, max(0.0, now - beat.at))
         lock = coordination.lock_info(key)
         history = coordination.history(key, limit=20)
+        divergence = coordination.divergence(key)
+        diverged = divergence.reason if divergence is not None else None
         active_health = next(
             (o.health.value for o in observations if o.cluster == active and o.reachable),
             next((b.health for b in heartbeats if b.cluster == active), "UNKNOWN"),
         )
         self._error_since[key] = next_error_since(self._error_since.get(key), active_health, now)
         in_flight, last_automatic = self._automatic_state(key, automatic, history)
-        decision = decide(
+        decision = decide_automatic_failover(
             HealthInputs(
                 group=group,
                 now=now,
@@ -258,6 +260,7 @@ class HealthChecker:
                 last_automatic_at=last_automatic,
                 automatic_in_flight=in_flight,
                 lock_holder=lock.run_id if lock is not None and lock.expires_at > now else None,
+                diverged=diverged,
                 mode=self.mode,
                 cooldown=self.cooldown,
                 # What the checker knows of the group's past names the automatic Failover, so that
@@ -272,21 +275,37 @@ class HealthChecker:
                 ),
             )
         )
-        for seen in decision.heartbeats:
-            coordination.write_heartbeat(
-                key, Heartbeat(seen.cluster, seen.health.value, seen.role.value, now, seen.summary())
-            )
-        if self._last_reason.get(key) != decision.reason:
-            self._last_reason[key] = decision.reason
-            log.info("health_decision", group=str(key), action=decision.action.value, reason=decision.reason)
+        self._record(key, decision, now)
         # A lock whose lease ran out belongs to a run that died: it no longer blocks a stand-down
         # (a stand-down takes the lock itself, so it cannot race a live run either way).
         live_lock = lock if lock is not None and lock.expires_at > now else None
-        stand_downs, stood_down = self._stand_down(key, group, active, read, live_lock)
+        owner_health = next((o for o in observations if o.cluster == active), None)
+        stand_downs, stood_down = self._stand_down(
+            key, group, active, read, live_lock, owner_health=owner_health, diverged=diverged, now=now
+        )
         if decision.action is not Action.FAILOVER or decision.failover is None:
             return GroupOutcome(key, decision, stand_downs=stand_downs, stood_down=stood_down)
         outcome = self._create_failover(key, decision, reachable, now)
         return dataclasses.replace(outcome, stand_downs=stand_downs, stood_down=stood_down)
+
+    def _observe(
+        self, found: _Seen, reachable: set[str], active: str | None
+    ) -> tuple[list[GroupHealth], dict[str, dict[ResourceRef, Obj | None]]]:
+        """This pass's judgement of the group on every configured cluster, and the objects read on
+        the clusters where all of them could be read (what a stand-down is decided on)."""
+        observations = []
+        read: dict[str, dict[ResourceRef, Obj | None]] = {}
+        for name, client in self.clusters.items():
+            role = ClusterRole.PRIMARY if name == active else ClusterRole.STANDBY
+            if name not in reachable or name not in found.clusters:
+                why = "did not answer" if name not in reachable else "the FailoverGroup is not there"
+                observations.append(unreachable(name, role, why))
+                continue
+            observation, objects = read_and_judge(client, found.group, role)
+            observations.append(observation)
+            if objects is not None:
+                read[name] = objects
+        return observations, read
 
     def _stand_down(
         self,
@@ -295,8 +314,13 @@ class HealthChecker:
         active: str | None,
         read: Mapping[str, Mapping[ResourceRef, Obj | None]],
         lock: LockInfo | None,
+        *,
+        owner_health: GroupHealth | None,
+        diverged: str | None,
+        now: float,
     ) -> tuple[tuple[StandDownDecision, ...], tuple[str, ...]]:
-        """Stand down every answering cluster but the owner that still holds active objects."""
+        """Stand down every answering cluster but the owner that still holds active objects, once the
+        owner is verified to serve; record the group as diverged when it answers and does not."""
         decisions = tuple(
             decide_stand_down(
                 group=str(key),
@@ -304,38 +328,64 @@ class HealthChecker:
                 owner=active,
                 active=active_objects(group, objects),
                 lock_holder=lock.run_id if lock is not None else None,
+                owner_health=owner_health,
+                diverged=diverged,
             )
             for name, objects in sorted(read.items())
             if name != active
         )
-        started: list[str] = []
         for decision in decisions:
-            if self._last_stand_down.get((key, decision.cluster)) != decision.reason:
-                self._last_stand_down[(key, decision.cluster)] = decision.reason
-                log.info(
-                    "stand_down_decision",
-                    group=str(key),
-                    cluster=decision.cluster,
-                    stand_down=decision.stand_down,
-                    reason=decision.reason,
+            if decision.diverged:
+                self.orchestrator.coordination.mark_diverged(
+                    key, Divergence(reason=decision.reason, at=now, detail=self._evidence(group, read))
                 )
-            if not decision.stand_down:
-                continue
-            try:
-                submission = self.orchestrator.stand_down(group, decision.cluster, reason=decision.reason)
-            except RequestError as error:  # the owner flipped since it was read: nothing to do
-                log.info("stand_down_refused", group=str(key), cluster=decision.cluster, error=str(error))
-                continue
-            if submission.created:
-                started.append(submission.run.run_id)
                 log.warning(
-                    "stand_down_started",
-                    group=str(key),
-                    cluster=decision.cluster,
-                    run_id=submission.run.run_id,
-                    reason=decision.reason,
+                    "group_diverged", group=str(key), cluster=decision.cluster, reason=decision.reason
                 )
+                break
+        started = [
+            run_id for decision in decisions if (run_id := self._start_stand_down(key, group, decision))
+        ]
         return decisions, tuple(started)
+
+    def _start_stand_down(
+        self, key: GroupKey, group: FailoverGroup, decision: StandDownDecision
+    ) -> str | None:
+        """Log the decision when it changed; start the stand-down it asks for. The new run's id."""
+        if self._last_stand_down.get((key, decision.cluster)) != decision.reason:
+            self._last_stand_down[(key, decision.cluster)] = decision.reason
+            log.info(
+                "stand_down_decision",
+                group=str(key),
+                cluster=decision.cluster,
+                stand_down=decision.stand_down,
+                reason=decision.reason,
+            )
+        if not decision.stand_down:
+            return None
+        try:
+            submission = self.orchestrator.stand_down(group, decision.cluster, reason=decision.reason)
+        except RequestError as error:  # the owner flipped since it was read: nothing to do
+            log.info("stand_down_refused", group=str(key), cluster=decision.cluster, error=str(error))
+            return None
+        if not submission.created:
+            return None
+        log.warning(
+            "stand_down_started",
+            group=str(key),
+            cluster=decision.cluster,
+            run_id=submission.run.run_id,
+            reason=decision.reason,
+        )
+        return submission.run.run_id
+
+    @staticmethod
+    def _evidence(group: FailoverGroup, read: Mapping[str, Mapping[ResourceRef, Obj | None]]) -> str:
+        """Per cluster, which of the group's objects are active: what an operator settles on."""
+        return "; ".join(
+            f"{name}: {', '.join(active_objects(group, objects)) or 'nothing active'}"
+            for name, objects in sorted(read.items())
+        )
 
     def _automatic_state(
         self, key: GroupKey, automatic: list[Obj], history: Sequence[HistoryRecord]

@@ -17,7 +17,6 @@ import contextlib
 import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,7 +25,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from fsm.models import API_GROUP, API_VERSION
+from fsm.kinds import FAILOVER_GROUPS as FAILOVER_GROUPS  # noqa: PLC0414 (re-exported)
+from fsm.kinds import FAILOVERS as FAILOVERS  # noqa: PLC0414
+from fsm.kinds import KINDS, KindInfo
 from workers.errors import (
     ClusterUnreachable,
     ConflictError,
@@ -42,38 +43,6 @@ Obj = dict[str, Any]
 
 class ResourceGone(TemporaryError):
     """410 Gone: the watch's resourceVersion is older than the server's history. Relist."""
-
-
-@dataclass(frozen=True)
-class Resource:
-    """Where a kind is served: API group, versions we speak (preferred first), plural."""
-
-    kind: str
-    group: str
-    versions: tuple[str, ...]
-    plural: str
-
-
-FAILOVERS = Resource("Failover", API_GROUP, (API_VERSION,), "failovers")
-FAILOVER_GROUPS = Resource("FailoverGroup", API_GROUP, (API_VERSION,), "failovergroups")
-
-# The kinds a FailoverGroup references (docs/API.md). Kept here rather than imported from the engine's
-# adapter: producers may only import the narrow workers API.
-KINDS: dict[str, Resource] = {
-    r.kind: r
-    for r in (
-        Resource("Deployment", "apps", ("v1",), "deployments"),
-        Resource("StatefulSet", "apps", ("v1",), "statefulsets"),
-        Resource("CronJob", "batch", ("v1",), "cronjobs"),
-        Resource("Ingress", "networking.k8s.io", ("v1",), "ingresses"),
-        Resource("VirtualService", "networking.istio.io", ("v1", "v1beta1"), "virtualservices"),
-        Resource("HelmRelease", "helm.toolkit.fluxcd.io", ("v2",), "helmreleases"),
-        Resource("Kustomization", "kustomize.toolkit.fluxcd.io", ("v1",), "kustomizations"),
-        Resource(
-            "VolumeReplication", "replication.storage.openshift.io", ("v1alpha1",), "volumereplications"
-        ),
-    )
-}
 
 
 def _retry_after(error: ApiException) -> float | None:
@@ -181,7 +150,7 @@ class ClusterClient:
     # --- custom objects ------------------------------------------------------------------------
 
     def list(
-        self, resource: Resource, namespace: str | None = None, *, label_selector: str | None = None
+        self, resource: KindInfo, namespace: str | None = None, *, label_selector: str | None = None
     ) -> tuple[list[Obj], str]:
         """Every object of ``resource`` (all namespaces unless given) and the list's resourceVersion."""
         what = f"list {resource.plural}"
@@ -202,7 +171,7 @@ class ClusterClient:
         listed = _obj(body)
         return list(listed.get("items") or []), str((listed.get("metadata") or {}).get("resourceVersion", ""))
 
-    def get(self, resource: Resource, namespace: str, name: str) -> Obj:
+    def get(self, resource: KindInfo, namespace: str, name: str) -> Obj:
         """One object; NotFoundError when missing (a kind served at an older version is tried next)."""
         last: Exception | None = None
         for version in resource.versions:
@@ -225,14 +194,14 @@ class ClusterClient:
         assert last is not None
         self._fail(last, f"get {resource.kind} {namespace}/{name}")
 
-    def find(self, resource: Resource, namespace: str, name: str) -> Obj | None:
+    def find(self, resource: KindInfo, namespace: str, name: str) -> Obj | None:
         """Like :meth:`get`, but None when the object does not exist."""
         try:
             return self.get(resource, namespace, name)
         except NotFoundError:
             return None
 
-    def create(self, resource: Resource, namespace: str, body: Mapping[str, Any]) -> Obj:
+    def create(self, resource: KindInfo, namespace: str, body: Mapping[str, Any]) -> Obj:
         what = f"create {resource.kind} in {namespace}"
         try:
             created = self.custom.create_namespaced_custom_object(
@@ -249,7 +218,7 @@ class ClusterClient:
 
     def patch_status(
         self,
-        resource: Resource,
+        resource: KindInfo,
         namespace: str,
         name: str,
         status: Mapping[str, Any],
@@ -284,7 +253,7 @@ class ClusterClient:
 
     # --- watch ---------------------------------------------------------------------------------
 
-    def watch(self, resource: Resource, resource_version: str, *, timeout_seconds: int) -> Iterator[Obj]:
+    def watch(self, resource: KindInfo, resource_version: str, *, timeout_seconds: int) -> Iterator[Obj]:
         """Events (``{"type", "object"}``, objects as dicts, BOOKMARKs included) after
         ``resource_version``, until the server ends the watch after ``timeout_seconds`` or
         :meth:`stop_watch` is called. Raises :class:`ResourceGone` when the server answers 410.

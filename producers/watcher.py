@@ -8,15 +8,17 @@ within a second or two.
 
 What to do with each Failover is decided by :func:`producers.decisions.decide_failover` (pure): a new
 one is checked (its groups read from the same cluster, the target against the active cluster) and
-submitted through :meth:`workers.api.Orchestrator.submit`, one run per group, deduplicated by the
-deterministic run id, so seeing it again (a restart, the same Failover on both clusters) starts
+submitted through :meth:`workers.api.Orchestrator.submit` with the active cluster it was checked
+against (read once, by :meth:`workers.api.Orchestrator.source_for`), one run per group, deduplicated
+by the deterministic run id, so seeing it again (a restart, the same Failover on both clusters) starts
 nothing new; its status then says IN_PROGRESS with the run ids. An invalid one gets FAILED and a
 condition naming the field, and nothing is enqueued. Statuses are written through the status
 subresource, conditioned on the resourceVersion read, and only when they would change.
 
 Between watch windows each thread also keeps the ``status`` of every FailoverGroup on its cluster
 current (``globalState`` from DynamoDB, ``health`` judged from the real objects the way the health
-checker judges them), on an interval, writing only when something changed.
+checker judges them), on an interval, writing only when something changed
+(:class:`producers.group_status.GroupStatusWriter`).
 
 This module never runs a step: it only turns objects into submissions and statuses.
 """
@@ -34,28 +36,24 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from fsm.health import ClusterRole, GroupHealth, Health, stale_clusters, unreachable
-from fsm.models import Failover, FailoverGroup, RequestError, check_request
+from fsm.models import Failover, FailoverGroup, RequestError
 from producers.decisions import (
-    DRY_RUN_MESSAGE,
     FailoverAction,
     FailoverDecision,
     GroupRun,
-    conditions,
     decide_failover,
     describe,
+    dry_run_plan_status,
     dry_run_status,
     first_error,
     invalid_status,
-    iso,
     needs_write,
     submitted_status,
 )
-from producers.health import observe_group
+from producers.group_status import GroupStatusWriter
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj, ResourceGone
-from workers.api import Orchestrator, PlanReport
+from workers.api import Orchestrator
 from workers.errors import ConflictError, NotFoundError, OrchestratorError, TemporaryError
-from workers.ports import Heartbeat, HistoryRecord
 
 log = structlog.get_logger(__name__)
 
@@ -121,6 +119,9 @@ class FailoverWatcher:
         self._conflicts = threading.local()
         self.max_object_attempts = max_object_attempts
         self._object_failures: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+        self.group_statuses = GroupStatusWriter(
+            orchestrator, self.clusters, operator_id=operator_id, log_once=self._log_once
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -346,61 +347,79 @@ class FailoverWatcher:
         groups = self._groups(cluster, obj, failover)
         if isinstance(groups, FailoverDecision):
             return groups
-        if self.operator_id is not None:
-            foreign = [i for i, g in enumerate(groups) if g.spec.operator_id != self.operator_id]
-            if len(foreign) == len(groups):
-                reason = f"Failover {describe(obj)}: its groups belong to another orchestrator"
-                self._log_once(cluster, obj, FailoverAction.SKIP.value, reason)
-                return FailoverDecision(FailoverAction.SKIP, reason, failover)
-            if foreign:
-                group = groups[foreign[0]]
-                return self._invalid(
-                    cluster,
-                    obj,
-                    f"spec.failoverGroups[{foreign[0]}]",
-                    f"group {group.metadata.namespace}/{group.metadata.name} belongs to operatorID "
-                    f"{group.spec.operator_id!r}, not {self.operator_id!r}: one Failover cannot mix them",
-                )
-        known = frozenset(self.orchestrator.settings.clusters) or frozenset(self.clusters)
-        coordination = self.orchestrator.coordination
-        # Check every group before submitting any, so that a bad second group starts no first run.
-        for index, group in enumerate(groups):
-            try:
-                check_request(
-                    failover,
-                    group,
-                    active_cluster=coordination.active_cluster(group.key),
-                    known_clusters=known,
-                )
-            except RequestError as error:
-                return self._invalid(cluster, obj, self._field(error, index), error.message)
-        runs = []
+        foreign = self._foreign(cluster, obj, failover, groups)
+        if foreign is not None:
+            return foreign
+        sources = self._sources(cluster, obj, failover, groups)
+        if isinstance(sources, FailoverDecision):
+            return sources
         with self._submit_lock:
-            for index, group in enumerate(groups):
-                try:
-                    submission = self.orchestrator.submit(failover, group, failover_cluster=cluster)
-                except RequestError as error:
-                    return self._invalid(cluster, obj, self._field(error, index), error.message)
-                run = submission.run
-                runs.append(
-                    GroupRun(
-                        name=group.metadata.name,
-                        namespace=group.metadata.namespace,
-                        run_id=run.run_id,
-                        status=run.status.value,
-                        start_time=run.started_at or run.created_at,
-                        message=run.message,
-                    )
-                )
-                log.info(
-                    "run_submitted" if submission.created else "run_already_submitted",
-                    cluster=cluster,
-                    failover=describe(obj),
-                    group=str(group.key),
-                    run_id=run.run_id,
-                )
+            runs = [
+                self._submit_group(cluster, obj, failover, group, source)
+                for group, source in zip(groups, sources, strict=True)
+            ]
         self._write_status(cluster, obj, submitted_status(obj, runs, self._clock()))
         return decision
+
+    def _foreign(
+        self, cluster: str, obj: Obj, failover: Failover, groups: Sequence[FailoverGroup]
+    ) -> FailoverDecision | None:
+        """Skip a Failover whose groups all belong to another orchestrator; refuse one that mixes."""
+        if self.operator_id is None:
+            return None
+        foreign = [i for i, g in enumerate(groups) if g.spec.operator_id != self.operator_id]
+        if len(foreign) == len(groups):
+            reason = f"Failover {describe(obj)}: its groups belong to another orchestrator"
+            self._log_once(cluster, obj, FailoverAction.SKIP.value, reason)
+            return FailoverDecision(FailoverAction.SKIP, reason, failover)
+        if not foreign:
+            return None
+        group = groups[foreign[0]]
+        return self._invalid(
+            cluster,
+            obj,
+            f"spec.failoverGroups[{foreign[0]}]",
+            f"group {group.metadata.namespace}/{group.metadata.name} belongs to operatorID "
+            f"{group.spec.operator_id!r}, not {self.operator_id!r}: one Failover cannot mix them",
+        )
+
+    def _sources(
+        self, cluster: str, obj: Obj, failover: Failover, groups: Sequence[FailoverGroup]
+    ) -> list[str] | FailoverDecision:
+        """Each group's active cluster, read once and checked against the request.
+
+        Every group is checked before any is submitted, so that a bad second group starts no first
+        run; the sources read here are what the runs start from (submit does not read them again).
+        """
+        known = frozenset(self.orchestrator.settings.clusters) or frozenset(self.clusters)
+        sources = []
+        for index, group in enumerate(groups):
+            try:
+                sources.append(self.orchestrator.source_for(failover, group, known_clusters=known))
+            except RequestError as error:
+                return self._invalid(cluster, obj, self._field(error, index), error.message)
+        return sources
+
+    def _submit_group(
+        self, cluster: str, obj: Obj, failover: Failover, group: FailoverGroup, source: str
+    ) -> GroupRun:
+        submission = self.orchestrator.submit(failover, group, failover_cluster=cluster, source=source)
+        run = submission.run
+        log.info(
+            "run_submitted" if submission.created else "run_already_submitted",
+            cluster=cluster,
+            failover=describe(obj),
+            group=str(group.key),
+            run_id=run.run_id,
+        )
+        return GroupRun(
+            name=group.metadata.name,
+            namespace=group.metadata.namespace,
+            run_id=run.run_id,
+            status=run.status.value,
+            start_time=run.started_at or run.created_at,
+            message=run.message,
+        )
 
     def _dry_run(
         self, cluster: str, obj: Obj, failover: Failover, decision: FailoverDecision
@@ -471,160 +490,6 @@ class FailoverWatcher:
 
     def sync_group_statuses(self, cluster: str, now: float | None = None) -> int:
         """Bring the status of every FailoverGroup on ``cluster`` up to date; returns how many changed."""
-        now = self._clock() if now is None else now
-        client = self.clusters[cluster]
-        items, _ = client.list(FAILOVER_GROUPS)
-        written = 0
-        for obj in items:
-            try:
-                group = FailoverGroup.model_validate(obj)
-            except ValidationError as error:
-                bad, message = first_error(error)
-                self._log_once(
-                    cluster, obj, "invalid_group", f"FailoverGroup {describe(obj)}: {bad}: {message}"
-                )
-                continue
-            if self.operator_id is not None and group.spec.operator_id != self.operator_id:
-                continue
-            status = self.group_status(cluster, group, obj, now)
-            # lastSyncTime alone is no change; a None (merge patch: remove) equals a missing key.
-            current = _without_none((obj.get("status") or {}).get("globalState") or {})
-            wanted = _without_none(status["globalState"])
-            current.pop("lastSyncTime", None)
-            wanted.pop("lastSyncTime", None)
-            if not needs_write(obj, status, ignore=("globalState",)) and current == wanted:
-                continue
-            client.patch_status(FAILOVER_GROUPS, group.metadata.namespace, group.metadata.name, status)
-            written += 1
+        written = self.group_statuses.sync(cluster, self._clock() if now is None else now)
         self.stats[cluster].group_status_writes += written
         return written
-
-    def group_status(self, cluster: str, group: FailoverGroup, obj: Obj, now: float) -> dict[str, Any]:
-        """The FailoverGroup's status on ``cluster``: global state from DynamoDB, health from objects."""
-        coordination = self.orchestrator.coordination
-        previous = dict((obj.get("status") or {}).get("globalState") or {})
-        try:
-            active = coordination.active_cluster(group.key)
-            heartbeats = coordination.heartbeats(group.key)
-            history = coordination.history(group.key, limit=10)
-        except OrchestratorError as error:
-            log.warning(
-                "group_state_unavailable", cluster=cluster, group=str(group.key), error=error.describe()
-            )
-            previous.update(dbSyncStatus="Error", thisCluster=cluster)
-            return {"suspended": group.spec.suspended, "globalState": previous}
-        role = ClusterRole.PRIMARY if cluster == active else ClusterRole.STANDBY
-        health: GroupHealth = (
-            observe_group(self.clusters[cluster], group, role)
-            if active is not None
-            else unreachable(cluster, role, "no active cluster recorded")
-        )
-        status: dict[str, Any] = {
-            "health": health.health.value,
-            "suspended": group.spec.suspended,
-            **resource_statuses(group, health),
-            "globalState": {
-                "activeCluster": active,
-                "thisCluster": cluster,
-                "lastFailover": last_failover(history),
-                "dbSyncStatus": "Synced",
-                "lastSyncTime": iso(now),
-                "clusters": cluster_states(
-                    sorted({*self.clusters, *(b.cluster for b in heartbeats)}),
-                    active,
-                    heartbeats,
-                    now,
-                    group.spec.timeouts.heartbeat.total_seconds(),
-                ),
-            },
-        }
-        finished = [r for r in history if r.outcome == "SUCCESS"]
-        if finished:
-            status["lastFailoverTime"] = iso(finished[0].finished_at)
-        return status
-
-
-def dry_run_plan_status(obj: Obj, reports: Sequence[PlanReport], now: float) -> dict[str, Any]:
-    """The status of a planned dry run: the plan per cluster, skipped steps, a ``DryRun`` condition."""
-    problems = [str(p) for r in reports for p in r.problems]
-    summary = "; ".join(r.summary() for r in reports)
-    generation = (obj.get("metadata") or {}).get("generation")
-    if problems:
-        message = f"{DRY_RUN_MESSAGE}; the plan found problems: {'; '.join(problems)}"
-        wanted = [("DryRun", False, "PlanHasProblems", message)]
-    else:
-        message = f"dry run: nothing was changed or submitted; plan: {summary}"
-        wanted = [("DryRun", True, "Planned", message)]
-    return {
-        "status": "PENDING" if problems else "SUCCESS",
-        "message": message,
-        "plan": [entry for r in reports for entry in r.status_plan()],
-        "skippedSteps": [
-            {"group": r.group, "step": s.step.value, "reason": s.skip_reason}
-            for r in reports
-            for s in r.skipped
-        ],
-        "conditions": conditions(obj, wanted, generation, now),
-    }
-
-
-def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if value is not None}
-
-
-def resource_statuses(group: FailoverGroup, health: GroupHealth) -> dict[str, list[dict[str, Any]]]:
-    """Per-resource ``health`` and ``status`` of ``workloads[]``, ``networkResources[]`` and so on."""
-    judged = {(r.ref.kind, r.ref.name): r for r in health.resources}
-
-    def entry(kind: str, name: str) -> dict[str, Any]:
-        found = judged.get((kind, name))
-        if found is None:
-            return {"kind": kind, "name": name, "health": Health.UNKNOWN.value, "status": health.detail}
-        return {"kind": kind, "name": name, "health": found.health.value, "status": found.status}
-
-    workloads = []
-    for workload in group.spec.workloads:
-        item = entry(workload.kind.value, workload.name)
-        volumes = [entry("VolumeReplication", v) for v in workload.volume_replications]
-        if volumes:
-            item["volumeReplications"] = [{k: v for k, v in vol.items() if k != "kind"} for vol in volumes]
-        workloads.append(item)
-    return {
-        "workloads": workloads,
-        "networkResources": [entry(n.kind.value, n.name) for n in group.spec.network_resources],
-        "fluxResources": [entry(f.kind.value, f.name) for f in group.spec.flux_resources],
-    }
-
-
-def last_failover(history: Sequence[HistoryRecord]) -> dict[str, Any] | None:
-    if not history:
-        return None
-    record = history[0]
-    return {
-        "runId": record.run_id,
-        "failover": record.failover,
-        "sourceCluster": record.source_cluster,
-        "targetCluster": record.target_cluster,
-        "outcome": record.outcome,
-        "time": iso(record.finished_at),
-    }
-
-
-def cluster_states(
-    names: Sequence[str], active: str | None, heartbeats: Sequence[Heartbeat], now: float, timeout: float
-) -> list[dict[str, Any]]:
-    """``globalState.clusters[]``: role from DynamoDB, health from the heartbeat (UNKNOWN when stale)."""
-    beats = {b.cluster: b for b in heartbeats}
-    stale = set(stale_clusters(heartbeats, now, timeout))
-    out = []
-    for name in names:
-        beat = beats.get(name)
-        item: dict[str, Any] = {
-            "name": name,
-            "role": (ClusterRole.PRIMARY if name == active else ClusterRole.STANDBY).value,
-            "health": Health.UNKNOWN.value if beat is None or name in stale else beat.health,
-        }
-        if beat is not None:
-            item["lastHeartbeat"] = iso(beat.at)
-        out.append(item)
-    return out

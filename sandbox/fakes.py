@@ -23,6 +23,7 @@ from workers.container import Adapters, dynamo_coordination
 from workers.errors import (
     ClusterUnreachable,
     CoordinationConflict,
+    Fenced,
     ForbiddenError,
     LeaseLost,
     LockHeld,
@@ -33,6 +34,7 @@ from workers.errors import (
 from workers.ports import (
     Change,
     Check,
+    Divergence,
     Heartbeat,
     HistoryRecord,
     JournalEntry,
@@ -93,7 +95,7 @@ class FakeClusters:
 
     # --- ClusterEffects ------------------------------------------------------------------------
 
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int) -> Change:
+    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
         return self._make(cluster, ref, Role.PASSIVE, epoch, replicas=None)
 
     def make_active(
@@ -102,6 +104,7 @@ class FakeClusters:
         ref: ResourceRef,
         *,
         epoch: int,
+        group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
     ) -> Change:
@@ -132,6 +135,29 @@ class FakeClusters:
         self._put(cluster, ref, obj)
         self._record(cluster, ref, "stop_jobs", Role.PASSIVE.value, obj.get("epoch"))
         return Change(cluster, ref, "stop_jobs", changed=True, detail="deleted running Jobs")
+
+    def raise_fence(self, cluster: str, group: GroupKey, *, token: int) -> Change:
+        """The group's fence on ``cluster`` grows to ``token``; a lower token is refused (Fenced)."""
+        self._fault(
+            "raise_fence",
+            cluster,
+            ResourceRef(kind="FailoverGroup", namespace=group.namespace, name=group.name),
+        )
+        key = f"{self.prefix}fence:{cluster}:{group}"
+        current = int(self.client.get(key) or 0)
+        ref = ResourceRef(kind="FailoverGroup", namespace=group.namespace, name=group.name)
+        if current > token:
+            raise Fenced(
+                f"fenced: the fence of {group} on {cluster} is {current}, above token {token}",
+                cluster=cluster,
+            )
+        if current == token:
+            return Change(cluster, ref, "raise_fence", changed=False, detail=f"fence already {token}")
+        self.client.set(key, token)
+        return Change(cluster, ref, "raise_fence", changed=True, detail=f"fence {current} -> {token}")
+
+    def fence(self, cluster: str, group: GroupKey) -> int:
+        return int(self.client.get(f"{self.prefix}fence:{cluster}:{group}") or 0)
 
     def observe(self, cluster: str, ref: ResourceRef) -> Observation:
         self._fault("observe", cluster, ref)
@@ -260,6 +286,17 @@ return 1
 """
 
 
+_SETTLE = """
+local lock = redis.call('HGET', KEYS[1], 'token')
+if not lock or tonumber(lock) ~= tonumber(ARGV[1]) then return -1 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('LPUSH', KEYS[3], ARGV[3])
+redis.call('DEL', KEYS[4])
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
 class FakeCoordination:
     """The Coordination port on Redis, with Lua scripts standing in for DynamoDB's conditions."""
 
@@ -270,6 +307,7 @@ class FakeCoordination:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._complete = client.register_script(_COMPLETE)
+        self._settle = client.register_script(_SETTLE)
 
     def _key(self, what: str, group: GroupKey, *rest: str) -> str:
         return ":".join([f"{self.prefix}{what}", group.operator_id, group.namespace, group.name, *rest])
@@ -389,6 +427,29 @@ class FakeCoordination:
         return [
             Heartbeat(**json.loads(v)) for v in self.client.hgetall(self._key("heartbeats", group)).values()
         ]
+
+    def settle_owner(self, group: GroupKey, *, token: int, owner: str, record: HistoryRecord) -> None:
+        self._count("settle_owner")
+        result = self._settle(
+            keys=[
+                self._key("lock", group),
+                self._key("owner", group),
+                self._key("history", group),
+                self._key("diverged", group),
+            ],
+            args=[token, owner, json.dumps(asdict(record))],
+        )
+        if result == -1:
+            raise LeaseLost(f"settlement refused: token {token} no longer holds the lock of group {group}")
+
+    def divergence(self, group: GroupKey) -> Divergence | None:
+        self._count("divergence")
+        raw = self.client.get(self._key("diverged", group))
+        return Divergence(**json.loads(raw)) if raw else None
+
+    def mark_diverged(self, group: GroupKey, divergence: Divergence) -> None:
+        self._count("mark_diverged")
+        self.client.set(self._key("diverged", group), json.dumps(asdict(divergence)), nx=True)
 
 
 def fake_adapters(client: redis.Redis, prefix: str, *, settle_checks: int = 2) -> Adapters:

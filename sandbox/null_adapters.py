@@ -13,6 +13,7 @@ from workers.container import Adapters
 from workers.ports import (
     Change,
     Check,
+    Divergence,
     Heartbeat,
     HistoryRecord,
     JournalEntry,
@@ -25,7 +26,7 @@ from workers.settings import Settings
 
 
 class NullEffects:
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int) -> Change:
+    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
         return Change(cluster, ref, "make_passive", changed=True)
 
     def make_active(
@@ -34,6 +35,7 @@ class NullEffects:
         ref: ResourceRef,
         *,
         epoch: int,
+        group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
     ) -> Change:
@@ -47,6 +49,10 @@ class NullEffects:
 
     def stop_jobs(self, cluster: str, ref: ResourceRef) -> Change:
         return Change(cluster, ref, "stop_jobs", changed=False)
+
+    def raise_fence(self, cluster: str, group: GroupKey, *, token: int) -> Change:
+        ref = ResourceRef(kind="FailoverGroup", namespace=group.namespace, name=group.name)
+        return Change(cluster, ref, "raise_fence", changed=True)
 
 
 class NullCoordination:
@@ -104,6 +110,15 @@ class NullCoordination:
 
     def heartbeats(self, group: GroupKey) -> list[Heartbeat]:
         return []
+
+    def settle_owner(self, group: GroupKey, *, token: int, owner: str, record: HistoryRecord) -> None:
+        return None
+
+    def divergence(self, group: GroupKey) -> Divergence | None:
+        return None
+
+    def mark_diverged(self, group: GroupKey, divergence: Divergence) -> None:
+        return None
 
 
 def null_adapters(settings: Settings) -> Adapters:

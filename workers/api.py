@@ -1,8 +1,11 @@
 """The narrow API producers use: submit a failover, read runs, reach the coordination store.
 
 Producers (``failoverctl``, the watcher, the health checker) submit events and read state; they never
-run steps. This module is all of ``workers`` they may import besides the settings (an import-linter
-contract holds that), so the engine's internals can change without touching them.
+run steps. This module is all of ``workers`` they may import besides the settings, the errors and the
+ports, so the engine's internals can change without touching them. It reaches the run store, the
+coordination table, the messages and the read-only cluster planning, never the engine, the steps, the
+tasks or the Celery app (import-linter contracts hold both): importing it loads no Celery and reads
+no settings. Celery is loaded by the sender on the first message a producer sends.
 """
 
 from __future__ import annotations
@@ -11,25 +14,20 @@ import hashlib
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-
-from celery import Celery
 
 from fsm.models import Failover, FailoverGroup, GroupKey, RequestError, check_request
 from fsm.run import Run, new_run, new_standdown_run
 from workers import liveness
-from workers.app import create_app
-from workers.container import dynamo_coordination
-from workers.engine import START_TASK
 from workers.errors import PermanentError
 from workers.kube import KubeClients, KubeEffects
 from workers.logging import configure_logging
+from workers.messages import CelerySender
 from workers.metrics import set_heartbeat_age, start_metrics_server
 from workers.planning import PlanReport, Problem, StepPlan, plan_failover, validate_group
 from workers.ports import Change, Coordination, HistoryRecord, LockInfo
 from workers.settings import Settings
 from workers.store import RunStore
-from workers.tasks import CelerySender
+from workers.submission import Submission, submit_run
 
 __all__ = [
     "Change",
@@ -54,6 +52,13 @@ __all__ = [
 STANDDOWN_RETRY_AFTER = 300.0
 
 
+def _dynamo_coordination(settings: Settings) -> Coordination:
+    """The settings' DynamoDB table; boto3 is imported when a producer first needs it, not before."""
+    from workers.dynamo import DynamoCoordination
+
+    return DynamoCoordination.from_settings(settings)
+
+
 def run_id_for(failover: Failover, group: FailoverGroup) -> str:
     """One run per Failover (namespace, name, spec) and group, wherever and however often it is seen.
 
@@ -69,31 +74,24 @@ def run_id_for(failover: Failover, group: FailoverGroup) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
-@dataclass(frozen=True)
-class Submission:
-    run: Run
-    created: bool
-
-
 class Orchestrator:
     """A producer's handle on one site's stack: its Redis, its broker and the DynamoDB table."""
 
     def __init__(self, settings: Settings, *, coordination: Coordination | None = None) -> None:
         self.settings = settings
-        self.coordination = coordination or dynamo_coordination(settings)
+        self.coordination = coordination or _dynamo_coordination(settings)
         self.store = RunStore.from_url(settings.redis_url, prefix=settings.key_prefix, ttl=settings.run_ttl)
-        self._celery: Celery | None = None
-        self._celery_lock = threading.Lock()
+        self.sender = CelerySender.from_settings(settings)
+        self._lock = threading.Lock()
         self._effects: KubeEffects | None = None
 
     def close(self) -> None:
         self.store.close()
-        with self._celery_lock:
+        with self._lock:
             effects, self._effects = self._effects, None
         if effects is not None:
             effects.close()
-        if self._celery is not None:
-            self._celery.close()
+        self.sender.close()
         close = getattr(self.coordination, "close", None)
         if callable(close):
             close()
@@ -104,27 +102,38 @@ class Orchestrator:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    @property
-    def celery(self) -> Celery:
-        with self._celery_lock:
-            if self._celery is None:
-                self._celery = create_app(self.settings)
-            return self._celery
+    def source_for(
+        self, failover: Failover, group: FailoverGroup, *, known_clusters: frozenset[str] | None = None
+    ) -> str:
+        """Read the group's active cluster (the run's source) and check ``failover`` against it.
+
+        ``known_clusters`` defaults to the settings' clusters (None: any). Raises
+        :class:`RequestError` naming the field when the request cannot run as asked (target already
+        active, unknown cluster, group without owner).
+        """
+        known = known_clusters or frozenset(self.settings.clusters) or None
+        source = self.coordination.active_cluster(group.key)
+        check_request(failover, group, active_cluster=source, known_clusters=known)
+        assert source is not None  # check_request refuses a group without an active cluster
+        return source
 
     def submit(
-        self, failover: Failover, group: FailoverGroup, *, failover_cluster: str | None = None
+        self,
+        failover: Failover,
+        group: FailoverGroup,
+        *,
+        failover_cluster: str | None = None,
+        source: str | None = None,
     ) -> Submission:
         """Create the run of ``failover`` for ``group`` (once) and send its start message.
 
         ``failover_cluster`` is where the Failover object lives, so that its status is written there.
-
-        Raises :class:`RequestError` naming the field when the request cannot run as asked (target
-        already active, unknown cluster, group without owner).
+        ``source`` is what :meth:`source_for` returned when the caller checked the request already
+        (the watcher checks every group before submitting any); without it the request is read and
+        checked here, raising :class:`RequestError` as :meth:`source_for` does.
         """
-        known = frozenset(self.settings.clusters) or None
-        source = self.coordination.active_cluster(group.key)
-        check_request(failover, group, active_cluster=source, known_clusters=known)
-        assert source is not None
+        if source is None:
+            source = self.source_for(failover, group)
         run = new_run(
             run_id=run_id_for(failover, group),
             failover=failover,
@@ -135,11 +144,7 @@ class Orchestrator:
             failover_cluster=failover_cluster,
             nonce=uuid.uuid4().hex[:12],
         )
-        if not self.store.create(run):
-            existing = self.store.load(run.run_id)
-            return Submission(run=existing or run, created=False)
-        CelerySender(self.celery, self.settings).send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
-        return Submission(run=run, created=True)
+        return submit_run(self.store, self.sender, run)
 
     def stand_down(self, group: FailoverGroup, cluster: str, *, reason: str) -> Submission:
         """Make ``cluster`` passive for ``group``, which it no longer owns (a site that came back).
@@ -178,10 +183,7 @@ class Orchestrator:
             now=time.time(),
             timing=self.settings.timing,
         )
-        if not self.store.create(run):
-            return Submission(run=self.store.load(run_id) or run, created=False)
-        CelerySender(self.celery, self.settings).send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
-        return Submission(run=run, created=True)
+        return submit_run(self.store, self.sender, run)
 
     def runs(self, *, failover: str | None = None, limit: int = 50) -> list[Run]:
         return self.store.for_failover(failover) if failover else self.store.recent(limit)
@@ -233,7 +235,7 @@ class Orchestrator:
     @property
     def effects(self) -> KubeEffects:
         """Read access to the clusters of ``settings.kubeconfig``, built on first use (dry runs only)."""
-        with self._celery_lock:
+        with self._lock:
             if self._effects is None:
                 self._effects = KubeEffects(KubeClients(self.settings.kubeconfig))
             return self._effects
@@ -244,10 +246,7 @@ class Orchestrator:
         The source is the group's active cluster from the coordination store. Raises
         :class:`RequestError` naming the field when the request could not run (as :meth:`submit`).
         """
-        known = frozenset(self.settings.clusters) or None
-        source = self.coordination.active_cluster(group.key)
-        check_request(failover, group, active_cluster=source, known_clusters=known)
-        assert source is not None
+        source = self.source_for(failover, group)
         return plan_failover(failover, group, source_cluster=source, effects=self.effects)
 
     def validate(self, group: FailoverGroup, clusters: list[str]) -> list[Problem]:

@@ -1,5 +1,8 @@
 """The Celery application: configuration only, built from :class:`workers.settings.Settings`.
 
+Nothing is built at import: :mod:`workers.tasks` builds the app that registers the tasks (the one
+``celery -A workers.tasks`` runs), and a producer's sender builds a client on its first message.
+
 JSON only (no pickle: a message is a run id and a ticket), late acknowledgement with rejection on a
 lost worker (every step is idempotent, so redelivery is safe), prefetch 1 (a long poll never hides
 other runs' messages), task events on (Flower shows every step as ``failover.<step>``), no result
@@ -13,6 +16,7 @@ from typing import Any
 
 from celery import Celery
 
+from workers.messages import REDRIVE_TASK
 from workers.settings import Settings, get_settings
 
 
@@ -42,16 +46,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "beat_schedule": {
-            "redrive-overdue-runs": {"task": "failover.redrive", "schedule": settings.redrive_interval},
+            "redrive-overdue-runs": {"task": REDRIVE_TASK, "schedule": settings.redrive_interval},
         },
     }
 
 
 def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app configured by ``settings`` (default: the environment's), with no tasks."""
     settings = settings or get_settings()
     app = Celery("failover", set_as_current=False)
     app.conf.update(celery_config(settings))
     return app
-
-
-app = create_app()

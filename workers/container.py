@@ -55,9 +55,7 @@ def dynamo_coordination(settings: Settings) -> Coordination:
     """The Coordination port on the DynamoDB table of the settings."""
     from workers.dynamo import DynamoCoordination
 
-    return DynamoCoordination(
-        settings.dynamodb_table, endpoint_url=settings.dynamodb_endpoint_url, region_name=settings.aws_region
-    )
+    return DynamoCoordination.from_settings(settings)
 
 
 def production_adapters(settings: Settings) -> Adapters:

@@ -70,12 +70,13 @@ from fsm.models import GroupKey
 from workers import dynamo_codec as codec
 from workers.dynamo_table import ConditionFailed, DynamoTable
 from workers.errors import CoordinationConflict, LeaseLost, LockHeld
-from workers.ports import Heartbeat, HistoryRecord, JournalEntry, LockGrant, LockInfo
+from workers.ports import Divergence, Heartbeat, HistoryRecord, JournalEntry, LockGrant, LockInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
     from workers.ports import Coordination
+    from workers.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -131,6 +132,15 @@ class DynamoCoordination:
         self._journal_ttl = journal_ttl_seconds
         self.calls = self._db.calls
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DynamoCoordination:
+        """The table of ``settings`` (name, endpoint, region): what workers and producers both use."""
+        return cls(
+            settings.dynamodb_table,
+            endpoint_url=settings.dynamodb_endpoint_url,
+            region_name=settings.aws_region,
+        )
+
     @property
     def table_name(self) -> str:
         return self._table
@@ -178,6 +188,42 @@ class DynamoCoordination:
                 f"group {group} already has an owner, {owner!r}; the first owner is set only once "
                 f"(asked for {cluster!r}); move it with a failover instead"
             ) from failed.error
+
+    # --- divergence ------------------------------------------------------------------------------
+
+    def divergence(self, group: GroupKey) -> Divergence | None:
+        item = self._db.get(codec.group_pk(group), codec.CONFIG_SK, f"read divergence of {group}")
+        return codec.divergence_of(item) if item else None
+
+    def mark_diverged(self, group: GroupKey, divergence: Divergence) -> None:
+        """Record the divergence unless one is recorded already (the first cause is the one to settle)."""
+        request = partial(
+            self._client.update_item,
+            TableName=self._table,
+            Key=codec.key(codec.group_pk(group), codec.CONFIG_SK),
+            UpdateExpression="SET #diverged = :diverged",
+            ConditionExpression="attribute_not_exists(#diverged)",
+            ExpressionAttributeNames=_names("diverged"),
+            ExpressionAttributeValues={":diverged": codec.s(codec.divergence_json(divergence))},
+        )
+        try:
+            self._db.call("UpdateItem", f"mark group {group} diverged", request)
+        except ConditionFailed:
+            return  # already diverged: the first record stands until an operator settles it
+
+    def settle_owner(self, group: GroupKey, *, token: int, owner: str, record: HistoryRecord) -> None:
+        """Set the owner, clear the divergence, write history and release the lock in one transaction."""
+        pk = codec.group_pk(group)
+        what = f"settle group {group} on {owner!r} (token {token})"
+        items = codec.settlement_transaction(self._table, pk, token=token, owner=owner, record=record)
+        request_token = str(
+            uuid.uuid5(uuid.NAMESPACE_URL, f"{self._table}/{pk}/{token}/{record.run_id}/settle")
+        )
+        try:
+            self._db.transact(what, items, request_token)
+        except ConditionFailed as failed:
+            _lock_failed, old_lock = failed.reason(0)
+            raise LeaseLost(self._lost(group, token, old_lock, "settle the group")) from failed.error
 
     # --- lock ------------------------------------------------------------------------------------
 

@@ -7,13 +7,15 @@ tolerate missing optional attributes so that older items stay readable.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from fsm.models import GroupKey
-from workers.ports import Heartbeat, HistoryRecord, JournalEntry, LockInfo
+from workers.ports import Divergence, Heartbeat, HistoryRecord, JournalEntry, LockInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, TransactWriteItemTypeDef
@@ -362,4 +364,51 @@ def volumes_transaction(table: str, pk: str, *, token: int, cluster: str) -> lis
                 "Item": {**key(pk, volumes_sk(token)), "cluster": s(cluster), "token": n(token)},
             }
         },
+    ]
+
+
+def divergence_json(divergence: Divergence) -> str:
+    return json.dumps(dataclasses.asdict(divergence), sort_keys=True)
+
+
+def divergence_of(item: Mapping[str, Any]) -> Divergence | None:
+    """The ``diverged`` attribute of a CONFIG item (JSON), or None."""
+    text = get_opt_str(item, "diverged")
+    if not text:
+        return None
+    data = json.loads(text)
+    return Divergence(**{k: data[k] for k in ("reason", "at", "run_id", "step", "detail") if k in data})
+
+
+def settlement_transaction(
+    table: str, pk: str, *, token: int, owner: str, record: HistoryRecord
+) -> list[TransactWriteItemTypeDef]:
+    """[0] LOCK delete if ``token``, [1] owner set and divergence removed, [2] history put."""
+    return [
+        {
+            "Delete": {
+                "TableName": table,
+                "Key": key(pk, LOCK_SK),
+                "ConditionExpression": "#token = :token",
+                "ExpressionAttributeNames": _names("token"),
+                "ExpressionAttributeValues": {":token": n(token)},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        },
+        {
+            "Update": {
+                "TableName": table,
+                "Key": key(pk, CONFIG_SK),
+                "UpdateExpression": "SET #ownerCluster = :owner, "
+                "#version = if_not_exists(#version, :zero) + :one, #lastFailover = :at REMOVE #diverged",
+                "ExpressionAttributeNames": _names("ownerCluster", "version", "lastFailover", "diverged"),
+                "ExpressionAttributeValues": {
+                    ":owner": s(owner),
+                    ":zero": n(0),
+                    ":one": n(1),
+                    ":at": n(record.finished_at),
+                },
+            }
+        },
+        {"Put": {"TableName": table, "Item": history_item(pk, record)}},
     ]

@@ -14,39 +14,46 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from fsm.decide import Decision, Event, EventKind, decide
 from fsm.models import GroupKey
 from fsm.plan import Step, state_name
-from fsm.run import Run
+from fsm.run import Run, Superseded
 from fsm.unreachable import judge_unreachable, needs_heartbeat
 from workers.container import Adapters
-from workers.errors import ClusterUnreachable, LeaseLost, OrchestratorError, PermanentError, TemporaryError
+from workers.errors import (
+    ClusterUnreachable,
+    Fenced,
+    LeaseLost,
+    OrchestratorError,
+    PermanentError,
+    TemporaryError,
+)
+from workers.lease import LeaseGuard
+from workers.messages import START_TASK, Sender, task_name
 from workers.ports import JournalEntry
 from workers.settings import Settings
 from workers.steps import STEPS, Done, StepContext
 from workers.store import RunStore
+from workers.submission import submit_run
 
 log = structlog.get_logger(__name__)
 
-START_TASK = "failover.start"
-REDRIVE_TASK = "failover.redrive"
-
-
-def task_name(step: Step) -> str:
-    return f"failover.{step.value}"
-
-
-class Sender(Protocol):
-    """Sends one message ``(run_id, ticket)`` to the task ``name`` after ``countdown`` seconds."""
-
-    def send(self, name: str, run_id: str, ticket: int, *, countdown: float, cluster: str | None) -> None: ...
-
 
 _COMMIT_ATTEMPTS = 5
+_ENDS_LEASE = frozenset({Step.ABORT, Step.COMPLETE, Step.RECORD_STANDDOWN, Step.RECORD_RESOLUTION})
+
+
+def _superseded(error: PermanentError) -> Superseded | None:
+    """Whether the error says the run no longer owns its group (so that nothing is undone)."""
+    if isinstance(error, Fenced):
+        return Superseded.FENCED
+    if isinstance(error, LeaseLost):
+        return Superseded.LEASE_LOST
+    return None
 
 
 class Engine:
@@ -71,19 +78,7 @@ class Engine:
 
     def submit(self, run: Run) -> bool:
         """Store a new PENDING run and send its start message; False if the run id exists."""
-        if not self.store.create(run):
-            return False
-        self.sender.send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
-        log.info(
-            "run.submitted",
-            run_id=run.run_id,
-            failover=run.failover,
-            group=str(run.group),
-            kind=run.kind.value,
-            source=run.source_cluster,
-            target=run.target_cluster,
-        )
-        return True
+        return submit_run(self.store, self.sender, run).created
 
     def start(self, run_id: str) -> Decision | None:
         run = self.store.load(run_id)
@@ -170,14 +165,20 @@ class Engine:
             now=started,
             lease_seconds=self.settings.lease_seconds,
             holder=self.settings.holder,
+            clusters=tuple(self.settings.clusters),
         )
         base: dict[str, Any] = {"step": step, "ticket": ticket, "started_at": started}
         try:
-            # COMPLETE, RECORD_STANDDOWN and ABORT end the lease themselves, conditioned on the token; a
+            # The steps that end the lease themselves (conditioned on the token) are not renewed: a
             # redelivery after they committed must reach their own "already done" checks.
-            if run.token is not None and step not in (Step.ABORT, Step.COMPLETE, Step.RECORD_STANDDOWN):
-                self.adapters.coordination.renew_lease(
-                    run.group, token=run.token, lease_seconds=self.settings.lease_seconds, now=started
+            if run.token is not None and step not in _ENDS_LEASE:
+                ctx.lease = LeaseGuard.after_renewal(
+                    self.adapters.coordination,
+                    run.group,
+                    token=run.token,
+                    lease_seconds=self.settings.lease_seconds,
+                    margin=self.settings.lease_margin,
+                    wall=self.clock,
                 )
             outcome = STEPS[step](ctx)
         except Exception as error:
@@ -213,7 +214,7 @@ class Engine:
                 message=error.describe(),
                 cluster=error.cluster or cluster,
                 obj=error.obj,
-                lease_lost=isinstance(error, LeaseLost),
+                superseded=_superseded(error),
                 **base,
             )
         if isinstance(error, OrchestratorError):

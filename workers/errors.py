@@ -81,5 +81,10 @@ class LeaseLost(PermanentError):
     """This run's lock lease expired or was taken over: its fencing token is no longer current."""
 
 
+class Fenced(PermanentError):
+    """A cluster refused a write because a newer run raised the group's fence (or wrote the object
+    with a higher epoch): this run no longer owns the group. Never retried, nothing undone."""
+
+
 class CoordinationConflict(PermanentError):
     """A conditional write in the coordination store failed; ``message`` names the condition."""

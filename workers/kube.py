@@ -1,15 +1,8 @@
 """The :class:`~workers.ports.ClusterEffects` port on the official ``kubernetes`` client.
 
-:class:`KubeClients` holds one ``ApiClient`` per cluster (a kubeconfig context, or the pod's own
-service account for the cluster named ``in-cluster``), built on first use, cached and shared by
-threads; urllib3's own retries are off and every request has a short connect/read timeout, so that a
-slow or dead API server surfaces at once as :class:`~workers.errors.ClusterUnreachable` and the
-engine's backoff decides what happens next. :class:`KubeEffects` implements the port with the
-per-kind semantics of :mod:`workers.kube_kinds` (docs/API.md's "active/passive" table).
-
-Every object is read and written as a plain dict through ``CustomObjectsApi``, which builds the same
-URLs as the typed APIs for any named group (``apps``, ``batch`` and ``networking.k8s.io`` included)
-and sends JSON merge patches: their semantics are the same for every kind, unlike strategic merge.
+:class:`KubeEffects` implements the port with the per-kind rules of :mod:`fsm.kinds` (docs/API.md's
+"active/passive" table) over :class:`~workers.kube_client.KubeClients`, which holds the connections,
+the discovery cache and the translation of the client's errors into :mod:`workers.errors`.
 
 What each operation needs (after Patroni's ``AbstractDCS`` docstring):
 
@@ -31,52 +24,37 @@ discovery          ``/apis``, cached per cluster (for VirtualService: ``networki
                    ``v1beta1``); forgotten when a request finds its API gone. RBAC: none (discovery).
 =================  ===================================================================================
 
-Errors are translated here, at the boundary, into :mod:`workers.errors` (always ``raise ... from``
-the client's error), with ``cluster`` and ``obj`` set: 404 of the object -> NotFoundError; 404 of
-the kind -> PermanentError naming the missing API group/version; 403 -> ForbiddenError naming the verb
-and resource RBAC lacks; 409 (after the retries) -> ConflictError; 429 -> TemporaryError with
-``retry_after``; 5xx -> TemporaryError; refused, reset, timed out -> ClusterUnreachable.
+Errors are those of :mod:`workers.kube_client`, with ``cluster`` and ``obj`` set; a 409 that outlasts
+the retries is a ConflictError; a per-kind rule that cannot apply (:class:`fsm.kinds.KindError`: a
+kind we do not manage, no replica count to scale a workload back to) is a PermanentError, its message
+kept.
 
-``kubernetes`` may be imported only by ``workers/kube*.py`` (``workers.kube_kinds`` does not even need
-it) and by the watcher; an import-linter contract holds the rest of the product to that.
+``kubernetes`` may be imported only by ``workers/kube*.py`` (``fsm.kinds`` does not even need it) and
+by the watcher; an import-linter contract holds the rest of the product to that.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import structlog
-import urllib3
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 
-from fsm.models import ANNOTATION_EPOCH, ResourceRef
-from workers.errors import (
-    ClusterUnreachable,
-    ConflictError,
-    ForbiddenError,
-    NotFoundError,
-    OrchestratorError,
-    PermanentError,
-    TemporaryError,
-)
-from workers.kube_kinds import (
+from fsm.kinds import (
     CRON_JOB,
+    FAILOVER_GROUPS,
     JOBS,
     Edit,
-    Obj,
+    KindError,
+    KindInfo,
+    UnknownKind,
     active_edit,
     annotations_of,
+    as_int,
     condition,
     guess_role,
     judge,
@@ -84,332 +62,42 @@ from workers.kube_kinds import (
     passive_edit,
     replica_count,
 )
+from fsm.models import ANNOTATION_EPOCH, ANNOTATION_FENCE, LABEL_GROUP, GroupKey, ResourceRef
+from workers.errors import ConflictError, Fenced, NotFoundError, OrchestratorError, PermanentError
+from workers.kube_client import KubeClients, Obj, Target
 from workers.ports import Change, Check, Observation, Role
 
+# The clients and their targets are part of this adapter's surface (workers.api, workers.status).
+__all__ = ["KubeClients", "KubeEffects", "Target", "describe_edit"]
+
 log = structlog.get_logger(__name__)
-
-IN_CLUSTER = "in-cluster"
-FIELD_MANAGER = "failover-orchestrator"
-JSON_PATCH = "application/json-patch+json"
-MERGE_PATCH = "application/merge-patch+json"
-
-
-@dataclass(frozen=True)
-class Target:
-    """One object (or, without ``name``, a collection) of one cluster, and how to name it in errors."""
-
-    cluster: str
-    group: str
-    version: str
-    plural: str
-    namespace: str
-    name: str | None
-    label: str
-
-    @property
-    def resource(self) -> str:
-        return f"{self.plural}.{self.group}" if self.group else self.plural
-
-    @property
-    def group_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def named(self, name: str, label: str) -> Target:
-        return replace(self, name=name, label=label)
-
-
-# --- error translation ---------------------------------------------------------------------------
-
-_FORBIDDEN = re.compile(
-    r'cannot (?P<verb>\S+) resource "(?P<resource>[^"]+)" in API group "(?P<group>[^"]*)"'
-)
-
-
-def _status_body(error: ApiException) -> Obj:
-    try:
-        body = json.loads(error.body or "")
-    except (TypeError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _retry_after(error: ApiException, body: Obj) -> float | None:
-    header = (error.headers or {}).get("Retry-After")
-    if header is not None:
-        with contextlib.suppress(TypeError, ValueError):
-            return max(0.0, float(header))
-    seconds = (body.get("details") or {}).get("retryAfterSeconds")
-    return float(seconds) if isinstance(seconds, int | float) else None
-
-
-def api_error(error: ApiException, target: Target, verb: str) -> OrchestratorError:
-    """The :mod:`workers.errors` class for an API server's answer to ``verb`` on ``target``."""
-    status = int(error.status or 0)
-    body = _status_body(error)
-    message = str(body.get("message") or error.reason or "").strip()
-    cluster, obj = target.cluster, target.label or None
-    if status == 0:  # the client reports TLS failures this way: nothing was answered
-        return ClusterUnreachable(f"cluster {cluster!r} did not answer: {message}", cluster=cluster, obj=obj)
-    if status == 404:
-        details = body.get("details") or {}
-        if target.name is not None and details.get("name") == target.name:
-            return NotFoundError(
-                f"{target.label} not found on cluster {target.cluster!r}", cluster=cluster, obj=obj
-            )
-        return PermanentError(
-            f"{target.resource} is not served by cluster {target.cluster!r}: API {target.group_version} "
-            "is missing (is its CRD installed?)",
-            cluster=cluster,
-            obj=obj,
-        )
-    if status == 403:
-        found = _FORBIDDEN.search(message)
-        verb_, resource, group = (
-            (found["verb"], found["resource"], found["group"])
-            if found
-            else (verb, target.plural, target.group)
-        )
-        scope = f"in namespace {target.namespace!r}" if target.namespace else "at cluster scope"
-        return ForbiddenError(
-            f"RBAC forbids {verb_} on {resource} (API group {group!r}) {scope}: {message}",
-            cluster=cluster,
-            obj=obj,
-        )
-    if status == 409:
-        return ConflictError(f"{verb} conflicted: {message}", cluster=cluster, obj=obj)
-    if status == 429:
-        return TemporaryError(
-            f"throttled (429): {message}", retry_after=_retry_after(error, body), cluster=cluster, obj=obj
-        )
-    if status >= 500:
-        return TemporaryError(
-            f"server error {status} on {verb}: {message}",
-            retry_after=_retry_after(error, body),
-            cluster=cluster,
-            obj=obj,
-        )
-    if status == 401:
-        return PermanentError(
-            f"cluster {target.cluster!r} rejected our credentials (401): {message}", cluster=cluster, obj=obj
-        )
-    return PermanentError(
-        f"{verb} {target.resource} refused with {status}: {message}", cluster=cluster, obj=obj
-    )
-
-
-def unreachable(target: Target, verb: str, error: Exception) -> ClusterUnreachable:
-    """Refused, reset, timed out, protocol errors: with urllib3's retries off they arrive as is
-    (a MaxRetryError only if someone turns retries back on)."""
-    return ClusterUnreachable(
-        f"cluster {target.cluster!r} did not answer {verb} {target.resource} "
-        f"({type(error).__name__}: {error})",
-        cluster=target.cluster,
-        obj=target.label or None,
-    )
-
-
-@contextlib.contextmanager
-def translated(target: Target, verb: str) -> Iterator[None]:
-    """Turn the client's and urllib3's exceptions into ours, chained to the original."""
-    try:
-        yield
-    except ApiException as error:
-        raise api_error(error, target, verb) from error
-    except (urllib3.exceptions.HTTPError, OSError) as error:
-        raise unreachable(target, verb, error) from error
 
 
 @contextlib.contextmanager
 def _located(cluster: str, ref: ResourceRef) -> Iterator[None]:
-    """Make sure every error leaving the adapter says which cluster and object it is about."""
+    """Make sure every error leaving the adapter is ours and says which cluster and object it is about."""
     try:
         yield
+    except KindError as error:
+        raise PermanentError(str(error), cluster=cluster, obj=str(ref)) from error
     except OrchestratorError as error:
         error.cluster = error.cluster or cluster
         error.obj = error.obj or str(ref)
         raise
 
 
-# --- clients -------------------------------------------------------------------------------------
-
-
-def _obj(value: Any) -> Obj:
-    if isinstance(value, dict):
-        return cast(Obj, value)
-    raise TemporaryError(f"unexpected answer from the API server: {type(value).__name__}")
-
-
-class KubeClients:
-    """One official-client ``ApiClient`` per cluster, built lazily, cached and shared by threads.
-
-    Args:
-        kubeconfig: the kubeconfig file whose contexts name the clusters (None: ``$KUBECONFIG`` or
-            ``~/.kube/config``). The cluster named ``in-cluster`` uses the pod's service account.
-        connect_timeout/read_timeout: seconds, per request.
-        discovery_ttl: how long the served API versions of a cluster are trusted.
-    """
-
-    def __init__(
-        self,
-        kubeconfig: str | Path | None = None,
-        *,
-        connect_timeout: float = 3.0,
-        read_timeout: float = 15.0,
-        discovery_ttl: float = 300.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.kubeconfig = str(kubeconfig) if kubeconfig is not None else None
-        self.timeout = (connect_timeout, read_timeout)
-        self.discovery_ttl = discovery_ttl
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._clients: dict[str, Any] = {}
-        self._discovery: dict[str, tuple[float, dict[str, tuple[str, ...]]]] = {}
-
-    def api_client(self, cluster: str) -> Any:
-        with self._lock:
-            api = self._clients.get(cluster)
-            if api is None:
-                api = self._clients[cluster] = self._build(cluster)
-            return api
-
-    def _build(self, cluster: str) -> Any:
-        configuration = k8s.Configuration()
-        # urllib3 would otherwise retry (and sleep through Retry-After) behind our back; the
-        # engine's backoff, which sees the error, decides instead.
-        configuration.retries = False
-        loader: Any = k8s_config  # its functions are unannotated
-        try:
-            if cluster == IN_CLUSTER:
-                loader.load_incluster_config(client_configuration=configuration)
-                return k8s.ApiClient(configuration=configuration)
-            return loader.new_client_from_config(
-                config_file=self.kubeconfig,
-                context=cluster,
-                persist_config=False,
-                client_configuration=configuration,
-            )
-        except (ConfigException, OSError, ValueError) as error:
-            raise PermanentError(
-                f"no usable connection settings for cluster {cluster!r} "
-                f"(kubeconfig {self.kubeconfig or 'default'}): {error}",
-                cluster=cluster,
-            ) from error
-
-    def close(self) -> None:
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-            self._discovery.clear()
-        for api in clients:
-            api.close()
-
-    # --- discovery ------------------------------------------------------------------------------
-
-    def served_versions(self, cluster: str, group: str) -> tuple[str, ...]:
-        """The versions of ``group`` the cluster serves (preferred first), from cached discovery."""
-        with self._lock:
-            cached = self._discovery.get(cluster)
-        if cached is None or self._clock() - cached[0] > self.discovery_ttl:
-            # No label: the error is about the object that needed discovery (``_located`` names it).
-            target = Target(cluster, "", "", "apis", "", None, "")
-            with translated(target, "get"):
-                found = k8s.ApisApi(self.api_client(cluster)).get_api_versions(_request_timeout=self.timeout)
-            served = {
-                str(g.name): tuple(str(v.version) for v in g.versions or ()) for g in found.groups or ()
-            }
-            cached = (self._clock(), served)
-            with self._lock:
-                self._discovery[cluster] = cached
-        return cached[1].get(group, ())
-
-    def forget_discovery(self, cluster: str) -> None:
-        with self._lock:
-            self._discovery.pop(cluster, None)
-
-    # --- objects as dicts -----------------------------------------------------------------------
-
-    def _call(self, target: Target, verb: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``CustomObjectsApi.<method>`` on ``target``'s collection, translating its errors."""
-        api = k8s.CustomObjectsApi(self.api_client(target.cluster))
-        collection = (target.group, target.version, target.namespace, target.plural)
-        try:
-            return getattr(api, method)(*collection, *args, _request_timeout=self.timeout, **kwargs)
-        except ApiException as error:
-            mapped = api_error(error, target, verb)
-            if error.status == 404 and not isinstance(mapped, NotFoundError):
-                self.forget_discovery(target.cluster)  # its CRD may have gone: look again next time
-            raise mapped from error
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise unreachable(target, verb, error) from error
-
-    def get(self, target: Target) -> Obj:
-        return _obj(self._call(target, "get", "get_namespaced_custom_object", target.name))
-
-    def patch(self, target: Target, body: Obj | list[Obj], *, subresource: str | None = None) -> Obj:
-        """A merge patch (``body`` a dict) or a JSON patch (``body`` a list of operations)."""
-        method = "patch_namespaced_custom_object" + ("_status" if subresource == "status" else "")
-        content_type = JSON_PATCH if isinstance(body, list) else MERGE_PATCH
-        return _obj(
-            self._call(
-                target,
-                "patch",
-                method,
-                target.name,
-                body,
-                field_manager=FIELD_MANAGER,
-                _content_type=content_type,
-            )
-        )
-
-    def list(self, target: Target, *, field_selector: str | None = None) -> list[Obj]:
-        found = self._call(target, "list", "list_namespaced_custom_object", field_selector=field_selector)
-        return [_obj(item) for item in _obj(found).get("items") or []]
-
-    def delete(self, target: Target, *, uid: str | None = None) -> None:
-        """Delete with background propagation (dependents go after the object), ``uid`` as precondition."""
-        options = k8s.V1DeleteOptions(
-            propagation_policy="Background",
-            preconditions=k8s.V1Preconditions(uid=uid) if uid else None,
-        )
-        self._call(target, "delete", "delete_namespaced_custom_object", target.name, body=options)
-
-    # --- core/v1 Events -------------------------------------------------------------------------
-
-    def create_event(self, cluster: str, namespace: str, event: Obj) -> bool:
-        """Create a core/v1 Event from its JSON form; False when one of that name already exists."""
-        name = str((event.get("metadata") or {}).get("name"))
-        target = Target(cluster, "", "v1", "events", namespace, name, f"Event {namespace}/{name}")
-        body: Any = k8s.CoreV1Event.from_dict(event)
-        try:
-            k8s.CoreV1Api(self.api_client(cluster)).create_namespaced_event(
-                namespace, body, _request_timeout=self.timeout
-            )
-        except ApiException as error:
-            if error.status == 409 and _status_body(error).get("reason") == "AlreadyExists":
-                return False
-            raise api_error(error, target, "create") from error
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise unreachable(target, "create", error) from error
-        return True
-
-    def event_names(self, cluster: str, namespace: str, *, field_selector: str) -> set[str]:
-        target = Target(cluster, "", "v1", "events", namespace, None, f"Events in {namespace}")
-        with translated(target, "list"):
-            found = k8s.CoreV1Api(self.api_client(cluster)).list_namespaced_event(
-                namespace, field_selector=field_selector, _request_timeout=self.timeout
-            )
-        return {str(item.metadata.name) for item in found.items or ()}
-
-
 # --- the port --------------------------------------------------------------------------------------
 
 
-def _fenced(edit: Edit, obj: Obj, epoch: int) -> Obj:
-    """``edit``'s merge patch, conditioned on the resourceVersion read and stamped with the epoch."""
+def _fenced(edit: Edit, obj: Obj, epoch: int, group: str) -> Obj:
+    """``edit``'s merge patch, conditioned on the resourceVersion read, stamped with the epoch and
+    labelled with the group: what the clusters' fence policy (deploy/fencing) checks."""
     patch = json.loads(json.dumps(edit.patch))
     metadata = patch.setdefault("metadata", {})
     metadata["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion")
     metadata.setdefault("annotations", {})[ANNOTATION_EPOCH] = str(epoch)
+    if group:
+        metadata.setdefault("labels", {})[LABEL_GROUP] = group
     return cast(Obj, patch)
 
 
@@ -482,7 +170,7 @@ class KubeEffects:
 
     def target(self, cluster: str, ref: ResourceRef) -> Target:
         """Where ``ref`` is served on ``cluster`` (the first of the kind's versions that is served)."""
-        info = kind_info(ref.kind)
+        info = self._info(cluster, ref)
         version = info.versions[0]
         if len(info.versions) > 1:
             served = self.clients.served_versions(cluster, info.group)
@@ -508,16 +196,18 @@ class KubeEffects:
         try:
             return target, self.clients.get(target)
         except PermanentError as error:
-            if len(kind_info(ref.kind).versions) == 1 or not _not_served(error):
+            if len(self._info(cluster, ref).versions) == 1 or not _not_served(error):
                 raise
         target = self.target(cluster, ref)
         return target, self.clients.get(target)
 
     # --- ClusterEffects ---------------------------------------------------------------------------
 
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int) -> Change:
+    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
         with _located(cluster, ref):
-            return self._apply(cluster, ref, Role.PASSIVE, epoch, lambda obj: passive_edit(ref.kind, obj))
+            return self._apply(
+                cluster, ref, Role.PASSIVE, (epoch, group), lambda obj: passive_edit(ref.kind, obj)
+            )
 
     def make_active(
         self,
@@ -525,6 +215,7 @@ class KubeEffects:
         ref: ResourceRef,
         *,
         epoch: int,
+        group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
     ) -> Change:
@@ -533,9 +224,42 @@ class KubeEffects:
                 cluster,
                 ref,
                 Role.ACTIVE,
-                epoch,
+                (epoch, group),
                 lambda obj: active_edit(ref.kind, obj, replicas=replicas, requested_at=requested_at),
             )
+
+    def raise_fence(self, cluster: str, group: GroupKey, *, token: int) -> Change:
+        """Raise the group's fence annotation on ``cluster`` to ``token``, conditioned on the
+        resourceVersion read (and, on the server, on deploy/fencing's rule that a fence only grows)."""
+        ref = ResourceRef(kind=FAILOVER_GROUPS.kind, namespace=group.namespace, name=group.name)
+        info = FAILOVER_GROUPS
+        target = Target(cluster, info.group, info.versions[0], info.plural, ref.namespace, ref.name, str(ref))
+        with _located(cluster, ref):
+            for _attempt in range(self.conflict_attempts):
+                obj = self.clients.get(target)
+                current = as_int(annotations_of(obj).get(ANNOTATION_FENCE), 0)
+                if current > token:
+                    raise Fenced(
+                        f"fenced: the fence of {ref} on {cluster!r} is {current}, above this run's "
+                        f"token {token}: a newer run owns the group"
+                    )
+                if current == token:
+                    return Change(cluster, ref, "raise_fence", changed=False, detail=f"fence already {token}")
+                patch = {
+                    "metadata": {
+                        "resourceVersion": (obj.get("metadata") or {}).get("resourceVersion"),
+                        "annotations": {ANNOTATION_FENCE: str(token)},
+                    }
+                }
+                try:
+                    self.clients.patch(target, patch)
+                except ConflictError:
+                    continue
+                log.info(
+                    "kube.fence_raised", cluster=cluster, group=str(group), fence=token, previous=current
+                )
+                return Change(cluster, ref, "raise_fence", changed=True, detail=f"fence {current} -> {token}")
+        raise ConflictError(f"the fence of {ref} kept changing under us", cluster=cluster, obj=str(ref))
 
     def check(self, cluster: str, ref: ResourceRef, role: Role, *, requested_at: str | None = None) -> Check:
         with _located(cluster, ref):
@@ -631,8 +355,20 @@ class KubeEffects:
 
     # --- internals ---------------------------------------------------------------------------------
 
+    @staticmethod
+    def _info(cluster: str, ref: ResourceRef) -> KindInfo:
+        try:
+            return kind_info(ref.kind)
+        except UnknownKind as error:
+            raise PermanentError(str(error), cluster=cluster, obj=str(ref)) from error
+
     def _apply(
-        self, cluster: str, ref: ResourceRef, role: Role, epoch: int, edit_of: Callable[[Obj], Edit | None]
+        self,
+        cluster: str,
+        ref: ResourceRef,
+        role: Role,
+        stamp: tuple[int, str],
+        edit_of: Callable[[Obj], Edit | None],
     ) -> Change:
         """Read, compute the edit, patch conditioned on the resourceVersion read; on 409, again."""
         action = f"make_{role.value}"
@@ -645,7 +381,7 @@ class KubeEffects:
                     cluster=cluster, ref=ref, action=action, changed=False, detail=f"already {role.value}"
                 )
             try:
-                self.clients.patch(target, _fenced(edit, obj, epoch))
+                self.clients.patch(target, _fenced(edit, obj, *stamp))
             except ConflictError as error:
                 conflict = error
                 log.info(
@@ -658,7 +394,12 @@ class KubeEffects:
                 )
                 continue
             log.info(
-                "kube.changed", cluster=cluster, obj=str(ref), action=action, detail=edit.detail, epoch=epoch
+                "kube.changed",
+                cluster=cluster,
+                obj=str(ref),
+                action=action,
+                detail=edit.detail,
+                epoch=stamp[0],
             )
             return Change(cluster=cluster, ref=ref, action=action, changed=True, detail=edit.detail)
         raise ConflictError(

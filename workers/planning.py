@@ -297,11 +297,6 @@ def plan_failover(
     )
 
 
-def group_refs(group: FailoverGroup) -> list[ResourceRef]:
-    """Every object the group references (workloads, volumes, network, Flux)."""
-    return [*group.workload_refs(), *group.volume_refs(), *group.network_refs(), *group.flux_refs()]
-
-
 def validate_group(group: FailoverGroup, clusters: Sequence[str], effects: ClusterEffects) -> list[Problem]:
     """Whether every object ``group`` references exists on every one of ``clusters``. Only reads.
 
@@ -310,7 +305,7 @@ def validate_group(group: FailoverGroup, clusters: Sequence[str], effects: Clust
     that is not installed, no connection settings) is a problem with its message.
     """
     problems: list[Problem] = []
-    refs = group_refs(group)
+    refs = group.refs()
     for cluster in clusters:
         why = unusable(effects, cluster)
         if why is not None:

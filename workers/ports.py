@@ -3,7 +3,7 @@
 Two ports, each with a real adapter and a small fake:
 - :class:`ClusterEffects`: make one object active or passive on one cluster and check whether it
   got there. Real adapter: ``workers.kube`` (the official ``kubernetes`` client). The semantics per
-  kind are docs/API.md's "active/passive" table; the engine never looks inside an object.
+  kind are docs/API.md's "active/passive" table (``fsm.kinds``); the engine never looks inside an object.
 - :class:`Coordination`: everything that must outlive one site (the per-group lock with its fencing
   token, the active cluster, history, heartbeats, the run journal and the volume handshake). Real
   adapter: ``workers.dynamo`` (boto3 against DynamoDB).
@@ -19,6 +19,10 @@ release_lock                 CAS-critical: conditioned on the token; idempotent 
 complete_failover            CAS-critical: one transaction (owner flip + history + release)
                              conditioned on the token and the expected owner
 active_cluster, lock_info    strongly consistent read (decisions are taken on it)
+settle_owner                 CAS-critical: one transaction (owner set + divergence cleared +
+                             history + release) conditioned on the token
+divergence                   strongly consistent read
+mark_diverged                conditional put: the first record wins until settled
 mark_volumes_released        CAS-critical: conditioned on the token
 volumes_released             strongly consistent read
 write_journal                idempotent put keyed by run and sequence; must succeed before the
@@ -72,8 +76,12 @@ class Change:
 class ClusterEffects(Protocol):
     """Acts on one object of one cluster at a time. Every method is idempotent."""
 
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int) -> Change:
-        """Apply the kind's "make passive" change; a no-op (``changed=False``) when already done."""
+    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
+        """Apply the kind's "make passive" change; a no-op (``changed=False``) when already done.
+
+        Every write is stamped with ``epoch`` (the run's fencing token) and labelled with ``group``, so
+        that the cluster's fence policy can refuse it if a newer run took the group (:class:`Fenced`).
+        """
         ...
 
     def make_active(
@@ -82,10 +90,11 @@ class ClusterEffects(Protocol):
         ref: ResourceRef,
         *,
         epoch: int,
+        group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
     ) -> Change:
-        """Apply the kind's "make active" change.
+        """Apply the kind's "make active" change (stamped and labelled as :meth:`make_passive`).
 
         ``replicas`` is the fallback count for workloads without the remembered-replicas annotation;
         ``requested_at`` is the Flux reconcile request value (stable across retries of one run).
@@ -102,6 +111,11 @@ class ClusterEffects(Protocol):
 
     def stop_jobs(self, cluster: str, ref: ResourceRef) -> Change:
         """Delete a suspended CronJob's running Jobs: waiting for them is not enough any more."""
+        ...
+
+    def raise_fence(self, cluster: str, group: GroupKey, *, token: int) -> Change:
+        """Raise the group's fence on ``cluster`` to ``token`` (never lowers it). Raises
+        :class:`workers.errors.Fenced` when the fence is already higher: a newer run owns the group."""
         ...
 
 
@@ -156,6 +170,20 @@ class JournalEntry:
 
 
 @dataclass(frozen=True)
+class Divergence:
+    """Why a group's clusters no longer match what DynamoDB says: a run failed past its point of no
+    return, or the health checker saw the owner not serving while another cluster was active. While
+    recorded, no automatic failover or stand-down touches the group; ``failoverctl group resolve``
+    settles it and clears it."""
+
+    reason: str
+    at: float
+    run_id: str = ""
+    step: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     cluster: str
     health: str
@@ -199,6 +227,19 @@ class Coordination(Protocol):
         record: HistoryRecord,
     ) -> None:
         """Flip the owner, write history and release the lock atomically (or raise, naming why)."""
+        ...
+
+    def settle_owner(self, group: GroupKey, *, token: int, owner: str, record: HistoryRecord) -> None:
+        """Record ``owner`` whatever the owner was, clear any divergence, write history and release
+        the lock held with ``token``, atomically (a resolution; raises LeaseLost if not ours)."""
+        ...
+
+    def divergence(self, group: GroupKey) -> Divergence | None:
+        """The group's recorded divergence (strongly consistent read), or None."""
+        ...
+
+    def mark_diverged(self, group: GroupKey, divergence: Divergence) -> None:
+        """Record that the group is diverged (the first record is kept until it is settled)."""
         ...
 
     def record_history(self, group: GroupKey, record: HistoryRecord) -> None: ...

@@ -10,7 +10,7 @@ import json
 import socket
 from functools import cache
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fsm.plan import Timing
@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     )
     run_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a finished run stays in Redis.")
     lease_seconds: float = Field(default=90.0, description="Lock lease; renewed by every step.")
+    lease_margin: float = Field(
+        default=10.0,
+        description="A step writes only while more than this many seconds of its lease are left "
+        "(at most a quarter of the lease); it renews once half has passed.",
+    )
     redrive_after: float = Field(
         default=45.0, description="A run whose message is this many seconds overdue is sent again."
     )
@@ -81,6 +86,15 @@ class Settings(BaseSettings):
     log_json: bool = Field(default=False, description="JSON log lines (production) instead of console text.")
     log_level: str = Field(default="INFO", description="Log level of every component.")
     timing: Timing = Field(default_factory=Timing, description="Step deadlines and backoff.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis_url(cls, value: str) -> str:
+        """Refused here, so that a typo fails as a setting and not as a connection error later."""
+        scheme, separator, _ = value.partition("://")
+        if not separator or scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"expected redis://HOST:PORT/DB (or rediss://, unix://), got {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _countdowns_below_visibility(self) -> Settings:

@@ -19,9 +19,17 @@ from dataclasses import dataclass, field
 from fsm.decide import Updates
 from fsm.models import ResourceRef
 from fsm.plan import CATALOGUE, Step, StepInfo, StepType
-from fsm.run import Run
-from workers.errors import ClusterUnreachable, CoordinationConflict, LeaseLost, LockHeld, PermanentError
-from workers.ports import Change, ClusterEffects, Coordination, HistoryRecord, Role
+from fsm.run import Run, Superseded
+from workers.errors import (
+    ClusterUnreachable,
+    CoordinationConflict,
+    LeaseLost,
+    LockHeld,
+    NotFoundError,
+    PermanentError,
+)
+from workers.lease import LeaseGuard
+from workers.ports import Change, ClusterEffects, Coordination, Divergence, HistoryRecord, Role
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class StepContext:
     now: float
     lease_seconds: float
     holder: str
+    clusters: tuple[str, ...] = ()
+    lease: LeaseGuard | None = None
     changes: list[Change] = field(default_factory=list)
 
     @property
@@ -56,6 +66,11 @@ class StepContext:
         if self.run.token is None:
             raise PermanentError("no fencing token: the lock was never acquired by this run")
         return self.run.token
+
+    def guard(self) -> None:
+        """Before a write: the lease must still hold with a margin (renewed when half has passed)."""
+        if self.lease is not None:
+            self.lease.check()
 
     def on_cluster(self) -> str:
         if self.cluster is None:
@@ -67,13 +82,15 @@ class StepContext:
     def make(self, refs: Sequence[ResourceRef], role: Role) -> Done:
         cluster, epoch = self.on_cluster(), self.epoch
         for ref in refs:
+            self.guard()
             if role is Role.PASSIVE:
-                change = self.effects.make_passive(cluster, ref, epoch=epoch)
+                change = self.effects.make_passive(cluster, ref, epoch=epoch, group=self.run.group.name)
             else:
                 change = self.effects.make_active(
                     cluster,
                     ref,
                     epoch=epoch,
+                    group=self.run.group.name,
                     replicas=self.run.replicas.get(ref.name),
                     requested_at=self.requested_at(ref),
                 )
@@ -162,11 +179,12 @@ def wait(ctx: StepContext, info: StepInfo) -> Outcome:
     if ctx.now < started + (deadline - started) * JOB_GRACE_SHARE:
         return outcome
     cluster = ctx.on_cluster()
-    stopped = [
-        change
-        for ref, _detail in pending
-        if ref.kind == "CronJob" and (change := ctx.effects.stop_jobs(cluster, ref)).changed
-    ]
+    stopped = []
+    for ref, _detail in pending:
+        if ref.kind == "CronJob":
+            ctx.guard()
+            if (change := ctx.effects.stop_jobs(cluster, ref)).changed:
+                stopped.append(change)
     ctx.changes.extend(stopped)
     if stopped and isinstance(outcome, Wait):
         detail = "; ".join(f"{c.ref}: {c.detail}" for c in stopped)
@@ -249,6 +267,36 @@ def acquire_lock(ctx: StepContext) -> Outcome:
     )
 
 
+@step(Step.RAISE_FENCE)
+def raise_fence(ctx: StepContext) -> Outcome:
+    """Raise the group's fence to this run's token on every cluster that answers, before the run
+    changes anything anywhere: from then on each cluster refuses writes of any older run.
+
+    The target must answer (it is retried like any step); the source too unless the run is forced (a
+    lost site is fenced when it answers again: see README "Fencing"). Other known clusters that do not
+    answer, or do not hold the FailoverGroup, are noted: they cannot be fenced now.
+    """
+    run, token = ctx.run, ctx.epoch
+    clusters = dict.fromkeys([run.target_cluster, run.source_cluster, *ctx.clusters])
+    raised, noted = [], []
+    for cluster in clusters:
+        ctx.guard()
+        try:
+            change = ctx.effects.raise_fence(cluster, run.group, token=token)
+        except ClusterUnreachable as error:
+            if cluster == run.target_cluster or (cluster == run.source_cluster and not run.force):
+                raise
+            noted.append(f"{cluster} not reached ({error.message})")
+            continue
+        except NotFoundError:
+            noted.append(f"{cluster} holds no FailoverGroup {run.group.namespace}/{run.group.name}")
+            continue
+        ctx.changes.append(change)
+        raised.append(cluster)
+    message = f"fence {token} on {', '.join(raised)}"
+    return Done(f"{message}; {'; '.join(noted)}" if noted else message)
+
+
 # --- coordination ----------------------------------------------------------------------------------
 
 
@@ -328,10 +376,48 @@ def record_standdown(ctx: StepContext) -> Outcome:
     return Done(f"stand-down of {run.source_cluster} recorded in history; lock released")
 
 
+@step(Step.RECORD_RESOLUTION)
+def record_resolution(ctx: StepContext) -> Outcome:
+    """The chosen cluster becomes the recorded owner, the divergence is cleared, and the lock is
+    released, in one transaction conditioned on the token."""
+    run = ctx.run
+    record = dataclasses.replace(
+        history_record(run, outcome="RESOLVED", now=ctx.now),
+        message=f"{run.target_cluster} settled as the active cluster, {run.source_cluster} passive "
+        f"({run.reason})",
+    )
+    try:
+        ctx.coordination.settle_owner(run.group, token=ctx.epoch, owner=run.target_cluster, record=record)
+    except LeaseLost:
+        # A redelivery after the transaction committed finds the lock gone and the owner set.
+        if ctx.coordination.active_cluster(run.group) == run.target_cluster and any(
+            h.run_id == run.run_id for h in ctx.coordination.history(run.group, limit=10)
+        ):
+            return Done(f"already settled: {run.target_cluster} is active")
+        raise
+    return Done(f"{run.target_cluster} recorded as the active cluster; divergence cleared; lock released")
+
+
+def _outcome_of(run: Run) -> str:
+    """History's outcome for a failed run: FENCED when a cluster refused it, else FAILED."""
+    return "FENCED" if run.failure and run.failure.superseded is Superseded.FENCED else "FAILED"
+
+
 @step(Step.ABORT)
 def abort(ctx: StepContext) -> Outcome:
+    """Record the failure (and, past the point of no return, that the group is diverged), then release
+    the lock if it is still ours."""
     run = ctx.run
-    ctx.coordination.record_history(run.group, history_record(run, outcome="FAILED", now=ctx.now))
+    if run.diverged and run.failure is not None:
+        divergence = Divergence(
+            reason=f"run {run.run_id} failed past its point of no return: {run.failure.describe()}",
+            at=ctx.now,
+            run_id=run.run_id,
+            step=run.failure.step.value,
+            detail=f"{run.kind.value} {run.source_cluster} -> {run.target_cluster}",
+        )
+        ctx.coordination.mark_diverged(run.group, divergence)
+    ctx.coordination.record_history(run.group, history_record(run, outcome=_outcome_of(run), now=ctx.now))
     if run.token is None:
         return Done("failure recorded; no lock was held")
     released = ctx.coordination.release_lock(run.group, token=run.token)

@@ -12,31 +12,22 @@ from functools import cache
 from typing import Any
 
 import structlog
-from celery import Celery
 from celery.signals import setup_logging, task_postrun, task_prerun
 
 from fsm.plan import Step
 from workers import liveness, metrics
-from workers.app import app
+from workers.app import create_app
 from workers.container import build_adapters
-from workers.engine import REDRIVE_TASK, START_TASK, Engine, task_name
+from workers.engine import Engine
 from workers.logging import configure_logging
-from workers.settings import Settings, get_settings
+from workers.messages import REDRIVE_TASK, START_TASK, CelerySender, task_name
+from workers.settings import get_settings
 from workers.store import RunStore, queue_lengths
 
+__all__ = ["CelerySender", "app", "get_engine", "redrive", "start"]
 
-class CelerySender:
-    """Sends step messages by task name, to a queue per cluster when so configured."""
-
-    def __init__(self, celery: Celery, settings: Settings) -> None:
-        self.celery = celery
-        self.settings = settings
-
-    def send(self, name: str, run_id: str, ticket: int, *, countdown: float, cluster: str | None) -> None:
-        queue = self.settings.queue
-        if self.settings.per_cluster_queues and cluster:
-            queue = f"{queue}.{cluster}"
-        self.celery.send_task(name, args=[run_id, ticket], countdown=countdown or None, queue=queue)
+# The app that registers the tasks: the one `celery -A workers.tasks worker|beat|flower` runs.
+app = create_app()
 
 
 @cache

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fsm.health import LABEL_AUTOMATIC, Action
+from fsm.autofailover import LABEL_AUTOMATIC, Action
 from fsm.run import RunStatus
 from producers.health import GroupOutcome
 from sandbox.kube import SandboxFleet

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fsm.health import LABEL_AUTOMATIC, Action
+from fsm.autofailover import LABEL_AUTOMATIC, Action
 from tests.autofailover.conftest import SHOP, World
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -124,6 +124,7 @@ RULES = {
         ("helm.toolkit.fluxcd.io", "helmreleases"): {"get", "list", "watch", "patch"},
         ("kustomize.toolkit.fluxcd.io", "kustomizations"): {"get", "list", "watch", "patch"},
         ("replication.storage.openshift.io", "volumereplications"): {"get", "list", "watch", "patch"},
+        ("crd.hahomelabs.com", "failovergroups"): {"get", "patch"},  # the fence annotation (deploy/fencing)
         ("crd.hahomelabs.com", "failovers/status"): {"patch"},
         ("", "events"): {"create"},
     },

@@ -120,7 +120,7 @@ def test_a_successful_run_counts_once_per_run_and_per_step() -> None:
         final.total_seconds()
     )
     steps = executed_steps(final)
-    assert len(steps) == 18
+    assert len(steps) == 19
     for step in steps:
         assert sample(registry, "failover_steps_total", mode=mode, step=step, outcome="done") == 1, step
         assert sample(registry, "failover_step_duration_seconds_count", mode=mode, step=step) == 1, step

@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 
 from workers import liveness, metrics
-from workers.app import app
+from workers.app import create_app
+
+app = create_app()
 
 metrics.connect_celery_signals(int(os.environ["DEPLOYTEST_METRICS_PORT"]), queue_depth=lambda: {"probe": 1})
 liveness.connect_celery_signals()

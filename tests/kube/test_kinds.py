@@ -1,4 +1,4 @@
-"""The per-kind semantics of workers.kube_kinds, on hand-written objects (no server)."""
+"""The per-kind semantics of fsm.kinds, on hand-written objects (no server)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,16 @@ from typing import Any
 
 import pytest
 
-from workers.errors import PermanentError
-from workers.kube_kinds import active_edit, guess_role, judge, passive_edit, replica_count
-from workers.ports import Role
+from fsm.kinds import (
+    NoReplicaCount,
+    Role,
+    UnknownKind,
+    active_edit,
+    guess_role,
+    judge,
+    passive_edit,
+    replica_count,
+)
 
 REPLICAS = "failover.hahomelabs.com/replicas"
 FLUX_RECONCILE = "kustomize.toolkit.fluxcd.io/reconcile"
@@ -60,7 +67,7 @@ def test_scaling_up_prefers_the_remembered_count_then_the_fallback() -> None:
     fallback = active_edit("Deployment", workload(0), replicas=5)
     assert fallback is not None and fallback.patch == {"spec": {"replicas": 5}}
     assert "the source's count" in fallback.detail
-    with pytest.raises(PermanentError, match="no replica count is known"):
+    with pytest.raises(NoReplicaCount, match="no replica count is known"):
         active_edit("Deployment", workload(0))
 
 
@@ -175,5 +182,5 @@ def test_observation_reads_role_and_replicas_from_the_spec() -> None:
 
 
 def test_unknown_kinds_are_refused() -> None:
-    with pytest.raises(PermanentError, match="'ConfigMap' is not one the orchestrator manages"):
+    with pytest.raises(UnknownKind, match="'ConfigMap' is not one the orchestrator manages"):
         passive_edit("ConfigMap", {})

@@ -1,4 +1,4 @@
-"""``fsm.health``: judging objects and deciding about automatic failover, table-driven and pure."""
+"""``fsm.health`` and ``fsm.autofailover``: judging objects and deciding about automatic failover, pure."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ from typing import Any
 
 import pytest
 
+from fsm.autofailover import Action, HealthInputs, decide_automatic_failover, is_automatic, next_error_since
 from fsm.health import (
-    Action,
     ClusterRole,
     GroupHealth,
     Health,
-    HealthInputs,
-    decide,
-    is_automatic,
     judge_group,
     judge_object,
-    next_error_since,
     stale_clusters,
     unreachable,
     worst,
@@ -238,6 +234,14 @@ CASES: list[tuple[str, HealthInputs, Action, str, str | None, bool | None]] = [
         None,
     ),
     (
+        "diverged: never automatic, the clusters contradict DynamoDB",
+        replace(A_DOWN, diverged="run r1 failed past its point of no return"),
+        Action.HEARTBEAT,
+        "but the group is diverged (run r1 failed past its point of no return)",
+        None,
+        None,
+    ),
+    (
         "lock held",
         replace(A_DOWN, lock_holder="run-7"),
         Action.HEARTBEAT,
@@ -313,10 +317,10 @@ Case = tuple[str, HealthInputs, Action, str, str | None, bool | None]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_decide(case: Case) -> None:
+def test_decide_automatic_failover(case: Case) -> None:
     _name, inputs, action, words, target, force = case
 
-    decision = decide(inputs)
+    decision = decide_automatic_failover(inputs)
 
     assert decision.action is action, decision.reason
     assert words in decision.reason
@@ -330,7 +334,7 @@ def test_decide(case: Case) -> None:
 
 
 def test_the_automatic_failover_manifest_is_a_valid_failover() -> None:
-    decision = decide(replace(A_DOWN, mode=FailoverMode.CONSISTENCY))
+    decision = decide_automatic_failover(replace(A_DOWN, mode=FailoverMode.CONSISTENCY))
     assert decision.failover is not None
     manifest = decision.failover.manifest()
     assert manifest["metadata"] == {
@@ -344,7 +348,7 @@ def test_the_automatic_failover_manifest_is_a_valid_failover() -> None:
 
 
 def test_an_automatic_failover_is_named_by_what_was_known_when_it_was_decided() -> None:
-    from fsm.health import AutoFailover
+    from fsm.autofailover import AutoFailover
     from fsm.models import FailoverMode
 
     def auto(epoch: str) -> AutoFailover:

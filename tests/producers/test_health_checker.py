@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from fsm.health import LABEL_AUTOMATIC, LABEL_GROUP, Action
+from fsm.autofailover import LABEL_AUTOMATIC, Action
+from fsm.models import LABEL_GROUP
 from producers.health import HealthChecker
 from producers.kube import ClusterClient
 from producers.watcher import FailoverWatcher

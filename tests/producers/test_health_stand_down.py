@@ -93,3 +93,32 @@ def test_a_lock_whose_lease_ran_out_does_not_block_a_stand_down(
 
     assert [d.stand_down for d in outcome.stand_downs] == [True]
     assert len(outcome.stood_down) == 1 and enqueued() == 1
+
+
+def test_the_only_serving_site_is_never_stood_down_and_the_group_is_diverged(
+    fleet: SandboxFleet,
+    checker: HealthChecker,
+    coordination: DynamoCoordination,
+    enqueued: Callable[[], int],
+) -> None:
+    """DynamoDB names site-a, but site-a serves nothing (a run failed past its point of no return) and
+    site-b serves: standing site-b down would leave no site at all."""
+    publish_dns(fleet, "site-b")
+    web = fleet["site-a"].store.get("Deployment", "shop", "web")
+    web["spec"]["replicas"] = 0
+    fleet["site-a"].store.put(web)
+
+    [outcome] = checker.run_once(time.time())
+
+    [decision] = outcome.stand_downs
+    assert not decision.stand_down and decision.diverged
+    assert "owner site-a does not serve" in decision.reason
+    assert outcome.stood_down == () and enqueued() == 0
+    divergence = coordination.divergence(SHOP)
+    assert divergence is not None and "site-a does not serve" in divergence.reason
+    assert "site-b: " in divergence.detail and "Ingress/web: DNS published" in divergence.detail
+
+    # While diverged, nothing automatic happens, whatever the clusters look like.
+    [again] = checker.run_once(time.time())
+    assert not again.stand_downs[0].stand_down and "the group is diverged" in again.stand_downs[0].reason
+    assert enqueued() == 0

@@ -1,4 +1,5 @@
-"""``fsm.health``: which objects make a cluster active, and when a site that came back is stood down."""
+"""``fsm.kinds.active_sign`` and ``fsm.health``: which objects make a cluster active, and when a site
+that came back is stood down."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from fsm.health import active_objects, active_sign, decide_stand_down
+from fsm.health import ClusterRole, GroupHealth, Health, active_objects, decide_stand_down, unreachable
+from fsm.kinds import active_sign
 from fsm.models import FailoverGroup, ResourceRef
 from tests.factories import SHOP_GROUP
 
@@ -76,6 +78,17 @@ def test_active_objects_names_each_active_object_in_the_groups_order() -> None:
     )
 
 
+SERVING = GroupHealth("site-b", ClusterRole.PRIMARY, Health.OK, (), "every resource as expected")
+NOT_SERVING = GroupHealth(
+    "site-b",
+    ClusterRole.PRIMARY,
+    Health.ERROR,
+    (),
+    "Deployment/web: 0/3 ready; VolumeReplication/db: state secondary",
+)
+OWNER_UNREADABLE = unreachable("site-b", ClusterRole.PRIMARY, "did not answer")
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -85,6 +98,9 @@ class Case:
     lock: str | None
     stand_down: bool
     words: tuple[str, ...]
+    owner_health: GroupHealth | None = SERVING
+    diverged: str | None = None
+    diverges: bool = False
 
 
 ACTIVE = ("Deployment/web: 3 replicas, 3 ready", "Ingress/web: DNS published")
@@ -144,6 +160,37 @@ CASES = [
         ("passive as expected",),
     ),
     Case(
+        "never when the owner does not serve: it may be the only serving site; the group is diverged",
+        "site-a",
+        "site-b",
+        ACTIVE,
+        None,
+        False,
+        ("owner site-b does not serve", "0/3 ready", "diverged"),
+        owner_health=NOT_SERVING,
+        diverges=True,
+    ),
+    Case(
+        "never when the owner could not be read (nothing decided, not diverged)",
+        "site-a",
+        "site-b",
+        ACTIVE,
+        None,
+        False,
+        ("owner site-b could not be read",),
+        owner_health=OWNER_UNREADABLE,
+    ),
+    Case(
+        "never while the group is diverged, even with a serving owner",
+        "site-a",
+        "site-b",
+        ACTIVE,
+        None,
+        False,
+        ("the group is diverged (run r1 failed past its point of no return)", "group resolve"),
+        diverged="run r1 failed past its point of no return",
+    ),
+    Case(
         "no owner recorded: nothing to compare with",
         "site-a",
         None,
@@ -158,9 +205,16 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_decide_stand_down(case: Case) -> None:
     decision = decide_stand_down(
-        group="shop/shop", cluster=case.cluster, owner=case.owner, active=case.active, lock_holder=case.lock
+        group="shop/shop",
+        cluster=case.cluster,
+        owner=case.owner,
+        active=case.active,
+        lock_holder=case.lock,
+        owner_health=case.owner_health,
+        diverged=case.diverged,
     )
     assert (decision.cluster, decision.stand_down) == (case.cluster, case.stand_down)
+    assert decision.diverged == case.diverges
     assert decision.reason.startswith("group shop/shop: ")
     for words in case.words:
         assert words in decision.reason

@@ -316,3 +316,25 @@ def test_a_failing_dynamodb_shows_as_db_sync_error_and_keeps_the_last_known_stat
 
     state = fleet["site-a"].store.get("FailoverGroup", "shop", "shop")["status"]["globalState"]
     assert (state["dbSyncStatus"], state["activeCluster"]) == ("Error", "site-a")
+
+
+def test_a_failover_reads_the_active_cluster_once_per_group(
+    fleet: SandboxFleet,
+    make_watcher: MakeWatcher,
+    orchestrator: Orchestrator,
+    coordination: DynamoCoordination,
+    enqueued: Callable[[], int],
+) -> None:
+    """The watcher checks the request against the owner it reads; the run starts from that owner
+    (submit does not read and check it again)."""
+    fleet["site-a"].store.put(failover_manifest())
+    obj = fleet["site-a"].store.get("Failover", "shop", "move-shop")
+    reads = coordination.calls["GetItem"]
+
+    decision = make_watcher().handle("site-a", obj)
+
+    assert decision.action.value == "submit"
+    assert coordination.calls["GetItem"] - reads == 1
+    [run] = orchestrator.runs(failover="shop/move-shop")
+    assert run.source_cluster == "site-a" and run.target_cluster == "site-b"
+    assert enqueued() == 1

@@ -205,7 +205,7 @@ def test_a_held_lock_fails_the_run_at_once_naming_the_holder(harness: Harness) -
 def test_a_lost_lease_stops_the_run_without_touching_clusters(harness: Harness) -> None:
     g = group()
     run_id = submit(harness)
-    harness.pump(limit=4)  # start, validate, acquire_lock, disable_network
+    harness.pump(limit=5)  # start, validate, acquire_lock, raise_fence, disable_network
     info = harness.coordination.lock_info(g.key)
     assert info is not None
     harness.coordination.release_lock(g.key, token=info.token)
@@ -260,7 +260,7 @@ def test_under_force_a_lost_sources_steps_are_skipped_once_its_heartbeat_is_stal
     harness.coordination.write_heartbeat(g.key, Heartbeat("site-a", "OK", "PRIMARY", at=harness.clock()))
     harness.clusters.set_fault("*", "site-a", None, "down")
     run_id = submit_forced(harness, force=True)
-    harness.pump(limit=4)  # start, validate... validate reads the source: it must cope too
+    harness.pump(limit=5)  # start, validate, ..., raise_fence: each reads the source and must cope
     run = harness.store.load(run_id)
     assert run is not None and not run.terminal
     waiting = run.steps.get(run.step_key)

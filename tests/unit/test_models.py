@@ -48,6 +48,15 @@ def test_the_sample_group_loads_with_every_kind() -> None:
     assert {r.kind for r in g.network_refs()} == {"VirtualService", "Ingress"}
 
 
+def test_refs_name_every_object_of_the_group_workloads_first_flux_last() -> None:
+    g = group()
+    refs = g.refs()
+    assert refs == [*g.workload_refs(), *g.volume_refs(), *g.network_refs(), *g.flux_refs()]
+    assert len(set(refs)) == len(refs)
+    assert refs[0].kind in {"Deployment", "StatefulSet", "CronJob"}
+    assert refs[-1].kind in {"HelmRelease", "Kustomization"}
+
+
 def test_unknown_mode_names_the_field() -> None:
     with pytest.raises(ValidationError) as caught:
         failover(mode="FAST")

@@ -9,11 +9,11 @@ import pytest
 from fsm.decide import Decision, Event, EventKind, Updates, decide
 from fsm.machine import TABLE, InvalidTransition, build_machine, fire, machine_states, transition_table
 from fsm.plan import SEQUENCES, Phase, PlanKind, Side, Stage, Step, Timing, build_plan, state_name
-from fsm.run import Run, RunStatus, new_run
+from fsm.run import Run, RunStatus, Superseded, new_run
 from tests.factories import failover, group
 
 CONSISTENCY_ORDER = [
-    "validate", "acquire_lock",
+    "validate", "acquire_lock", "raise_fence",
     "disable_network", "scale_down_workloads", "suspend_flux", "wait_scaled_down",
     "demote_volumes", "wait_volumes_demoted", "mark_volumes_released", "wait_volumes_released",
     "promote_volumes", "wait_volumes_promoted", "verify_volumes",
@@ -21,7 +21,7 @@ CONSISTENCY_ORDER = [
     "complete",
 ]  # fmt: skip
 UPTIME_ORDER = [
-    "validate", "acquire_lock",
+    "validate", "acquire_lock", "raise_fence",
     "promote_volumes", "wait_volumes_promoted", "verify_volumes",
     "scale_up_workloads", "resume_flux", "wait_ready", "enable_network",
     "disable_network", "scale_down_workloads", "suspend_flux", "wait_scaled_down",
@@ -197,7 +197,8 @@ def test_a_wait_past_its_deadline_fails_the_run_naming_the_step() -> None:
 def test_temporary_failures_back_off_then_give_up() -> None:
     run = decide(make_run(), Event(kind=EventKind.START), 0.0).run
     run = decide(run, succeed(run), 1.0).run
-    run = decide(run, succeed(run), 1.0).run  # now disabling the network on the source
+    run = decide(run, succeed(run), 1.0).run
+    run = decide(run, succeed(run), 1.0).run  # the fence raised; now disabling the network on the source
     delays = []
     for attempt in range(3):
         assert run.dispatch is not None
@@ -229,7 +230,7 @@ def test_retry_after_from_the_server_is_honoured() -> None:
     assert TIMING.retry_delay(5, 0.999) <= TIMING.retry_max
 
 
-def fail_at(step: Step, *, lease_lost: bool = False) -> Callable[[Run], Event]:
+def fail_at(step: Step, *, superseded: Superseded | None = None) -> Callable[[Run], Event]:
     def outcome(run: Run) -> Event:
         assert run.dispatch is not None
         if run.dispatch.step is step and run.state is not Phase.COMPENSATING:
@@ -239,7 +240,7 @@ def fail_at(step: Step, *, lease_lost: bool = False) -> Callable[[Run], Event]:
                 ticket=run.dispatch.ticket,
                 message="boom",
                 obj="StatefulSet shop/db",
-                lease_lost=lease_lost,
+                superseded=superseded,
             )
         return succeed(run)
 
@@ -283,7 +284,7 @@ def test_an_uptime_failure_on_the_target_stands_the_target_down_again() -> None:
 
 
 def test_a_lost_lease_undoes_nothing() -> None:
-    final = drive(make_run(), fail_at(Step.SCALE_DOWN_WORKLOADS, lease_lost=True))[-1].run
+    final = drive(make_run(), fail_at(Step.SCALE_DOWN_WORKLOADS, superseded=Superseded.LEASE_LOST))[-1].run
     assert [a.step for a in final.compensation] == [Step.ABORT]
     assert "lease was lost" in final.compensation[0].because
 

@@ -1,0 +1,202 @@
+"""What every ``failoverctl`` command shares: its settings, its errors, its options and its readers.
+
+The settings are read from the environment once per command, on first use, and kept in the click
+context (:func:`settings_of`); settings that cannot be read end the command like any other error: one
+line on stderr naming the variable and what is wrong with it, exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+from rich.console import Console
+
+from fsm.models import FailoverGroup, GroupKey
+from producers.decisions import field_path, first_error
+from producers.kube import FAILOVER_GROUPS, ClusterClient, current_context, kubeconfig_contexts
+from workers.api import Orchestrator
+from workers.errors import OrchestratorError
+from workers.settings import Settings
+
+
+def out() -> Console:
+    """A console per command, so that the terminal's width (or COLUMNS) is read when it prints."""
+    return Console()
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+# --- settings --------------------------------------------------------------------------------------
+
+
+def settings_problem(error: ValidationError | SettingsError) -> str:
+    """One line naming the environment variable that is wrong and how (the first, if several)."""
+    if isinstance(error, SettingsError):
+        # pydantic-settings says 'error parsing value for field "clusters" from source ...'; the
+        # cause (a JSONDecodeError) says what is wrong with the value.
+        found = re.search(r'field "(\w+)"', str(error))
+        variable = f"FAILOVER_{found.group(1).upper()}" if found else "a FAILOVER_ variable"
+        cause = error.__cause__
+        detail = f"not valid JSON ({cause})" if cause is not None else str(error)
+        return f"{variable}: {detail}"
+    first = error.errors(include_url=False)[0]
+    loc = list(first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if not loc:
+        return message
+    head = str(loc[0])
+    variable = head if head.isupper() else f"FAILOVER_{head.upper()}"
+    rest = field_path(loc[1:]) if len(loc) > 1 else ""
+    return f"{variable}{f' ({rest})' if rest else ''}: {message}"
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except (ValidationError, SettingsError) as error:
+        raise fail(f"settings: {settings_problem(error)}; fix it in the environment") from error
+
+
+class CliConfig:
+    """The settings of one command, read from the environment on first use and then kept."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    """The command's settings (read once per command, kept in ``ctx.obj`` like patronictl's config)."""
+    return ctx.ensure_object(CliConfig).settings
+
+
+@contextmanager
+def orchestrator(settings: Settings) -> Iterator[Orchestrator]:
+    try:
+        with Orchestrator(settings) as handle:
+            yield handle
+    except OrchestratorError as error:
+        raise fail(error.describe()) from error
+
+
+# --- options and output ----------------------------------------------------------------------------
+
+
+class ModeChoice(StrEnum):
+    consistency = "consistency"
+    uptime = "uptime"
+
+
+class KindChoice(StrEnum):
+    """The kinds of run whose machine ``failoverctl graph`` draws: the two modes and the internal ones."""
+
+    consistency = "consistency"
+    uptime = "uptime"
+    standdown = "standdown"
+    resolve = "resolve"
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+OperatorOption = Annotated[
+    str | None, typer.Option("--operator-id", help="operatorID of the group (default: settings)")
+]
+KubeconfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--kubeconfig",
+        envvar="FAILOVER_KUBECONFIG",
+        help="kubeconfig with one context per cluster (default: ~/.kube/config)",
+    ),
+]
+ClusterOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--cluster",
+        help="A cluster (kubeconfig context) to use; repeat for each (default: FAILOVER_CLUSTERS, "
+        "else every context of the kubeconfig)",
+    ),
+]
+
+
+def split_name(text: str) -> tuple[str, str]:
+    """``NAMESPACE/NAME``, or a usage error (exit 2)."""
+    namespace, _, name = text.partition("/")
+    if not namespace or not name or "/" in name:
+        raise fail(f"group {text!r}: expected NAMESPACE/NAME", 2)
+    return namespace, name
+
+
+def group_key(group: str, operator_id: str | None, settings: Settings) -> GroupKey:
+    namespace, name = split_name(group)
+    return GroupKey(operator_id=operator_id or settings.operator_id, namespace=namespace, name=name)
+
+
+def when(timestamp: float | None) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S") if timestamp else ""
+
+
+def emit_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# --- reading manifests and groups ------------------------------------------------------------------
+
+
+def read_manifest(file: Path) -> dict[str, Any]:
+    try:
+        text = sys.stdin.read() if str(file) == "-" else file.read_text()
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except (OSError, yaml.YAMLError) as error:
+        raise fail(f"{file}: cannot read it: {str(error).splitlines()[0]}") from error
+    if len(documents) != 1 or not isinstance(documents[0], dict):
+        raise fail(f"{file}: expected exactly one Failover object, found {len(documents)} document(s)")
+    manifest: dict[str, Any] = documents[0]
+    if manifest.get("kind", "Failover") != "Failover":
+        raise fail(f"{file}: kind: expected Failover, got {manifest.get('kind')!r}")
+    return manifest
+
+
+def fetch_group(client: ClusterClient, where: str, namespace: str, name: str, label: str) -> FailoverGroup:
+    raw = client.find(FAILOVER_GROUPS, namespace, name)
+    if raw is None:
+        raise fail(f"{label}: FailoverGroup {namespace}/{name} does not exist in cluster {where}")
+    try:
+        return FailoverGroup.model_validate(raw)
+    except ValidationError as error:
+        field, message = first_error(error)
+        raise fail(
+            f"{label}: FailoverGroup {namespace}/{name} in cluster {where} is invalid: {field}: {message}"
+        ) from error
+
+
+def context_for(kubeconfig: Path | None, context: str | None, fallback: str | None) -> str:
+    contexts = kubeconfig_contexts(kubeconfig)
+    where = context or current_context(kubeconfig) or fallback
+    if where is None or where not in contexts:
+        raise fail(f"--context {where!r}: no such context in the kubeconfig ({', '.join(contexts)})", 2)
+    return where

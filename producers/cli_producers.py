@@ -1,0 +1,195 @@
+"""``failoverctl`` commands of the producers: ``watcher`` and ``health-checker`` in the foreground, and
+``submit``, which creates a Failover object for the watcher to pick up."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import typer
+from pydantic import ValidationError
+
+from fsm.models import Failover, FailoverMode
+from producers.cli_common import (
+    ClusterOption,
+    KubeconfigOption,
+    ModeChoice,
+    fail,
+    orchestrator,
+    out,
+    read_manifest,
+    settings_of,
+)
+from producers.decisions import first_error
+from producers.health import HealthChecker
+from producers.kube import FAILOVERS, ClusterClient, connect, current_context, kubeconfig_contexts
+from producers.watcher import FailoverWatcher
+from workers.api import configure_logging, liveness, start_metrics_server
+from workers.errors import OrchestratorError
+from workers.settings import Settings
+
+
+class _Background(Protocol):
+    def start(self) -> object: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+@contextmanager
+def _cluster_clients(kubeconfig: Path | None, clusters: list[str]) -> Iterator[dict[str, ClusterClient]]:
+    try:
+        clients = connect(kubeconfig, clusters)
+    except OrchestratorError as error:
+        raise fail(error.describe()) from error
+    try:
+        yield clients
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def _in_foreground(component: _Background, what: str, clusters: list[str], settings: Settings) -> None:
+    """Run ``component`` until Ctrl-C or SIGTERM, then stop it cleanly."""
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    if settings.metrics_port:
+        start_metrics_server(settings.metrics_port)
+    stopping = threading.Event()
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    except ValueError:  # not the main thread (e.g. under a test runner): Ctrl-C still works
+        previous = None
+    component.start()
+    out().print(f"{what} running on {', '.join(clusters)}; Ctrl-C stops it")
+    try:
+        while not stopping.wait(0.5):
+            # The liveness probe reads this file; the component's own threads log their failures.
+            liveness.touch()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        component.stop(5.0)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    out().print(f"{what} stopped")
+
+
+def watcher_command(
+    ctx: typer.Context,
+    kubeconfig: KubeconfigOption = None,
+    cluster: ClusterOption = None,
+    group_status_interval: Annotated[
+        float, typer.Option(help="Seconds between FailoverGroup status refreshes")
+    ] = 30.0,
+) -> None:
+    """Watch Failover objects on every cluster and submit them (in the foreground; Ctrl-C stops)."""
+    settings = settings_of(ctx)
+    with (
+        _cluster_clients(kubeconfig, cluster or settings.clusters) as clients,
+        orchestrator(settings) as handle,
+    ):
+        component = FailoverWatcher(
+            handle, clients, operator_id=settings.operator_id, group_status_interval=group_status_interval
+        )
+        _in_foreground(component, "watcher", list(clients), settings)
+
+
+def health_checker_command(
+    ctx: typer.Context,
+    kubeconfig: KubeconfigOption = None,
+    cluster: ClusterOption = None,
+    mode: Annotated[
+        ModeChoice, typer.Option("--mode", help="failoverMode of automatic Failovers")
+    ] = ModeChoice.uptime,
+    cooldown: Annotated[
+        float, typer.Option(help="Seconds after an automatic failover before another one of the group")
+    ] = 600.0,
+) -> None:
+    """Write heartbeats and create automatic Failovers (in the foreground; Ctrl-C stops)."""
+    settings = settings_of(ctx)
+    with (
+        _cluster_clients(kubeconfig, cluster or settings.clusters) as clients,
+        orchestrator(settings) as handle,
+    ):
+        component = HealthChecker(
+            handle,
+            clients,
+            operator_id=settings.operator_id,
+            mode=FailoverMode(mode.value.upper()),
+            cooldown=cooldown,
+        )
+        _in_foreground(component, "health checker", list(clients), settings)
+
+
+def _validated(file: Path, manifest: dict[str, Any]) -> Failover:
+    """The manifest as a Failover; a generateName stands in for the name the server gives it."""
+    meta = dict(manifest.get("metadata") or {})
+    checked = dict(manifest)
+    if not meta.get("name") and meta.get("generateName"):
+        checked["metadata"] = {**meta, "name": f"{meta['generateName']}x"}  # the server names it
+    try:
+        return Failover.model_validate(checked)
+    except ValidationError as error:
+        field, message = first_error(error)
+        raise fail(f"{file}: {field}: {message}") from error
+
+
+def _create_in(
+    file: Path,
+    manifest: dict[str, Any],
+    failover: Failover,
+    *,
+    context: str | None,
+    kubeconfig: Path | None,
+    clusters: list[str],
+) -> tuple[str, str]:
+    """Create the Failover in ``context`` (default: its target); returns the cluster and its name."""
+    contexts = kubeconfig_contexts(kubeconfig)
+    known = clusters or contexts
+    target = failover.spec.target_cluster
+    if target not in known:
+        raise fail(
+            f"{file}: spec.targetCluster: unknown cluster {target!r}; known clusters are "
+            f"{', '.join(known) or 'none'}"
+        )
+    where = context or (target if target in contexts else current_context(kubeconfig))
+    if where not in contexts:
+        raise fail(f"--context {where!r}: no such context in the kubeconfig ({', '.join(contexts)})", 2)
+    namespace = failover.metadata.namespace
+    body = {**manifest, "apiVersion": failover.api_version, "kind": "Failover"}
+    body["metadata"] = {**dict(manifest.get("metadata") or {}), "namespace": namespace}
+    body.pop("status", None)
+    client = ClusterClient.from_kubeconfig(kubeconfig, where)
+    try:
+        created = client.create(FAILOVERS, namespace, body)
+    finally:
+        client.close()
+    return where, str((created.get("metadata") or {}).get("name"))
+
+
+def submit_command(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Option("--file", "-f", help="The Failover manifest (YAML; - for stdin)")],
+    context: Annotated[
+        str | None,
+        typer.Option("--context", help="Cluster (kubeconfig context) to create it in (default: the target)"),
+    ] = None,
+    kubeconfig: KubeconfigOption = None,
+) -> None:
+    """Create a Failover object in a cluster: the watcher submits it. Validated first; nothing is
+    created when it is invalid."""
+    manifest = read_manifest(file)
+    failover = _validated(file, manifest)
+    clusters = settings_of(ctx).clusters
+    try:
+        where, name = _create_in(
+            file, manifest, failover, context=context, kubeconfig=kubeconfig, clusters=clusters
+        )
+    except OrchestratorError as error:
+        raise fail(error.describe()) from error
+    namespace = failover.metadata.namespace
+    out().print(f"failover {namespace}/{name} created in cluster {where}; the watcher submits it")

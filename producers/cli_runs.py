@@ -1,0 +1,196 @@
+"""``failoverctl`` commands that read (and, for a stuck lock, repair) the state of runs and groups:
+``status``, ``watch``, ``history``, ``lock show|release`` and ``dynamodb init``."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fsm.run import Run
+from producers.cli_common import (
+    OperatorOption,
+    Output,
+    OutputOption,
+    emit_json,
+    fail,
+    group_key,
+    orchestrator,
+    out,
+    settings_of,
+    when,
+)
+from producers.views import run_view, summary
+from workers.api import Orchestrator
+
+lock_app = typer.Typer(help="Inspect or release a group's lock.", no_args_is_help=True)
+dynamodb_app = typer.Typer(
+    help="The DynamoDB table that holds locks, owners and history.", no_args_is_help=True
+)
+
+GroupArgument = Annotated[str, typer.Argument(help="NAMESPACE/NAME of the FailoverGroup")]
+
+
+def status(
+    ctx: typer.Context,
+    failover: Annotated[
+        str | None, typer.Argument(help="NAMESPACE/NAME of a Failover (default: recent runs)")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many recent runs")] = 20,
+    output: OutputOption = Output.table,
+) -> None:
+    """The runs of one Failover, or the most recent runs, with their state and times."""
+    with orchestrator(settings_of(ctx)) as handle:
+        runs = handle.runs(failover=failover, limit=limit)
+    if output is Output.json:
+        emit_json([run.model_dump(mode="json") for run in runs])
+        return
+    table = Table(title="runs")
+    columns = ("run", "failover", "group", "mode", "from → to", "status", "state", "started", "took")
+    for column in (*columns, "message"):
+        table.add_column(column)
+    for run in runs:
+        took = run.total_seconds()
+        table.add_row(
+            run.run_id,
+            run.failover,
+            str(run.group),
+            run.kind.value,
+            f"{run.source_cluster} → {run.target_cluster}",
+            run.status.value,
+            run.state_name,
+            when(run.started_at),
+            f"{took:.1f}s" if took is not None else "",
+            run.message,
+        )
+    out().print(table)
+
+
+def _runs_of(handle: Orchestrator, target: str) -> list[Run]:
+    found = handle.runs(failover=target) if "/" in target else [r for r in [handle.run(target)] if r]
+    if not found:
+        raise fail(f"no run {target!r} in Redis (give a run id, or NAMESPACE/NAME of a Failover)")
+    return found
+
+
+def watch(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="A run id, or NAMESPACE/NAME of a Failover")],
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes")] = 0.5,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0: never)")] = 0.0,
+) -> None:
+    """Follow a run (or every run of a Failover) live: stages, steps, timings and the current wait."""
+    from rich.console import Group
+    from rich.live import Live
+
+    with orchestrator(settings_of(ctx)) as handle:
+        current = _runs_of(handle, target)
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        with Live(Group(*[run_view(r) for r in current]), console=out(), refresh_per_second=4) as live:
+            while not all(r.terminal for r in current):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise fail(f"still running after {timeout:g}s", 1)
+                time.sleep(interval)
+                current = _runs_of(handle, target)
+                live.update(Group(*[run_view(r) for r in current]))
+    for run in current:
+        out().print(summary(run))
+    if any(r.status.value == "FAILED" for r in current):
+        raise typer.Exit(1)
+
+
+def history(
+    ctx: typer.Context,
+    group: GroupArgument,
+    operator_id: OperatorOption = None,
+    limit: Annotated[int, typer.Option(help="How many records, newest first")] = 20,
+    output: OutputOption = Output.table,
+) -> None:
+    """The group's finished failovers, newest first, from DynamoDB."""
+    settings = settings_of(ctx)
+    key = group_key(group, operator_id, settings)
+    with orchestrator(settings) as handle:
+        records = handle.history(key, limit=limit)
+    if output is Output.json:
+        emit_json([record.__dict__ for record in records])
+        return
+    table = Table(title=f"history of {key}")
+    columns = ("started", "outcome", "mode", "from → to", "took", "downtime", "failed step", "run")
+    for column in (*columns, "reason"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            when(r.started_at),
+            r.outcome,
+            r.mode,
+            f"{r.source_cluster} → {r.target_cluster}",
+            f"{r.finished_at - r.started_at:.1f}s",
+            f"{r.downtime_seconds:.1f}s" if r.downtime_seconds is not None else "",
+            r.failed_step or "",
+            r.run_id,
+            r.reason or r.message,
+        )
+    out().print(table)
+
+
+@lock_app.command("show")
+def lock_show(
+    ctx: typer.Context,
+    group: GroupArgument,
+    operator_id: OperatorOption = None,
+    output: OutputOption = Output.table,
+) -> None:
+    """Who holds the group's lock, with which fencing token, until when."""
+    settings = settings_of(ctx)
+    key = group_key(group, operator_id, settings)
+    with orchestrator(settings) as handle:
+        info = handle.lock(key)
+    if output is Output.json:
+        emit_json(info.__dict__ if info else None)
+        return
+    if info is None:
+        out().print(f"group {key} is not locked")
+        return
+    out().print(
+        f"group {key} is locked by {info.holder} for run {info.run_id} (token {info.token}) "
+        f"since {when(info.acquired_at)} until {when(info.expires_at)} UTC"
+    )
+
+
+@lock_app.command("release")
+def lock_release(
+    ctx: typer.Context,
+    group: GroupArgument,
+    reason: Annotated[str, typer.Option(help="Why (recorded in history)")],
+    operator_id: OperatorOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Release a group's lock by hand. The run holding it stops at its next step (its lease is lost)."""
+    settings = settings_of(ctx)
+    key = group_key(group, operator_id, settings)
+    with orchestrator(settings) as handle:
+        info = handle.lock(key)
+        if info is None:
+            out().print(f"group {key} is not locked")
+            return
+        if not yes:
+            typer.confirm(
+                f"Release the lock of {key} held by {info.holder} for run {info.run_id}? "
+                "That run will stop at its next step",
+                abort=True,
+            )
+        who = os.environ.get("USER") or "failoverctl"
+        handle.release_lock(key, by=who, reason=reason)
+    out().print(f"released the lock of {key} (run {info.run_id}, token {info.token}); recorded in history")
+
+
+@dynamodb_app.command("init")
+def dynamodb_init(ctx: typer.Context) -> None:
+    """Create the DynamoDB table if it does not exist, wait until it is active, enable its TTL."""
+    settings = settings_of(ctx)
+    with orchestrator(settings) as handle:
+        handle.init_table()
+    out().print(f"table {settings.dynamodb_table!r} is ready")

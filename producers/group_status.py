@@ -1,0 +1,188 @@
+"""The ``status`` of every FailoverGroup, kept current by the watcher between its watch windows.
+
+``globalState`` comes from DynamoDB (active cluster, heartbeats, the last failover); ``health`` is
+judged from the real objects the way the health checker judges them. A status is written only when
+something other than ``lastSyncTime`` changed, so an idle fleet costs reads, not writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from fsm.health import ClusterRole, GroupHealth, Health, stale_clusters, unreachable
+from fsm.models import FailoverGroup
+from producers.decisions import describe, first_error, iso, needs_write
+from producers.health import observe_group
+from producers.kube import FAILOVER_GROUPS, ClusterClient, Obj
+from workers.api import Orchestrator
+from workers.errors import OrchestratorError
+from workers.ports import Heartbeat, HistoryRecord
+
+log = structlog.get_logger(__name__)
+
+# (cluster, object, what, reason): logs a reason once per object, as the watcher does.
+LogOnce = Callable[[str, Obj, str, str], None]
+
+
+class GroupStatusWriter:
+    """Writes the status of the FailoverGroups on each of ``clusters`` (those of ``operator_id``)."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        clusters: Mapping[str, ClusterClient],
+        *,
+        operator_id: str | None,
+        log_once: LogOnce,
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.clusters = clusters
+        self.operator_id = operator_id
+        self._log_once = log_once
+
+    def sync(self, cluster: str, now: float) -> int:
+        """Bring the status of every FailoverGroup on ``cluster`` up to date; returns how many changed."""
+        client = self.clusters[cluster]
+        items, _ = client.list(FAILOVER_GROUPS)
+        written = 0
+        for obj in items:
+            group = self._parse(cluster, obj)
+            if group is None:
+                continue
+            status = self.status(cluster, group, obj, now)
+            if _changed(obj, status):
+                client.patch_status(FAILOVER_GROUPS, group.metadata.namespace, group.metadata.name, status)
+                written += 1
+        return written
+
+    def _parse(self, cluster: str, obj: Obj) -> FailoverGroup | None:
+        """The group if it is valid and ours; an invalid one is logged once and left alone."""
+        try:
+            group = FailoverGroup.model_validate(obj)
+        except ValidationError as error:
+            bad, message = first_error(error)
+            self._log_once(cluster, obj, "invalid_group", f"FailoverGroup {describe(obj)}: {bad}: {message}")
+            return None
+        if self.operator_id is not None and group.spec.operator_id != self.operator_id:
+            return None
+        return group
+
+    def status(self, cluster: str, group: FailoverGroup, obj: Obj, now: float) -> dict[str, Any]:
+        """The FailoverGroup's status on ``cluster``: global state from DynamoDB, health from objects."""
+        coordination = self.orchestrator.coordination
+        previous = dict((obj.get("status") or {}).get("globalState") or {})
+        try:
+            active = coordination.active_cluster(group.key)
+            heartbeats = coordination.heartbeats(group.key)
+            history = coordination.history(group.key, limit=10)
+        except OrchestratorError as error:
+            log.warning(
+                "group_state_unavailable", cluster=cluster, group=str(group.key), error=error.describe()
+            )
+            previous.update(dbSyncStatus="Error", thisCluster=cluster)
+            return {"suspended": group.spec.suspended, "globalState": previous}
+        role = ClusterRole.PRIMARY if cluster == active else ClusterRole.STANDBY
+        health: GroupHealth = (
+            observe_group(self.clusters[cluster], group, role)
+            if active is not None
+            else unreachable(cluster, role, "no active cluster recorded")
+        )
+        status: dict[str, Any] = {
+            "health": health.health.value,
+            "suspended": group.spec.suspended,
+            **resource_statuses(group, health),
+            "globalState": {
+                "activeCluster": active,
+                "thisCluster": cluster,
+                "lastFailover": last_failover(history),
+                "dbSyncStatus": "Synced",
+                "lastSyncTime": iso(now),
+                "clusters": cluster_states(
+                    sorted({*self.clusters, *(b.cluster for b in heartbeats)}),
+                    active,
+                    heartbeats,
+                    now,
+                    group.spec.timeouts.heartbeat.total_seconds(),
+                ),
+            },
+        }
+        finished = [r for r in history if r.outcome == "SUCCESS"]
+        if finished:
+            status["lastFailoverTime"] = iso(finished[0].finished_at)
+        return status
+
+
+def _changed(obj: Obj, status: Mapping[str, Any]) -> bool:
+    """Whether ``status`` differs from the object's: lastSyncTime alone is no change, and a None
+    (merge patch: remove) equals a missing key."""
+    current = _without_none((obj.get("status") or {}).get("globalState") or {})
+    wanted = _without_none(status["globalState"])
+    current.pop("lastSyncTime", None)
+    wanted.pop("lastSyncTime", None)
+    return needs_write(obj, status, ignore=("globalState",)) or current != wanted
+
+
+def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def resource_statuses(group: FailoverGroup, health: GroupHealth) -> dict[str, list[dict[str, Any]]]:
+    """Per-resource ``health`` and ``status`` of ``workloads[]``, ``networkResources[]`` and so on."""
+    judged = {(r.ref.kind, r.ref.name): r for r in health.resources}
+
+    def entry(kind: str, name: str) -> dict[str, Any]:
+        found = judged.get((kind, name))
+        if found is None:
+            return {"kind": kind, "name": name, "health": Health.UNKNOWN.value, "status": health.detail}
+        return {"kind": kind, "name": name, "health": found.health.value, "status": found.status}
+
+    workloads = []
+    for workload in group.spec.workloads:
+        item = entry(workload.kind.value, workload.name)
+        volumes = [entry("VolumeReplication", v) for v in workload.volume_replications]
+        if volumes:
+            item["volumeReplications"] = [{k: v for k, v in vol.items() if k != "kind"} for vol in volumes]
+        workloads.append(item)
+    return {
+        "workloads": workloads,
+        "networkResources": [entry(n.kind.value, n.name) for n in group.spec.network_resources],
+        "fluxResources": [entry(f.kind.value, f.name) for f in group.spec.flux_resources],
+    }
+
+
+def last_failover(history: Sequence[HistoryRecord]) -> dict[str, Any] | None:
+    if not history:
+        return None
+    record = history[0]
+    return {
+        "runId": record.run_id,
+        "failover": record.failover,
+        "sourceCluster": record.source_cluster,
+        "targetCluster": record.target_cluster,
+        "outcome": record.outcome,
+        "time": iso(record.finished_at),
+    }
+
+
+def cluster_states(
+    names: Sequence[str], active: str | None, heartbeats: Sequence[Heartbeat], now: float, timeout: float
+) -> list[dict[str, Any]]:
+    """``globalState.clusters[]``: role from DynamoDB, health from the heartbeat (UNKNOWN when stale)."""
+    beats = {b.cluster: b for b in heartbeats}
+    stale = set(stale_clusters(heartbeats, now, timeout))
+    out = []
+    for name in names:
+        beat = beats.get(name)
+        item: dict[str, Any] = {
+            "name": name,
+            "role": (ClusterRole.PRIMARY if name == active else ClusterRole.STANDBY).value,
+            "health": Health.UNKNOWN.value if beat is None or name in stale else beat.health,
+        }
+        if beat is not None:
+            item["lastHeartbeat"] = iso(beat.at)
+        out.append(item)
+    return out

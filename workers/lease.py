@@ -1,0 +1,76 @@
+"""The lease guard: a step confirms that its lease still holds before each write it makes.
+
+Defence in depth behind the clusters' own fencing (``deploy/fencing``): the engine renews the group's
+lease when a step starts, and the guard measures from that moment on the *monotonic* clock (a wall
+clock can jump). Before every write the step calls :meth:`LeaseGuard.check`: once half the lease has
+passed it renews again (so a long step keeps its lease), and when less than the safety margin is left
+it refuses to write at all. A writer that is paused *between* this check and its write is stopped by
+the API server's admission policy instead; the guard makes that window as small as a single request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fsm.models import GroupKey
+from workers.errors import LeaseLost, TemporaryError
+from workers.ports import Coordination
+
+
+@dataclass
+class LeaseGuard:
+    coordination: Coordination
+    group: GroupKey
+    token: int
+    lease_seconds: float
+    margin: float
+    confirmed_at: float
+    monotonic: Callable[[], float] = field(default=time.monotonic)
+    wall: Callable[[], float] = field(default=time.time)
+    renewals: int = 0
+
+    @classmethod
+    def after_renewal(
+        cls,
+        coordination: Coordination,
+        group: GroupKey,
+        *,
+        token: int,
+        lease_seconds: float,
+        margin: float,
+        wall: Callable[[], float] = time.time,
+    ) -> LeaseGuard:
+        """Renew now and guard from the moment the renewal was sent (the conservative end).
+        ``wall`` is the clock the lease's expiry is written in (the engine's)."""
+        sent = time.monotonic()
+        coordination.renew_lease(group, token=token, lease_seconds=lease_seconds, now=wall())
+        return cls(coordination, group, token, lease_seconds, min(margin, lease_seconds / 4), sent, wall=wall)
+
+    def left(self) -> float:
+        """Seconds of lease left by this process's reckoning."""
+        return self.lease_seconds - (self.monotonic() - self.confirmed_at)
+
+    def check(self) -> None:
+        """Raise instead of letting a write go out on a lease that may have run out."""
+        if self.left() <= self.lease_seconds / 2:
+            sent = self.monotonic()
+            try:
+                self.coordination.renew_lease(
+                    self.group, token=self.token, lease_seconds=self.lease_seconds, now=self.wall()
+                )
+            except TemporaryError as error:
+                if self.left() < self.margin:
+                    raise TemporaryError(
+                        f"lease of group {self.group} (token {self.token}) cannot be confirmed and has "
+                        f"{max(0.0, self.left()):.1f}s left: not writing ({error.describe()})"
+                    ) from error
+            else:
+                self.confirmed_at = sent
+                self.renewals += 1
+        if self.left() < self.margin:
+            raise LeaseLost(
+                f"lease of group {self.group} (token {self.token}) has {max(0.0, self.left()):.1f}s left, "
+                f"under the safety margin of {self.margin:g}s: not writing"
+            )

@@ -1,0 +1,44 @@
+"""Submitting a run: store it once, then send its start message. The one path every submitter takes.
+
+The engine, a producer's failover and a health checker's stand-down all submit this way, so the
+order is the same everywhere: the run exists in Redis before its message can reach a worker, and a
+run id that exists already (a watcher that restarted, the same Failover seen on both clusters) sends
+nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from fsm.run import Run
+from workers.messages import START_TASK, Sender
+from workers.store import RunStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The run as stored (the existing one when ``created`` is False) and whether this call made it."""
+
+    run: Run
+    created: bool
+
+
+def submit_run(store: RunStore, sender: Sender, run: Run) -> Submission:
+    """Store ``run`` as new and send its start message; the stored run if its id exists already."""
+    if not store.create(run):
+        return Submission(run=store.load(run.run_id) or run, created=False)
+    sender.send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
+    log.info(
+        "run.submitted",
+        run_id=run.run_id,
+        failover=run.failover,
+        group=str(run.group),
+        kind=run.kind.value,
+        source=run.source_cluster,
+        target=run.target_cluster,
+    )
+    return Submission(run=run, created=True)
