@@ -29,6 +29,17 @@ class EvaluationError(Exception):
     """The expression failed at run time: a missing key, ``int('x')``, a type mismatch..."""
 
 
+def _string(value: Any) -> str:
+    """``string(bool)``, which cel-go has and the binding lacks (the binding calls this only for
+    the types its own ``string()`` has no overload for)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    raise TypeError(f"no such overload: string({type(value).__name__})")
+
+
+_FUNCTIONS = {"string": _string}
+
+
 def program(text: str) -> Any:
     """The compiled program of ``text``, from the cache after the first call."""
     with _cache_lock:
@@ -52,7 +63,7 @@ def cache_size() -> int:
 def evaluate(text: str, context: dict[str, Any]) -> Any:
     """Evaluate ``text`` with ``context`` as its variables; :class:`EvaluationError` on any failure."""
     try:
-        return program(text).execute(context)
+        return program(text).execute(cel.Context(variables=context, functions=_FUNCTIONS))
     except CompileError as exc:
         raise EvaluationError(f"expression '{text}' resulted in error: {exc}") from exc
     except Exception as exc:  # the binding raises KeyError, TypeError, RuntimeError, ValueError...
