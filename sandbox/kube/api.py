@@ -169,7 +169,8 @@ class ResourceApi:
         if verb == "patch":
             return Response(200, self._patch(route, content_type, raw, dry_run, admit))
         if verb == "delete":
-            return self._delete(route, query, raw, dry_run, admit)
+            # DeleteOptions in the body may ask for a dry run too: admission must see the final answer
+            return self._delete(route, query, raw, dry_run, lambda dry: self._admit(route, context, dry))
         if verb == "deletecollection":
             items = self._list(route, query, False).body["items"]
             for item in items:
@@ -351,7 +352,12 @@ class ResourceApi:
         )
 
     def _delete(
-        self, route: Route, query: dict[str, str], raw: bytes, dry_run: bool, admit: Admit | None
+        self,
+        route: Route,
+        query: dict[str, str],
+        raw: bytes,
+        dry_run: bool,
+        admit_for: Callable[[bool], Admit | None],
     ) -> Response:
         kind = route.kind
         options = self._decode(raw, "json") if raw.strip() else {}
@@ -368,7 +374,7 @@ class ResourceApi:
             dry_run=dry_run,
             precondition_rv=precondition,
             version=route.version,
-            admit=admit,
+            admit=admit_for(dry_run),
         )
         if obj["metadata"].get("deletionTimestamp") or not kind.builtin or kind.key == "pods":
             return Response(200, obj)

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from sandbox.kube import SandboxCluster, expressions
+from sandbox.kube import SandboxCluster, SandboxFleet, expressions, write_kubeconfig
 from tests.sandbox.helpers import deployment, raw_request, statefulset, status_body
 
 pytestmark = pytest.mark.integration
@@ -125,6 +126,17 @@ def test_each_token_is_a_user_and_an_unknown_token_is_401(
     assert code == 401 and json.loads(raw)["reason"] == "Unauthorized"
     assert still.kubeconfig()["user"]["user"]["token"] == still.token  # the product's kubeconfig
     assert still.kubeconfig("admin")["context"]["name"] == "site-a-admin"
+
+
+def test_a_kubeconfig_can_act_as_the_admin(fleet: SandboxFleet, tmp_path: Path) -> None:
+    path = write_kubeconfig(list(fleet), tmp_path / "admin-kubeconfig", user="admin")
+    for name in fleet.names:
+        api = config.new_client_from_config(config_file=str(path), context=name)
+        try:
+            client.AppsV1Api(api).create_namespaced_deployment("default", deployment("web"))
+        finally:
+            api.close()
+    assert fleet["site-a"].kubeconfig("admin", context="x")["user"]["user"]["token"] != fleet["site-a"].token
 
 
 # --- the denial ---------------------------------------------------------------------------------------
