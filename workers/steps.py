@@ -413,6 +413,19 @@ def record_resolution(ctx: StepContext) -> Outcome:
     return Done(f"{run.target_cluster} recorded as the active cluster; divergence cleared; lock released")
 
 
+def _changed_where(run: Run) -> str:
+    """What a run changed on which cluster before it stopped: what an operator settles from."""
+    done: dict[str, list[str]] = {}
+    for planned in run.plan:
+        record = run.steps.get(planned.step.value)
+        cluster = run.cluster_for(planned.side)
+        if cluster and record is not None and record.outcome == "done":
+            if CATALOGUE[planned.step].type is StepType.EFFECT:
+                done.setdefault(cluster, []).append(planned.step.value)
+    changed = "; ".join(f"{cluster}: {', '.join(steps)}" for cluster, steps in done.items())
+    return f"{run.kind.value} {run.source_cluster} -> {run.target_cluster}; done: {changed or 'nothing'}"
+
+
 def _outcome_of(run: Run) -> str:
     """History's outcome for a failed run: FENCED when a cluster refused it, else FAILED."""
     return "FENCED" if run.failure and run.failure.superseded is Superseded.FENCED else "FAILED"
@@ -429,7 +442,7 @@ def abort(ctx: StepContext) -> Outcome:
             at=ctx.now,
             run_id=run.run_id,
             step=run.failure.step.value,
-            detail=f"{run.kind.value} {run.source_cluster} -> {run.target_cluster}",
+            detail=_changed_where(run),
         )
         ctx.coordination.mark_diverged(run.group, divergence)
     ctx.coordination.record_history(run.group, history_record(run, outcome=_outcome_of(run), now=ctx.now))
