@@ -219,9 +219,7 @@ def make_stack(
             **overrides,
         }
         settings = stack_settings(redis_server_url, prefix, timing=TIMING, **values)
-        env = worker_env(
-            settings, FAILOVER_ADAPTERS="workers.container:production_adapters", **AWS_DUMMY_ENV
-        )
+        env = worker_env(settings, FAILOVER_ADAPTERS="workers.container:production_adapters", **AWS_DUMMY_ENV)
         app = create_app(settings)
         clients = KubeClients(fleet.kubeconfig_path)
         cleanups.extend([app.close, clients.close])
@@ -244,7 +242,8 @@ def make_stack(
             for made in stack.gates:
                 made.remove()
 
-        cleanups.extend([stop_workers, remove_gates])  # gates open first: a held request must not hold a worker
+        # Gates open first: a request held at a server must not keep a worker from stopping.
+        cleanups.extend([stop_workers, remove_gates])
         return stack
 
     try:
