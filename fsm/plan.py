@@ -139,9 +139,14 @@ CATALOGUE: dict[Step, StepInfo] = {
             Step.VALIDATE,
             _COORD,
             "VALIDATING",
-            "check the request against the active cluster and both clusters' objects",
+            "check that every object exists on both clusters and note the replica counts",
         ),
-        StepInfo(Step.ACQUIRE_LOCK, _COORD, "ACQUIRING_LOCK", "take the group's lock and its fencing token"),
+        StepInfo(
+            Step.ACQUIRE_LOCK,
+            _COORD,
+            "ACQUIRING_LOCK",
+            "take the group's lock and fencing token; check under it where the group is active",
+        ),
         StepInfo(
             Step.RAISE_FENCE,
             _COORD,
@@ -315,78 +320,66 @@ _S, _T, _C = Side.SOURCE, Side.TARGET, Side.COORDINATION
 _INIT, _PREP, _VOL = Stage.INITIALIZATION, Stage.SOURCE_PREPARATION, Stage.VOLUME_TRANSITION
 _ACT, _DOWN, _DONE = Stage.TARGET_ACTIVATION, Stage.SOURCE_STANDDOWN, Stage.COMPLETION
 
-SEQUENCES: dict[PlanKind, tuple[tuple[Step, Stage, Side], ...]] = {
-    # Never two writers: the source is fully down and its volumes secondary before the target moves.
-    PlanKind.CONSISTENCY: (
-        (Step.VALIDATE, _INIT, _C),
-        (Step.ACQUIRE_LOCK, _INIT, _C),
-        (Step.RAISE_FENCE, _INIT, _C),
-        (Step.DISABLE_NETWORK, _PREP, _S),
-        (Step.SCALE_DOWN_WORKLOADS, _PREP, _S),
-        (Step.SUSPEND_FLUX, _PREP, _S),
-        (Step.WAIT_SCALED_DOWN, _PREP, _S),
-        (Step.DEMOTE_VOLUMES, _VOL, _S),
-        (Step.WAIT_VOLUMES_DEMOTED, _VOL, _S),
-        (Step.MARK_VOLUMES_RELEASED, _VOL, _C),
-        (Step.WAIT_VOLUMES_RELEASED, _VOL, _C),
-        (Step.PROMOTE_VOLUMES, _VOL, _T),
-        (Step.WAIT_VOLUMES_PROMOTED, _VOL, _T),
-        (Step.VERIFY_VOLUMES, _VOL, _T),
+Sequence = tuple[tuple[Step, Stage, Side], ...]
+
+_LOCKED: Sequence = ((Step.ACQUIRE_LOCK, _INIT, _C), (Step.RAISE_FENCE, _INIT, _C))
+
+
+def _source_down(stage: Stage) -> Sequence:
+    """The source made passive: no traffic, no workloads, no reconciling, volumes secondary."""
+    return (
+        (Step.DISABLE_NETWORK, stage, _S),
+        (Step.SCALE_DOWN_WORKLOADS, stage, _S),
+        (Step.SUSPEND_FLUX, stage, _S),
+        (Step.WAIT_SCALED_DOWN, stage, _S),
+        (Step.DEMOTE_VOLUMES, stage, _S),
+        (Step.WAIT_VOLUMES_DEMOTED, stage, _S),
+    )
+
+
+def _target_up(volumes: Stage, *, verify: bool = True) -> Sequence:
+    """The target made active: volumes primary (and verified), workloads and Flux up, then traffic."""
+    return (
+        (Step.PROMOTE_VOLUMES, volumes, _T),
+        (Step.WAIT_VOLUMES_PROMOTED, volumes, _T),
+        *(((Step.VERIFY_VOLUMES, volumes, _T),) if verify else ()),
         (Step.SCALE_UP_WORKLOADS, _ACT, _T),
         (Step.RESUME_FLUX, _ACT, _T),
         (Step.WAIT_READY, _ACT, _T),
         (Step.ENABLE_NETWORK, _ACT, _T),
+    )
+
+
+_PREPARED, _DEMOTED = _source_down(_PREP)[:4], _source_down(_VOL)[4:]
+
+SEQUENCES: dict[PlanKind, Sequence] = {
+    # Never two writers: the source is fully down and its volumes secondary before the target moves.
+    PlanKind.CONSISTENCY: (
+        (Step.VALIDATE, _INIT, _C),
+        *_LOCKED,
+        *_PREPARED,
+        *_DEMOTED,
+        (Step.MARK_VOLUMES_RELEASED, _VOL, _C),
+        (Step.WAIT_VOLUMES_RELEASED, _VOL, _C),
+        *_target_up(_VOL),
         (Step.COMPLETE, _DONE, _C),
     ),
     # Service first: the target is up and takes traffic before the source stands down.
     PlanKind.UPTIME: (
         (Step.VALIDATE, _INIT, _C),
-        (Step.ACQUIRE_LOCK, _INIT, _C),
-        (Step.RAISE_FENCE, _INIT, _C),
-        (Step.PROMOTE_VOLUMES, _ACT, _T),
-        (Step.WAIT_VOLUMES_PROMOTED, _ACT, _T),
-        (Step.VERIFY_VOLUMES, _ACT, _T),
-        (Step.SCALE_UP_WORKLOADS, _ACT, _T),
-        (Step.RESUME_FLUX, _ACT, _T),
-        (Step.WAIT_READY, _ACT, _T),
-        (Step.ENABLE_NETWORK, _ACT, _T),
-        (Step.DISABLE_NETWORK, _DOWN, _S),
-        (Step.SCALE_DOWN_WORKLOADS, _DOWN, _S),
-        (Step.SUSPEND_FLUX, _DOWN, _S),
-        (Step.WAIT_SCALED_DOWN, _DOWN, _S),
-        (Step.DEMOTE_VOLUMES, _DOWN, _S),
-        (Step.WAIT_VOLUMES_DEMOTED, _DOWN, _S),
+        *_LOCKED,
+        *_target_up(_ACT),
+        *_source_down(_DOWN),
         (Step.COMPLETE, _DONE, _C),
     ),
     # The "source" of a stand-down is the returning site; the lock keeps failovers of the group out.
-    PlanKind.STANDDOWN: (
-        (Step.ACQUIRE_LOCK, _INIT, _C),
-        (Step.RAISE_FENCE, _INIT, _C),
-        (Step.DISABLE_NETWORK, _DOWN, _S),
-        (Step.SCALE_DOWN_WORKLOADS, _DOWN, _S),
-        (Step.SUSPEND_FLUX, _DOWN, _S),
-        (Step.WAIT_SCALED_DOWN, _DOWN, _S),
-        (Step.DEMOTE_VOLUMES, _DOWN, _S),
-        (Step.WAIT_VOLUMES_DEMOTED, _DOWN, _S),
-        (Step.RECORD_STANDDOWN, _DONE, _C),
-    ),
+    PlanKind.STANDDOWN: (*_LOCKED, *_source_down(_DOWN), (Step.RECORD_STANDDOWN, _DONE, _C)),
     # Settling a diverged group: the other cluster goes passive first (never two writers), then the
     # chosen one is made active, then the owner is recorded. Every effect is idempotent.
     PlanKind.RESOLVE: (
-        (Step.ACQUIRE_LOCK, _INIT, _C),
-        (Step.RAISE_FENCE, _INIT, _C),
-        (Step.DISABLE_NETWORK, _DOWN, _S),
-        (Step.SCALE_DOWN_WORKLOADS, _DOWN, _S),
-        (Step.SUSPEND_FLUX, _DOWN, _S),
-        (Step.WAIT_SCALED_DOWN, _DOWN, _S),
-        (Step.DEMOTE_VOLUMES, _DOWN, _S),
-        (Step.WAIT_VOLUMES_DEMOTED, _DOWN, _S),
-        (Step.PROMOTE_VOLUMES, _ACT, _T),
-        (Step.WAIT_VOLUMES_PROMOTED, _ACT, _T),
-        (Step.SCALE_UP_WORKLOADS, _ACT, _T),
-        (Step.RESUME_FLUX, _ACT, _T),
-        (Step.WAIT_READY, _ACT, _T),
-        (Step.ENABLE_NETWORK, _ACT, _T),
+        *_LOCKED,
+        *_source_down(_DOWN),
+        *_target_up(_ACT, verify=False),
         (Step.RECORD_RESOLUTION, _DONE, _C),
     ),
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -285,6 +286,14 @@ class Run(BaseModel):
         return datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     @property
+    def expected_owner(self) -> str | None:
+        """The active cluster this run is valid for, checked under the lock: a failover moves the
+        group away from its source, a stand-down keeps its owner (the target); a resolution sets it."""
+        if self.kind in (PlanKind.CONSISTENCY, PlanKind.UPTIME):
+            return self.source_cluster
+        return self.target_cluster if self.kind is PlanKind.STANDDOWN else None
+
+    @property
     def past_point_of_no_return(self) -> bool:
         """Whether the run reached its kind's point of no return (attempted, or skipped for lack of
         resources): from there on an automatic undo could make two writers (or none)."""
@@ -329,6 +338,33 @@ class Run(BaseModel):
         return [f"{key}: {rec.message}" for key, rec in self.steps.items() if rec.outcome == "skipped"]
 
 
+def _pending(
+    kind: PlanKind,
+    group: FailoverGroup,
+    *,
+    source: str,
+    target: str,
+    now: float,
+    timing: Timing | None,
+    **fields: Any,
+) -> Run:
+    """A PENDING run of ``kind`` for ``group`` from ``source`` to ``target``; ``fields`` add the rest."""
+    timing = timing or Timing()
+    return Run(
+        group=group.key,
+        kind=kind,
+        source_cluster=source,
+        target_cluster=target,
+        resources=Resources.of(group),
+        plan=build_plan(kind, group, timing),
+        timing=timing,
+        created_at=now,
+        deadline_at=now + group.spec.timeouts.transitory_state.total_seconds(),
+        heartbeat_timeout=group.spec.timeouts.heartbeat.total_seconds(),
+        **fields,
+    )
+
+
 def new_run(
     *,
     run_id: str,
@@ -341,25 +377,20 @@ def new_run(
     nonce: str = "",
 ) -> Run:
     """A PENDING run of ``failover`` for ``group``, currently active on ``source_cluster``. Pure."""
-    timing = timing or Timing()
-    kind = PlanKind.of(failover.spec.failover_mode)
-    return Run(
+    spec = failover.spec
+    return _pending(
+        PlanKind.of(spec.failover_mode),
+        group,
+        source=source_cluster,
+        target=spec.target_cluster,
+        now=now,
+        timing=timing,
         run_id=run_id,
         nonce=nonce,
         failover=f"{failover.metadata.namespace}/{failover.metadata.name}",
         failover_cluster=failover_cluster,
-        group=group.key,
-        kind=kind,
-        source_cluster=source_cluster,
-        target_cluster=failover.spec.target_cluster,
-        force=failover.spec.force,
-        reason=failover.spec.reason,
-        resources=Resources.of(group),
-        plan=build_plan(kind, group, timing),
-        timing=timing,
-        created_at=now,
-        deadline_at=now + group.spec.timeouts.transitory_state.total_seconds(),
-        heartbeat_timeout=group.spec.timeouts.heartbeat.total_seconds(),
+        force=spec.force,
+        reason=spec.reason,
     )
 
 
@@ -376,23 +407,17 @@ def new_standdown_run(
 ) -> Run:
     """A PENDING stand-down of ``cluster``, which still holds active objects of ``group`` although
     ``owner`` is the group's active cluster. Pure."""
-    timing = timing or Timing()
-    return Run(
+    return _pending(
+        PlanKind.STANDDOWN,
+        group,
+        source=cluster,
+        target=owner,
+        now=now,
+        timing=timing,
         run_id=run_id,
         nonce=nonce,
         failover="",
-        group=group.key,
-        kind=PlanKind.STANDDOWN,
-        source_cluster=cluster,
-        target_cluster=owner,
-        force=False,
         reason=reason,
-        resources=Resources.of(group),
-        plan=build_plan(PlanKind.STANDDOWN, group, timing),
-        timing=timing,
-        created_at=now,
-        deadline_at=now + group.spec.timeouts.transitory_state.total_seconds(),
-        heartbeat_timeout=group.spec.timeouts.heartbeat.total_seconds(),
     )
 
 
@@ -409,21 +434,15 @@ def new_resolve_run(
 ) -> Run:
     """A PENDING resolution of a diverged ``group``: ``passive`` is made passive, then ``active`` active
     and recorded as the owner. Pure."""
-    timing = timing or Timing()
-    return Run(
+    return _pending(
+        PlanKind.RESOLVE,
+        group,
+        source=passive,
+        target=active,
+        now=now,
+        timing=timing,
         run_id=run_id,
         nonce=nonce,
         failover="",
-        group=group.key,
-        kind=PlanKind.RESOLVE,
-        source_cluster=passive,
-        target_cluster=active,
-        force=False,
         reason=reason,
-        resources=Resources.of(group),
-        plan=build_plan(PlanKind.RESOLVE, group, timing),
-        timing=timing,
-        created_at=now,
-        deadline_at=now + group.spec.timeouts.transitory_state.total_seconds(),
-        heartbeat_timeout=group.spec.timeouts.heartbeat.total_seconds(),
     )

@@ -96,7 +96,7 @@ class FakeClusters:
     # --- ClusterEffects ------------------------------------------------------------------------
 
     def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
-        return self._make(cluster, ref, Role.PASSIVE, epoch, replicas=None)
+        return self._make(cluster, ref, Role.PASSIVE, epoch, replicas=None, group=group)
 
     def make_active(
         self,
@@ -108,7 +108,7 @@ class FakeClusters:
         replicas: int | None = None,
         requested_at: str | None = None,
     ) -> Change:
-        return self._make(cluster, ref, Role.ACTIVE, epoch, replicas=replicas)
+        return self._make(cluster, ref, Role.ACTIVE, epoch, replicas=replicas, group=group)
 
     def check(self, cluster: str, ref: ResourceRef, role: Role, *, requested_at: str | None = None) -> Check:
         self._fault("check", cluster, ref)
@@ -137,15 +137,11 @@ class FakeClusters:
         return Change(cluster, ref, "stop_jobs", changed=True, detail="deleted running Jobs")
 
     def raise_fence(self, cluster: str, group: GroupKey, *, token: int) -> Change:
-        """The group's fence on ``cluster`` grows to ``token``; a lower token is refused (Fenced)."""
-        self._fault(
-            "raise_fence",
-            cluster,
-            ResourceRef(kind="FailoverGroup", namespace=group.namespace, name=group.name),
-        )
-        key = f"{self.prefix}fence:{cluster}:{group}"
-        current = int(self.client.get(key) or 0)
+        """The group's fence on ``cluster`` grows to ``token``; a lower token is refused (Fenced), as
+        the clusters' admission policy (deploy/fencing) refuses it."""
         ref = ResourceRef(kind="FailoverGroup", namespace=group.namespace, name=group.name)
+        self._fault("raise_fence", cluster, ref)
+        current = self._fence(cluster, group.namespace, group.name)
         if current > token:
             raise Fenced(
                 f"fenced: the fence of {group} on {cluster} is {current}, above token {token}",
@@ -153,11 +149,18 @@ class FakeClusters:
             )
         if current == token:
             return Change(cluster, ref, "raise_fence", changed=False, detail=f"fence already {token}")
-        self.client.set(key, token)
+        self.client.set(self._fence_key(cluster, group.namespace, group.name), token)
+        self._record(cluster, ref, "raise_fence", "fence", token)
         return Change(cluster, ref, "raise_fence", changed=True, detail=f"fence {current} -> {token}")
 
     def fence(self, cluster: str, group: GroupKey) -> int:
-        return int(self.client.get(f"{self.prefix}fence:{cluster}:{group}") or 0)
+        return self._fence(cluster, group.namespace, group.name)
+
+    def _fence_key(self, cluster: str, namespace: str, name: str) -> str:
+        return f"{self.prefix}fence:{cluster}:{namespace}/{name}"
+
+    def _fence(self, cluster: str, namespace: str, name: str) -> int:
+        return int(self.client.get(self._fence_key(cluster, namespace, name)) or 0)
 
     def observe(self, cluster: str, ref: ResourceRef) -> Observation:
         self._fault("observe", cluster, ref)
@@ -227,13 +230,20 @@ class FakeClusters:
                     )
 
     def _make(
-        self, cluster: str, ref: ResourceRef, role: Role, epoch: int, *, replicas: int | None
+        self, cluster: str, ref: ResourceRef, role: Role, epoch: int, *, replicas: int | None, group: str = ""
     ) -> Change:
         op = "make_passive" if role is Role.PASSIVE else "make_active"
         self._fault(op, cluster, ref)
         obj = self._require(cluster, ref)
         if obj["want"] == role.value:
             return Change(cluster, ref, op, changed=False, detail=f"already {role.value}")
+        fence = self._fence(cluster, ref.namespace, group) if group else 0
+        if epoch < max(fence, int(obj.get("epoch") or 0)):
+            raise Fenced(
+                f"fenced: epoch {epoch} is below the fence {fence} of {group} on {cluster}",
+                cluster=cluster,
+                obj=str(ref),
+            )
         if role is Role.ACTIVE and replicas is not None and not obj.get("remembered"):
             obj["remembered"] = replicas
         obj.update(want=role.value, remaining=self.settle_checks, epoch=epoch)

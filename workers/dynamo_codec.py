@@ -303,6 +303,20 @@ def acquire_transaction(
     ]
 
 
+def _release_item(table: str, pk: str, token: int) -> TransactWriteItemTypeDef:
+    """Delete the LOCK item if it still holds ``token`` (returning it as it was when it does not)."""
+    return {
+        "Delete": {
+            "TableName": table,
+            "Key": key(pk, LOCK_SK),
+            "ConditionExpression": "#token = :token",
+            "ExpressionAttributeNames": _names("token"),
+            "ExpressionAttributeValues": {":token": n(token)},
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+
+
 def completion_transaction(
     table: str, pk: str, *, token: int, expected_owner: str, new_owner: str, record: HistoryRecord
 ) -> list[TransactWriteItemTypeDef]:
@@ -311,16 +325,7 @@ def completion_transaction(
     The lock comes first: should DynamoDB report only the first failed condition, the lost lease wins.
     """
     return [
-        {
-            "Delete": {
-                "TableName": table,
-                "Key": key(pk, LOCK_SK),
-                "ConditionExpression": "#token = :token",
-                "ExpressionAttributeNames": _names("token"),
-                "ExpressionAttributeValues": {":token": n(token)},
-                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-            }
-        },
+        _release_item(table, pk, token),
         {
             "Update": {
                 "TableName": table,
@@ -385,16 +390,7 @@ def settlement_transaction(
 ) -> list[TransactWriteItemTypeDef]:
     """[0] LOCK delete if ``token``, [1] owner set and divergence removed, [2] history put."""
     return [
-        {
-            "Delete": {
-                "TableName": table,
-                "Key": key(pk, LOCK_SK),
-                "ConditionExpression": "#token = :token",
-                "ExpressionAttributeNames": _names("token"),
-                "ExpressionAttributeValues": {":token": n(token)},
-                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-            }
-        },
+        _release_item(table, pk, token),
         {
             "Update": {
                 "TableName": table,

@@ -208,15 +208,9 @@ def _from_catalogue(info: StepInfo) -> StepFn:
 
 @step(Step.VALIDATE)
 def validate(ctx: StepContext) -> Outcome:
-    """Re-check ownership and that every referenced object exists on both clusters; note replicas."""
+    """Check that every referenced object exists on both clusters; note the replica counts. (Where
+    the group is active is checked once, under its lock: :func:`acquire_lock`.)"""
     run = ctx.run
-    active = ctx.coordination.active_cluster(run.group)
-    if active == run.target_cluster:
-        raise PermanentError(f"{run.target_cluster!r} is already the active cluster of group {run.group}")
-    if active != run.source_cluster:
-        raise PermanentError(
-            f"group {run.group} is active on {active!r}, not on {run.source_cluster!r} as when submitted"
-        )
     replicas: dict[str, int] = {}
     refs = [*run.resources.workloads, *run.resources.volumes, *run.resources.network, *run.resources.flux]
     notes = []
@@ -257,13 +251,34 @@ def acquire_lock(ctx: StepContext) -> Outcome:
         info = ctx.coordination.lock_info(run.group)
         if info is None or info.run_id != run.lock_owner:
             raise
+        _check_owner(ctx, info.token)
         return Done(
             f"lock already held by this run (token {info.token})",
             Updates(token=info.token, lease_expires_at=info.expires_at),
         )
+    _check_owner(ctx, grant.token)
     return Done(
         f"lock acquired with fencing token {grant.token}",
         Updates(token=grant.token, lease_expires_at=grant.expires_at),
+    )
+
+
+def _check_owner(ctx: StepContext, token: int) -> None:
+    """Under the lock, the one read that counts: the group is still active where the run expects it
+    (a failover's source, a stand-down's owner). If not, the lock goes back and the run fails having
+    changed nothing. The producer's earlier read only chose the source."""
+    run, expected = ctx.run, ctx.run.expected_owner
+    if expected is None:
+        return
+    active = ctx.coordination.active_cluster(run.group)
+    if active == expected:
+        return
+    ctx.coordination.release_lock(run.group, token=token)
+    if active == run.target_cluster and expected == run.source_cluster:
+        raise PermanentError(f"{run.target_cluster!r} is already the active cluster of group {run.group}")
+    raise PermanentError(
+        f"group {run.group} is active on {active!r}, not on {expected!r} as when the run was created; "
+        "nothing was changed"
     )
 
 

@@ -12,8 +12,14 @@ Usage::
         fleet["site-b"].controllers.workload_delay = 0.2
         fleet["site-a"].set_down(True)
 
+Identities: the kubeconfig a cluster writes acts as the orchestrator's worker ServiceAccount;
+``cluster.api_client("admin")``, ``cluster.kubeconfig("admin")``, ``write_kubeconfig(..., user="admin")``
+act as a cluster admin, and ``cluster.add_user(name, groups)`` returns the token of a new user.
+
 Modules: ``cluster`` (one cluster), ``fleet`` (several + kubeconfig), ``store`` (objects, versions,
-history), ``api`` (REST verbs), ``server`` (HTTP), ``watch``, ``discovery``, ``patch``, ``selectors``,
+history), ``api`` (REST verbs), ``server`` (HTTP), ``identity`` (tokens -> users), ``admission``
+(ValidatingAdmissionPolicy), ``crd_rules`` (CRD ``x-kubernetes-validations``), ``expressions`` (CEL),
+``manifests`` (deploy/ files every cluster installs), ``watch``, ``discovery``, ``patch``, ``selectors``,
 ``validation``, ``kinds``, ``controllers``, ``faults``, ``samples``. This package stands in for the outside
 world: it must never be imported by the product (``fsm``, ``workers``, ``producers``).
 """
@@ -23,6 +29,7 @@ from sandbox.kube.controllers import Controllers
 from sandbox.kube.errors import ApiError
 from sandbox.kube.faults import FaultKnobs
 from sandbox.kube.fleet import SandboxFleet, write_kubeconfig
+from sandbox.kube.identity import UserInfo
 from sandbox.kube.samples import load_sample_fleet, load_sample_group, sample_manifests
 from sandbox.kube.store import ObjectStore
 
@@ -33,6 +40,7 @@ __all__ = [
     "ObjectStore",
     "SandboxCluster",
     "SandboxFleet",
+    "UserInfo",
     "load_sample_fleet",
     "load_sample_group",
     "sample_manifests",

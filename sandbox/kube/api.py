@@ -2,7 +2,9 @@
 delete/deletecollection on objects and their ``/status`` and ``/scale`` subresources.
 
 Returns :class:`Response` (a JSON body and code) or :class:`Stream` (watch events) for the HTTP layer to
-write; faults are checked here, per verb and resource, before anything happens. Server-side apply
+write; faults are checked here, per verb and resource, before anything happens. Every write carries an
+admission hook (:meth:`ResourceApi._admit`) built from the request: the caller's identity, the route,
+dry run; the store calls it on the final object (see admission.py). Server-side apply
 (``application/apply-patch+yaml``) is refused with 415, and strategic merge patch is refused with 415
 for custom resources, exactly as a real server refuses it. This module must not touch sockets.
 """
@@ -18,12 +20,14 @@ from typing import Any
 import yaml
 
 from sandbox.kube import errors
+from sandbox.kube.admission import Attributes, PolicyAdmission
 from sandbox.kube.discovery import table
 from sandbox.kube.faults import FaultKnobs
+from sandbox.kube.identity import ANONYMOUS, RequestContext
 from sandbox.kube.kinds import ResourceKind
 from sandbox.kube.patch import JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH, apply_patch
 from sandbox.kube.selectors import parse_field_selector, parse_label_selector, selector_string
-from sandbox.kube.store import Body, ObjectStore
+from sandbox.kube.store import Admit, Body, ObjectStore
 from sandbox.kube.watch import WatchRequest, stream_events
 
 
@@ -64,12 +68,18 @@ class ResourceApi:
     """Handles one cluster's resource requests against its store and fault knobs."""
 
     def __init__(
-        self, store: ObjectStore, faults: FaultKnobs, watch: WatchSettings, stopped: Callable[[], bool]
+        self,
+        store: ObjectStore,
+        faults: FaultKnobs,
+        watch: WatchSettings,
+        stopped: Callable[[], bool],
+        admission: PolicyAdmission | None = None,
     ) -> None:
         self.store = store
         self.faults = faults
         self.watch = watch
         self.stopped = stopped
+        self.admission = admission
 
     # --- routing --------------------------------------------------------------------------------
 
@@ -110,8 +120,17 @@ class ResourceApi:
     # --- dispatch -------------------------------------------------------------------------------
 
     def handle(
-        self, method: str, route: Route, query: dict[str, str], headers: dict[str, str], raw: bytes
+        self,
+        method: str,
+        route: Route,
+        query: dict[str, str],
+        headers: dict[str, str],
+        raw: bytes,
+        *,
+        context: RequestContext | None = None,
     ) -> Response | Stream:
+        """Serve one resource request for ``context.user`` (anonymous if no context is given)."""
+        context = context if context is not None else RequestContext(ANONYMOUS)
         verb = self.verb(method, route, query)
         kind = route.kind
         self.faults.check(
@@ -125,6 +144,7 @@ class ResourceApi:
         dry_run = self._dry_run(query)
         content_type = headers.get("content-type", "application/json").split(";")[0].strip()
         as_table = "as=Table" in headers.get("accept", "")
+        admit = self._admit(route, context, dry_run)
         if verb == "get":
             obj = self.store.get(kind, route.namespace, route.name or "", version=route.version)
             if route.subresource == "scale":
@@ -141,20 +161,25 @@ class ResourceApi:
             return Response(
                 201,
                 self.store.create(
-                    kind, body, namespace=route.namespace, dry_run=dry_run, version=route.version
+                    kind, body, namespace=route.namespace, dry_run=dry_run, version=route.version, admit=admit
                 ),
             )
         if verb == "update":
-            return Response(200, self._update(route, self._decode(raw, content_type), dry_run))
+            return Response(200, self._update(route, self._decode(raw, content_type), dry_run, admit))
         if verb == "patch":
-            return Response(200, self._patch(route, content_type, raw, dry_run))
+            return Response(200, self._patch(route, content_type, raw, dry_run, admit))
         if verb == "delete":
-            return self._delete(route, query, raw, dry_run)
+            # DeleteOptions in the body may ask for a dry run too: admission must see the final answer
+            return self._delete(route, query, raw, dry_run, lambda dry: self._admit(route, context, dry))
         if verb == "deletecollection":
             items = self._list(route, query, False).body["items"]
             for item in items:
                 self.store.delete(
-                    kind, item["metadata"].get("namespace"), item["metadata"]["name"], dry_run=dry_run
+                    kind,
+                    item["metadata"].get("namespace"),
+                    item["metadata"]["name"],
+                    dry_run=dry_run,
+                    admit=admit,
                 )
             return Response(
                 200,
@@ -166,6 +191,36 @@ class ResourceApi:
                 },
             )
         raise errors.method_not_allowed()
+
+    def _admit(self, route: Route, context: RequestContext, dry_run: bool) -> Admit | None:
+        """The admission hook the store calls for this request's writes (None: no admission)."""
+        admission = self.admission
+        if admission is None:
+            return None
+
+        def admit(operation: str, new: Body | None, old: Body | None) -> None:
+            meta = (new if new is not None else old or {}).get("metadata") or {}
+            gvk = None
+            if route.subresource == "scale":  # a /scale write is admitted as the Scale it is
+                new = self._to_scale(new) if new is not None else None
+                old = self._to_scale(old) if old is not None else None
+                gvk = ("autoscaling", "v1", "Scale")
+            attrs = Attributes(
+                operation=operation,
+                kind=route.kind,
+                version=route.version,
+                subresource=route.subresource,
+                namespace=meta.get("namespace") or "",
+                name=meta.get("name") or "",
+                user=context.user,
+                dry_run=dry_run,
+                obj=new,
+                old=old,
+                gvk=gvk,
+            )
+            admission.admit(attrs, context)
+
+        return admit
 
     @staticmethod
     def _dry_run(query: dict[str, str]) -> bool:
@@ -257,11 +312,11 @@ class ResourceApi:
             else:
                 yield event
 
-    def _update(self, route: Route, body: Any, dry_run: bool) -> Body:
+    def _update(self, route: Route, body: Any, dry_run: bool, admit: Admit | None) -> Body:
         if not isinstance(body, dict):
             raise errors.bad_request("the request body is not an object")
         if route.subresource == "scale":
-            return self._write_scale(route, lambda _scale: body, dry_run)
+            return self._write_scale(route, lambda _scale: body, dry_run, admit)
         return self.store.update(
             route.kind,
             route.namespace,
@@ -270,9 +325,10 @@ class ResourceApi:
             subresource=route.subresource,
             dry_run=dry_run,
             version=route.version,
+            admit=admit,
         )
 
-    def _patch(self, route: Route, content_type: str, raw: bytes, dry_run: bool) -> Body:
+    def _patch(self, route: Route, content_type: str, raw: bytes, dry_run: bool, admit: Admit | None) -> Body:
         kind = route.kind
         # Server-side apply is not implemented: refused like a server without it (kubectl then says
         # "Server-side apply not available on the server").
@@ -281,7 +337,9 @@ class ResourceApi:
             raise errors.unsupported_media_type(content_type, accepted)
         patch = self._decode(raw, "json")
         if route.subresource == "scale":
-            return self._write_scale(route, lambda scale: apply_patch(content_type, scale, patch), dry_run)
+            return self._write_scale(
+                route, lambda scale: apply_patch(content_type, scale, patch), dry_run, admit
+            )
         return self.store.update(
             kind,
             route.namespace,
@@ -290,9 +348,17 @@ class ResourceApi:
             subresource=route.subresource,
             dry_run=dry_run,
             version=route.version,
+            admit=admit,
         )
 
-    def _delete(self, route: Route, query: dict[str, str], raw: bytes, dry_run: bool) -> Response:
+    def _delete(
+        self,
+        route: Route,
+        query: dict[str, str],
+        raw: bytes,
+        dry_run: bool,
+        admit_for: Callable[[bool], Admit | None],
+    ) -> Response:
         kind = route.kind
         options = self._decode(raw, "json") if raw.strip() else {}
         options = options if isinstance(options, dict) else {}
@@ -308,6 +374,7 @@ class ResourceApi:
             dry_run=dry_run,
             precondition_rv=precondition,
             version=route.version,
+            admit=admit_for(dry_run),
         )
         if obj["metadata"].get("deletionTimestamp") or not kind.builtin or kind.key == "pods":
             return Response(200, obj)
@@ -340,7 +407,9 @@ class ResourceApi:
             "status": status,
         }
 
-    def _write_scale(self, route: Route, change: Callable[[Body], Any], dry_run: bool) -> Body:
+    def _write_scale(
+        self, route: Route, change: Callable[[Body], Any], dry_run: bool, admit: Admit | None
+    ) -> Body:
         """Apply ``change`` to the Scale view and write ``spec.replicas`` back (generation bumps)."""
 
         def update(current: Body) -> Body:
@@ -364,6 +433,12 @@ class ResourceApi:
             return current
 
         obj = self.store.update(
-            route.kind, route.namespace, route.name or "", update, dry_run=dry_run, version=route.version
+            route.kind,
+            route.namespace,
+            route.name or "",
+            update,
+            dry_run=dry_run,
+            version=route.version,
+            admit=admit,
         )
         return self._to_scale(obj)

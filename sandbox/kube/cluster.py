@@ -1,10 +1,13 @@
 """One simulated Kubernetes cluster: store, HTTP API server, controllers and fault knobs together.
 
 ``SandboxCluster`` starts an API server on 127.0.0.1 (an ephemeral port unless one is given) and a
-controller thread, pre-installs the third-party CRDs the orchestrator needs, and stops everything it
-started (server threads joined, sockets closed) on :meth:`stop` or leaving its ``with`` block. Its
-"down" switch closes the listening socket and cuts open connections while keeping every object, and
-bringing it back listens on the same port again. This module wires parts together; it must not
+controller thread, pre-installs the third-party CRDs the orchestrator needs and the project's fence
+policies (deploy/fencing, enforced by the cluster's admission like on a real one), knows its users
+(the orchestrator's worker ServiceAccount, whose token its kubeconfig carries, an admin, and any a
+test adds: :meth:`SandboxCluster.add_user`), and stops everything it started (server threads
+joined, sockets closed) on :meth:`stop` or leaving its ``with`` block. Its "down" switch closes the
+listening socket and cuts open connections while keeping every object, and bringing it back listens
+on the same port again. This module wires parts together; it must not
 implement API semantics itself.
 """
 
@@ -14,10 +17,13 @@ import threading
 from types import TracebackType
 from typing import Any
 
+from sandbox.kube.admission import PolicyAdmission
 from sandbox.kube.api import ResourceApi, WatchSettings
 from sandbox.kube.controllers import Controllers
 from sandbox.kube.faults import FaultKnobs
+from sandbox.kube.identity import WORKER, UserInfo, Users
 from sandbox.kube.kinds import KindRegistry, default_crds
+from sandbox.kube.manifests import fencing_manifests
 from sandbox.kube.server import SandboxHTTPServer
 from sandbox.kube.store import ObjectStore
 
@@ -30,9 +36,12 @@ class SandboxCluster:
     Args:
         name: the cluster (and kubeconfig context) name.
         host/port: where to listen; port 0 picks a free port once, then keeps it across down/up.
-        token: if set, requests must carry ``Authorization: Bearer <token>`` (else 401).
+        token: the worker ServiceAccount's bearer token. If set, every request must carry a known
+            token (else 401); if None, a random one is made and requests without credentials are
+            also served, as ``system:anonymous`` (an unknown token is still a 401).
         history_limit: watch events kept; a watch from an older resourceVersion gets 410 Gone.
         preinstall_crds: install the Istio, Flux, csi-addons and Failover/FailoverGroup CRDs.
+        install_fencing: install the ValidatingAdmissionPolicies of the repository's deploy/fencing.
         run_controllers: start the controller thread (``controllers.run_once()`` still works if not).
         bookmark_interval: seconds between BOOKMARK events on idle watches that asked for them.
         controller_options: keyword arguments for :class:`~sandbox.kube.controllers.Controllers`.
@@ -47,14 +56,16 @@ class SandboxCluster:
         token: str | None = None,
         history_limit: int = 1000,
         preinstall_crds: bool = True,
+        install_fencing: bool = True,
         run_controllers: bool = True,
         bookmark_interval: float = 1.0,
         **controller_options: Any,
     ) -> None:
         self.name = name
         self.host = host
-        self.token = token
+        self.users = Users(token, allow_anonymous=token is None)
         self.store = ObjectStore(KindRegistry(), history_limit=history_limit)
+        self.admission = PolicyAdmission(self.store)
         self.faults = FaultKnobs()
         self.watch_settings = WatchSettings(bookmark_interval=bookmark_interval)
         self.controllers = Controllers(self.store, **controller_options)
@@ -69,6 +80,9 @@ class SandboxCluster:
         if preinstall_crds:
             for crd in default_crds():
                 self.store.create("customresourcedefinitions", crd)
+        if install_fencing:
+            for manifest in fencing_manifests():
+                self.store.put(manifest)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -98,8 +112,8 @@ class SandboxCluster:
         self.stop()
 
     def _listen(self) -> None:
-        api = ResourceApi(self.store, self.faults, self.watch_settings, lambda: False)
-        server = SandboxHTTPServer((self.host, self._port), api, self.token)
+        api = ResourceApi(self.store, self.faults, self.watch_settings, lambda: False, self.admission)
+        server = SandboxHTTPServer((self.host, self._port), api, self.users)
         api.stopped = server.stopping.is_set
         self._port = server.port
         self._server = server
@@ -148,14 +162,55 @@ class SandboxCluster:
     def url(self) -> str:
         return f"http://{self.host}:{self._port}"
 
-    def kubeconfig(self) -> dict[str, Any]:
-        """This cluster's kubeconfig entries (cluster, user, context, all named after the cluster)."""
-        user: dict[str, Any] = {"token": self.token} if self.token else {}
+    # --- identities -----------------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        """The worker ServiceAccount's token (the one the product uses)."""
+        return self.users.token(WORKER)
+
+    def add_user(
+        self,
+        username: str,
+        groups: tuple[str, ...] | list[str] = ("system:authenticated",),
+        *,
+        alias: str = "",
+    ) -> str:
+        """Register a user (a person, another ServiceAccount) and return its bearer token."""
+        return self.users.add(username, groups, alias=alias or None)
+
+    def user(self, token: str) -> UserInfo | None:
+        """Who ``token`` authenticates as (None if nobody)."""
+        return self.users.authenticate(f"Bearer {token}")
+
+    def kubeconfig(self, user: str = WORKER, *, context: str | None = None) -> dict[str, Any]:
+        """This cluster's kubeconfig entries (cluster, user, context) acting as ``user``.
+
+        ``user`` is ``worker`` (default), ``admin``, an alias or a username given to :meth:`add_user`.
+        Entries are named after the cluster for the worker (what the product's kubeconfig holds) and
+        ``<cluster>-<user>`` otherwise, unless ``context`` names them.
+        """
+        name = context or (self.name if user == WORKER else f"{self.name}-{user}")
         return {
-            "cluster": {"name": self.name, "cluster": {"server": self.url}},
-            "user": {"name": self.name, "user": user},
-            "context": {"name": self.name, "context": {"cluster": self.name, "user": self.name}},
+            "cluster": {"name": name, "cluster": {"server": self.url}},
+            "user": {"name": name, "user": {"token": self.users.token(user)}},
+            "context": {"name": name, "context": {"cluster": name, "user": name}},
         }
+
+    def api_client(self, user: str = WORKER) -> Any:
+        """A ``kubernetes.client.ApiClient`` acting as ``user`` (close it when done)."""
+        from kubernetes import config
+
+        entries = self.kubeconfig(user)
+        document = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [entries["cluster"]],
+            "users": [entries["user"]],
+            "contexts": [entries["context"]],
+            "current-context": entries["context"]["name"],
+        }
+        return config.new_client_from_config_dict(document)
 
     def __repr__(self) -> str:
         state = "down" if self.is_down else "up" if self._started else "stopped"

@@ -100,6 +100,21 @@ def invalid(
     return ApiError(422, "Invalid", f'{qualified_kind} "{name}" is invalid: {field}: {detail}', details)
 
 
+def invalid_causes(kind: str, group: str, name: str, causes: list[dict[str, str]]) -> ApiError:
+    """422 Invalid with several field errors (``causes``: reason, message, field), worded like upstream.
+
+    One cause reads ``Kind.group "name" is invalid: <field>: <message>``; several are listed in
+    brackets, comma-separated, as apimachinery's ``ErrorList`` renders them.
+    """
+    qualified_kind = f"{kind}.{group}" if group else kind
+    rendered = [f"{c['field']}: {c['message']}" if c.get("field") else c["message"] for c in causes]
+    summary = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
+    details: dict[str, Any] = {"name": name, "kind": kind, "causes": causes}
+    if group:
+        details["group"] = group
+    return ApiError(422, "Invalid", f'{qualified_kind} "{name}" is invalid: {summary}', details)
+
+
 def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 

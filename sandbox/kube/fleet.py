@@ -19,9 +19,15 @@ import yaml
 from sandbox.kube.cluster import SandboxCluster
 
 
-def write_kubeconfig(clusters: Sequence[SandboxCluster], path: Path, current: str | None = None) -> Path:
-    """Write a kubeconfig for ``clusters`` to ``path``; context names are the cluster names."""
-    entries = [c.kubeconfig() for c in clusters]
+def write_kubeconfig(
+    clusters: Sequence[SandboxCluster], path: Path, current: str | None = None, *, user: str = "worker"
+) -> Path:
+    """Write a kubeconfig for ``clusters`` to ``path``; context names are the cluster names.
+
+    Every context acts as ``user`` (the worker ServiceAccount by default, ``admin`` for a person), so
+    the same code can run as either identity by pointing it at another file.
+    """
+    entries = [c.kubeconfig(user, context=c.name) for c in clusters]
     config = {
         "apiVersion": "v1",
         "kind": "Config",

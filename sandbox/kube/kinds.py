@@ -1,10 +1,10 @@
 """The resource kinds a sandbox cluster serves, and the registry that resolves them.
 
-Built-in kinds (core, apps, batch, networking.k8s.io, apiextensions) are declared here; every other
-kind comes from a ``CustomResourceDefinition`` object in the cluster's store, exactly as on a real
-server. The third-party CRDs the product needs (Istio, Flux, csi-addons, the project's own) are
-described by :func:`default_crds` so a cluster can pre-install them. This module only describes kinds;
-it must not store objects or speak HTTP.
+Built-in kinds (core, apps, batch, networking.k8s.io, admissionregistration, apiextensions) are
+declared here; every other kind comes from a ``CustomResourceDefinition`` object in the cluster's
+store, exactly as on a real server. The third-party CRDs the product needs (Istio, Flux, csi-addons,
+the project's own) are described by :func:`default_crds` so a cluster can pre-install them. This
+module only describes kinds; it must not store objects or speak HTTP.
 """
 
 from __future__ import annotations
@@ -110,6 +110,22 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
     _builtin("batch", "CronJob", "cronjobs", short_names=("cj",), categories=("all",)),
     _builtin("batch", "Job", "jobs", categories=("all",), field_selectors=("status.successful",)),
     _builtin("networking.k8s.io", "Ingress", "ingresses", short_names=("ing",)),
+    # Admission policies are plain objects the admission chain reads on every write (admission.py).
+    _builtin(
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicy",
+        "validatingadmissionpolicies",
+        namespaced=False,
+        categories=("api-extensions",),
+    ),
+    _builtin(
+        "admissionregistration.k8s.io",
+        "ValidatingAdmissionPolicyBinding",
+        "validatingadmissionpolicybindings",
+        namespaced=False,
+        status=False,
+        categories=("api-extensions",),
+    ),
     _builtin(
         "apiextensions.k8s.io",
         "CustomResourceDefinition",

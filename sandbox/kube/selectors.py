@@ -121,3 +121,27 @@ def selector_string(selector: dict[str, Any] | None) -> str:
         elif op == "DoesNotExist":
             parts.append(f"!{key}")
     return ",".join(parts)
+
+
+def label_selector_matches(selector: dict[str, Any] | None, labels: dict[str, str] | None) -> bool:
+    """Match a structured ``LabelSelector`` (matchLabels + matchExpressions); None or ``{}`` matches all.
+
+    The form admission policies, bindings and paramRefs carry, as opposed to the string form of a
+    list request's ``labelSelector`` query parameter.
+    """
+    labels = labels or {}
+    if not selector:
+        return True
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), set(expr.get("values") or [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True

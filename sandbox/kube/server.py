@@ -1,10 +1,13 @@
 """The HTTP layer of one sandbox cluster: a threading HTTP/1.1 server on 127.0.0.1.
 
-Parses requests, applies latency and bearer-token auth, serves discovery and /version, hands resource
-requests to :class:`~sandbox.kube.api.ResourceApi`, and writes JSON responses (with Content-Length, so
-connections stay alive) or chunked newline-delimited watch events. It tracks open connections so
-that stopping (or taking the site "down") cuts them like a lost network would, and it joins every
-handler thread on close. It must not implement REST semantics or touch objects itself.
+Parses requests, applies latency, authenticates the bearer token against the cluster's
+:class:`~sandbox.kube.identity.Users` (401 for an unknown one), serves discovery and /version, hands
+resource requests with the caller's :class:`~sandbox.kube.identity.RequestContext` to
+:class:`~sandbox.kube.api.ResourceApi`, and writes JSON responses (with Content-Length, so connections
+stay alive, and any admission ``Warning`` headers) or chunked newline-delimited watch events. It
+tracks open connections so that stopping (or taking the site "down") cuts them like a lost network
+would, and it joins every handler thread on close. It must not implement REST
+semantics or touch objects itself.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sandbox.kube import discovery, errors
-from sandbox.kube.api import ResourceApi, Response, Stream
+from sandbox.kube.api import ResourceApi, Stream
 from sandbox.kube.errors import ApiError
+from sandbox.kube.identity import RequestContext, Users
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +38,9 @@ class SandboxHTTPServer(ThreadingHTTPServer):
     block_on_close = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], api: ResourceApi, token: str | None) -> None:
+    def __init__(self, address: tuple[str, int], api: ResourceApi, users: Users) -> None:
         self.api = api
-        self.token = token
+        self.users = users
         self.stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
@@ -116,13 +120,18 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send_json(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    def _send_json(
+        self, code: int, body: Any, headers: dict[str, str] | None = None, warnings: list[str] | None = None
+    ) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        for warning in warnings or []:  # RFC 7234 form, one header per warning, as kube-apiserver sends
+            escaped = warning.replace("\\", "\\\\").replace('"', '\\"')
+            self.send_header("Warning", f'299 - "{escaped}"')
         self.end_headers()
         self.wfile.write(data)
 
@@ -154,25 +163,28 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         headers = {k.lower(): v for k, v in self.headers.items()}
+        context: RequestContext | None = None
         try:
             raw = self._read_body()
             latency = self.server.api.faults.latency
             if latency > 0:
                 time.sleep(latency)
-            if self.server.token and headers.get("authorization") != f"Bearer {self.server.token}":
+            user = self.server.users.authenticate(headers.get("authorization"))
+            if user is None:
                 raise errors.unauthorized()
+            context = RequestContext(user)
             if self._non_resource(method, parts.path):
                 return
             route = self.server.api.route(parts.path)
             if route is None:
                 raise errors.path_not_found()
-            result = self.server.api.handle(method, route, query, headers, raw)
+            result = self.server.api.handle(method, route, query, headers, raw, context=context)
             if isinstance(result, Stream):
                 self._send_stream(result)
             else:
-                self._respond(result)
+                self._send_json(result.code, result.body, result.headers, context.warnings)
         except ApiError as exc:
-            self._send_json(exc.code, exc.status(), exc.headers)
+            self._send_json(exc.code, exc.status(), exc.headers, context.warnings if context else None)
         except OSError:
             self.close_connection = True
         except Exception as exc:  # a bug in the sandbox must still answer like a server: 500
@@ -180,9 +192,6 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             self._send_json(
                 500, errors.ApiError(500, "InternalError", f"Internal error occurred: {exc}").status()
             )
-
-    def _respond(self, response: Response) -> None:
-        self._send_json(response.code, response.body, response.headers)
 
     def _non_resource(self, method: str, path: str) -> bool:
         """Serve discovery, /version and health endpoints; False when ``path`` is a resource path."""

@@ -6,6 +6,11 @@ server: uid/creationTimestamp/generation bookkeeping, optimistic concurrency (40
 resourceVersion), status-subresource separation, no-op writes that change nothing, finalizers,
 garbage collection of owned objects, namespace and CRD lifecycles.
 
+Writes take an optional ``admit`` hook, called inside the lock with ``(operation, new, old)`` on the
+final object (defaults applied, validation and CRD rules passed) right before it would be stored: the
+API layer passes one for every request that arrives over HTTP, so admission policies see exactly what
+would be written; writes made directly (tests, controllers) pass none and are not admitted.
+
 It is also the direct-access API for tests (``cluster.store.get("Deployment", "shop", "web")``,
 ``put``, ``list``). It must not speak HTTP, parse patches or run controllers.
 """
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sandbox.kube import errors
+from sandbox.kube import crd_rules, errors
 from sandbox.kube.errors import ApiError
 from sandbox.kube.kinds import KindRegistry, ResourceKind, kind_from_crd
 from sandbox.kube.selectors import parse_field_selector, parse_label_selector
@@ -32,6 +37,8 @@ KindRef = str | ResourceKind
 Body = dict[str, Any]
 Bodies = list[Body]
 Events = list["StoredEvent"]  # aliases: inside ObjectStore, ``list`` names the method
+# The admission hook of one request: (operation, new object, old object); raises ApiError to refuse.
+Admit = Callable[[str, Body | None, Body | None], None]
 _CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
 _SERVER_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds")
 
@@ -182,6 +189,7 @@ class ObjectStore:
         dry_run: bool = False,
         version: str | None = None,
         keep_status: bool = False,
+        admit: Admit | None = None,
     ) -> Body:
         """POST semantics: defaults, validation, 409 AlreadyExists, status dropped unless ``keep_status``."""
         k = self.kind(kind)
@@ -229,7 +237,7 @@ class ObjectStore:
                 if status is not None:
                     obj["status"] = status
             apply_defaults(k, obj)
-            validate(k, obj, None)
+            self._check(k, obj, None, version, admit)
             if k.key == _CRD_KEY:
                 self._establish_crd(obj)
             if dry_run:
@@ -253,6 +261,7 @@ class ObjectStore:
         dry_run: bool = False,
         version: str | None = None,
         keep_status: bool = False,
+        admit: Admit | None = None,
     ) -> Body:
         """PUT semantics; ``body`` may be a function of the current object (how patches are applied).
 
@@ -299,11 +308,11 @@ class ObjectStore:
                 if field in current["metadata"]:
                     meta[field] = current["metadata"][field]
             apply_defaults(k, new)
-            validate(k, new, current)
             if k.generation and _spec_part(new) != _spec_part(current):
                 meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
             meta["resourceVersion"] = current["metadata"]["resourceVersion"]
             new["apiVersion"], new["kind"] = k.api_version(), k.kind
+            self._check(k, new, current, version, admit)  # admitted before the no-op check, as upstream
             if new == current:
                 return self.output(k, current, version)
             if k.key == _CRD_KEY:
@@ -329,6 +338,7 @@ class ObjectStore:
         dry_run: bool = False,
         precondition_rv: str | None = None,
         version: str | None = None,
+        admit: Admit | None = None,
     ) -> Body:
         """Delete (or, with finalizers, mark for deletion); owned objects follow unless ``orphan``."""
         k = self.kind(kind)
@@ -339,6 +349,8 @@ class ObjectStore:
                 raise errors.not_found(k.plural, k.group, name)
             if precondition_rv and precondition_rv != current["metadata"]["resourceVersion"]:
                 raise errors.conflict(k.plural, k.group, name)
+            if admit is not None:
+                admit("DELETE", None, self.output(k, current, version))
             if dry_run:
                 return self.output(k, current, version)
             if current["metadata"].get("finalizers"):
@@ -423,6 +435,23 @@ class ObjectStore:
             ],
             "storedVersions": [v["name"] for v in spec["versions"] if v.get("storage")],
         }
+
+    def _check(
+        self, k: ResourceKind, obj: Body, old: Body | None, version: str | None, admit: Admit | None
+    ) -> None:
+        """The last checks of a create or update: validation, the CRD's rules, the request's admission.
+
+        Same order as a real server: validation (with the CRD's ``x-kubernetes-validations``) before
+        validating admission, all on the final object.
+        """
+        validate(k, obj, old)
+        if not k.builtin:
+            crd = self._objects.get(_CRD_KEY, {}).get(("", k.key))
+            if crd is not None:
+                crd_rules.check(k, crd_rules.version_schema(crd, version or k.storage_version), obj, old)
+        if admit is not None:
+            out_old = self.output(k, old, version) if old is not None else None
+            admit("UPDATE" if old is not None else "CREATE", self.output(k, obj, version), out_old)
 
     # --- helpers for tests and controllers ------------------------------------------------------
 

@@ -4,7 +4,8 @@ Defaults are what the real API server fills in on every write (``spec.replicas: 
 ``suspend: false``...), so clients read back the same shape as from a real cluster. Validation rejects
 with 422 what a real server would obviously reject (missing name, selector not matching the template,
 negative replicas, an immutable selector changed, a CRD named wrongly). Custom resources are not
-schema-validated. This module only inspects and fills dicts; it must not store anything.
+schema-validated here (their CEL rules are: crd_rules.py), and CEL that does not compile is refused
+in policies and CRDs. This module only inspects and fills dicts; it must not store anything.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sandbox.kube.errors import ApiError, invalid
+from sandbox.kube import crd_rules, expressions
+from sandbox.kube.errors import ApiError, invalid, invalid_causes
 from sandbox.kube.kinds import ResourceKind
 
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -180,6 +182,34 @@ def _validate_crd(kind: ResourceKind, name: str, obj: dict[str, Any]) -> None:
         )
 
 
+def _refuse_uncompiled(kind: ResourceKind, name: str, found: list[tuple[str, str]]) -> None:
+    """A CEL expression that does not compile is refused when its policy or CRD is written, as upstream."""
+    if found:
+        causes = [
+            {"reason": "FieldValueInvalid", "message": f"Invalid value: {error}", "field": field}
+            for field, error in found
+        ]
+        raise invalid_causes(kind.kind, kind.group, name, causes)
+
+
+def _validate_policy(kind: ResourceKind, name: str, obj: dict[str, Any]) -> None:
+    spec = _require(kind, name, obj, "spec")
+    found: list[tuple[str, str]] = []
+    for section, keys in (
+        ("validations", ("expression", "messageExpression")),
+        ("matchConditions", ("expression",)),
+        ("variables", ("expression",)),
+    ):
+        for index, entry in enumerate(spec.get(section) or []):
+            for key in keys:
+                if entry.get(key):
+                    try:
+                        expressions.program(entry[key])
+                    except expressions.CompileError as exc:
+                        found.append((f"spec.{section}[{index}].{key}", str(exc)))
+    _refuse_uncompiled(kind, name, found)
+
+
 def validate(kind: ResourceKind, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
     """Raise a 422 :class:`ApiError` for what the real server's validation rejects outright."""
     name = obj["metadata"]["name"]
@@ -194,6 +224,12 @@ def validate(kind: ResourceKind, obj: dict[str, Any], old: dict[str, Any] | None
             _require(kind, name, obj, "spec.template")
         elif key == "customresourcedefinitions.apiextensions.k8s.io":
             _validate_crd(kind, name, obj)
+            _refuse_uncompiled(kind, name, crd_rules.compile_errors(obj))
+        elif key == "validatingadmissionpolicies.admissionregistration.k8s.io":
+            _validate_policy(kind, name, obj)
+        elif key == "validatingadmissionpolicybindings.admissionregistration.k8s.io":
+            _require(kind, name, obj, "spec.policyName")
+            _require(kind, name, obj, "spec.validationActions")
     except (AttributeError, TypeError) as exc:
         # A field of the wrong JSON type: the real decoder refuses it before validation runs.
         raise ApiError(

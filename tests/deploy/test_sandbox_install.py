@@ -1,8 +1,8 @@
 """The generated CRDs installed in a sandbox cluster with the kubernetes client, the sample objects
 created under them, status written through the subresource, and kubectl showing the printer columns.
 
-(The sandbox serves the kinds a CRD declares but does not enforce its schema or CEL rules; the
-schemas themselves are checked by test_crds.py.)"""
+(The sandbox serves the kinds a CRD declares and enforces its CEL rules, not the rest of its schema;
+the schemas themselves are checked by test_crds.py, the rules by tests/sandbox/test_crd_validation.py.)"""
 
 from __future__ import annotations
 

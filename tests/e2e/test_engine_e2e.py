@@ -28,7 +28,9 @@ def test_a_failover_runs_to_success_through_a_real_worker(stack: Stack, mode: st
     # Waits were polled several times, each poll a new message, and finished.
     assert run.steps["wait_ready"].checks >= 3
     assert run.steps["wait_ready"].outcome == "done"
-    timeline = stack.clusters.timeline()
+    # The fence raised on both clusters before anything else is no change to the group's objects.
+    timeline = [e for e in stack.clusters.timeline() if e["op"] != "raise_fence"]
+    assert stack.clusters.fence("site-a", g.key) == stack.clusters.fence("site-b", g.key) == run.token
     if mode == "CONSISTENCY":
         # Never two writers: the target's first change comes after the source's volumes are secondary.
         first_target = min(i for i, e in enumerate(timeline) if e["cluster"] == "site-b")
@@ -53,9 +55,13 @@ def test_a_failing_step_ends_the_run_with_its_name(stack: Stack) -> None:
     assert run.failure is not None and run.failure.step.value == "scale_up_workloads"
     assert run.message == (
         "failed at step scale_up_workloads, cluster 'site-b', Deployment shop/web: Deployment shop/web on "
-        "cluster 'site-b': cannot make_active Deployment: forbidden by RBAC"
+        "cluster 'site-b': cannot make_active Deployment: forbidden by RBAC; past the point of no return "
+        "(promote_volumes): nothing is undone and the group is diverged; settle it with "
+        "`failoverctl group resolve shop/shop --active CLUSTER --reason TEXT`"
     )
     assert stack.coordination.active_cluster(g.key) == "site-a"
+    divergence = stack.coordination.divergence(g.key)
+    assert divergence is not None and divergence.step == "scale_up_workloads"
     [record] = stack.coordination.history(g.key)
     assert (record.outcome, record.failed_step) == ("FAILED", "scale_up_workloads")
 

@@ -118,6 +118,7 @@ def test_status_and_events_follow_a_run_to_success(
         "Ready": ("False", "InProgress"),
         "Progressing": ("True", "Validating"),
         "Failed": ("False", "NoFailure"),
+        "OperatorActionRequired": ("False", "NoActionNeeded"),
     }
     assert {c["observedGeneration"] for c in status["conditions"]} == {obj["metadata"]["generation"]}
     [started] = events(site_a).values()
@@ -126,6 +127,7 @@ def test_status_and_events_follow_a_run_to_success(
 
     driver.step(message="objects found")  # validate
     driver.step()  # acquire_lock
+    driver.step()  # raise_fence
     assert status_of(site_a)["state"] == "DISABLING_NETWORK"
     assert status_of(site_a)["failoverGroups"][0]["currentStep"] == "disable_network"
     run = driver.finish()
@@ -138,8 +140,8 @@ def test_status_and_events_follow_a_run_to_success(
     )
     entry = status["failoverGroups"][0]
     assert entry["status"] == "SUCCESS" and "currentStep" not in entry
-    assert run.finished_at == T0 + 18  # 18 steps of 1s each
-    assert entry["completionTime"] == "2030-03-17T17:46:58Z"
+    assert run.finished_at == T0 + 19  # 19 steps of 1s each
+    assert entry["completionTime"] == "2030-03-17T17:46:59Z"
     assert status["metrics"] == {
         "totalFailoverTimeSeconds": run.total_seconds(),
         "totalDowntimeSeconds": run.downtime_seconds(),
@@ -149,6 +151,7 @@ def test_status_and_events_follow_a_run_to_success(
         "Ready": ("True", "Succeeded"),
         "Progressing": ("False", "Succeeded"),
         "Failed": ("False", "NoFailure"),
+        "OperatorActionRequired": ("False", "NoActionNeeded"),
     }
     recorded = events(site_a)
     for key, record in run.steps.items():
@@ -178,6 +181,7 @@ def test_a_failed_run_shows_its_failure(site_a: SandboxCluster, writer: Failover
     driver.start()
     driver.step()  # validate
     driver.step()  # acquire_lock
+    driver.step()  # raise_fence
     driver.step()  # disable_network
     assert driver.run.dispatch is not None and driver.run.dispatch.step is Step.SCALE_DOWN_WORKLOADS
     driver.step(EventKind.PERMANENT_FAILURE, message="RBAC forbids patch", cluster="site-a")
@@ -196,6 +200,25 @@ def test_a_failed_run_shows_its_failure(site_a: SandboxCluster, writer: Failover
     undo = [e for e in events(site_a).values() if e["action"].startswith("undo:")]
     assert undo, "compensation steps are recorded too"
     assert events(site_a)[event_name("move-shop", "run-1", "run", "failed")]["type"] == "Warning"
+
+
+def test_a_failure_past_the_point_of_no_return_asks_for_an_operator(
+    site_a: SandboxCluster, writer: FailoverStatusWriter
+) -> None:
+    """Not "failed at step X" like any other failure: nothing was undone and the Failover says what to
+    run to settle the group."""
+    put_failover(site_a)
+    driver = Driver(site_a, writer)
+    driver.start()
+    while driver.run.dispatch is not None and driver.run.dispatch.step is not Step.SCALE_UP_WORKLOADS:
+        driver.step()
+    driver.step(EventKind.PERMANENT_FAILURE, message="RBAC forbids patch", cluster="site-b")
+    run = driver.finish()
+    assert run.diverged and [a.step for a in run.compensation] == [Step.ABORT]
+    required = next(c for c in status_of(site_a)["conditions"] if c["type"] == "OperatorActionRequired")
+    assert (required["status"], required["reason"]) == ("True", "DivergedPastPointOfNoReturn")
+    assert "past the point of no return (promote_volumes)" in required["message"]
+    assert "failoverctl group resolve shop/shop --active CLUSTER" in required["message"]
 
 
 def test_other_groups_entries_survive_and_decide_the_overall_status(
