@@ -191,11 +191,19 @@ def make_stack(
     tmp_path: Path,
     dynamodb_endpoint: str,
 ) -> Iterator[Callable[..., ChaosStack]]:
-    """``make_stack(clusters, **settings)``: the stack, started; stopped after the test."""
+    """``make_stack(clusters, fencing=True, **settings)``: the stack, started; stopped after the test.
+    ``fencing=False`` leaves deploy/fencing's admission policies out of the clusters."""
     cleanups: list[Callable[[], None]] = []
 
-    def make(clusters: tuple[str, ...] = ("site-a", "site-b"), **overrides: Any) -> ChaosStack:
-        fleet = SandboxFleet(list(clusters), kubeconfig_path=tmp_path / "kubeconfig", **CONTROLLERS)
+    def make(
+        clusters: tuple[str, ...] = ("site-a", "site-b"), *, fencing: bool = True, **overrides: Any
+    ) -> ChaosStack:
+        fleet = SandboxFleet(
+            list(clusters),
+            kubeconfig_path=tmp_path / "kubeconfig",
+            install_fencing=fencing,
+            **CONTROLLERS,
+        )
         fleet.start()
         cleanups.append(fleet.stop)
         load_sample_fleet(fleet, active="site-a")
