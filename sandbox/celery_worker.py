@@ -1,7 +1,8 @@
 """Start and stop real Celery worker processes for tests and the demo (127.0.0.1 only).
 
 A worker is ``celery -A workers.tasks worker`` in a subprocess of its own process group, so that a
-test can SIGKILL it whole (the main process and its prefork child) to play a lost worker.
+test can SIGKILL it whole (the main process and its prefork child) to play a lost worker, or SIGSTOP
+and SIGCONT it whole to play a frozen one (a VM paused, a long GC pause).
 """
 
 from __future__ import annotations
@@ -70,9 +71,20 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP the whole worker: it holds its messages and connections but does nothing."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused worker: it carries on exactly where it stopped."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 20.0) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, signal.SIGCONT)  # a paused worker handles SIGTERM only once resumed
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
