@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -95,8 +96,18 @@ class FakeClusters:
 
     # --- ClusterEffects ------------------------------------------------------------------------
 
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
-        return self._make(cluster, ref, Role.PASSIVE, epoch, replicas=None, group=group)
+    def make_passive(
+        self,
+        cluster: str,
+        ref: ResourceRef,
+        *,
+        epoch: int,
+        group: str = "",
+        before_write: Callable[[], None] | None = None,
+    ) -> Change:
+        return self._make(
+            cluster, ref, Role.PASSIVE, epoch, replicas=None, group=group, before_write=before_write
+        )
 
     def make_active(
         self,
@@ -107,8 +118,11 @@ class FakeClusters:
         group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> Change:
-        return self._make(cluster, ref, Role.ACTIVE, epoch, replicas=replicas, group=group)
+        return self._make(
+            cluster, ref, Role.ACTIVE, epoch, replicas=replicas, group=group, before_write=before_write
+        )
 
     def check(self, cluster: str, ref: ResourceRef, role: Role, *, requested_at: str | None = None) -> Check:
         self._fault("check", cluster, ref)
@@ -230,13 +244,23 @@ class FakeClusters:
                     )
 
     def _make(
-        self, cluster: str, ref: ResourceRef, role: Role, epoch: int, *, replicas: int | None, group: str = ""
+        self,
+        cluster: str,
+        ref: ResourceRef,
+        role: Role,
+        epoch: int,
+        *,
+        replicas: int | None,
+        group: str = "",
+        before_write: Callable[[], None] | None = None,
     ) -> Change:
         op = "make_passive" if role is Role.PASSIVE else "make_active"
         self._fault(op, cluster, ref)
         obj = self._require(cluster, ref)
         if obj["want"] == role.value:
             return Change(cluster, ref, op, changed=False, detail=f"already {role.value}")
+        if before_write is not None:
+            before_write()
         fence = self._fence(cluster, ref.namespace, group) if group else 0
         if epoch < max(fence, int(obj.get("epoch") or 0)):
             raise Fenced(

@@ -7,6 +7,7 @@ the worker process only, which is all a benchmark with one worker process needs.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from fsm.models import GroupKey, ResourceRef
 from workers.container import Adapters
@@ -26,7 +27,15 @@ from workers.settings import Settings
 
 
 class NullEffects:
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
+    def make_passive(
+        self,
+        cluster: str,
+        ref: ResourceRef,
+        *,
+        epoch: int,
+        group: str = "",
+        before_write: Callable[[], None] | None = None,
+    ) -> Change:
         return Change(cluster, ref, "make_passive", changed=True)
 
     def make_active(
@@ -38,6 +47,7 @@ class NullEffects:
         group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> Change:
         return Change(cluster, ref, "make_active", changed=True)
 

@@ -203,10 +203,23 @@ class KubeEffects:
 
     # --- ClusterEffects ---------------------------------------------------------------------------
 
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
+    def make_passive(
+        self,
+        cluster: str,
+        ref: ResourceRef,
+        *,
+        epoch: int,
+        group: str = "",
+        before_write: Callable[[], None] | None = None,
+    ) -> Change:
         with _located(cluster, ref):
             return self._apply(
-                cluster, ref, Role.PASSIVE, (epoch, group), lambda obj: passive_edit(ref.kind, obj)
+                cluster,
+                ref,
+                Role.PASSIVE,
+                (epoch, group),
+                lambda obj: passive_edit(ref.kind, obj),
+                before_write=before_write,
             )
 
     def make_active(
@@ -218,6 +231,7 @@ class KubeEffects:
         group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> Change:
         with _located(cluster, ref):
             return self._apply(
@@ -226,6 +240,7 @@ class KubeEffects:
                 Role.ACTIVE,
                 (epoch, group),
                 lambda obj: active_edit(ref.kind, obj, replicas=replicas, requested_at=requested_at),
+                before_write=before_write,
             )
 
     def raise_fence(self, cluster: str, group: GroupKey, *, token: int) -> Change:
@@ -369,8 +384,12 @@ class KubeEffects:
         role: Role,
         stamp: tuple[int, str],
         edit_of: Callable[[Obj], Edit | None],
+        *,
+        before_write: Callable[[], None] | None = None,
     ) -> Change:
-        """Read, compute the edit, patch conditioned on the resourceVersion read; on 409, again."""
+        """Read, compute the edit, patch conditioned on the resourceVersion read; on 409, again.
+        ``before_write`` (the lease guard) runs right before every patch, retries included: a writer
+        that was frozen inside the first attempt does not write again on a lease it no longer holds."""
         action = f"make_{role.value}"
         conflict: ConflictError | None = None
         for attempt in range(1, self.conflict_attempts + 1):
@@ -380,6 +399,8 @@ class KubeEffects:
                 return Change(
                     cluster=cluster, ref=ref, action=action, changed=False, detail=f"already {role.value}"
                 )
+            if before_write is not None:
+                before_write()
             try:
                 self.clients.patch(target, _fenced(edit, obj, *stamp))
             except ConflictError as error:

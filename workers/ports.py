@@ -37,6 +37,7 @@ Adapters raise only :mod:`workers.errors` exceptions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,11 +77,21 @@ class Change:
 class ClusterEffects(Protocol):
     """Acts on one object of one cluster at a time. Every method is idempotent."""
 
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
+    def make_passive(
+        self,
+        cluster: str,
+        ref: ResourceRef,
+        *,
+        epoch: int,
+        group: str = "",
+        before_write: Callable[[], None] | None = None,
+    ) -> Change:
         """Apply the kind's "make passive" change; a no-op (``changed=False``) when already done.
 
         Every write is stamped with ``epoch`` (the run's fencing token) and labelled with ``group``, so
         that the cluster's fence policy can refuse it if a newer run took the group (:class:`Fenced`).
+        ``before_write`` is called right before each write attempt (retries after a conflict too): the
+        step's lease guard, which raises instead of letting a write go out on a lost lease.
         """
         ...
 
@@ -93,8 +104,9 @@ class ClusterEffects(Protocol):
         group: str = "",
         replicas: int | None = None,
         requested_at: str | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> Change:
-        """Apply the kind's "make active" change (stamped and labelled as :meth:`make_passive`).
+        """Apply the kind's "make active" change (stamped, labelled and guarded as :meth:`make_passive`).
 
         ``replicas`` is the fallback count for workloads without the remembered-replicas annotation;
         ``requested_at`` is the Flux reconcile request value (stable across retries of one run).

@@ -81,18 +81,22 @@ class StepContext:
 
     def make(self, refs: Sequence[ResourceRef], role: Role) -> Done:
         cluster, epoch = self.on_cluster(), self.epoch
+        group = self.run.group.name
         for ref in refs:
-            self.guard()
+            # The lease guard runs right before every write the adapter makes (retries included).
             if role is Role.PASSIVE:
-                change = self.effects.make_passive(cluster, ref, epoch=epoch, group=self.run.group.name)
+                change = self.effects.make_passive(
+                    cluster, ref, epoch=epoch, group=group, before_write=self.guard
+                )
             else:
                 change = self.effects.make_active(
                     cluster,
                     ref,
                     epoch=epoch,
-                    group=self.run.group.name,
+                    group=group,
                     replicas=self.run.replicas.get(ref.name),
                     requested_at=self.requested_at(ref),
+                    before_write=self.guard,
                 )
             self.changes.append(change)
         changed = [c for c in self.changes if c.changed]
@@ -419,9 +423,9 @@ def _changed_where(run: Run) -> str:
     for planned in run.plan:
         record = run.steps.get(planned.step.value)
         cluster = run.cluster_for(planned.side)
-        if cluster and record is not None and record.outcome == "done":
-            if CATALOGUE[planned.step].type is StepType.EFFECT:
-                done.setdefault(cluster, []).append(planned.step.value)
+        effect = CATALOGUE[planned.step].type is StepType.EFFECT
+        if cluster and effect and record is not None and record.outcome == "done":
+            done.setdefault(cluster, []).append(planned.step.value)
     changed = "; ".join(f"{cluster}: {', '.join(steps)}" for cluster, steps in done.items())
     return f"{run.kind.value} {run.source_cluster} -> {run.target_cluster}; done: {changed or 'nothing'}"
 
