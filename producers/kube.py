@@ -248,18 +248,15 @@ class ClusterClient:
     def create_event(self, namespace: str, body: Mapping[str, Any]) -> bool:
         """Create a core/v1 Event (its JSON form); False when one of that name exists already (409)."""
         what = f"create Event {namespace}/{(body.get('metadata') or {}).get('name')}"
+        event: Any = dict(body)  # the client serialises a dict as it is
         try:
-            body_: Any = dict(body)  # the client serialises a dict as it is
-            response: Any = self.core.create_namespaced_event(
-                namespace, body_, _request_timeout=self._timeout, _preload_content=False
-            )
+            self.core.create_namespaced_event(namespace, event, _request_timeout=self._timeout)
         except ApiException as error:
             if error.status == 409:
                 return False
             self._fail(error, what)
         except Exception as error:
             self._fail(error, what)
-        response.release_conn()
         return True
 
     def get_object(self, kind: str, namespace: str, name: str) -> Obj | None:
