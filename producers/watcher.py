@@ -11,9 +11,14 @@ one is checked (its groups read from the same cluster, the target against the ac
 submitted through :meth:`workers.api.Orchestrator.submit` with the active cluster it was checked
 against (read once, by :meth:`workers.api.Orchestrator.source_for`), one run per group, deduplicated
 by the deterministic run id, so seeing it again (a restart, the same Failover on both clusters) starts
-nothing new; its status then says IN_PROGRESS with the run ids. An invalid one gets FAILED and a
-condition naming the field, and nothing is enqueued. Statuses are written through the status
+nothing new; a Failover whose runs exist already is not checked again. An invalid one gets FAILED and
+a condition naming the field, and nothing is enqueued. Statuses are written through the status
 subresource, conditioned on the resourceVersion read, and only when they would change.
+
+The status of a submitted Failover is level-triggered: a thread passes every ``status_interval``
+seconds over the Failovers not yet SUCCESS or FAILED (as last seen by list, watch or our own writes)
+and makes each one's status match its runs (:class:`producers.failover_status.FailoverStatusReconciler`).
+A write that fails is made again on the next pass; workers write no status.
 
 Between watch windows each thread also keeps the ``status`` of every FailoverGroup on its cluster
 current (``globalState`` from DynamoDB, ``health`` judged from the real objects the way the health
@@ -485,7 +490,7 @@ class FailoverWatcher:
     def _write_status(self, cluster: str, obj: Obj, status: Mapping[str, Any]) -> bool:
         """Patch the Failover's status if it would change, conditioned on the resourceVersion read.
 
-        On a 409 someone else (the engine's status writer, another watcher) wrote first: read the
+        On a 409 someone else (another watcher, the status reconciler) wrote first: read the
         object again and decide again (twice at most; then the cluster loop backs off and resumes).
         """
         if not needs_write(obj, status):

@@ -19,7 +19,7 @@ from fsm.plan import Step
 from fsm.run import Run
 from fsm.status import event_name
 from producers.failover_status import FailoverStatusReconciler
-from producers.kube import FAILOVERS, ClusterClient, connect
+from producers.kube import ClusterClient, connect
 from sandbox.kube import SandboxCluster, SandboxFleet
 from tests.factories import SHOP_GROUP
 from tests.run_driver import T0, RunDriver

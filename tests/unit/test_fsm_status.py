@@ -1,4 +1,4 @@
-"""``fsm.status``: a Failover's whole status (and its Events) as a pure function of the object and its runs."""
+"""``fsm.status``: a Failover's whole status (and its Events) as a pure function of it and its runs."""
 
 from __future__ import annotations
 
