@@ -93,7 +93,11 @@ def watcher_command(
         orchestrator(settings) as handle,
     ):
         component = FailoverWatcher(
-            handle, clients, operator_id=settings.operator_id, group_status_interval=group_status_interval
+            handle,
+            clients,
+            operator_id=settings.operator_id,
+            group_status_interval=group_status_interval,
+            status_interval=settings.status_interval,
         )
         _in_foreground(component, "watcher", list(clients), settings)
 

@@ -165,51 +165,6 @@ def dry_run_status(obj: Obj, now: float) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class GroupRun:
-    """A group's run as submitted: what the Failover's ``status.failoverGroups[]`` shows."""
-
-    name: str
-    namespace: str
-    run_id: str
-    status: str
-    start_time: float
-    message: str = ""
-
-
-def submitted_status(obj: Obj, runs: Sequence[GroupRun], now: float) -> dict[str, Any]:
-    """IN_PROGRESS with each group's run id (or the runs' own outcome, when all have finished)."""
-    states = {run.status for run in runs}
-    finished = "FAILED" if "FAILED" in states else "SUCCESS"
-    overall = finished if states <= TERMINAL else "IN_PROGRESS"
-    message = f"submitted {len(runs)} run(s): " + ", ".join(
-        f"{run.namespace}/{run.name} as {run.run_id}" for run in runs
-    )
-    groups = []
-    for run in runs:
-        entry = {
-            "name": run.name,
-            "namespace": run.namespace,
-            "status": run.status,
-            "runId": run.run_id,
-            "startTime": iso(run.start_time),
-        }
-        if run.message:
-            entry["message"] = run.message
-        groups.append(entry)
-    generation = (obj.get("metadata") or {}).get("generation")
-    wanted = [
-        ("Ready", overall == "SUCCESS", {"IN_PROGRESS": "InProgress"}.get(overall, overall.title()), message),
-        ("Progressing", overall == "IN_PROGRESS", "Submitted", message),
-    ]
-    return {
-        "status": overall,
-        "message": message,
-        "failoverGroups": groups,
-        "conditions": conditions(obj, wanted, generation, now),
-    }
-
-
 def needs_write(current: Obj, desired: Mapping[str, Any], *, ignore: Sequence[str] = ()) -> bool:
     """Whether merging ``desired`` into the object's status would change anything that matters."""
     status = current.get("status") or {}

@@ -110,6 +110,7 @@ class ClusterClient:
         self.name = name
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self._lock = threading.Lock()
@@ -243,6 +244,20 @@ class ClusterClient:
         except Exception as error:
             self._fail(error, what)
         return _obj(patched)
+
+    def create_event(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        """Create a core/v1 Event (its JSON form); False when one of that name exists already (409)."""
+        what = f"create Event {namespace}/{(body.get('metadata') or {}).get('name')}"
+        event: Any = dict(body)  # the client serialises a dict as it is
+        try:
+            self.core.create_namespaced_event(namespace, event, _request_timeout=self._timeout)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            self._fail(error, what)
+        except Exception as error:
+            self._fail(error, what)
+        return True
 
     def get_object(self, kind: str, namespace: str, name: str) -> Obj | None:
         """One object a group references, by kind; None when it does not exist."""

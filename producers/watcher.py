@@ -11,9 +11,14 @@ one is checked (its groups read from the same cluster, the target against the ac
 submitted through :meth:`workers.api.Orchestrator.submit` with the active cluster it was checked
 against (read once, by :meth:`workers.api.Orchestrator.source_for`), one run per group, deduplicated
 by the deterministic run id, so seeing it again (a restart, the same Failover on both clusters) starts
-nothing new; its status then says IN_PROGRESS with the run ids. An invalid one gets FAILED and a
-condition naming the field, and nothing is enqueued. Statuses are written through the status
+nothing new; a Failover whose runs exist already is not checked again. An invalid one gets FAILED and
+a condition naming the field, and nothing is enqueued. Statuses are written through the status
 subresource, conditioned on the resourceVersion read, and only when they would change.
+
+The status of a submitted Failover is level-triggered: a thread passes every ``status_interval``
+seconds over the Failovers not yet SUCCESS or FAILED (as last seen by list, watch or our own writes)
+and makes each one's status match its runs (:class:`producers.failover_status.FailoverStatusReconciler`).
+A write that fails is made again on the next pass; workers write no status.
 
 Between watch windows each thread also keeps the ``status`` of every FailoverGroup on its cluster
 current (``globalState`` from DynamoDB, ``health`` judged from the real objects the way the health
@@ -37,10 +42,10 @@ import structlog
 from pydantic import ValidationError
 
 from fsm.models import Failover, FailoverGroup, RequestError
+from fsm.status import is_terminal
 from producers.decisions import (
     FailoverAction,
     FailoverDecision,
-    GroupRun,
     decide_failover,
     describe,
     dry_run_plan_status,
@@ -48,11 +53,11 @@ from producers.decisions import (
     first_error,
     invalid_status,
     needs_write,
-    submitted_status,
 )
+from producers.failover_status import FailoverStatusReconciler
 from producers.group_status import GroupStatusWriter
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj, ResourceGone
-from workers.api import Orchestrator
+from workers.api import Orchestrator, run_ids_for
 from workers.errors import ConflictError, NotFoundError, OrchestratorError, TemporaryError
 
 log = structlog.get_logger(__name__)
@@ -69,6 +74,8 @@ class ClusterStats:
     failures: int = 0
     events: int = 0
     group_status_writes: int = 0
+    status_writes: int = 0
+    status_write_failures: int = 0
 
 
 class FailoverWatcher:
@@ -85,6 +92,8 @@ class FailoverWatcher:
         group_status_interval: seconds between two refreshes of the FailoverGroup statuses.
         max_object_attempts: how often an object whose handling fails for a reason other than a
             TemporaryError is tried before it is left alone (logged).
+        status_interval: seconds between two passes of the status reconciler over the Failovers
+            that are not yet SUCCESS or FAILED (``FAILOVER_STATUS_INTERVAL``).
     """
 
     def __init__(
@@ -98,6 +107,7 @@ class FailoverWatcher:
         backoff_max: float = 30.0,
         group_status_interval: float = 30.0,
         max_object_attempts: int = 5,
+        status_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -122,6 +132,14 @@ class FailoverWatcher:
         self.group_statuses = GroupStatusWriter(
             orchestrator, self.clusters, operator_id=operator_id, log_once=self._log_once
         )
+        self.status_interval = status_interval
+        self.statuses = FailoverStatusReconciler(
+            self.clusters, lambda name: orchestrator.runs(failover=name), clock=clock
+        )
+        # The Failovers not yet SUCCESS or FAILED, as last seen (watch, list, or our own writes).
+        self._open: dict[tuple[str, str, str], Obj] = {}
+        self._open_lock = threading.Lock()
+        self._wake = threading.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -135,11 +153,15 @@ class FailoverWatcher:
             )
             self._threads.append(thread)
             thread.start()
+        thread = threading.Thread(target=self._run_statuses, name="failover-status", daemon=True)
+        self._threads.append(thread)
+        thread.start()
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop every thread: cut the open watches and wait (at most ``timeout``) for them to end."""
         self._stopping.set()
+        self._wake.set()
         deadline = time.monotonic() + timeout
         threads, self._threads = self._threads, []
         while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
@@ -213,6 +235,9 @@ class FailoverWatcher:
     def _list(self, name: str, client: ClusterClient) -> str:
         items, resource_version = client.list(FAILOVERS)
         self.stats[name].lists += 1
+        with self._open_lock:  # the list is the whole truth: forget what is no longer there
+            for key in [k for k in self._open if k[0] == name]:
+                del self._open[key]
         for obj in items:
             self._handle_event(name, obj)
         return resource_version
@@ -225,6 +250,8 @@ class FailoverWatcher:
             if event.get("type") in ("ADDED", "MODIFIED"):
                 self.stats[name].events += 1
                 self._handle_event(name, obj)
+            elif event.get("type") == "DELETED":
+                self._remember(name, obj, gone=True)
             # Advance only once the object is handled: after a failure the watch resumes before it.
             resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or resource_version)
         return resource_version
@@ -253,6 +280,7 @@ class FailoverWatcher:
         """
         meta = obj.get("metadata") or {}
         key = (cluster, str(meta.get("uid")), str(meta.get("resourceVersion")))
+        self._remember(cluster, obj)
         try:
             self.handle(cluster, obj)
         except TemporaryError:
@@ -344,6 +372,14 @@ class FailoverWatcher:
     def _submit(
         self, cluster: str, obj: Obj, failover: Failover, decision: FailoverDecision
     ) -> FailoverDecision:
+        if self._already_submitted(failover):
+            # Its runs exist (its status write was lost, or it was seen elsewhere first): only the
+            # status is missing. Checking it again against the active cluster would be wrong, since
+            # its own run may have moved the group already.
+            reason = f"Failover {describe(obj)} was submitted already: its status is brought up to date"
+            self._log_once(cluster, obj, FailoverAction.SKIP.value, reason)
+            self.reconcile_status(cluster, obj)
+            return FailoverDecision(FailoverAction.SKIP, reason, failover)
         groups = self._groups(cluster, obj, failover)
         if isinstance(groups, FailoverDecision):
             return groups
@@ -354,12 +390,16 @@ class FailoverWatcher:
         if isinstance(sources, FailoverDecision):
             return sources
         with self._submit_lock:
-            runs = [
+            for group, source in zip(groups, sources, strict=True):
                 self._submit_group(cluster, obj, failover, group, source)
-                for group, source in zip(groups, sources, strict=True)
-            ]
-        self._write_status(cluster, obj, submitted_status(obj, runs, self._clock()))
+        self.reconcile_status(cluster, obj)
         return decision
+
+    def _already_submitted(self, failover: Failover) -> bool:
+        wanted = set(run_ids_for(failover).values())
+        name = f"{failover.metadata.namespace}/{failover.metadata.name}"
+        found = {run.run_id for run in self.orchestrator.runs(failover=name)}
+        return bool(wanted) and wanted <= found
 
     def _foreign(
         self, cluster: str, obj: Obj, failover: Failover, groups: Sequence[FailoverGroup]
@@ -402,7 +442,7 @@ class FailoverWatcher:
 
     def _submit_group(
         self, cluster: str, obj: Obj, failover: Failover, group: FailoverGroup, source: str
-    ) -> GroupRun:
+    ) -> None:
         submission = self.orchestrator.submit(failover, group, failover_cluster=cluster, source=source)
         run = submission.run
         log.info(
@@ -411,14 +451,6 @@ class FailoverWatcher:
             failover=describe(obj),
             group=str(group.key),
             run_id=run.run_id,
-        )
-        return GroupRun(
-            name=group.metadata.name,
-            namespace=group.metadata.namespace,
-            run_id=run.run_id,
-            status=run.status.value,
-            start_time=run.started_at or run.created_at,
-            message=run.message,
         )
 
     def _dry_run(
@@ -458,7 +490,7 @@ class FailoverWatcher:
     def _write_status(self, cluster: str, obj: Obj, status: Mapping[str, Any]) -> bool:
         """Patch the Failover's status if it would change, conditioned on the resourceVersion read.
 
-        On a 409 someone else (the engine's status writer, another watcher) wrote first: read the
+        On a 409 someone else (another watcher, the status reconciler) wrote first: read the
         object again and decide again (twice at most; then the cluster loop backs off and resumes).
         """
         if not needs_write(obj, status):
@@ -486,6 +518,101 @@ class FailoverWatcher:
             return False
         return True
 
+    # --- Failover statuses: level-triggered -----------------------------------------------------
+
+    def _remember(self, cluster: str, obj: Obj, *, gone: bool = False) -> None:
+        """Keep the newest copy of each Failover that is not finished yet (the reconciler's work)."""
+        meta = obj.get("metadata") or {}
+        key = (cluster, str(meta.get("namespace") or "default"), str(meta.get("name")))
+        with self._open_lock:
+            known = self._open.get(key)
+            if gone or is_terminal(obj):
+                self._open.pop(key, None)
+            elif known is None or _newer(obj, known):
+                self._open[key] = obj
+                if known is None:
+                    self._wake.set()
+
+    def reconcile_status(self, cluster: str, obj: Obj) -> Obj:
+        """Bring one Failover's status in line with its runs now; on a 409 read it again and retry once.
+
+        Failures are left to the next pass of the reconciler (the object stays on its list).
+        """
+        current = obj
+        for attempt in (1, 2):
+            try:
+                current = self.statuses.reconcile(cluster, current)
+            except ConflictError:
+                fresh = self._reread(cluster, current)
+                if fresh is None:
+                    return current
+                current = fresh
+                if attempt == 1:
+                    continue
+                self.stats[cluster].status_write_failures += 1
+            except NotFoundError:
+                self._remember(cluster, current, gone=True)
+                return current
+            except OrchestratorError as error:
+                self.stats[cluster].status_write_failures += 1
+                log.warning(
+                    "failover_status_not_written",
+                    cluster=cluster,
+                    failover=describe(current),
+                    error=error.describe(),
+                    next_action=f"tried again in {self.status_interval:g}s",
+                )
+            else:
+                if current is not obj:
+                    self.stats[cluster].status_writes += 1
+            break
+        self._remember(cluster, current)
+        return current
+
+    def _reread(self, cluster: str, obj: Obj) -> Obj | None:
+        meta = obj.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name"))
+        try:
+            fresh = self.clusters[cluster].find(FAILOVERS, namespace, name)
+        except OrchestratorError as error:
+            log.info(
+                "failover_status_reread_failed",
+                cluster=cluster,
+                failover=describe(obj),
+                error=error.describe(),
+            )
+            return None
+        self._remember(cluster, fresh or obj, gone=fresh is None)
+        return fresh
+
+    def reconcile_statuses(self) -> int:
+        """One pass over every Failover not yet finished; returns how many statuses were written."""
+        with self._open_lock:
+            work = list(self._open.items())
+        written = 0
+        for (cluster, _namespace, _name), obj in work:
+            if self._stopping.is_set():
+                break
+            try:
+                if self.reconcile_status(cluster, obj) is not obj:
+                    written += 1
+            except Exception as error:  # e.g. Redis does not answer: the next pass tries again
+                detail = error.describe() if isinstance(error, OrchestratorError) else repr(error)
+                log.warning(
+                    "failover_status_pass_failed",
+                    cluster=cluster,
+                    failover=describe(obj),
+                    error=detail,
+                    next_action=f"tried again in {self.status_interval:g}s",
+                )
+        return written
+
+    def _run_statuses(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            self.reconcile_statuses()
+            self._wake.wait(self.status_interval)
+
     # --- FailoverGroup statuses ---------------------------------------------------------------------
 
     def sync_group_statuses(self, cluster: str, now: float | None = None) -> int:
@@ -493,3 +620,12 @@ class FailoverWatcher:
         written = self.group_statuses.sync(cluster, self._clock() if now is None else now)
         self.stats[cluster].group_status_writes += written
         return written
+
+
+def _newer(obj: Obj, than: Obj) -> bool:
+    """Whether ``obj`` is a later copy than ``than`` (resourceVersions compared as numbers if they are)."""
+    new = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    old = str((than.get("metadata") or {}).get("resourceVersion") or "")
+    if new.isdigit() and old.isdigit():
+        return int(new) >= int(old)
+    return True

@@ -3,7 +3,8 @@
 Two sandbox Kubernetes clusters (``site-a`` active, ``site-b`` passive) loaded with the sample group
 "shop", Redis (``REDIS_URL`` if it answers, else an embedded one), a moto DynamoDB server and one
 real Celery worker running the production adapters (the official kubernetes client through a
-kubeconfig, boto3 against DynamoDB, the Failover status writer). A CONSISTENCY failover moves the
+kubeconfig, boto3 against DynamoDB), and the Failover watcher, which keeps the Failovers' status in
+line with their runs. A CONSISTENCY failover moves the
 group to site-b; an UPTIME failback brings it home. ``failoverctl demo`` runs it;
 ``failoverctl sandbox up`` (``python -m sandbox.demo --up``) leaves the environment running instead.
 """
@@ -30,7 +31,9 @@ from rich.table import Table
 from fsm.models import Failover, FailoverGroup
 from fsm.plan import Timing
 from fsm.run import Run
+from producers.kube import connect
 from producers.views import run_view, summary
+from producers.watcher import FailoverWatcher
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, endpoint_of, moto_server
 from sandbox.kube import SandboxFleet, load_sample_fleet
@@ -143,6 +146,29 @@ def _failover(fleet: SandboxFleet, cluster: str, name: str, mode: str, target: s
     return Failover.model_validate(manifest)
 
 
+@contextlib.contextmanager
+def _watcher(world: Environment, handle: Orchestrator) -> Iterator[FailoverWatcher]:
+    """The Failover watcher, as it runs beside the workers: it writes the Failovers' status."""
+    clients = connect(world.fleet.kubeconfig_path, world.fleet.names)
+    watcher = FailoverWatcher(handle, clients, operator_id=world.settings.operator_id, status_interval=0.2)
+    try:
+        with watcher:
+            yield watcher
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def _final_status(fleet: SandboxFleet, name: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The Failover's status once the watcher has shown its run's outcome (within a pass or two)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = fleet["site-a"].store.get("Failover", NAMESPACE, name).get("status") or {}
+        if status.get("status") in ("SUCCESS", "FAILED") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
+
+
 def _follow(console: Console, handle: Orchestrator, run_id: str, timeout: float = 180.0) -> Run:
     deadline = time.monotonic() + timeout
     run = handle.run(run_id)
@@ -200,7 +226,11 @@ def run_demo(console: Console) -> int:
             worker.wait_ready()
             console.print("[bold]worker[/] ready (celery -A workers.tasks worker, production adapters)\n")
             group = _group(world.fleet)
-            with _aws_env(world.env), Orchestrator(world.settings) as handle:
+            with (
+                _aws_env(world.env),
+                Orchestrator(world.settings) as handle,
+                _watcher(world, handle),
+            ):
                 for name, mode, target in (
                     ("move-shop", "CONSISTENCY", "site-b"),
                     ("bring-shop-home", "UPTIME", "site-a"),
@@ -209,7 +239,7 @@ def run_demo(console: Console) -> int:
                     submitted = handle.submit(failover, group, failover_cluster="site-a")
                     results.append(_follow(console, handle, submitted.run.run_id))
                     console.print()
-                    status = world.fleet["site-a"].store.get("Failover", NAMESPACE, name).get("status") or {}
+                    status = _final_status(world.fleet, name)
                     console.print(
                         f"Failover {NAMESPACE}/{name} status: {status.get('status')}, "
                         f"metrics {status.get('metrics')}\n"

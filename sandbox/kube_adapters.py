@@ -3,9 +3,8 @@
 ``FAILOVER_ADAPTERS=sandbox.kube_adapters:kube_clusters_with_fake_coordination`` gives a worker the
 real :class:`workers.kube.KubeEffects` on the clusters of the kubeconfig at ``FAILOVER_KUBECONFIG``
 (a :class:`sandbox.kube.SandboxFleet`'s), with :class:`sandbox.fakes.FakeCoordination` in the
-worker's Redis under ``FAILOVER_FAKE_PREFIX`` standing in for DynamoDB. With
-``FAILOVER_STATUS_CLUSTER`` set, a :class:`workers.status.FailoverStatusWriter` writes the Failover
-objects' status on that cluster. Never imported by the product.
+worker's Redis under ``FAILOVER_FAKE_PREFIX`` standing in for DynamoDB. Workers write no Failover
+status (the watcher does). Never imported by the product.
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ import os
 import redis
 
 from sandbox.fakes import FakeCoordination
-from workers.container import Adapters, RunObserver
+from workers.container import Adapters
 from workers.errors import PermanentError
 from workers.kube import KubeClients, KubeEffects
 from workers.settings import Settings
-from workers.status import FailoverStatusWriter
 
 
 def kube_clusters_with_fake_coordination(settings: Settings) -> Adapters:
@@ -29,12 +27,7 @@ def kube_clusters_with_fake_coordination(settings: Settings) -> Adapters:
     prefix = os.environ.get("FAILOVER_FAKE_PREFIX", f"{settings.key_prefix}fake:")
     # Short timeouts: the sandbox answers in milliseconds, and a cluster switched off must fail fast.
     clients = KubeClients(kubeconfig, connect_timeout=1.0, read_timeout=5.0)
-    observers: list[RunObserver] = []
-    status_cluster = os.environ.get("FAILOVER_STATUS_CLUSTER")
-    if status_cluster:
-        observers.append(FailoverStatusWriter(clients, status_cluster))
     return Adapters(
         effects=KubeEffects(clients),
         coordination=FakeCoordination(redis.Redis.from_url(settings.redis_url), prefix),
-        observers=observers,
     )

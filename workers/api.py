@@ -44,6 +44,7 @@ __all__ = [
     "configure_logging",
     "liveness",
     "run_id_for",
+    "run_ids_for",
     "set_heartbeat_age",
     "start_metrics_server",
 ]
@@ -67,11 +68,17 @@ def run_id_for(failover: Failover, group: FailoverGroup) -> str:
     must lead to the same run. A changed mind is a new Failover (spec fields are immutable), so a new
     name or spec gives a new id.
     """
+    return _run_id(failover, group.metadata.namespace, group.metadata.name)
+
+
+def run_ids_for(failover: Failover) -> dict[tuple[str, str], str]:
+    """The run id of every group ``failover`` lists, by ``(namespace, name)`` (see :func:`run_id_for`)."""
+    return {(ns, name): _run_id(failover, ns, name) for ns, name in failover.group_namespaces()}
+
+
+def _run_id(failover: Failover, group_namespace: str, group_name: str) -> str:
     spec = failover.spec.model_dump_json(by_alias=True)
-    key = (
-        f"{failover.metadata.namespace}/{failover.metadata.name}|{group.metadata.namespace}/"
-        f"{group.metadata.name}|{spec}"
-    )
+    key = f"{failover.metadata.namespace}/{failover.metadata.name}|{group_namespace}/{group_name}|{spec}"
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 

@@ -20,7 +20,7 @@ from workers.settings import Settings
 
 
 class RunObserver(Protocol):
-    """Told about every committed decision (e.g. to write the Failover's status). Best effort."""
+    """Told about every committed decision (e.g. metrics). Best effort; must not do I/O that can block."""
 
     def observe(self, run: Run, reason: str) -> None: ...
 
@@ -59,16 +59,17 @@ def dynamo_coordination(settings: Settings) -> Coordination:
 
 
 def production_adapters(settings: Settings) -> Adapters:
-    """Kubernetes through kubeconfig contexts (or in-cluster), DynamoDB, and the Failover status writer."""
+    """Kubernetes through kubeconfig contexts (or in-cluster), DynamoDB, and the metrics observer.
+
+    No Failover status writer: a step never waits on a status write. The watcher owns the Failover
+    objects' status and Events and keeps them in line with the runs (``producers.failover_status``).
+    """
     from workers.kube import KubeClients, KubeEffects
     from workers.metrics import MetricsObserver
-    from workers.status import FailoverStatusWriter
 
-    clients = KubeClients(settings.kubeconfig)
     observers: list[RunObserver] = [MetricsObserver()]
-    if settings.failover_cluster or settings.clusters:
-        default_cluster = settings.failover_cluster or settings.clusters[0]
-        observers.append(FailoverStatusWriter(clients, default_cluster))
     return Adapters(
-        effects=KubeEffects(clients), coordination=dynamo_coordination(settings), observers=observers
+        effects=KubeEffects(KubeClients(settings.kubeconfig)),
+        coordination=dynamo_coordination(settings),
+        observers=observers,
     )

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         default=45.0, description="A run whose message is this many seconds overdue is sent again."
     )
     redrive_interval: float = Field(default=30.0, description="How often beat runs the overdue sweep.")
+    status_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between two passes of the watcher over the unfinished Failovers, writing "
+        "each one's status when its runs say something else (a failed write is made on the next pass).",
+    )
     holder: str = Field(
         default_factory=lambda: f"failover-orchestrator@{socket.gethostname()}",
         description="Name written as the lock holder (default: this host).",
@@ -73,7 +79,8 @@ class Settings(BaseSettings):
     )
     failover_cluster: str | None = Field(
         default=None,
-        description="Cluster whose Failover objects the status writer updates when a run does not say.",
+        description="Unused (kept for older configurations): the watcher writes each Failover's status "
+        "on the cluster where it sees the object.",
     )
     clusters: list[str] = Field(default_factory=list, description="Known cluster (kubeconfig context) names.")
     adapters: str = Field(

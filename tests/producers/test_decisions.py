@@ -8,12 +8,10 @@ import pytest
 
 from producers.decisions import (
     FailoverAction,
-    GroupRun,
     decide_failover,
     field_path,
     invalid_status,
     needs_write,
-    submitted_status,
 )
 from tests.producers.conftest import failover_manifest
 
@@ -90,24 +88,3 @@ def test_statuses_keep_transition_times_and_are_not_rewritten_when_unchanged() -
     obj["status"] = first
     again = invalid_status(obj, "spec.failoverMode", "bad", now=500.0)
     assert again == first and not needs_write(obj, again)
-
-    runs = [GroupRun("shop", "shop", "r1", "PENDING", 100.0)]
-    submitted = submitted_status(obj, runs, now=600.0)
-    assert submitted["status"] == "IN_PROGRESS" and needs_write(obj, submitted)
-    assert submitted["failoverGroups"] == [
-        {
-            "name": "shop",
-            "namespace": "shop",
-            "status": "PENDING",
-            "runId": "r1",
-            "startTime": "1970-01-01T00:01:40Z",
-        }
-    ]
-    done = submitted_status(obj, [GroupRun("shop", "shop", "r1", "SUCCESS", 100.0)], now=600.0)
-    assert done["status"] == "SUCCESS"
-    failed = submitted_status(
-        obj,
-        [GroupRun("a", "shop", "r1", "SUCCESS", 1.0), GroupRun("b", "shop", "r2", "FAILED", 1.0)],
-        now=1.0,
-    )
-    assert failed["status"] == "FAILED"
