@@ -167,18 +167,7 @@ def failover_status(failover: Mapping[str, Any], runs: Sequence[Run], now: float
     meta = failover.get("metadata") or {}
     previous = failover.get("status") if isinstance(failover.get("status"), Mapping) else {}
     assert isinstance(previous, Mapping)
-    chosen = runs_by_group(failover, runs)
-    requested = requested_groups(failover)
-    entries: list[Obj] = []
-    ordered: list[Run] = []
-    for namespace, name in requested:
-        run = chosen.get((namespace, name))
-        if run is None:
-            entries.append({"name": name, "namespace": namespace, "status": RunStatus.PENDING.value})
-        else:
-            entries.append(group_entry(run))
-            ordered.append(run)
-
+    entries, ordered = _entries(failover, runs)
     overall = aggregate([str(e["status"]) for e in entries])
     if overall == RunStatus.PENDING.value and ordered:
         overall = RunStatus.IN_PROGRESS.value  # submitted: the runs exist, waiting for a worker
@@ -192,11 +181,42 @@ def failover_status(failover: Mapping[str, Any], runs: Sequence[Run], now: float
         message = "; ".join(
             f"{e['namespace']}/{e['name']}: {e['message']}" for e in entries if e.get("message")
         )
+    status: Obj = {
+        "status": overall,
+        "state": state,
+        "message": message,
+        "failoverGroups": entries,
+        "conditions": _conditions(
+            previous, _wanted(overall, state, message, failed), meta.get("generation"), now
+        ),
+    }
+    metrics = _metrics(ordered)
+    if metrics:
+        status["metrics"] = metrics
+    return status
 
+
+def _entries(failover: Mapping[str, Any], runs: Sequence[Run]) -> tuple[list[Obj], list[Run]]:
+    """One ``failoverGroups[]`` entry per requested group (PENDING without a run), and the runs found."""
+    chosen = runs_by_group(failover, runs)
+    entries: list[Obj] = []
+    ordered: list[Run] = []
+    for namespace, name in requested_groups(failover):
+        run = chosen.get((namespace, name))
+        if run is None:
+            entries.append({"name": name, "namespace": namespace, "status": RunStatus.PENDING.value})
+        else:
+            entries.append(group_entry(run))
+            ordered.append(run)
+    return entries, ordered
+
+
+def _wanted(overall: str, state: str, message: str, failed: list[Run]) -> list[tuple[str, bool, str, str]]:
+    """The conditions as (type, true, reason, message)."""
     failure = "; ".join(r.failure.describe() if r.failure else r.message for r in failed) or message
     superseded = any(r.failure is not None and r.failure.superseded is not None for r in failed)
     diverged = [r for r in failed if r.diverged] if overall == RunStatus.FAILED.value else []
-    wanted = [
+    return [
         ("Ready", overall == "SUCCESS", _REASONS[overall], message),
         (
             "Progressing",
@@ -219,24 +239,19 @@ def failover_status(failover: Mapping[str, Any], runs: Sequence[Run], now: float
             "; ".join(r.message for r in diverged),
         ),
     ]
-    status: Obj = {
-        "status": overall,
-        "state": state,
-        "message": message,
-        "failoverGroups": entries,
-        "conditions": _conditions(previous, wanted, meta.get("generation"), now),
-    }
+
+
+def _metrics(runs: list[Run]) -> Obj:
+    """The slowest group's measured times (groups move in parallel)."""
     metrics: Obj = {}
     for field, values in (
-        ("totalFailoverTimeSeconds", [r.total_seconds() for r in ordered]),
-        ("totalDowntimeSeconds", [r.downtime_seconds() for r in ordered]),
+        ("totalFailoverTimeSeconds", [r.total_seconds() for r in runs]),
+        ("totalDowntimeSeconds", [r.downtime_seconds() for r in runs]),
     ):
         known = [round(v, 3) for v in values if v is not None]
         if known:
             metrics[field] = max(known)
-    if metrics:
-        status["metrics"] = metrics
-    return status
+    return metrics
 
 
 def needs_write(failover: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
