@@ -80,8 +80,8 @@ from workers.dynamo_table import ConditionFailed, DynamoTable
 from workers.errors import CoordinationConflict, LeaseLost, LockHeld
 from workers.ports import (
     Divergence,
-    HeldLock,
     Heartbeat,
+    HeldLock,
     HistoryRecord,
     JournalEntry,
     LockGrant,

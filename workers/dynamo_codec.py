@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from fsm.models import GroupKey
-from workers.ports import Divergence, HeldLock, Heartbeat, HistoryRecord, JournalEntry, LockInfo
+from workers.ports import Divergence, Heartbeat, HeldLock, HistoryRecord, JournalEntry, LockInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, TransactWriteItemTypeDef

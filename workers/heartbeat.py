@@ -124,7 +124,12 @@ class Recovery:
             try:
                 tick()
             except Exception as error:  # Redis or DynamoDB down: the next tick tries again
-                log.warning(f"{name}.failed", worker=self.worker, error=f"{type(error).__name__}: {error}")
+                log.warning(
+                    "recovery.tick_failed",
+                    tick=name,
+                    worker=self.worker,
+                    error=f"{type(error).__name__}: {error}",
+                )
             if self._stop.wait(max(0.0, interval - (time.monotonic() - started))):
                 return
 
