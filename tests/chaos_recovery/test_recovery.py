@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from fsm.plan import Step
 from fsm.run import Run, RunStatus
 from tests.chaos_recovery.conftest import ChaosStack, OwnRedis
 from tests.factories import group
@@ -135,7 +136,7 @@ def test_a_redis_restarted_empty_during_a_wait_step_resumes_the_run(
     for _ in range(2):
         stack.start_worker(FAILOVER_FAKE_SETTLE_CHECKS="25")
     run_id = stack.submit()
-    stack.wait_for(run_id, lambda r: r.journal_sequence >= 1 and r.state_name.startswith("wait_"))
+    stack.wait_for(run_id, lambda r: r.state is Step.WAIT_SCALED_DOWN and r.journal_sequence >= 1)
     lost = time.monotonic()
     own_redis.kill()
     time.sleep(0.5)
