@@ -209,7 +209,7 @@ def own_redis() -> Iterator[OwnRedis]:
 
 
 @pytest.fixture
-def chaos_own_redis(
+def chaos_own_redis(  # noqa: PLR0917 (pytest fixtures are positional)
     own_redis: OwnRedis,
     redis_server_url: str,
     real_redis: redis.Redis,

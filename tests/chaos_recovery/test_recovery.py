@@ -81,7 +81,8 @@ def test_a_worker_sigkilled_at_a_step_costs_at_most_5s(chaos: ChaosStack) -> Non
     took = time.monotonic() - started
     per_kill = (took - baseline) / 2
     print(
-        f"\nSIGKILL at a step: baseline {baseline:.1f}s, with 2 kills {took:.1f}s, +{per_kill:.1f}s per kill; "
+        f"\nSIGKILL at a step: baseline {baseline:.1f}s, with 2 kills {took:.1f}s, "
+        f"+{per_kill:.1f}s per kill; "
         f"kill -> step taken over by another worker: {', '.join(f'{r:.1f}s' for r in recoveries)}"
     )
     assert max(recoveries) <= 5.0
@@ -103,7 +104,8 @@ def test_all_workers_sigkilled_at_once_and_restarted_2s_later_finish_the_run(cha
     run = chaos.wait_finished(run_id, timeout=60)
     _succeeded(run)
     print(
-        f"\nall workers SIGKILLed, restarted 2s later: the run finished {time.monotonic() - restarted:.1f}s after the restart"
+        "\nall workers SIGKILLed, restarted 2s later: the run finished "
+        f"{time.monotonic() - restarted:.1f}s after the restart"
     )
 
 
