@@ -1,5 +1,5 @@
 """``failoverctl`` commands that read (and, for a stuck lock, repair) the state of runs and groups:
-``status``, ``watch``, ``history``, ``lock show|release`` and ``dynamodb init``."""
+``status``, ``watch``, ``history``, ``lock show|release``, ``run rebuild`` and ``dynamodb init``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from producers.views import run_view, summary
 from workers.api import Orchestrator
 
 lock_app = typer.Typer(help="Inspect or release a group's lock.", no_args_is_help=True)
+run_app = typer.Typer(help="Repair a run.", no_args_is_help=True)
 dynamodb_app = typer.Typer(
     help="The DynamoDB table that holds locks, owners and history.", no_args_is_help=True
 )
@@ -194,3 +195,30 @@ def dynamodb_init(ctx: typer.Context) -> None:
     with orchestrator(settings) as handle:
         handle.init_table()
     out().print(f"table {settings.dynamodb_table!r} is ready")
+
+
+@run_app.command("rebuild")
+def run_rebuild(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="A run id, or NAMESPACE/NAME of a Failover")],
+    group: Annotated[
+        str | None,
+        typer.Option(help="NAMESPACE/NAME of the run's FailoverGroup (default: from the held locks)"),
+    ] = None,
+    operator_id: OperatorOption = None,
+) -> None:
+    """Recreate a run Redis lost from its DynamoDB journal and send its message again (workers do this
+    by themselves within seconds for the locks their site holds: see README "Reliability")."""
+    settings = settings_of(ctx)
+    key = group_key(group, operator_id, settings) if group else None
+    with orchestrator(settings) as handle:
+        results = handle.rebuild(target, group=key)
+    for result in results:
+        run = result.run
+        if result.created:
+            out().print(
+                f"rebuilt run {run.run_id} ({run.failover}, group {run.group}) from journal entry "
+                f"#{result.sequence}: {run.state_name}; its message was sent again"
+            )
+        else:
+            out().print(f"run {run.run_id} is in Redis ({run.state_name}): nothing to rebuild")

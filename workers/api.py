@@ -21,13 +21,13 @@ from workers import liveness
 from workers.errors import PermanentError
 from workers.kube import KubeClients, KubeEffects
 from workers.logging import configure_logging
-from workers.messages import CelerySender
+from workers.messages import START_TASK, CelerySender, task_name
 from workers.metrics import set_heartbeat_age, start_metrics_server
 from workers.planning import PlanReport, Problem, StepPlan, plan_failover, validate_group
-from workers.ports import Change, Coordination, Divergence, HistoryRecord, LockInfo
+from workers.ports import Change, Coordination, Divergence, HistoryRecord, LockIndex, LockInfo
 from workers.settings import Settings
 from workers.store import RunStore
-from workers.submission import Submission, submit_run
+from workers.submission import Restored, Submission, restore_run, submit_run
 
 __all__ = [
     "Change",
@@ -39,6 +39,7 @@ __all__ = [
     "PlanReport",
     "Problem",
     "RequestError",
+    "Restored",
     "StepPlan",
     "Submission",
     "configure_logging",
@@ -216,6 +217,64 @@ class Orchestrator:
             timing=self.settings.timing,
         )
         return submit_run(self.store, self.sender, run)
+
+    def rebuild(self, target: str, *, group: GroupKey | None = None) -> list[Restored]:
+        """Recreate from the DynamoDB journal the run ``target`` (a run id, or every run of the Failover
+        ``NAMESPACE/NAME``) that Redis lost, and send its message again; a run Redis still has is left
+        as it is (``created`` False). The group comes from ``group`` or from the locks held under
+        ``settings.holder``. Raises :class:`PermanentError` naming what is missing."""
+        holder = self.settings.holder
+        found: list[tuple[GroupKey, str]] = []
+        if "/" in target:
+            present = [r for r in self.store.for_failover(target) if not r.terminal]
+            if present:
+                return [Restored(run=run, created=False, sequence=run.journal_sequence) for run in present]
+            for held, run_id in self._held_runs(group):
+                entries = self.coordination.journal(held, run_id)
+                if entries and Run.model_validate_json(entries[-1].run_json).failover == target:
+                    found.append((held, run_id))
+        else:
+            run = self.store.load(target)
+            if run is not None:
+                return [Restored(run=run, created=False, sequence=run.journal_sequence)]
+            if group is not None:
+                found = [(group, target)]
+            else:
+                found = [(held, run_id) for held, run_id in self._held_runs(None) if run_id == target]
+        restored = []
+        for key, run_id in found:
+            result = restore_run(self.store, self.coordination, key, run_id)
+            if result is None:
+                continue
+            if result.created and not result.run.terminal:
+                run = result.run
+                if run.dispatch is None:
+                    self.sender.send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
+                else:
+                    name = task_name(run.dispatch.step)
+                    self.sender.send(
+                        name, run.run_id, run.dispatch.ticket, countdown=0.0, cluster=run.current_cluster
+                    )
+            restored.append(result)
+        if not restored:
+            where = f"the journal of group {group}" if group else f"the locks held by {holder!r}"
+            kind = "Failover" if "/" in target else "run"
+            raise PermanentError(
+                f"no {kind} {target!r} to rebuild: not in Redis, and no journal entry for it in {where}"
+                + ("" if group else " (give --group NAMESPACE/NAME if another holder took the lock)")
+            )
+        return restored
+
+    def _held_runs(self, group: GroupKey | None) -> list[tuple[GroupKey, str]]:
+        """(group, run id) of every lock held under this site's holder (only ``group``'s if given)."""
+        index = self.coordination
+        if not isinstance(index, LockIndex):
+            return []
+        pairs = []
+        for held in index.held_locks(self.settings.holder):
+            if group is None or held.group == group:
+                pairs += [(held.group, run_id) for run_id in held.run_ids()]
+        return pairs
 
     def divergence(self, group: GroupKey) -> Divergence | None:
         return self.coordination.divergence(group)

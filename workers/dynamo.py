@@ -27,6 +27,13 @@ SK                                 attributes
 ``VOLUMES#{token}``                cluster (that released the volumes under this token), token
 =================================  ==================================================================
 
+``PK = HELD#{holder}``, ``SK = GROUP#...`` (the group's PK): the index of the locks taken under one
+holder (operatorId, namespace, name, runId, token, acquiredAt), put in the transaction that takes the
+lock, so that a site finds the runs it must rebuild after losing Redis with one Query
+(:meth:`DynamoCoordination.held_locks`, O(locks held)). An entry whose lock is gone is dropped by
+the recovery sweep that finds it (``forget_held_lock``, conditioned on its runId): completion and
+release need not know the holder.
+
 Consistency of each operation (after Patroni's ``AbstractDCS``); reads that decide are
 ``ConsistentRead``; queries follow ``LastEvaluatedKey``; nothing scans.
 
@@ -42,6 +49,7 @@ renew_lease, release_lock  CAS: UpdateItem / DeleteItem on LOCK if ``token = :to
 complete_failover          CAS: ONE TransactWriteItems: LOCK delete (if token = :token) + owner flip
                            (if owner = expected) + history put; the cancellation says which failed
 mark_volumes_released      CAS: TransactWriteItems: ConditionCheck LOCK token + put VOLUMES#{token}
+held_locks                 Query of the holder's index partition (consistent)
 active_cluster, lock_info  strongly consistent GetItem
 volumes_released           strongly consistent GetItem
 write_journal              idempotent PutItem keyed by run and sequence
@@ -70,7 +78,15 @@ from fsm.models import GroupKey
 from workers import dynamo_codec as codec
 from workers.dynamo_table import ConditionFailed, DynamoTable
 from workers.errors import CoordinationConflict, LeaseLost, LockHeld
-from workers.ports import Divergence, Heartbeat, HistoryRecord, JournalEntry, LockGrant, LockInfo
+from workers.ports import (
+    Divergence,
+    Heartbeat,
+    HeldLock,
+    HistoryRecord,
+    JournalEntry,
+    LockGrant,
+    LockInfo,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -253,6 +269,9 @@ class DynamoCoordination:
                 now=now,
                 expires_at=expires_at,
             )
+            # The holder's lock index, in the same transaction: a held lock is always findable.
+            index = codec.held_item(group, holder=holder, run_id=run_id, token=token, acquired_at=now)
+            items.append({"Put": {"TableName": self._table, "Item": index}})
             try:
                 self._db.transact(what, items, str(uuid.uuid4()))
             except ConditionFailed as failed:
@@ -319,6 +338,26 @@ class DynamoCoordination:
             )
             return False
         return True
+
+    def held_locks(self, holder: str) -> list[HeldLock]:
+        """The index of the locks taken under ``holder`` (one Query, O(entries)); some may be gone."""
+        items = self._db.query(codec.held_pk(holder), "GROUP#", f"read locks held by {holder!r}")
+        return [codec.held_from_item(item) for item in items]
+
+    def forget_held_lock(self, holder: str, group: GroupKey, lock_owner: str) -> None:
+        """Drop ``holder``'s index entry of ``group`` if it still names ``lock_owner``."""
+        request = partial(
+            self._client.delete_item,
+            TableName=self._table,
+            Key=codec.key(codec.held_pk(holder), codec.group_pk(group)),
+            ConditionExpression="#runId = :run",
+            ExpressionAttributeNames=_names("runId"),
+            ExpressionAttributeValues={":run": codec.s(lock_owner)},
+        )
+        try:
+            self._db.call("DeleteItem", f"forget the lock of {group} held by {holder!r}", request)
+        except ConditionFailed:
+            return  # gone already, or a newer lock of the group under this holder
 
     def lock_info(self, group: GroupKey) -> LockInfo | None:
         """The LOCK item as stored (consistent read), expired or not; None if there is none."""

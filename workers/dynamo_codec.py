@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from fsm.models import GroupKey
-from workers.ports import Divergence, Heartbeat, HistoryRecord, JournalEntry, LockInfo
+from workers.ports import Divergence, Heartbeat, HeldLock, HistoryRecord, JournalEntry, LockInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, TransactWriteItemTypeDef
@@ -150,6 +150,35 @@ def lock_item(
         "acquiredAt": n(acquired_at),
         TTL_ATTRIBUTE: n(expires_at),
     }
+
+
+HELD_PREFIX = "HELD#"
+
+
+def held_pk(holder: str) -> str:
+    """The partition of the index of the locks taken under ``holder`` (one item per group)."""
+    return f"{HELD_PREFIX}{holder}"
+
+
+def held_item(group: GroupKey, *, holder: str, run_id: str, token: int, acquired_at: float) -> Item:
+    return {
+        **key(held_pk(holder), group_pk(group)),
+        "operatorId": s(group.operator_id),
+        "namespace": s(group.namespace),
+        "name": s(group.name),
+        "runId": s(run_id),
+        "token": n(token),
+        "acquiredAt": n(acquired_at),
+    }
+
+
+def held_from_item(item: Mapping[str, Any]) -> HeldLock:
+    group = GroupKey(
+        operator_id=get_str(item, "operatorId"),
+        namespace=get_str(item, "namespace"),
+        name=get_str(item, "name"),
+    )
+    return HeldLock(group=group, lock_owner=get_str(item, "runId"), token=get_int(item, "token"))
 
 
 def lock_from_item(item: Mapping[str, Any]) -> LockInfo:

@@ -7,6 +7,12 @@ run has moved past finds another ticket in the run and does nothing. The order o
 step effect -> journal (stage boundaries) -> compare-and-set -> send -> observers. A crash anywhere
 leaves either the old state (the broker redelivers the message; the step is idempotent) or the new
 state with its message unsent, which :meth:`Engine.redrive` re-sends once it is overdue.
+
+Recovery (README "Reliability"): a worker records the step it starts as claimed (run, ticket, resend
+count, worker id); :meth:`Engine.redrive` re-sends the message of a due run that no live worker
+claimed, by the rules of :mod:`workers.recovery` (heartbeat, start-to-close, schedule-to-start
+timeouts), and :meth:`Engine.recover` rebuilds from the DynamoDB journal the runs whose lock this
+site holds but whose state Redis lost.
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ from workers.errors import (
 )
 from workers.lease import LeaseGuard
 from workers.messages import START_TASK, Sender, task_name
-from workers.ports import JournalEntry
+from workers.ports import JournalEntry, LockIndex
+from workers.recovery import Claim, Timeouts, resend_reason
 from workers.settings import Settings
 from workers.steps import STEPS, Done, StepContext
 from workers.store import RunStore
-from workers.submission import submit_run
+from workers.submission import restore_run, submit_run
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +73,11 @@ class Engine:
         *,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        worker_id: str | None = None,
     ) -> None:
+        """``worker_id``: the heartbeating worker this engine runs steps for; each step it starts is
+        recorded as claimed by it (None: no claims, e.g. an engine that only sweeps)."""
+        self.worker_id = worker_id
         self.store = store
         self.adapters = adapters
         self.sender = sender
@@ -107,27 +118,96 @@ class Engine:
                 )
                 return None
             started = self.clock()
+            if self.worker_id is not None and run.dispatch is not None:
+                claim = Claim(ticket=ticket, attempt=run.dispatch.redriven, worker=self.worker_id, at=started)
+                self.store.claim(
+                    run_id, claim, ttl=self.settings.start_to_close + self.settings.redrive_after
+                )
             event = self._execute(run, step, ticket, started)
             return self.apply(run, event)
 
     def redrive(self) -> list[str]:
-        """Re-send the message of every run that is overdue by ``redrive_after`` seconds."""
+        """Re-send the message of every due run that no live worker is working on (the rules are in
+        :mod:`workers.recovery`). Reads only the runs due by now: O(overdue), never all runs."""
         now = self.clock()
+        settings = self.settings
+        due = dict(self.store.due(before=now))
+        if not due:
+            return []
+        runs = self.store.load_many(due)
+        claims = self.store.claims(due)
+        workers = self.store.live_workers()
+        timeouts = Timeouts(
+            heartbeat_interval=settings.heartbeat_interval,
+            schedule_to_start=settings.schedule_to_start,
+            start_to_close=settings.start_to_close,
+            redrive_after=settings.redrive_after,
+        )
         sent = []
-        for run_id in self.store.overdue(before=now - self.settings.redrive_after):
-            run = self.store.load(run_id)
+        for run_id, due_at in due.items():
+            run = runs.get(run_id)
             if run is None or run.terminal:
                 self.store.untrack(run_id)  # expired or finished: never let it crowd out live runs
                 continue
+            cluster = run.current_cluster
+            queue = (
+                f"{settings.queue}.{cluster}" if settings.per_cluster_queues and cluster else settings.queue
+            )
+            why = resend_reason(
+                run,
+                due_at=due_at,
+                queue=queue,
+                claim=claims.get(run_id),
+                workers=workers,
+                now=now,
+                timeouts=timeouts,
+            )
+            if why is None:
+                continue
             if run.dispatch is None:
-                decision = self.apply(run, Event(kind=EventKind.START))
+                event = Event(kind=EventKind.START)
             else:
                 event = Event(kind=EventKind.REDRIVE, step=run.dispatch.step, ticket=run.dispatch.ticket)
-                decision = self.apply(run, event)
+            # One attempt: if another sweeper or the step itself committed first, the next sweep looks again.
+            decision = self.apply(run, event, retry=False)
             if decision is not None and decision.changed:
                 sent.append(run_id)
-                log.warning("run.redriven", run_id=run_id, reason=decision.reason)
+                log.warning("run.redriven", run_id=run_id, why=why, reason=decision.reason)
         return sent
+
+    def recover(self) -> list[str]:
+        """Rebuild from the journal every run whose group's lock this site holds (``settings.holder``)
+        but whose state Redis lost; drop index entries whose lock is gone. O(locks held)."""
+        index = self.adapters.coordination
+        if not isinstance(index, LockIndex):
+            return []
+        holder = self.settings.holder
+        rebuilt = []
+        for held in index.held_locks(holder):
+            candidates = held.run_ids()
+            present = self.store.load_many(candidates)
+            if any(not run.terminal for run in present.values()):
+                continue  # the common case: one Redis read per held lock
+            lock = self.adapters.coordination.lock_info(held.group)
+            if lock is None or lock.run_id != held.lock_owner:
+                index.forget_held_lock(holder, held.group, held.lock_owner)
+                continue
+            if present:
+                continue  # finished in Redis, lock not yet released: its lease runs out
+            for run_id in candidates:
+                run = self.rebuild(held.group, run_id)
+                if run is not None and run.lock_owner == held.lock_owner:
+                    rebuilt.append(run_id)
+                    break
+            else:
+                log.error(
+                    "run.unrecoverable",
+                    group=str(held.group),
+                    lock_owner=held.lock_owner,
+                    reason="the lock is held but Redis lost the run and its journal has no entry yet; "
+                    "the lock is released when its lease runs out",
+                )
+        return rebuilt
 
     def rebuild(self, group: GroupKey, run_id: str) -> Run | None:
         """Recreate a run that Redis lost from its newest journal entry and send its message again.
@@ -136,15 +216,10 @@ class Engine:
         idempotent, so resuming from there repeats at most that stage's work. Returns the rebuilt
         run, or None if the journal has no entry or Redis still has the run.
         """
-        entries = self.adapters.coordination.journal(group, run_id)
-        if not entries:
+        restored = restore_run(self.store, self.adapters.coordination, group, run_id)
+        if restored is None or not restored.created:
             return None
-        run = Run.model_validate_json(entries[-1].run_json)
-        if not self.store.create(run):
-            return None
-        stored = self.store.load(run_id)
-        assert stored is not None
-        log.warning("run.rebuilt", run_id=run_id, state=stored.state_name, sequence=entries[-1].sequence)
+        stored = restored.run
         if stored.terminal:
             return stored
         if stored.dispatch is None:
@@ -251,9 +326,10 @@ class Engine:
             **base,
         )
 
-    def apply(self, run: Run, event: Event) -> Decision | None:
-        """Decide, journal, commit (compare-and-set), send. Re-reads and re-decides on a conflict."""
-        for _ in range(_COMMIT_ATTEMPTS):
+    def apply(self, run: Run, event: Event, *, retry: bool = True) -> Decision | None:
+        """Decide, journal, commit (compare-and-set), send. Re-reads and re-decides on a conflict
+        (``retry=False``: gives up instead, returning None)."""
+        for _ in range(_COMMIT_ATTEMPTS if retry else 1):
             decision = decide(run, event, self.clock())
             if not decision.changed:
                 log.info("event.ignored", run_id=run.run_id, event=event.kind.value, reason=decision.reason)
@@ -267,6 +343,8 @@ class Engine:
             if reloaded is None:
                 return None
             run = reloaded
+        if not retry:
+            return None
         log.error(
             "run.commit_contended", run_id=run.run_id, event=event.kind.value, attempts=_COMMIT_ATTEMPTS
         )

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from fsm.kinds import Role as Role  # noqa: PLC0414 (re-exported)
 from fsm.models import GroupKey, ResourceRef
@@ -202,6 +202,35 @@ class Heartbeat:
     role: str
     at: float
     resources: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeldLock:
+    """An entry of the index of the locks one holder took: the group and the lock's ``runId`` (the
+    run id, then ``#`` and the copy's nonce when it has one)."""
+
+    group: GroupKey
+    lock_owner: str
+    token: int
+
+    def run_ids(self) -> list[str]:
+        """The run ids the lock's owner may stand for (with a nonce, the part before the last ``#``)."""
+        ids = [self.lock_owner]
+        if "#" in self.lock_owner:
+            ids.insert(0, self.lock_owner.rpartition("#")[0])
+        return ids
+
+
+@runtime_checkable
+class LockIndex(Protocol):
+    """The locks taken under one holder, found without a scan: O(locks held). Written in the same
+    transaction that takes a lock; entries whose lock is gone are dropped by whoever finds them."""
+
+    def held_locks(self, holder: str) -> list[HeldLock]: ...
+
+    def forget_held_lock(self, holder: str, group: GroupKey, lock_owner: str) -> None:
+        """Drop the entry if it still names ``lock_owner`` (idempotent)."""
+        ...
 
 
 class Coordination(Protocol):

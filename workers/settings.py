@@ -62,9 +62,37 @@ class Settings(BaseSettings):
         description="Seconds between two passes of the watcher over the unfinished Failovers, writing "
         "each one's status when its runs say something else (a failed write is made on the next pass).",
     )
+    heartbeat_interval: float = Field(
+        default=1.0,
+        description="Seconds between a worker's heartbeats in Redis, and between the sweeps its "
+        "recovery thread runs (one worker of the site sweeps per interval).",
+    )
+    heartbeat_timeout: float = Field(
+        default=3.0,
+        description="A worker whose heartbeat is older than this is dead: the step it claimed is sent again.",
+    )
+    schedule_to_start: float = Field(
+        default=2.0,
+        description="A message due this long and not started, while a worker of its queue had a free "
+        "slot, is sent again (the wait doubles with each resend, up to redrive_after).",
+    )
+    start_to_close: float = Field(
+        default=120.0,
+        description="A step whose live worker has run it longer than this is sent again.",
+    )
+    recovery_interval: float = Field(
+        default=10.0,
+        description="How often a worker checks the locks held under `holder` for runs missing in Redis "
+        "(at once when Redis was found empty) and rebuilds them from the journal.",
+    )
+    recovery_thread: bool = Field(
+        default=True,
+        description="Workers run the heartbeat and recovery-sweep threads (off: beat's sweep only).",
+    )
     holder: str = Field(
         default_factory=lambda: f"failover-orchestrator@{socket.gethostname()}",
-        description="Name written as the lock holder (default: this host).",
+        description="Name written as the lock holder (default: this host); set one per site, shared "
+        "by its workers: a site rebuilds the runs of the locks held under its holder.",
     )
     dynamodb_table: str = Field(default="failover-orchestrator", description="The DynamoDB table.")
     dynamodb_endpoint_url: str | None = Field(
@@ -110,6 +138,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"visibility_timeout ({self.visibility_timeout:g}s) must be at least 4x the longest "
                 f"countdown ({longest:g}s), or the broker redelivers messages still waiting for their time"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_outlives_its_interval(self) -> Settings:
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"heartbeat_timeout ({self.heartbeat_timeout:g}s) must be at least twice "
+                f"heartbeat_interval ({self.heartbeat_interval:g}s), or live workers pass for dead"
             )
         return self
 

@@ -14,6 +14,12 @@ Keys (``prefix`` defaults to ``fo:``): ``{prefix}run:{id}`` a hash of ``v`` (ver
 run as JSON); ``{prefix}inflight`` the in-flight runs scored by when their message is due;
 ``{prefix}runs`` every run scored by creation time (trimmed to the newest ``index_limit``);
 ``{prefix}failover:{ns}/{name}`` the runs of one Failover.
+
+Recovery (:mod:`workers.recovery`): ``{prefix}worker:{id}`` one worker's heartbeat (JSON, with a TTL
+of ``heartbeat_timeout``) and ``{prefix}workers`` the set of their ids (dead ones pruned on read);
+``{prefix}claim:{run}`` the step a worker started (ticket, resend count, worker, time; with a TTL);
+``{prefix}turn:{name}`` whose turn it is to sweep (SET NX PX); ``{prefix}sentinel`` a key written once:
+a Redis found without it has lost its data (flushed, or replaced by an empty one).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import redis
 
 from fsm.run import Run
 from workers.errors import TemporaryError
+from workers.recovery import Claim, WorkerInfo
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -178,6 +185,97 @@ class RunStore:
         return [_text(i) for i in ids]
 
     @_translated
+    def due(self, *, before: float, limit: int = 1000) -> list[tuple[str, float]]:
+        """(id, due time) of the in-flight runs due by ``before``, oldest first: O(log n + due)."""
+        pairs: list[tuple[bytes, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
+            self._inflight, "-inf", before, start=0, num=limit, withscores=True
+        )
+        return [(_text(pair[0]), float(pair[1])) for pair in pairs]
+
+    @_translated
+    def load_many(self, run_ids: Iterable[str]) -> dict[str, Run]:
+        """The runs of ``run_ids`` that exist, by id (one round trip)."""
+        return {run.run_id: run for run in self._load_many(run_ids)}
+
+    # --- recovery: heartbeats, claims, turns ----------------------------------------------------
+
+    def _worker_key(self, worker: str) -> str:
+        return f"{self.prefix}worker:{worker}"
+
+    def _claim_key(self, run_id: str) -> str:
+        return f"{self.prefix}claim:{run_id}"
+
+    @_translated
+    def heartbeat(self, worker: str, info: WorkerInfo, *, ttl: float) -> None:
+        """Mark ``worker`` alive for ``ttl`` seconds, saying what it consumes and how busy it is."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self._worker_key(worker), info.to_json(), px=max(1, int(ttl * 1000)))
+        pipe.sadd(f"{self.prefix}workers", worker)
+        pipe.execute()
+
+    @_translated
+    def retire(self, worker: str) -> None:
+        """Forget ``worker`` now (a clean shutdown): its claims count as dead at once."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(self._worker_key(worker))
+        pipe.srem(f"{self.prefix}workers", worker)
+        pipe.execute()
+
+    @_translated
+    def live_workers(self) -> dict[str, WorkerInfo]:
+        """Every worker whose heartbeat has not expired (O(workers)); prunes the dead from the set."""
+        ids = sorted(_text(i) for i in self.client.smembers(f"{self.prefix}workers"))
+        if not ids:
+            return {}
+        values = self.client.mget([self._worker_key(i) for i in ids])
+        dead = [i for i, raw in zip(ids, values, strict=True) if raw is None]
+        if dead:
+            self.client.srem(f"{self.prefix}workers", *dead)
+        return {i: WorkerInfo.from_json(raw) for i, raw in zip(ids, values, strict=True) if raw is not None}
+
+    @_translated
+    def claim(self, run_id: str, claim: Claim, *, ttl: float) -> None:
+        """Record that ``claim.worker`` started the step the run waits for."""
+        key = self._claim_key(run_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(
+            key,
+            mapping={"t": claim.ticket, "a": claim.attempt, "w": claim.worker, "at": repr(claim.at)},
+        )
+        pipe.expire(key, max(1, int(ttl)))
+        pipe.execute()
+
+    @_translated
+    def claims(self, run_ids: Iterable[str]) -> dict[str, Claim]:
+        """The claims recorded for ``run_ids`` (one round trip)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hgetall(self._claim_key(run_id))
+        found = {}
+        for run_id, raw in zip(ids, pipe.execute(), strict=True):
+            if raw:
+                data = {_text(k): _text(v) for k, v in raw.items()}
+                found[run_id] = Claim(
+                    ticket=int(data["t"]), attempt=int(data["a"]), worker=data["w"], at=float(data["at"])
+                )
+        return found
+
+    @_translated
+    def take_turn(self, name: str, *, seconds: float) -> bool:
+        """True for exactly one caller per ``seconds`` across the site (SET NX PX)."""
+        key = f"{self.prefix}turn:{name}"
+        return bool(self.client.set(key, "1", nx=True, px=max(1, int(seconds * 1000))))
+
+    @_translated
+    def lost_data(self) -> bool:
+        """True (once) when the sentinel key was missing: Redis was flushed or replaced by an empty one
+        since it was last written, or this is the first call on a new Redis."""
+        return bool(self.client.set(f"{self.prefix}sentinel", "1", nx=True))
+
+    @_translated
     def recent(self, limit: int = 50) -> list[Run]:
         ids = [_text(i) for i in self.client.zrevrange(self._index, 0, limit - 1)]
         return self._load_many(ids)
@@ -209,6 +307,7 @@ class RunStore:
         pipe.delete(self._run_key(run_id))
         pipe.zrem(self._inflight, run_id)
         pipe.zrem(self._index, run_id)
+        pipe.delete(self._claim_key(run_id))
         if run is not None:
             pipe.srem(self._failover_key(run.failover), run_id)
         pipe.execute()

@@ -3,7 +3,7 @@
 The engine, a producer's failover and a health checker's stand-down all submit this way, so the
 order is the same everywhere: the run exists in Redis before its message can reach a worker, and a
 run id that exists already (a watcher that restarted, the same Failover seen on both clusters) sends
-nothing.
+nothing. A run Redis lost is restored from its journal the same way (:func:`restore_run`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import structlog
 
+from fsm.models import GroupKey
 from fsm.run import Run
 from workers.messages import START_TASK, Sender
+from workers.ports import Coordination
 from workers.store import RunStore
 
 log = structlog.get_logger(__name__)
@@ -42,3 +44,28 @@ def submit_run(store: RunStore, sender: Sender, run: Run) -> Submission:
         target=run.target_cluster,
     )
     return Submission(run=run, created=True)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A run read back from its journal: as stored, whether this call created it in Redis (False: Redis
+    had it already), and the journal entry it came from."""
+
+    run: Run
+    created: bool
+    sequence: int
+
+
+def restore_run(store: RunStore, coordination: Coordination, group: GroupKey, run_id: str) -> Restored | None:
+    """Recreate a run that Redis lost from its newest journal entry (nothing is sent); None when the
+    journal has no entry for it. The caller sends its message (the engine as a redrive)."""
+    entries = coordination.journal(group, run_id)
+    if not entries:
+        return None
+    newest = entries[-1]
+    run = Run.model_validate_json(newest.run_json)
+    created = store.create(run)
+    stored = store.load(run_id) or run
+    if created:
+        log.warning("run.rebuilt", run_id=run_id, state=stored.state_name, sequence=newest.sequence)
+    return Restored(run=stored, created=created, sequence=newest.sequence)

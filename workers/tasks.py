@@ -15,7 +15,7 @@ import structlog
 from celery.signals import setup_logging, task_postrun, task_prerun
 
 from fsm.plan import Step
-from workers import liveness, metrics
+from workers import heartbeat, liveness, metrics
 from workers.app import create_app
 from workers.container import build_adapters
 from workers.engine import Engine
@@ -30,11 +30,17 @@ __all__ = ["CelerySender", "app", "get_engine", "redrive", "start"]
 app = create_app()
 
 
-@cache
-def get_engine() -> Engine:
+def build_engine(worker_id: str | None = None) -> Engine:
     settings = get_settings()
     store = RunStore.from_url(settings.redis_url, prefix=settings.key_prefix, ttl=settings.run_ttl)
-    return Engine(store, build_adapters(settings), CelerySender(app, settings), settings)
+    sender = CelerySender(app, settings)
+    return Engine(store, build_adapters(settings), sender, settings, worker_id=worker_id)
+
+
+@cache
+def get_engine() -> Engine:
+    """The engine of this (pool) process; its steps are claimed by the worker it belongs to."""
+    return build_engine(heartbeat.worker_id())
 
 
 @app.task(name=START_TASK)
@@ -44,7 +50,10 @@ def start(run_id: str, ticket: int = 0) -> None:
 
 @app.task(name=REDRIVE_TASK)
 def redrive() -> None:
-    get_engine().redrive()
+    """Beat's sweep (the backstop of the workers' own): overdue runs, then runs Redis lost."""
+    engine = get_engine()
+    engine.redrive()
+    engine.recover()
 
 
 def _register(step: Step) -> None:
@@ -67,6 +76,8 @@ def _queue_depth() -> dict[str, int]:
 
 # Connected at import: Celery decides at start-up which signals it sends (heartbeat_sent among them).
 liveness.connect_celery_signals()
+# Heartbeats and the recovery sweep, in the worker's main process (README "Reliability").
+heartbeat.connect_celery_signals(get_settings, build_engine)
 if get_settings().metrics_port:
     metrics.connect_celery_signals(get_settings().metrics_port, queue_depth=_queue_depth)
 
