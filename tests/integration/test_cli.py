@@ -233,3 +233,32 @@ def test_watch_follows_a_run_to_its_end_and_exits_by_its_outcome(env: dict[str, 
     assert "failed at step validate: boom" in out and "CONSISTENCY site-a→site-b: FAILED" in out
     code, out = invoke("watch", "no-such-run")
     assert code == 1 and out.startswith("error: no run 'no-such-run'")
+
+
+def test_run_rebuild_recreates_a_lost_run_from_its_journal(env: dict[str, str]) -> None:
+    from workers.ports import JournalEntry
+
+    invoke("dynamodb", "init")
+    g = group()
+    with Orchestrator(Settings()) as handle:
+        run = new_run(run_id="r-lost", failover=failover(), group=g, source_cluster="site-a", now=100.0)
+        started = decide(run, Event(kind=EventKind.START), 101.0).run
+        entry = JournalEntry(
+            run_id="r-lost", sequence=1, stage="INITIALIZATION", state="ACQUIRING_LOCK", at=101.0,
+            run_json=started.model_dump_json(),
+        )  # fmt: skip
+        handle.coordination.write_journal(g.key, entry)
+        assert handle.run("r-lost") is None  # Redis never had it (or lost it)
+    code, out = invoke("run", "rebuild", "r-lost", "--group", "shop/shop", "--operator-id", g.key.operator_id)
+    assert code == 0, out
+    assert "rebuilt run r-lost" in out and "journal entry #1" in out
+    with Orchestrator(Settings()) as handle:
+        rebuilt = handle.run("r-lost")
+    assert rebuilt is not None and rebuilt.state_name == started.state_name
+    code, out = invoke("run", "rebuild", "r-lost", "--group", "shop/shop", "--operator-id", g.key.operator_id)
+    assert code == 0 and "nothing to rebuild" in out
+    code, out = invoke(
+        "run", "rebuild", "r-unknown", "--group", "shop/shop", "--operator-id", g.key.operator_id
+    )
+    assert code == 1 and "r-unknown" in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
