@@ -127,9 +127,7 @@ def parse_duration(value: object) -> timedelta:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected a duration such as '5m' or '30s', got {excerpt(value)}")
     if len(value) > MAX_DURATION_LENGTH:
-        raise ValueError(
-            f"a duration is at most {MAX_DURATION_LENGTH} characters long, got {excerpt(value)}"
-        )
+        raise ValueError(f"a duration is at most {MAX_DURATION_LENGTH} characters long, got {excerpt(value)}")
     text = value.strip()
     position, seconds = 0, 0.0
     for match in _DURATION_PART.finditer(text):
@@ -148,9 +146,7 @@ def _bounded(seconds: float, value: object) -> timedelta:
     """``seconds`` as a timedelta if it is a positive duration within :data:`MAX_DURATION`."""
     # Compared before any conversion: an int of 400 digits is too long, not an OverflowError.
     if seconds > MAX_DURATION.total_seconds() or (isinstance(seconds, float) and not math.isfinite(seconds)):
-        raise ValueError(
-            f"a duration is at most {MAX_DURATION_TEXT} (7 days), got {excerpt(value)}"
-        )
+        raise ValueError(f"a duration is at most {MAX_DURATION_TEXT} (7 days), got {excerpt(value)}")
     duration = timedelta(seconds=float(seconds))
     if duration <= timedelta(0):
         raise ValueError(f"a duration must be positive (at least 1us), got {excerpt(value)}")
@@ -287,9 +283,7 @@ class FailoverGroupSpec(ApiModel):
         counts = Counter(v for w in self.workloads for v in w.volume_replications)  # linear, not n²
         duplicates = sorted(v for v, count in counts.items() if count > 1)
         if duplicates:
-            raise ValueError(
-                f"VolumeReplication {excerpt(duplicates[0])} belongs to more than one workload"
-            )
+            raise ValueError(f"VolumeReplication {excerpt(duplicates[0])} belongs to more than one workload")
         return self
 
 
@@ -437,8 +431,7 @@ def check_request(
     if known_clusters is not None and target not in known_clusters:
         raise RequestError(
             "spec.targetCluster",
-            f"unknown cluster {excerpt(target)}; configured clusters are "
-            f"{', '.join(sorted(known_clusters))}",
+            f"unknown cluster {excerpt(target)}; configured clusters are {', '.join(sorted(known_clusters))}",
         )
     if active_cluster is None:
         raise RequestError(
