@@ -147,8 +147,7 @@ def _bounded(seconds: float, value: object) -> timedelta:
     # Compared before any conversion: an int of 400 digits is too long, not an OverflowError.
     if seconds > MAX_DURATION.total_seconds() or (isinstance(seconds, float) and not math.isfinite(seconds)):
         raise ValueError(f"a duration is at most {MAX_DURATION_TEXT} (7 days), got {excerpt(value)}")
-    duration = timedelta(seconds=float(seconds))
-    if duration <= timedelta(0):
+    if seconds <= 0 or (duration := timedelta(seconds=float(seconds))) <= timedelta(0):
         raise ValueError(f"a duration must be positive (at least 1us), got {excerpt(value)}")
     return duration
 

@@ -128,9 +128,9 @@ def health_checker_command(
 
 def _validated(file: Path, manifest: dict[str, Any]) -> Failover:
     """The manifest as a Failover; a generateName stands in for the name the server gives it."""
-    meta = dict(manifest.get("metadata") or {})
+    meta = manifest.get("metadata")
     checked = dict(manifest)
-    if not meta.get("name") and meta.get("generateName"):
+    if isinstance(meta, dict) and not meta.get("name") and isinstance(meta.get("generateName"), str):
         checked["metadata"] = {**meta, "name": f"{meta['generateName']}x"}  # the server names it
     try:
         return Failover.model_validate(checked)

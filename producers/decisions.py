@@ -45,7 +45,7 @@ class FailoverDecision:
 
 def describe(obj: Obj) -> str:
     meta = obj.get("metadata") or {}
-    return f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"
+    return excerpt(f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}", quote=False)
 
 
 def field_path(loc: Sequence[int | str]) -> str:
