@@ -37,7 +37,8 @@ def out() -> Console:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    # Each part that quotes input is cut to 200 characters already; this bounds the whole line.
+    typer.echo(f"error: {excerpt(message, quote=False, limit=1000)}", err=True)
     return typer.Exit(code)
 
 
@@ -159,8 +160,8 @@ ClusterOption = Annotated[
 def split_name(text: str) -> tuple[str, str]:
     """``NAMESPACE/NAME``, or a usage error (exit 2)."""
     namespace, _, name = text.partition("/")
-    if not namespace or not name or "/" in name:
-        raise fail(f"group {excerpt(text)}: expected NAMESPACE/NAME", 2)
+    if not namespace or not name or "/" in name or len(namespace) > 63 or len(name) > 253:
+        raise fail(f"group {excerpt(text)}: expected NAMESPACE/NAME (at most 63 and 253 characters)", 2)
     return namespace, name
 
 

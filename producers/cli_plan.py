@@ -202,7 +202,7 @@ def validate_command(
         where = context_for(kubeconfig, context, clusters[0] if clusters else None)
         client = ClusterClient.from_kubeconfig(kubeconfig, where)
         try:
-            found = fetch_group(client, where, namespace, name, group)
+            found = fetch_group(client, where, namespace, name, excerpt(group, quote=False))
         finally:
             client.close()
     except OrchestratorError as error:

@@ -175,7 +175,21 @@ def objects(
 
 
 failovers = objects("Failover", failover_specs)
-server_failovers = objects("Failover", failover_specs, from_server=True)
+server_failovers = st.one_of(
+    objects("Failover", _near_valid, from_server=True), objects("Failover", failover_specs, from_server=True)
+)
+# Files for the CLI: half of them near-valid Failovers of the sample group's namespace.
+_shop_failovers = st.builds(
+    lambda spec, name: {
+        "apiVersion": "crd.hahomelabs.com/v1alpha1",
+        "kind": "Failover",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": spec,
+    },
+    _near_valid,
+    st.sampled_from(["move-shop", "drill"]),
+)
+cli_failovers = st.one_of(_shop_failovers, failovers)
 
 items = st.lists(
     _maybe(
@@ -221,4 +235,21 @@ group_specs = st.one_of(
     ),
     garbage,
 )
+_near_valid_group = st.builds(
+    lambda hb, timeouts, suspended, allowed: {
+        "operatorID": "failover-orchestrator",
+        "heartbeatInterval": hb,
+        "timeouts": timeouts,
+        "suspended": suspended,
+        "workloads": [{"kind": "Deployment", "name": "web", "volumeReplications": ["data"]}],
+        "allowedFailoverNamespaces": allowed,
+    },
+    st.one_of(valid_durations, valid_durations, hostile_durations),
+    st.fixed_dictionaries({}, optional={"heartbeat": st.one_of(valid_durations, hostile_durations)}),
+    booleans,
+    st.one_of(
+        st.just([]), st.lists(st.sampled_from(NAMESPACES), max_size=2), st.lists(namespaces, max_size=2)
+    ),
+)
+group_specs = st.one_of(_near_valid_group, group_specs)
 groups = objects("FailoverGroup", group_specs, from_server=True)

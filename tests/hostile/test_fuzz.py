@@ -26,7 +26,7 @@ from producers.cli import app
 from producers.decisions import FailoverAction, decide_failover, first_error, invalid_status
 from sandbox.kube import sample_manifests
 from tests.hostile.conftest import Stack, count
-from tests.hostile.strategies import deep, failovers, group_specs, groups, server_failovers
+from tests.hostile.strategies import cli_failovers, deep, group_specs, groups, server_failovers
 
 runner = CliRunner()
 FAST = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
@@ -240,9 +240,9 @@ def _dump(obj: dict[str, Any]) -> bytes | None:
 
 
 files = st.one_of(
-    st.builds(_dump, failovers),
-    st.builds(_dump, failovers),
-    st.builds(_dump, failovers),
+    st.builds(_dump, cli_failovers),
+    st.builds(_dump, cli_failovers),
+    st.builds(_dump, cli_failovers),
     st.binary(max_size=200),
     st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
 )
