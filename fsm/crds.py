@@ -23,10 +23,24 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from fsm.models import API_GROUP, API_VERSION, FailoverGroupSpec, FailoverSpec, format_duration
+from fsm.models import (
+    API_GROUP,
+    API_VERSION,
+    MAX_DURATION_LENGTH,
+    MAX_DURATION_TEXT,
+    FailoverGroupSpec,
+    FailoverSpec,
+    format_duration,
+)
 
 # Go durations as parse_duration accepts them from a manifest ("90s", "5m", "1h30m", "1.5h").
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
+# The models' ceiling (and floor) of a duration, as the API server checks it: CEL's duration() parses
+# the Go duration (an overflowing one such as 99999999999999h is an error, so refused as well).
+DURATION_RULE = {
+    "rule": f"duration(self) > duration('0s') && duration(self) <= duration('{MAX_DURATION_TEXT}')",
+    "message": f"must be a positive duration of at most {MAX_DURATION_TEXT} (7 days)",
+}
 
 IMMUTABLE_SPEC_RULE = {"rule": "self == oldSelf", "message": "spec is immutable: create a new Failover"}
 
@@ -51,6 +65,7 @@ _KEPT = (
     "exclusiveMaximum",
     "default",
     "required",
+    "x-kubernetes-validations",
 )
 _DROPPED = ("title", "$defs")
 _HANDLED = ("$ref", "anyOf", "const", "properties", "items", "additionalProperties", "format")
@@ -76,17 +91,6 @@ _FAILOVER_SPEC_DOCS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Bounds the models do not set but the API server needs: the cost of the CEL rule `self == oldSelf`
-# is estimated from the largest possible spec, and unbounded strings and lists make that estimate
-# exceed the per-rule budget (the CRD would be rejected). The bounds are far above any real request.
-_FAILOVER_SPEC_BOUNDS: dict[str, dict[str, Any]] = {
-    "targetCluster": {"maxLength": 253},
-    "reason": {"maxLength": 4096},
-    "failoverGroups": {"maxItems": 100},
-    "failoverGroups[].name": {"maxLength": 253},
-    "failoverGroups[].namespace": {"maxLength": 63},
-}
-
 _FAILOVER_GROUP_SPEC_DOCS: dict[str, dict[str, Any]] = {
     "": {"description": "The set of resources that move together, by name, in every cluster."},
     "operatorID": {"description": "Which orchestrator deployment owns the group; shared by its clusters."},
@@ -100,6 +104,10 @@ _FAILOVER_GROUP_SPEC_DOCS: dict[str, dict[str, Any]] = {
     "timeouts.heartbeat": {"description": "No heartbeat for this long means the cluster is down."},
     "heartbeatInterval": {"description": "How often each cluster writes its heartbeat."},
     "workloads[].volumeReplications": {"description": "VolumeReplications holding the workload's data."},
+    "allowedFailoverNamespaces": {
+        "description": "Namespaces whose Failovers may move this group, besides its own (a Failover "
+        "naming a group of another namespace without this grant is invalid)."
+    },
     "fluxResources[].triggerReconcile": {
         "description": "Request a reconcile (reconcile.fluxcd.io/requestedAt) when resuming."
     },
@@ -114,7 +122,12 @@ class _KubernetesJsonSchema(GenerateJsonSchema):
     """Pydantic's generator with durations as Go-duration strings (as manifests write them)."""
 
     def timedelta_schema(self, schema: core_schema.TimedeltaSchema) -> JsonSchemaValue:
-        return {"type": "string", "pattern": DURATION_PATTERN}
+        return {
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": MAX_DURATION_LENGTH,
+            "x-kubernetes-validations": [dict(DURATION_RULE)],
+        }
 
     def encode_default(self, dft: Any) -> Any:
         if isinstance(dft, timedelta):
@@ -260,8 +273,9 @@ def _crd(
 
 def failover_crd() -> dict[str, Any]:
     """The ``Failover`` CRD: spec from :class:`fsm.models.FailoverSpec`, immutable by CEL. Pure."""
-    spec = _overlay(structural_schema(FailoverSpec), _FAILOVER_SPEC_BOUNDS)
-    spec = _overlay(spec, _FAILOVER_SPEC_DOCS)
+    # The models bound every string and list: the API server estimates the cost of the CEL rule
+    # `self == oldSelf` from the largest possible spec, and an unbounded one exceeds the budget.
+    spec = _overlay(structural_schema(FailoverSpec), _FAILOVER_SPEC_DOCS)
     spec["x-kubernetes-validations"] = [dict(IMMUTABLE_SPEC_RULE)]
     return _crd(
         kind="Failover",

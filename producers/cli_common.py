@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
 
-from fsm.models import FailoverGroup, GroupKey
+from fsm.models import FailoverGroup, GroupKey, excerpt
 from producers.decisions import field_path, first_error
 from producers.kube import FAILOVER_GROUPS, ClusterClient, current_context, kubeconfig_contexts
 from workers.api import Orchestrator
@@ -37,7 +37,8 @@ def out() -> Console:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    # Each part that quotes input is cut to 200 characters already; this bounds the whole line.
+    typer.echo(f"error: {excerpt(message, quote=False, limit=1000)}", err=True)
     return typer.Exit(code)
 
 
@@ -90,10 +91,23 @@ def settings_of(ctx: typer.Context) -> Settings:
     return ctx.ensure_object(CliConfig).settings
 
 
+def open_orchestrator(settings: Settings) -> Orchestrator:
+    """An Orchestrator on the settings' stores, or one line saying why there is none (a missing AWS
+    region or credentials surfaces from boto3 as its own exception, not as an OrchestratorError)."""
+    try:
+        return Orchestrator(settings)
+    except OrchestratorError as error:
+        raise fail(error.describe()) from error
+    except Exception as error:
+        detail = excerpt(str(error) or type(error).__name__, quote=False)
+        raise fail(f"cannot open the coordination store or Redis: {detail}") from error
+
+
 @contextmanager
 def orchestrator(settings: Settings) -> Iterator[Orchestrator]:
+    handle = open_orchestrator(settings)
     try:
-        with Orchestrator(settings) as handle:
+        with handle:
             yield handle
     except OrchestratorError as error:
         raise fail(error.describe()) from error
@@ -146,8 +160,8 @@ ClusterOption = Annotated[
 def split_name(text: str) -> tuple[str, str]:
     """``NAMESPACE/NAME``, or a usage error (exit 2)."""
     namespace, _, name = text.partition("/")
-    if not namespace or not name or "/" in name:
-        raise fail(f"group {text!r}: expected NAMESPACE/NAME", 2)
+    if not namespace or not name or "/" in name or len(namespace) > 63 or len(name) > 253:
+        raise fail(f"group {excerpt(text)}: expected NAMESPACE/NAME (at most 63 and 253 characters)", 2)
     return namespace, name
 
 
@@ -167,30 +181,115 @@ def emit_json(data: Any) -> None:
 # --- reading manifests and groups ------------------------------------------------------------------
 
 
-def read_manifest(file: Path) -> dict[str, Any]:
+# Bounds on a manifest file, checked before YAML builds anything from it: a manifest is a few KiB.
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_YAML_DEPTH = 64
+# Nodes once aliases are expanded (what validation and JSON encoding walk): "billion laughs" stops here.
+MAX_YAML_NODES = 200_000
+
+_COLLECTION_START = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_COLLECTION_END = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def yaml_shape_problem(
+    text: str, *, max_depth: int = MAX_YAML_DEPTH, max_nodes: int = MAX_YAML_NODES
+) -> str | None:
+    """What makes ``text`` too deep or too large to load (None: fine), from its parse events alone.
+
+    The YAML parser is iterative; the composer and constructor that ``yaml.safe_load`` runs after it
+    recurse once per level (a 10,000-deep document is a RecursionError). Aliases count as what they
+    expand to, in depth and in size. Raises ``yaml.YAMLError`` for text that is not YAML.
+    """
+    frames: list[list[Any]] = []  # per open collection: [anchor, expanded size, height]
+    anchors: dict[str, tuple[int, int]] = {}
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, _COLLECTION_START):
+            if len(frames) >= max_depth:
+                return f"nested deeper than {max_depth} levels"
+            frames.append([event.anchor, 1, 1])
+            continue
+        if isinstance(event, _COLLECTION_END):
+            anchor, size, height = frames.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, size, height = event.anchor, 1, 0
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, (size, height) = None, anchors.get(event.anchor or "", (1, 0))
+        else:
+            continue
+        if anchor is not None:
+            anchors[anchor] = (size, height)
+        if len(frames) + height > max_depth:
+            return f"nested deeper than {max_depth} levels (aliases expanded)"
+        if size > max_nodes or (frames and frames[-1][1] + size > max_nodes):
+            return f"more than {max_nodes} values (aliases expanded)"
+        if frames:
+            frames[-1][1] += size
+            frames[-1][2] = max(frames[-1][2], height + 1)
+    return None
+
+
+def _read_text(file: Path) -> str:
+    """The file (``-``: stdin) as UTF-8 text of at most :data:`MAX_MANIFEST_BYTES`; one-line errors."""
     try:
-        text = sys.stdin.read() if str(file) == "-" else file.read_text()
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except (OSError, yaml.YAMLError) as error:
-        raise fail(f"{file}: cannot read it: {str(error).splitlines()[0]}") from error
+        if str(file) == "-":
+            stream = getattr(sys.stdin, "buffer", None)
+            data = (
+                stream.read(MAX_MANIFEST_BYTES + 1)
+                if stream is not None
+                else sys.stdin.read(MAX_MANIFEST_BYTES + 1).encode("utf-8", "surrogateescape")
+            )
+        else:
+            with file.open("rb") as handle:
+                data = handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as error:
+        raise fail(f"{file}: cannot read it: {excerpt(error.strerror or str(error), quote=False)}") from error
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise fail(f"{file}: larger than {MAX_MANIFEST_BYTES // 1024} KiB; a manifest is a few KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise fail(
+            f"{file}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start}); "
+            "save it as UTF-8"
+        ) from error
+
+
+def read_documents(file: Path) -> list[Any]:
+    """The YAML documents of ``file`` (``-``: stdin), bounded in size, depth and expansion before
+    they are loaded; anything wrong ends the command with one line naming the file."""
+    text = _read_text(file)
+    try:
+        problem = yaml_shape_problem(text)
+        if problem is None:
+            return [d for d in yaml.safe_load_all(text) if d is not None]
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as error:
+        # ValueError: a scalar YAML resolves but cannot build (a timestamp 2024-13-45, a 5,000-digit int)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise fail(f"{file}: not valid YAML: {excerpt(first, quote=False)}") from error
+    raise fail(f"{file}: refused before loading it: the YAML is {problem}")
+
+
+def read_manifest(file: Path) -> dict[str, Any]:
+    documents = read_documents(file)
     if len(documents) != 1 or not isinstance(documents[0], dict):
         raise fail(f"{file}: expected exactly one Failover object, found {len(documents)} document(s)")
     manifest: dict[str, Any] = documents[0]
     if manifest.get("kind", "Failover") != "Failover":
-        raise fail(f"{file}: kind: expected Failover, got {manifest.get('kind')!r}")
+        raise fail(f"{file}: kind: expected Failover, got {excerpt(manifest.get('kind'))}")
     return manifest
 
 
 def fetch_group(client: ClusterClient, where: str, namespace: str, name: str, label: str) -> FailoverGroup:
+    shown = excerpt(f"{namespace}/{name}", quote=False)
     raw = client.find(FAILOVER_GROUPS, namespace, name)
     if raw is None:
-        raise fail(f"{label}: FailoverGroup {namespace}/{name} does not exist in cluster {where}")
+        raise fail(f"{label}: FailoverGroup {shown} does not exist in cluster {where}")
     try:
         return FailoverGroup.model_validate(raw)
     except ValidationError as error:
         field, message = first_error(error)
         raise fail(
-            f"{label}: FailoverGroup {namespace}/{name} in cluster {where} is invalid: {field}: {message}"
+            f"{label}: FailoverGroup {shown} in cluster {where} is invalid: {field}: {message}"
         ) from error
 
 
@@ -198,5 +297,7 @@ def context_for(kubeconfig: Path | None, context: str | None, fallback: str | No
     contexts = kubeconfig_contexts(kubeconfig)
     where = context or current_context(kubeconfig) or fallback
     if where is None or where not in contexts:
-        raise fail(f"--context {where!r}: no such context in the kubeconfig ({', '.join(contexts)})", 2)
+        raise fail(
+            f"--context {excerpt(where)}: no such context in the kubeconfig ({', '.join(contexts)})", 2
+        )
     return where

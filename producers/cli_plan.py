@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from pydantic import ValidationError
 
-from fsm.models import Failover, FailoverGroup
+from fsm.models import Failover, FailoverGroup, RequestError, check_namespace_grant, excerpt
 from producers.cli_common import (
     ClusterOption,
     KubeconfigOption,
@@ -22,13 +21,15 @@ from producers.cli_common import (
     emit_json,
     fail,
     fetch_group,
+    open_orchestrator,
+    read_documents,
     read_manifest,
     settings_of,
     split_name,
 )
 from producers.decisions import first_error
 from producers.kube import ClusterClient, kubeconfig_contexts
-from workers.api import Orchestrator, PlanReport, RequestError
+from workers.api import Orchestrator, PlanReport
 from workers.errors import OrchestratorError
 from workers.settings import Settings
 
@@ -38,18 +39,16 @@ def _planner(settings: Settings, kubeconfig: Path | None) -> Iterator[Orchestrat
     """An Orchestrator whose cluster reads go through ``kubeconfig`` (default: the settings')."""
     if kubeconfig is not None:
         settings = settings.model_copy(update={"kubeconfig": str(kubeconfig)})
+    handle = open_orchestrator(settings)
     try:
-        with Orchestrator(settings) as handle:
+        with handle:
             yield handle
     except OrchestratorError as error:
         raise fail(error.describe()) from error
 
 
 def _read_groups(file: Path) -> list[FailoverGroup]:
-    try:
-        documents = [d for d in yaml.safe_load_all(file.read_text()) if d is not None]
-    except (OSError, yaml.YAMLError) as error:
-        raise fail(f"{file}: cannot read it: {str(error).splitlines()[0]}") from error
+    documents = read_documents(file)
     groups = []
     for index, document in enumerate(documents):
         if not isinstance(document, dict) or document.get("kind") != "FailoverGroup":
@@ -113,7 +112,7 @@ def _groups_to_plan(
         found = {(g.metadata.namespace, g.metadata.name): g for g in _read_groups(group_file)}
         missing = [f"{ns}/{name}" for ns, name in wanted if (ns, name) not in found]
         if missing:
-            raise fail(f"{group_file}: no FailoverGroup {', '.join(missing)} in it")
+            raise fail(f"{group_file}: no FailoverGroup {excerpt(', '.join(missing), quote=False)} in it")
         return [found[key] for key in wanted]
     try:
         where = context_for(kubeconfig, context, failover.spec.target_cluster)
@@ -163,6 +162,11 @@ def plan_command(
         field, message = first_error(error)
         raise fail(f"{file}: {field}: {message}") from error
     groups = _groups_to_plan(file, failover, group_file, context, kubeconfig)
+    try:  # before the coordination store is read: a group of another namespace must grant this one
+        for group in groups:
+            check_namespace_grant(failover, group)
+    except RequestError as error:
+        raise fail(f"{file}: {error.field}: {error.message}") from error
     with _planner(settings_of(ctx), kubeconfig) as handle:
         try:
             reports = [handle.plan(failover, group) for group in groups]
@@ -198,7 +202,7 @@ def validate_command(
         where = context_for(kubeconfig, context, clusters[0] if clusters else None)
         client = ClusterClient.from_kubeconfig(kubeconfig, where)
         try:
-            found = fetch_group(client, where, namespace, name, group)
+            found = fetch_group(client, where, namespace, name, excerpt(group, quote=False))
         finally:
             client.close()
     except OrchestratorError as error:

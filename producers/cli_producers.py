@@ -13,12 +13,13 @@ from typing import Annotated, Any, Protocol
 import typer
 from pydantic import ValidationError
 
-from fsm.models import Failover, FailoverMode
+from fsm.models import Failover, FailoverGroup, FailoverMode, RequestError, check_namespace_grant, excerpt
 from producers.cli_common import (
     ClusterOption,
     KubeconfigOption,
     ModeChoice,
     fail,
+    fetch_group,
     orchestrator,
     out,
     read_manifest,
@@ -131,9 +132,9 @@ def health_checker_command(
 
 def _validated(file: Path, manifest: dict[str, Any]) -> Failover:
     """The manifest as a Failover; a generateName stands in for the name the server gives it."""
-    meta = dict(manifest.get("metadata") or {})
+    meta = manifest.get("metadata")
     checked = dict(manifest)
-    if not meta.get("name") and meta.get("generateName"):
+    if isinstance(meta, dict) and not meta.get("name") and isinstance(meta.get("generateName"), str):
         checked["metadata"] = {**meta, "name": f"{meta['generateName']}x"}  # the server names it
     try:
         return Failover.model_validate(checked)
@@ -142,37 +143,81 @@ def _validated(file: Path, manifest: dict[str, Any]) -> Failover:
         raise fail(f"{file}: {field}: {message}") from error
 
 
-def _create_in(
-    file: Path,
-    manifest: dict[str, Any],
-    failover: Failover,
-    *,
-    context: str | None,
-    kubeconfig: Path | None,
-    clusters: list[str],
-) -> tuple[str, str]:
-    """Create the Failover in ``context`` (default: its target); returns the cluster and its name."""
+def _where(
+    file: Path, failover: Failover, *, context: str | None, kubeconfig: Path | None, clusters: list[str]
+) -> str:
+    """The cluster to create the Failover in (``context``, default: its target), once its target is
+    known to be one of the configured clusters."""
     contexts = kubeconfig_contexts(kubeconfig)
     known = clusters or contexts
     target = failover.spec.target_cluster
     if target not in known:
         raise fail(
-            f"{file}: spec.targetCluster: unknown cluster {target!r}; known clusters are "
+            f"{file}: spec.targetCluster: unknown cluster {excerpt(target)}; known clusters are "
             f"{', '.join(known) or 'none'}"
         )
     where = context or (target if target in contexts else current_context(kubeconfig))
     if where not in contexts:
-        raise fail(f"--context {where!r}: no such context in the kubeconfig ({', '.join(contexts)})", 2)
+        raise fail(
+            f"--context {excerpt(where)}: no such context in the kubeconfig ({', '.join(contexts)})", 2
+        )
+    return where
+
+
+def _groups_in(file: Path, client: ClusterClient, where: str, failover: Failover) -> list[FailoverGroup]:
+    """The Failover's groups as the watcher of ``where`` will read them, each granting its namespace."""
+    groups = [
+        fetch_group(client, where, ns, name, f"{file}: spec.failoverGroups[{index}]")
+        for index, (ns, name) in enumerate(failover.group_namespaces())
+    ]
+    try:
+        for group in groups:
+            check_namespace_grant(failover, group)
+    except RequestError as error:
+        raise fail(f"{file}: {error.field}: {error.message}") from error
+    return groups
+
+
+def _check_owners(
+    file: Path, settings: Settings, failover: Failover, groups: list[FailoverGroup], known: list[str]
+) -> None:
+    """Refuse what the watcher would refuse: a target that already owns a group, a group without an
+    owner (each group's active cluster is read through the Orchestrator, as the watcher reads it)."""
+    with orchestrator(settings) as handle:
+        for index, group in enumerate(groups):
+            try:
+                handle.source_for(failover, group, known_clusters=frozenset(known) or None)
+            except RequestError as error:
+                field = error.field
+                if field == "spec.failoverGroups":
+                    field = f"spec.failoverGroups[{index}]"
+                raise fail(f"{file}: {field}: {error.message}") from error
+
+
+def _create_in(
+    file: Path,
+    manifest: dict[str, Any],
+    failover: Failover,
+    *,
+    where: str,
+    kubeconfig: Path | None,
+    settings: Settings,
+    known: list[str],
+) -> str:
+    """Check the request against the groups and owners, then create the Failover in ``where``;
+    returns its name."""
     namespace = failover.metadata.namespace
     body = {**manifest, "apiVersion": failover.api_version, "kind": "Failover"}
     body["metadata"] = {**dict(manifest.get("metadata") or {}), "namespace": namespace}
     body.pop("status", None)
     client = ClusterClient.from_kubeconfig(kubeconfig, where)
     try:
+        groups = _groups_in(file, client, where, failover)
+        _check_owners(file, settings, failover, groups, known)
         created = client.create(FAILOVERS, namespace, body)
     finally:
         client.close()
-    return where, str((created.get("metadata") or {}).get("name"))
+    return str((created.get("metadata") or {}).get("name"))
 
 
 def submit_command(
@@ -184,14 +229,17 @@ def submit_command(
     ] = None,
     kubeconfig: KubeconfigOption = None,
 ) -> None:
-    """Create a Failover object in a cluster: the watcher submits it. Validated first; nothing is
+    """Create a Failover object in a cluster: the watcher submits it. Validated first (the manifest,
+    each group's grant of its namespace, the target against each group's active cluster); nothing is
     created when it is invalid."""
     manifest = read_manifest(file)
     failover = _validated(file, manifest)
-    clusters = settings_of(ctx).clusters
+    settings = settings_of(ctx)
     try:
-        where, name = _create_in(
-            file, manifest, failover, context=context, kubeconfig=kubeconfig, clusters=clusters
+        where = _where(file, failover, context=context, kubeconfig=kubeconfig, clusters=settings.clusters)
+        known = settings.clusters or kubeconfig_contexts(kubeconfig)
+        name = _create_in(
+            file, manifest, failover, where=where, kubeconfig=kubeconfig, settings=settings, known=known
         )
     except OrchestratorError as error:
         raise fail(error.describe()) from error

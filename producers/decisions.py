@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from fsm.models import Failover
+from fsm.models import Failover, excerpt
 
 if TYPE_CHECKING:
     from workers.api import PlanReport
@@ -45,7 +45,7 @@ class FailoverDecision:
 
 def describe(obj: Obj) -> str:
     meta = obj.get("metadata") or {}
-    return f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"
+    return excerpt(f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}", quote=False)
 
 
 def field_path(loc: Sequence[int | str]) -> str:
@@ -63,7 +63,7 @@ def first_error(error: ValidationError) -> tuple[str, str]:
     """The first invalid field of a pydantic error and what is wrong with it."""
     detail = error.errors(include_url=False)[0]
     loc = [part for part in detail["loc"] if not (isinstance(part, str) and part.startswith("function-"))]
-    return field_path(loc), str(detail["msg"])
+    return excerpt(field_path(loc), quote=False), excerpt(str(detail["msg"]), quote=False)
 
 
 def _recorded_groups(status: Obj) -> set[tuple[str | None, str | None]]:

@@ -16,11 +16,11 @@ from pydantic import ValidationError
 from fsm.health import ClusterRole, GroupHealth, Health, stale_clusters, unreachable
 from fsm.models import FailoverGroup
 from fsm.run import resolve_command
-from producers.decisions import describe, first_error, iso, needs_write
+from producers.decisions import REASON_INVALID, conditions, describe, first_error, iso, needs_write
 from producers.health import observe_group
 from producers.kube import FAILOVER_GROUPS, ClusterClient, Obj
 from workers.api import Orchestrator
-from workers.errors import OrchestratorError
+from workers.errors import OrchestratorError, TemporaryError
 from workers.ports import Divergence, Heartbeat, HistoryRecord
 
 log = structlog.get_logger(__name__)
@@ -51,17 +51,44 @@ class GroupStatusWriter:
         items, _ = client.list(FAILOVER_GROUPS)
         written = 0
         for obj in items:
-            group = self._parse(cluster, obj)
-            if group is None:
-                continue
-            status = self.status(cluster, group, obj, now)
-            if _changed(obj, status):
-                client.patch_status(FAILOVER_GROUPS, group.metadata.namespace, group.metadata.name, status)
-                written += 1
+            try:
+                written += self._sync_one(cluster, client, obj, now)
+            except TemporaryError:
+                raise  # the cluster stopped answering: the watcher's loop backs off
+            except Exception as error:  # one broken group never stops the others' statuses
+                self._log_once(cluster, obj, "group_status_failed", f"{describe(obj)}: {error!r}"[:400])
         return written
 
+    def _sync_one(self, cluster: str, client: ClusterClient, obj: Obj, now: float) -> int:
+        group = self._parse(cluster, obj)
+        if group is None:
+            return self._mark_invalid(client, obj, now)
+        status = self.status(cluster, group, obj, now)
+        if not _changed(obj, status):
+            return 0
+        client.patch_status(FAILOVER_GROUPS, group.metadata.namespace, group.metadata.name, status)
+        return 1
+
+    def _mark_invalid(self, client: ClusterClient, obj: Obj, now: float) -> int:
+        """An invalid FailoverGroup of ours gets health ERROR and a condition naming the field."""
+        meta, spec = obj.get("metadata") or {}, obj.get("spec")
+        operator = spec.get("operatorID") if isinstance(spec, Mapping) else None
+        if self.operator_id is not None and isinstance(operator, str) and operator != self.operator_id:
+            return 0  # another orchestrator's group: its own watcher says what is wrong with it
+        invalid = _invalid_reason(obj)
+        if invalid is None or not meta.get("name"):
+            return 0
+        text = f"invalid: {invalid}"
+        wanted = [("Valid", False, REASON_INVALID, text)]
+        status = {"health": "ERROR", "conditions": conditions(obj, wanted, meta.get("generation"), now)}
+        if not needs_write(obj, status):
+            return 0
+        namespace, name = str(meta.get("namespace") or "default"), str(meta["name"])
+        client.patch_status(FAILOVER_GROUPS, namespace, name, status)
+        return 1
+
     def _parse(self, cluster: str, obj: Obj) -> FailoverGroup | None:
-        """The group if it is valid and ours; an invalid one is logged once and left alone."""
+        """The group if it is valid and ours; an invalid one is logged once (and marked invalid)."""
         try:
             group = FailoverGroup.model_validate(obj)
         except ValidationError as error:
@@ -147,6 +174,16 @@ def action_required(
         else iso(now),
         "observedGeneration": (obj.get("metadata") or {}).get("generation"),
     }
+
+
+def _invalid_reason(obj: Obj) -> str | None:
+    """``field: message`` of an invalid FailoverGroup (None when it is valid)."""
+    try:
+        FailoverGroup.model_validate(obj)
+    except ValidationError as error:
+        bad, message = first_error(error)
+        return f"{bad}: {message}"
+    return None
 
 
 def _changed(obj: Obj, status: Mapping[str, Any]) -> bool:

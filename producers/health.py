@@ -48,7 +48,8 @@ from fsm.health import (
     judge_group,
     unreachable,
 )
-from fsm.models import LABEL_GROUP, FailoverGroup, FailoverMode, GroupKey, ResourceRef
+from fsm.models import LABEL_GROUP, FailoverGroup, FailoverMode, GroupKey, ResourceRef, excerpt
+from producers.decisions import describe, first_error
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj
 from workers.api import Orchestrator, RequestError, set_heartbeat_age
 from workers.errors import ConflictError, OrchestratorError, TemporaryError
@@ -80,6 +81,14 @@ def read_and_judge(
             None,
         )
     return judge_group(client.name, group, objects, role), objects
+
+
+def _name_of(obj: object) -> str:
+    """``namespace/name`` of an object as listed, however malformed (for logs)."""
+    try:
+        return excerpt(describe(obj), quote=False)  # type: ignore[arg-type]
+    except Exception:
+        return "?"
 
 
 def parse_timestamp(value: object) -> float | None:
@@ -150,6 +159,9 @@ class HealthChecker:
         self._next_due: dict[GroupKey, float] = {}
         self._last_reason: dict[GroupKey, str] = {}
         self._last_stand_down: dict[tuple[GroupKey, str], str] = {}
+        # What went wrong with a group on the last pass (an invalid FailoverGroup by cluster and name,
+        # a check that raised by group): logged once per distinct error, never stopping the others.
+        self.errors: dict[str, str] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -173,7 +185,21 @@ class HealthChecker:
                     error=error.describe(),
                     next_action="checked again on the next pass",
                 )
+            except Exception as error:  # one broken group never stops the others' heartbeats
+                self._error_once(f"group {key}", "health_check_error", repr(error), exc_info=True)
+            else:
+                self.errors.pop(f"group {key}", None)
         return outcomes
+
+    def _error_once(self, what: str, event: str, error: str, *, exc_info: bool = False) -> None:
+        """Record ``error`` as ``what``'s ERROR and log it, once until it changes."""
+        error = excerpt(error, quote=False)
+        if self.errors.get(what) == error:
+            return
+        self.errors[what] = error
+        log.error(
+            event, subject=what, error=error, next_action="the other groups carry on", exc_info=exc_info
+        )
 
     def _discover(self) -> tuple[dict[GroupKey, _Seen], set[str], dict[GroupKey, list[Obj]]]:
         """Groups on every cluster that answers, and their automatic Failover objects."""
@@ -190,11 +216,17 @@ class HealthChecker:
                 continue
             reachable.add(name)
             for obj in groups:
+                what = f"FailoverGroup {_name_of(obj)} on {name}"
                 try:
                     group = FailoverGroup.model_validate(obj)
                 except ValidationError as error:
-                    log.warning("invalid_failover_group", cluster=name, error=str(error).splitlines()[0])
+                    field, message = first_error(error)
+                    self._error_once(what, "invalid_failover_group", f"{field}: {message}")
                     continue
+                except Exception as error:  # a bug in validation must not stop every group's heartbeat
+                    self._error_once(what, "invalid_failover_group", repr(error), exc_info=True)
+                    continue
+                self.errors.pop(what, None)
                 if self.operator_id is not None and group.spec.operator_id != self.operator_id:
                     continue
                 entry = seen.setdefault(group.key, _Seen(group, set()))
@@ -204,15 +236,11 @@ class HealthChecker:
             labelled.extend(failovers)
         for obj in labelled:
             meta = obj.get("metadata") or {}
-            key = next(
-                (
-                    k
-                    for k in seen
-                    if k.name == (meta.get("labels") or {}).get(LABEL_GROUP)
-                    and k.namespace == meta.get("namespace")
-                ),
-                None,
-            )
+            labels = meta.get("labels") if isinstance(meta, Mapping) else None
+            if not isinstance(labels, Mapping):
+                continue
+            group_name, namespace = labels.get(LABEL_GROUP), meta.get("namespace")
+            key = next((k for k in seen if k.name == group_name and k.namespace == namespace), None)
             if key is not None:
                 automatic.setdefault(key, []).append(obj)
         return seen, reachable, automatic

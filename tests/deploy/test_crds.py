@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from fsm.crds import (
     DURATION_PATTERN,
+    DURATION_RULE,
     UnsupportedSchema,
     custom_resource_definitions,
     failover_crd,
@@ -157,6 +158,8 @@ def test_enums_durations_and_nullables_come_from_the_models() -> None:
     assert fg["heartbeatInterval"] == {
         "type": "string",
         "pattern": DURATION_PATTERN,
+        "maxLength": 64,
+        "x-kubernetes-validations": [DURATION_RULE],
         "default": "30s",
         "description": "How often each cluster writes its heartbeat.",
     }

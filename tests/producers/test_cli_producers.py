@@ -10,16 +10,39 @@ import yaml
 from typer.testing import CliRunner
 
 from producers.cli import app
+from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION
 from sandbox.kube import SandboxFleet
 from tests.producers.conftest import failover_manifest
+from workers.dynamo import DynamoCoordination
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
 
 
 @pytest.fixture
-def kubeconfig(fleet: SandboxFleet, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FAILOVER_KUBECONFIG", str(fleet.kubeconfig_path))
+def kubeconfig(
+    *,
+    fleet: SandboxFleet,
+    monkeypatch: pytest.MonkeyPatch,
+    coordination: DynamoCoordination,
+    dynamodb_endpoint: str,
+    redis_server_url: str,
+    prefix: str,
+) -> Path:
+    """The sandbox's kubeconfig, and the DynamoDB table (site-a owns "shop") that submit reads the
+    owners from."""
+    values = {
+        "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),
+        "FAILOVER_DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
+        "FAILOVER_DYNAMODB_TABLE": coordination.table_name,
+        "FAILOVER_REDIS_URL": redis_server_url,
+        "FAILOVER_KEY_PREFIX": prefix,
+        "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
+        "AWS_DEFAULT_REGION": REGION,
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("FAILOVER_CLUSTERS", raising=False)
     return fleet.kubeconfig_path
 
