@@ -43,17 +43,16 @@ from fsm.health import (
     GroupHealth,
     Health,
     StandDownDecision,
-    active_objects,
-    decide_stand_down,
     judge_group,
     unreachable,
 )
 from fsm.models import LABEL_GROUP, FailoverGroup, FailoverMode, GroupKey, ResourceRef, excerpt
 from producers.decisions import describe, first_error
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj
-from workers.api import Orchestrator, RequestError, set_heartbeat_age
+from producers.standing_down import StandingDown
+from workers.api import Orchestrator, set_heartbeat_age
 from workers.errors import ConflictError, OrchestratorError, TemporaryError
-from workers.ports import Divergence, Heartbeat, HistoryRecord, LockInfo
+from workers.ports import Heartbeat, HistoryRecord
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +119,7 @@ class GroupOutcome:
     stood_down: tuple[str, ...] = ()  # run ids of the stand-downs this pass started
 
 
-class HealthChecker:
+class HealthChecker(StandingDown):
     """Checks every group on every configured cluster; :meth:`run_once` is one pass (tests call it).
 
     Args:
@@ -334,86 +333,6 @@ class HealthChecker:
             if objects is not None:
                 read[name] = objects
         return observations, read
-
-    def _stand_down(
-        self,
-        key: GroupKey,
-        group: FailoverGroup,
-        active: str | None,
-        read: Mapping[str, Mapping[ResourceRef, Obj | None]],
-        lock: LockInfo | None,
-        *,
-        owner_health: GroupHealth | None,
-        diverged: str | None,
-        now: float,
-    ) -> tuple[tuple[StandDownDecision, ...], tuple[str, ...]]:
-        """Stand down every answering cluster but the owner that still holds active objects, once the
-        owner is verified to serve; record the group as diverged when it answers and does not."""
-        decisions = tuple(
-            decide_stand_down(
-                group=str(key),
-                cluster=name,
-                owner=active,
-                active=active_objects(group, objects),
-                lock_holder=lock.run_id if lock is not None else None,
-                owner_health=owner_health,
-                diverged=diverged,
-            )
-            for name, objects in sorted(read.items())
-            if name != active
-        )
-        for decision in decisions:
-            if decision.diverged:
-                self.orchestrator.coordination.mark_diverged(
-                    key, Divergence(reason=decision.reason, at=now, detail=self._evidence(group, read))
-                )
-                log.warning(
-                    "group_diverged", group=str(key), cluster=decision.cluster, reason=decision.reason
-                )
-                break
-        started = [
-            run_id for decision in decisions if (run_id := self._start_stand_down(key, group, decision))
-        ]
-        return decisions, tuple(started)
-
-    def _start_stand_down(
-        self, key: GroupKey, group: FailoverGroup, decision: StandDownDecision
-    ) -> str | None:
-        """Log the decision when it changed; start the stand-down it asks for. The new run's id."""
-        if self._last_stand_down.get((key, decision.cluster)) != decision.reason:
-            self._last_stand_down[(key, decision.cluster)] = decision.reason
-            log.info(
-                "stand_down_decision",
-                group=str(key),
-                cluster=decision.cluster,
-                stand_down=decision.stand_down,
-                reason=decision.reason,
-            )
-        if not decision.stand_down:
-            return None
-        try:
-            submission = self.orchestrator.stand_down(group, decision.cluster, reason=decision.reason)
-        except RequestError as error:  # the owner flipped since it was read: nothing to do
-            log.info("stand_down_refused", group=str(key), cluster=decision.cluster, error=str(error))
-            return None
-        if not submission.created:
-            return None
-        log.warning(
-            "stand_down_started",
-            group=str(key),
-            cluster=decision.cluster,
-            run_id=submission.run.run_id,
-            reason=decision.reason,
-        )
-        return submission.run.run_id
-
-    @staticmethod
-    def _evidence(group: FailoverGroup, read: Mapping[str, Mapping[ResourceRef, Obj | None]]) -> str:
-        """Per cluster, which of the group's objects are active: what an operator settles on."""
-        return "; ".join(
-            f"{name}: {', '.join(active_objects(group, objects)) or 'nothing active'}"
-            for name, objects in sorted(read.items())
-        )
 
     def _automatic_state(
         self, key: GroupKey, automatic: list[Obj], history: Sequence[HistoryRecord]
