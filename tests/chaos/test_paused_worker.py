@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -98,6 +99,13 @@ def _scenario(
     assert FENCED in stack.workers[0].log_path.read_text(errors="replace")
 
 
+# The scenario is a stale writer, not recovery: the workers' crash-recovery sweep would see W1's
+# heartbeat stop while it is frozen and hand W1's own step to W2, which would then carry W1's run on
+# under its (still unclaimed) lock. That path is tested in tests/chaos_recovery; here W1 must wake up
+# to a group that someone else has taken.
+STALE_WRITER: dict[str, Any] = {"recovery_thread": False}
+
+
 def test_a_paused_worker_two_clusters(make_stack: Callable[..., ChaosStack]) -> None:
     """W2 moves the group to site-b and back to site-a (CONSISTENCY) while W1 is frozen; W1's
     promotion of site-b's volume must not land: site-a alone active, never two primaries.
@@ -106,7 +114,7 @@ def test_a_paused_worker_two_clusters(make_stack: Callable[..., ChaosStack]) -> 
     then stopped by whichever defence comes first, its lease guard (checked before every write
     attempt) or the cluster's fence. The three-cluster scenario is the one where only the fence can
     stop it (nothing changes the object under W1's feet)."""
-    stack = make_stack(("site-a", "site-b"))
+    stack = make_stack(("site-a", "site-b"), **STALE_WRITER)
     moves = [("CONSISTENCY", "site-a", "site-b"), ("CONSISTENCY", "site-b", "site-a")]
     _scenario(stack, moves, final="site-a", clusters=2, fenced=False)
 
@@ -114,7 +122,7 @@ def test_a_paused_worker_two_clusters(make_stack: Callable[..., ChaosStack]) -> 
 def test_a_paused_worker_three_clusters(make_stack: Callable[..., ChaosStack]) -> None:
     """W2 moves the group site-a -> site-c (it never touches site-b's objects, but raises site-b's
     fence); W1's promotion on site-b must be refused: never site-b and site-c primary together."""
-    stack = make_stack(("site-a", "site-b", "site-c"))
+    stack = make_stack(("site-a", "site-b", "site-c"), **STALE_WRITER)
     _scenario(stack, [("CONSISTENCY", "site-a", "site-c")], final="site-c", clusters=3)
 
 
@@ -123,6 +131,6 @@ def test_a_paused_worker_is_stopped_by_its_lease_without_the_fence(
 ) -> None:
     """Defence in depth: the same two-cluster scenario on clusters without deploy/fencing's policies
     must still end with the stale run superseded (lease lost) and its write not landed."""
-    stack = make_stack(("site-a", "site-b"), fencing=False)
+    stack = make_stack(("site-a", "site-b"), fencing=False, **STALE_WRITER)
     moves = [("CONSISTENCY", "site-a", "site-b"), ("CONSISTENCY", "site-b", "site-a")]
     _scenario(stack, moves, final="site-a", clusters=2, fenced=False)

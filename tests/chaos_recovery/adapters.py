@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -22,9 +23,17 @@ class SlowClusters(FakeClusters):
         super().__init__(client, prefix, settle_checks=settle_checks)
         self.delay = delay
 
-    def make_passive(self, cluster: str, ref: ResourceRef, *, epoch: int, group: str = "") -> Change:
+    def make_passive(
+        self,
+        cluster: str,
+        ref: ResourceRef,
+        *,
+        epoch: int,
+        group: str = "",
+        before_write: Callable[[], None] | None = None,
+    ) -> Change:
         time.sleep(self.delay)
-        return super().make_passive(cluster, ref, epoch=epoch, group=group)
+        return super().make_passive(cluster, ref, epoch=epoch, group=group, before_write=before_write)
 
 
 def chaos_adapters(settings: Settings) -> Adapters:
