@@ -64,7 +64,7 @@ def production_adapters(settings: Settings) -> Adapters:
     from workers.metrics import MetricsObserver
     from workers.status import FailoverStatusWriter
 
-    clients = KubeClients(settings.kubeconfig)
+    clients = KubeClients.from_settings(settings)
     observers: list[RunObserver] = [MetricsObserver()]
     if settings.failover_cluster or settings.clusters:
         default_cluster = settings.failover_cluster or settings.clusters[0]
