@@ -231,6 +231,11 @@ def _what(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _reason(error: BaseException) -> str:
+    """The short name of a retried failure, as counted in :attr:`KubeClients.retries`."""
+    return str(error.status) if isinstance(error, ApiException) else type(error).__name__
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How one request is retried: at most ``attempts`` attempts within ``seconds``, waiting
@@ -289,7 +294,7 @@ class _Attempts:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         what = _what(error) if error is not None else "?"
-        self.retried.append(what)
+        self.retried.append(_reason(error) if error is not None else "?")
         log.warning(
             "kube.request_retry",
             cluster=self.target.cluster,
@@ -425,7 +430,7 @@ class KubeClients:
         finally:
             if attempts.retried:
                 with self._lock:
-                    self.retries.update(reason.split(" ", 1)[0] for reason in attempts.retried)
+                    self.retries.update(attempts.retried)
 
     # --- discovery ------------------------------------------------------------------------------
 

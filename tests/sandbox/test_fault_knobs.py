@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import threading
@@ -55,7 +56,7 @@ def test_a_timed_out_write_is_not_applied(still: SandboxCluster, api: ApiClient)
     apps.create_namespaced_deployment("default", deployment("web"))
     still.faults.hold = 0.5
     still.faults.drop_next(1, "timeout")
-    with pytest.raises(Exception, match="timed out|Read timed out"):
+    with pytest.raises(Exception, match=r"timed out"):
         apps.patch_namespaced_deployment("web", "default", {"spec": {"replicas": 2}}, _request_timeout=0.2)
     assert apps.read_namespaced_deployment("web", "default").spec.replicas == 1
 
@@ -91,10 +92,8 @@ def test_held_requests_are_released_when_the_server_stops(site_a: SandboxCluster
 
 
 def _ignore_errors(cluster: SandboxCluster) -> None:
-    try:
+    with contextlib.suppress(OSError, http.client.HTTPException):
         _get(cluster, "/api/v1/namespaces/default", timeout=30)
-    except (OSError, http.client.HTTPException):
-        pass
 
 
 def test_faults_can_be_scoped_to_one_verb_and_resource(still: SandboxCluster, api: ApiClient) -> None:
@@ -126,7 +125,7 @@ def test_a_seed_repeats_the_same_faults() -> None:
             try:
                 knobs.check("get", "deployments", "apps", namespace="shop", name="web")
                 seen.append("ok")
-            except Exception as fault:  # noqa: BLE001 (any injected fault is an outcome here)
+            except Exception as fault:
                 seen.append(type(fault).__name__ + str(getattr(fault, "code", getattr(fault, "how", ""))))
         return seen
 
