@@ -100,7 +100,9 @@ class ChaosStack:
         return run_id
 
     def wait_for(self, run_id: str, done: Callable[[Run], bool], timeout: float = 120.0) -> Run:
-        return wait_for_run(self.store, run_id, done, timeout=timeout, logs=[w.log_path for w in self.workers])
+        return wait_for_run(
+            self.store, run_id, done, timeout=timeout, logs=[w.log_path for w in self.workers]
+        )
 
     def wait_finished(self, run_id: str, timeout: float = 120.0) -> Run:
         return self.wait_for(run_id, lambda r: r.terminal, timeout)
