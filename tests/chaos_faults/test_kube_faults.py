@@ -64,6 +64,7 @@ def _report(title: str, stack: ChaosStack, modes: list[str], durations: list[flo
     )
 
 
+@pytest.mark.timeout(120 + 30 * RUNS)
 def test_20_percent_5xx_and_429_on_both_clusters_every_run_finishes(make_stack: Callable[..., Any]) -> None:
     with make_stack("errors") as stack:
         stack.start_worker()
