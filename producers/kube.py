@@ -7,8 +7,13 @@ adapter (``workers.kube``) is separate, because producers may only use the narro
 
 SDK errors are translated here, at the boundary, into :mod:`workers.errors` (chained with ``from``):
 404 NotFoundError, 409 ConflictError, 403 ForbiddenError, 410 :class:`ResourceGone`, 429/5xx
-TemporaryError honouring ``Retry-After``, a refused or cut connection ClusterUnreachable. No retries
-happen here (urllib3's are off): callers decide, with backoff.
+TemporaryError honouring ``Retry-After``, a refused or cut connection ClusterUnreachable.
+
+Each request is retried a few times by urllib3 (:class:`ProducerRetry`) when a moment later it may
+well succeed: 429 and 5xx answers and read timeouts or resets, with exponential backoff and jitter
+and a short ``Retry-After`` honoured, on every method but POST (a create whose answer was lost
+would come back as 409). A refused or timed-out connect is not retried: a site that does not answer
+is reported at once, and the callers decide with their own backoff.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from urllib3.util.retry import Retry
 
 from fsm.kinds import FAILOVER_GROUPS as FAILOVER_GROUPS  # noqa: PLC0414 (re-exported)
 from fsm.kinds import FAILOVERS as FAILOVERS  # noqa: PLC0414
@@ -96,6 +102,35 @@ def current_context(kubeconfig: str | Path | None) -> str | None:
     return str(current["name"]) if current else None
 
 
+class ProducerRetry(Retry):
+    """urllib3's Retry with ``Retry-After`` capped: a longer wait is the caller's to make."""
+
+    RETRY_AFTER_MAX = 5.0
+
+    def get_retry_after(self, response: Any) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, self.RETRY_AFTER_MAX)
+
+
+def request_retries() -> Retry:
+    """How the producers' requests are retried (see the module docstring): at most 3 retries."""
+    return ProducerRetry(
+        total=3,
+        connect=0,
+        read=3,
+        status=3,
+        other=2,
+        redirect=0,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=Retry.DEFAULT_ALLOWED_METHODS | {"PATCH"},
+        backoff_factor=0.2,
+        backoff_max=2.0,
+        backoff_jitter=0.2,
+        respect_retry_after_header=True,
+        raise_on_status=False,  # the last answer is translated as usual
+    )
+
+
 class ClusterClient:
     """One cluster (kubeconfig context). Thread-safe for calls; one watch at a time per instance."""
 
@@ -129,9 +164,8 @@ class ClusterClient:
             )
         except (ConfigException, OSError) as error:
             raise PermanentError(f"kubeconfig context {context!r}: {error}") from error
-        # No urllib3 retries: a cluster that does not answer is reported at once and retried by the
-        # caller with backoff, instead of hiding seconds of retries inside one call.
-        configuration.retries = False
+        # A few quick retries of what may pass a moment later; never of a connect that failed.
+        configuration.retries = request_retries()
         return cls(context, client.ApiClient(configuration=configuration), **options)
 
     def close(self) -> None:

@@ -69,7 +69,7 @@ def production_adapters(settings: Settings) -> Adapters:
 
     observers: list[RunObserver] = [MetricsObserver()]
     return Adapters(
-        effects=KubeEffects(KubeClients(settings.kubeconfig)),
+        effects=KubeEffects(KubeClients.from_settings(settings)),
         coordination=dynamo_coordination(settings),
         observers=observers,
     )

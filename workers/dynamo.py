@@ -118,19 +118,20 @@ class DynamoCoordination:
         endpoint_url: str | None = None,
         region_name: str | None = None,
         client: DynamoDBClient | None = None,
-        max_attempts: int = 5,
+        max_attempts: int | None = None,
         backoff_initial: float = 0.2,
         backoff_max: float = 3.0,
-        retry_deadline: float = 10.0,
-        request_timeout: float = 4.0,
+        retry_deadline: float = 20.0,
+        request_timeout: float = 5.0,
         journal_ttl_seconds: float | None = 30 * _DAY,
     ) -> None:
         """Use ``client`` if given (the caller closes it; turn botocore's own retries off), else build one
         from the default credential chain with botocore retries off and short timeouts.
 
-        Transient failures are retried up to ``max_attempts`` times within ``retry_deadline`` seconds,
-        waiting ``backoff_initial * 2**n`` (at most ``backoff_max``) plus up to ``backoff_initial`` jitter.
-        Journal entries expire ``journal_ttl_seconds`` after their ``at`` (None: never).
+        Transient failures are retried for ``retry_deadline`` seconds (and at most ``max_attempts``
+        times if given), waiting ``backoff_initial * 2**n`` (at most ``backoff_max``) plus up to
+        ``backoff_initial`` jitter (:class:`workers.dynamo_table.DynamoTable`). Journal entries expire
+        ``journal_ttl_seconds`` after their ``at`` (None: never).
         """
         self._db = DynamoTable(
             table_name,
@@ -155,6 +156,7 @@ class DynamoCoordination:
             settings.dynamodb_table,
             endpoint_url=settings.dynamodb_endpoint_url,
             region_name=settings.aws_region,
+            retry_deadline=settings.dynamodb_retry_seconds,
         )
 
     @property

@@ -2,17 +2,30 @@
 
 With :mod:`workers.dynamo` the only modules that import boto3/botocore. :class:`DynamoTable` sends each
 request, counts it, retries transient failures (throttling, 5xx, transaction conflicts, connection
-trouble) with tenacity's bounded exponential backoff and jitter, and translates everything else into
-:mod:`workers.errors`. A failed condition of ours is raised as :class:`ConditionFailed` for the caller to
-explain; it knows nothing of groups, owners or locks (that is :class:`workers.dynamo.DynamoCoordination`).
-It also creates the table (:meth:`DynamoTable.ensure`): string keys ``PK``/``SK``, on-demand billing,
-TTL on ``expiresAt``.
+trouble) with tenacity's exponential backoff and jitter for a *time* budget (``retry_seconds``,
+``FAILOVER_DYNAMODB_RETRY_SECONDS``, 20 s by default: a DynamoDB blip or a regional hiccup of a few
+seconds is waited out inside the request, and a longer outage fails the step temporarily, so that
+the engine's backoff and the lease guard take over), and translates everything else into
+:mod:`workers.errors`.
+
+botocore's own retries are off (``standard`` mode, one attempt): tenacity is the one retry loop, so
+that the budget and the log lines (attempt n, seconds left) say everything that happened. Its
+``adaptive`` mode would add a client-side rate limiter that can delay a lease renewal behind other
+requests of the process; the orchestrator sends a handful of requests per step, so it is not used.
+Connect and read timeouts are short (2 s and 5 s): DynamoDB answers in milliseconds, and a request
+stuck on a dead connection is better sent again.
+
+A failed condition of ours is raised as :class:`ConditionFailed` for the caller to explain; it knows
+nothing of groups, owners or locks (that is :class:`workers.dynamo.DynamoCoordination`). It also
+creates the table (:meth:`DynamoTable.ensure`): string keys ``PK``/``SK``, on-demand billing, TTL on
+``expiresAt``.
 """
 
 from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -27,7 +40,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
+    stop_never,
     wait_exponential,
     wait_random,
 )
@@ -131,31 +145,35 @@ class DynamoTable:
         endpoint_url: str | None = None,
         region_name: str | None = None,
         client: DynamoDBClient | None = None,
-        max_attempts: int = 5,
+        max_attempts: int | None = None,
         backoff_initial: float = 0.2,
         backoff_max: float = 3.0,
-        retry_deadline: float = 10.0,
-        request_timeout: float = 4.0,
+        retry_deadline: float = 20.0,
+        request_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
     ) -> None:
         """Use ``client`` if given (the caller closes it; turn botocore's own retries off), else build one
         from the default credential chain with botocore retries off and short timeouts.
 
-        Transient failures are retried up to ``max_attempts`` times within ``retry_deadline`` seconds,
-        waiting ``backoff_initial * 2**n`` (at most ``backoff_max``) plus up to ``backoff_initial`` jitter.
+        Transient failures are retried for ``retry_deadline`` seconds (no attempt starts after it; one
+        that started before may last ``request_timeout`` more), and at most ``max_attempts`` times if
+        given, waiting ``backoff_initial * 2**n`` (at most ``backoff_max``) plus up to
+        ``backoff_initial`` jitter.
         """
         self.name = table_name
         self._owns_client = client is None
         if client is None:
             config = Config(
                 retries={"total_max_attempts": 1, "mode": "standard"},
-                connect_timeout=request_timeout,
+                connect_timeout=connect_timeout,
                 read_timeout=request_timeout,
+                tcp_keepalive=True,
             )
             client = boto3.session.Session(region_name=region_name).client(
                 "dynamodb", endpoint_url=endpoint_url, config=config
             )
         self.client: DynamoDBClient = client
-        self._max_attempts = max_attempts
+        self._max_attempts = max_attempts or 0
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._retry_deadline = retry_deadline
@@ -317,6 +335,7 @@ class DynamoTable:
         A failed condition of ours raises :class:`ConditionFailed` (never retried).
         """
         attempts = 0
+        started = time.monotonic()
 
         def attempt() -> T:
             nonlocal attempts
@@ -333,12 +352,13 @@ class DynamoTable:
             except (BotoConnectionError, HTTPClientError) as e:
                 raise _Transient(f"{type(e).__name__}: {e}") from e
 
+        count = stop_after_attempt(self._max_attempts) if self._max_attempts else stop_never
         retrying = Retrying(
-            stop=stop_after_attempt(self._max_attempts) | stop_after_delay(self._retry_deadline),
+            stop=count | stop_before_delay(self._retry_deadline),
             wait=wait_exponential(multiplier=self._backoff_initial, max=self._backoff_max)
             + wait_random(0, self._backoff_initial),  # jitter
             retry=retry_if_exception_type(_Transient),
-            before_sleep=partial(self._log_retry, operation, what),
+            before_sleep=partial(self._log_retry, operation, what, started),
             reraise=True,
         )
         try:
@@ -349,30 +369,38 @@ class DynamoTable:
                 table=self.name,
                 operation=operation,
                 what=what,
-                attempt=f"{attempts} of {self._max_attempts}",
+                attempt=self._of(attempts),
+                elapsed=round(time.monotonic() - started, 2),
                 error=str(e),
                 next_action="raising TemporaryError; the caller retries later",
             )
             raise TemporaryError(
                 f"DynamoDB {operation} on table {self.name!r} ({what}) still failing after "
-                f"{attempts} attempts: {e}"
+                f"{attempts} attempts in {time.monotonic() - started:.1f}s: {e}"
             ) from e
         except ClientError as e:
             raise self._permanent(e, operation, what) from e
         except BotoCoreError as e:
             raise PermanentError(f"DynamoDB {operation} on table {self.name!r} ({what}) failed: {e}") from e
 
-    def _log_retry(self, operation: str, what: str, state: RetryCallState) -> None:
+    def _of(self, attempt: int) -> str:
+        """``attempt n of N`` when attempts are counted, else ``n (budget Ts)``."""
+        if self._max_attempts:
+            return f"{attempt} of {self._max_attempts}"
+        return f"{attempt} (budget {self._retry_deadline:g}s)"
+
+    def _log_retry(self, operation: str, what: str, started: float, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
+        left = self._retry_deadline - (time.monotonic() - started)
         log.warning(
             "dynamodb_call_retrying",
             table=self.name,
             operation=operation,
             what=what,
-            attempt=f"{state.attempt_number} of {self._max_attempts}",
+            attempt=self._of(state.attempt_number),
             error=str(error),
-            next_action=f"retrying in {delay:.2f}s",
+            next_action=f"retrying in {delay:.2f}s ({max(0.0, left):.1f}s of budget left)",
         )
 
     def _permanent(self, error: ClientError, operation: str, what: str) -> OrchestratorError:

@@ -2,9 +2,24 @@
 
 :class:`KubeClients` holds one ``ApiClient`` per cluster (a kubeconfig context, or the pod's own
 service account for the cluster named ``in-cluster``), built on first use, cached and shared by
-threads; urllib3's own retries are off and every request has a short connect/read timeout, so that a
-slow or dead API server surfaces at once as :class:`~workers.errors.ClusterUnreachable` and the
-engine's backoff decides what happens next. What to write and when is :mod:`workers.kube`'s business.
+threads. What to write and when is :mod:`workers.kube`'s business.
+
+**Retries per request, budgets per step.** Each request is sent again (tenacity, exponential backoff
+with full jitter) when the answer says that the same request may well succeed a moment later: 429
+(its ``Retry-After`` honoured when it is short), 5xx, a read timeout and a connection reset or cut
+mid-request. It stops after ``retry_attempts`` attempts or once its time budget ``retry_seconds`` is
+spent (each attempt's read timeout shrinks to what is left, so a request never outlasts its budget),
+and then raises the translated error of its last attempt. Every retry is logged once
+(``kube.request_retry``, attempt n of N). So a step that reads 18 objects does not fail because one
+read of 18 was unlucky; the engine's step budget (``Timing.max_attempts``) counts failed *steps*.
+
+Not retried here: a refused connection or a connect timeout (nothing reached a server: a lost site
+must fail fast and the engine's policy in :mod:`fsm.unreachable` decides), a 429 whose ``Retry-After``
+is longer than ``retry_after_max`` (the engine waits it out without holding a worker), 409 (the
+adapter re-reads) and every other answer. Repeating a PATCH is safe: ours carry the resourceVersion
+they were computed from, so one that had applied before its answer was lost gets 409 and the adapter
+re-reads and finds the object done; a repeated DELETE (uid precondition) gets 404, a repeated Event
+create 409 AlreadyExists. urllib3's own retries stay off, so that there is one retry loop.
 
 Every object is read and written as a plain dict through ``CustomObjectsApi``, which builds the same
 URLs as the typed APIs for any named group (``apps``, ``batch`` and ``networking.k8s.io`` included)
@@ -19,34 +34,41 @@ TemporaryError; refused, reset, timed out -> ClusterUnreachable.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
+import collections
+import http.client
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import structlog
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
 from workers.errors import (
-    ClusterUnreachable,
     ConflictError,
-    Fenced,
-    ForbiddenError,
     NotFoundError,
-    OrchestratorError,
     PermanentError,
     TemporaryError,
 )
+from workers.kube_errors import Target, _retry_after, _status_body, api_error, unreachable
 
+__all__ = ["KubeClients", "Obj", "RetryPolicy", "Target", "api_error", "unreachable"]
+
+if TYPE_CHECKING:
+    from workers.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 Obj = dict[str, Any]  # an object as the API server returned it, or a patch to send
+Timeout = tuple[float, float]  # (connect, read) seconds of one attempt
 
 IN_CLUSTER = "in-cluster"
 FIELD_MANAGER = "failover-orchestrator"
@@ -54,136 +76,130 @@ JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 
 
+# --- retries per request ---------------------------------------------------------------------------
+
+_RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+# The smallest read timeout worth another attempt when the budget is nearly spent.
+_MIN_ATTEMPT_SECONDS = 0.5
+
+
+def transient(error: BaseException) -> bool:
+    """Whether sending the same request again may well succeed (see the module docstring)."""
+    if isinstance(error, ApiException):
+        return int(error.status or 0) in _RETRIED_STATUSES
+    if isinstance(error, urllib3.exceptions.ConnectTimeoutError):  # NewConnectionError (refused) too
+        return False
+    if isinstance(error, urllib3.exceptions.ReadTimeoutError | urllib3.exceptions.ProtocolError):
+        return True
+    return isinstance(error, ConnectionResetError | BrokenPipeError | http.client.RemoteDisconnected)
+
+
+def _header_retry_after(error: BaseException) -> float | None:
+    if not isinstance(error, ApiException):
+        return None
+    return _retry_after(error, _status_body(error))
+
+
+def _what(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        return f"{error.status} {error.reason or ''}".strip()
+    return f"{type(error).__name__}: {error}"
+
+
+def _reason(error: BaseException) -> str:
+    """The short name of a retried failure, as counted in :attr:`KubeClients.retries`."""
+    return str(error.status) if isinstance(error, ApiException) else type(error).__name__
+
+
 @dataclass(frozen=True)
-class Target:
-    """One object (or, without ``name``, a collection) of one cluster, and how to name it in errors."""
+class RetryPolicy:
+    """How one request is retried: at most ``attempts`` attempts within ``seconds``, waiting
+    ``random(0, min(backoff_max, backoff_initial * 2**n))`` between them (full jitter), or the server's
+    ``Retry-After`` when it is longer and at most ``retry_after_max``."""
 
-    cluster: str
-    group: str
-    version: str
-    plural: str
-    namespace: str
-    name: str | None
-    label: str
-
-    @property
-    def resource(self) -> str:
-        return f"{self.plural}.{self.group}" if self.group else self.plural
+    seconds: float = 20.0
+    attempts: int = 8
+    backoff_initial: float = 0.2
+    backoff_max: float = 2.0
+    retry_after_max: float = 5.0
 
     @property
-    def group_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def named(self, name: str, label: str) -> Target:
-        return replace(self, name=name, label=label)
+    def off(self) -> RetryPolicy:
+        return replace(self, attempts=1)
 
 
-# --- error translation ---------------------------------------------------------------------------
+class _Attempts:
+    """One request's retry loop (tenacity): the budget, the waits and the log lines."""
 
-_FORBIDDEN = re.compile(
-    r'cannot (?P<verb>\S+) resource "(?P<resource>[^"]+)" in API group "(?P<group>[^"]*)"'
-)
+    def __init__(self, policy: RetryPolicy, target: Target, verb: str, timeout: Timeout) -> None:
+        self.policy = policy
+        self.target = target
+        self.verb = verb
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.attempts = 0
+        self.retried: list[str] = []
+        self._backoff = wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max)
 
+    def left(self) -> float:
+        return self.policy.seconds - (time.monotonic() - self.started)
 
-def _status_body(error: ApiException) -> Obj:
-    try:
-        body = json.loads(error.body or "")
-    except (TypeError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
+    def attempt_timeout(self) -> Timeout:
+        """The connect/read timeouts of the next attempt: the read timeout never outlasts the budget."""
+        connect, read = self.timeout
+        return (connect, min(read, max(self.left(), _MIN_ATTEMPT_SECONDS)))
 
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        backoff = float(self._backoff(state))
+        retry_after = _header_retry_after(error) if error is not None else None
+        return max(backoff, retry_after or 0.0)
 
-def _retry_after(error: ApiException, body: Obj) -> float | None:
-    header = (error.headers or {}).get("Retry-After")
-    if header is not None:
-        with contextlib.suppress(TypeError, ValueError):
-            return max(0.0, float(header))
-    seconds = (body.get("details") or {}).get("retryAfterSeconds")
-    return float(seconds) if isinstance(seconds, int | float) else None
+    def _stop(self, state: RetryCallState) -> bool:
+        if state.attempt_number >= self.policy.attempts:
+            return True
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = _header_retry_after(error) if error is not None else None
+        if retry_after is not None and retry_after > self.policy.retry_after_max:
+            return True  # a long Retry-After: the engine waits it out without holding a worker
+        upcoming = state.upcoming_sleep or 0.0
+        return self.left() - upcoming < _MIN_ATTEMPT_SECONDS
 
-
-# What the fence policies of deploy/fencing put in front of every denial they make.
-_FENCED = "denied request: fenced:"
-
-
-def api_error(error: ApiException, target: Target, verb: str) -> OrchestratorError:
-    """The :mod:`workers.errors` class for an API server's answer to ``verb`` on ``target``."""
-    status = int(error.status or 0)
-    body = _status_body(error)
-    message = str(body.get("message") or error.reason or "").strip()
-    cluster, obj = target.cluster, target.label or None
-    if status == 0:  # the client reports TLS failures this way: nothing was answered
-        return ClusterUnreachable(f"cluster {cluster!r} did not answer: {message}", cluster=cluster, obj=obj)
-    if status == 404:
-        details = body.get("details") or {}
-        if target.name is not None and details.get("name") == target.name:
-            return NotFoundError(
-                f"{target.label} not found on cluster {target.cluster!r}", cluster=cluster, obj=obj
-            )
-        return PermanentError(
-            f"{target.resource} is not served by cluster {target.cluster!r}: API {target.group_version} "
-            "is missing (is its CRD installed?)",
-            cluster=cluster,
-            obj=obj,
+    def _log(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        what = _what(error) if error is not None else "?"
+        self.retried.append(_reason(error) if error is not None else "?")
+        log.warning(
+            "kube.request_retry",
+            cluster=self.target.cluster,
+            verb=self.verb,
+            resource=self.target.resource,
+            obj=self.target.label or None,
+            attempt=f"{state.attempt_number} of {self.policy.attempts}",
+            error=what,
+            next_action=f"retrying in {delay:.2f}s ({max(0.0, self.left()):.1f}s of budget left)",
         )
-    if status in (403, 422) and _FENCED in message:
-        # The cluster's admission policy (deploy/fencing) refused a write under a stale epoch.
-        return Fenced(f"{cluster!r} refused {verb} of {target.label}: {message}", cluster=cluster, obj=obj)
-    if status == 403:
-        found = _FORBIDDEN.search(message)
-        verb_, resource, group = (
-            (found["verb"], found["resource"], found["group"])
-            if found
-            else (verb, target.plural, target.group)
-        )
-        scope = f"in namespace {target.namespace!r}" if target.namespace else "at cluster scope"
-        return ForbiddenError(
-            f"RBAC forbids {verb_} on {resource} (API group {group!r}) {scope}: {message}",
-            cluster=cluster,
-            obj=obj,
-        )
-    if status == 409:
-        return ConflictError(f"{verb} conflicted: {message}", cluster=cluster, obj=obj)
-    if status == 429:
-        return TemporaryError(
-            f"throttled (429): {message}", retry_after=_retry_after(error, body), cluster=cluster, obj=obj
-        )
-    if status >= 500:
-        return TemporaryError(
-            f"server error {status} on {verb}: {message}",
-            retry_after=_retry_after(error, body),
-            cluster=cluster,
-            obj=obj,
-        )
-    if status == 401:
-        return PermanentError(
-            f"cluster {target.cluster!r} rejected our credentials (401): {message}", cluster=cluster, obj=obj
-        )
-    return PermanentError(
-        f"{verb} {target.resource} refused with {status}: {message}", cluster=cluster, obj=obj
-    )
 
+    def run(self, send: Callable[[Timeout], T]) -> T:
+        def attempt() -> T:
+            self.attempts += 1
+            return send(self.attempt_timeout())
 
-def unreachable(target: Target, verb: str, error: Exception) -> ClusterUnreachable:
-    """Refused, reset, timed out, protocol errors: with urllib3's retries off they arrive as is
-    (a MaxRetryError only if someone turns retries back on)."""
-    return ClusterUnreachable(
-        f"cluster {target.cluster!r} did not answer {verb} {target.resource} "
-        f"({type(error).__name__}: {error})",
-        cluster=target.cluster,
-        obj=target.label or None,
-    )
+        retrying = Retrying(
+            stop=self._stop,
+            wait=self._wait,
+            retry=retry_if_exception(transient),
+            before_sleep=self._log,
+            reraise=True,
+        )
+        return retrying(attempt)
 
-
-@contextlib.contextmanager
-def translated(target: Target, verb: str) -> Iterator[None]:
-    """Turn the client's and urllib3's exceptions into ours, chained to the original."""
-    try:
-        yield
-    except ApiException as error:
-        raise api_error(error, target, verb) from error
-    except (urllib3.exceptions.HTTPError, OSError) as error:
-        raise unreachable(target, verb, error) from error
+    def note(self) -> str:
+        """What the retries were, for the message of the error that outlasted them."""
+        if self.attempts <= 1:
+            return ""
+        return f" (after {self.attempts} attempts in {time.monotonic() - self.started:.1f}s)"
 
 
 # --- clients -------------------------------------------------------------------------------------
@@ -201,8 +217,9 @@ class KubeClients:
     Args:
         kubeconfig: the kubeconfig file whose contexts name the clusters (None: ``$KUBECONFIG`` or
             ``~/.kube/config``). The cluster named ``in-cluster`` uses the pod's service account.
-        connect_timeout/read_timeout: seconds, per request.
+        connect_timeout/read_timeout: seconds, per attempt of a request.
         discovery_ttl: how long the served API versions of a cluster are trusted.
+        retry: how each request is retried (:class:`RetryPolicy`; ``RetryPolicy().off`` for none).
     """
 
     def __init__(
@@ -212,15 +229,29 @@ class KubeClients:
         connect_timeout: float = 3.0,
         read_timeout: float = 15.0,
         discovery_ttl: float = 300.0,
+        retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kubeconfig = str(kubeconfig) if kubeconfig is not None else None
-        self.timeout = (connect_timeout, read_timeout)
+        self.timeout: Timeout = (connect_timeout, read_timeout)
+        self.retry = retry if retry is not None else RetryPolicy()
+        # Requests sent again, by the reason of the failed attempt (``429``, ``ReadTimeoutError``, ...).
+        self.retries: collections.Counter[str] = collections.Counter()
         self.discovery_ttl = discovery_ttl
         self._clock = clock
         self._lock = threading.Lock()
         self._clients: dict[str, Any] = {}
         self._discovery: dict[str, tuple[float, dict[str, tuple[str, ...]]]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KubeClients:
+        """The clients of ``settings``: kubeconfig, timeouts and the per-request retry budget."""
+        return cls(
+            settings.kubeconfig,
+            connect_timeout=settings.kube_connect_timeout,
+            read_timeout=settings.kube_read_timeout,
+            retry=RetryPolicy(seconds=settings.kube_retry_seconds),
+        )
 
     def api_client(self, cluster: str) -> Any:
         with self._lock:
@@ -231,8 +262,8 @@ class KubeClients:
 
     def _build(self, cluster: str) -> Any:
         configuration = k8s.Configuration()
-        # urllib3 would otherwise retry (and sleep through Retry-After) behind our back; the
-        # engine's backoff, which sees the error, decides instead.
+        # urllib3 would otherwise retry (and sleep through any Retry-After) with its own counts;
+        # :meth:`send` is the one retry loop, bounded in time and logged.
         configuration.retries = False
         loader: Any = k8s_config  # its functions are unannotated
         try:
@@ -259,6 +290,23 @@ class KubeClients:
         for api in clients:
             api.close()
 
+    def send(self, target: Target, verb: str, request: Callable[[Timeout], T]) -> T:
+        """``request(timeout)`` with the per-request retries; the last failure translated (see the
+        module docstring). Only this method talks to the API server."""
+        attempts = _Attempts(self.retry, target, verb, self.timeout)
+        try:
+            return attempts.run(request)
+        except ApiException as error:
+            mapped = api_error(error, target, verb)
+            mapped.message += attempts.note()
+            raise mapped from error
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise unreachable(target, verb, error, attempts.note()) from error
+        finally:
+            if attempts.retried:
+                with self._lock:
+                    self.retries.update(attempts.retried)
+
     # --- discovery ------------------------------------------------------------------------------
 
     def served_versions(self, cluster: str, group: str) -> tuple[str, ...]:
@@ -268,8 +316,8 @@ class KubeClients:
         if cached is None or self._clock() - cached[0] > self.discovery_ttl:
             # No label: the error is about the object that needed discovery (``_located`` names it).
             target = Target(cluster, "", "", "apis", "", None, "")
-            with translated(target, "get"):
-                found = k8s.ApisApi(self.api_client(cluster)).get_api_versions(_request_timeout=self.timeout)
+            apis = k8s.ApisApi(self.api_client(cluster))
+            found = self.send(target, "get", lambda timeout: apis.get_api_versions(_request_timeout=timeout))
             served = {
                 str(g.name): tuple(str(v.version) for v in g.versions or ()) for g in found.groups or ()
             }
@@ -288,15 +336,17 @@ class KubeClients:
         """Call ``CustomObjectsApi.<method>`` on ``target``'s collection, translating its errors."""
         api = k8s.CustomObjectsApi(self.api_client(target.cluster))
         collection = (target.group, target.version, target.namespace, target.plural)
+        call = getattr(api, method)
         try:
-            return getattr(api, method)(*collection, *args, _request_timeout=self.timeout, **kwargs)
-        except ApiException as error:
-            mapped = api_error(error, target, verb)
-            if error.status == 404 and not isinstance(mapped, NotFoundError):
+            return self.send(
+                target, verb, lambda timeout: call(*collection, *args, _request_timeout=timeout, **kwargs)
+            )
+        except PermanentError as error:
+            cause = error.__cause__
+            missing_api = isinstance(cause, ApiException) and cause.status == 404
+            if missing_api and not isinstance(error, NotFoundError):
                 self.forget_discovery(target.cluster)  # its CRD may have gone: look again next time
-            raise mapped from error
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise unreachable(target, verb, error) from error
+            raise
 
     def get(self, target: Target) -> Obj:
         return _obj(self._call(target, "get", "get_namespaced_custom_object", target.name))
@@ -336,22 +386,28 @@ class KubeClients:
         name = str((event.get("metadata") or {}).get("name"))
         target = Target(cluster, "", "v1", "events", namespace, name, f"Event {namespace}/{name}")
         body: Any = k8s.CoreV1Event.from_dict(event)
+        core = k8s.CoreV1Api(self.api_client(cluster))
         try:
-            k8s.CoreV1Api(self.api_client(cluster)).create_namespaced_event(
-                namespace, body, _request_timeout=self.timeout
+            self.send(
+                target,
+                "create",
+                lambda timeout: core.create_namespaced_event(namespace, body, _request_timeout=timeout),
             )
-        except ApiException as error:
-            if error.status == 409 and _status_body(error).get("reason") == "AlreadyExists":
+        except ConflictError as error:
+            cause = error.__cause__
+            if isinstance(cause, ApiException) and _status_body(cause).get("reason") == "AlreadyExists":
                 return False
-            raise api_error(error, target, "create") from error
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise unreachable(target, "create", error) from error
+            raise
         return True
 
     def event_names(self, cluster: str, namespace: str, *, field_selector: str) -> set[str]:
         target = Target(cluster, "", "v1", "events", namespace, None, f"Events in {namespace}")
-        with translated(target, "list"):
-            found = k8s.CoreV1Api(self.api_client(cluster)).list_namespaced_event(
-                namespace, field_selector=field_selector, _request_timeout=self.timeout
-            )
+        core = k8s.CoreV1Api(self.api_client(cluster))
+        found = self.send(
+            target,
+            "list",
+            lambda timeout: core.list_namespaced_event(
+                namespace, field_selector=field_selector, _request_timeout=timeout
+            ),
+        )
         return {str(item.metadata.name) for item in found.items or ()}

@@ -98,12 +98,31 @@ class Settings(BaseSettings):
     dynamodb_endpoint_url: str | None = Field(
         default=None, description="DynamoDB endpoint (DynamoDB Local, moto); AWS's when unset."
     )
+    dynamodb_retry_seconds: float = Field(
+        default=20.0,
+        description="Budget of one DynamoDB request: throttling, 5xx and connection errors are retried "
+        "with backoff (capped at 3 s) and jitter until it is spent, then the step fails temporarily.",
+    )
     aws_region: str | None = Field(
         default=None, description="AWS region of the table (else the AWS default)."
     )
     operator_id: str = Field(default="default", description="The operatorID of the groups this stack owns.")
     kubeconfig: str | None = Field(
         default=None, description="Kubeconfig with a context per cluster; in-cluster config when unset."
+    )
+    kube_connect_timeout: float = Field(
+        default=3.0,
+        description="Seconds to connect to a Kubernetes API server (a refused or timed-out "
+        "connect is not retried per request: the engine's backoff and force policy judge it).",
+    )
+    kube_read_timeout: float = Field(
+        default=15.0, description="Seconds one attempt of a Kubernetes request waits for the answer."
+    )
+    kube_retry_seconds: float = Field(
+        default=20.0,
+        description="Budget of one Kubernetes request: 429, 5xx, read timeouts and resets are retried "
+        "with backoff and jitter (at most 8 attempts) until it is spent; keep it well below the step "
+        "deadlines of timing.",
     )
     failover_cluster: str | None = Field(
         default=None,

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import socket
+import struct
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 from sandbox.kube import discovery, errors
 from sandbox.kube.api import ResourceApi, Stream
 from sandbox.kube.errors import ApiError
+from sandbox.kube.faults import Dropped
 from sandbox.kube.identity import RequestContext, Users
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,8 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
                 self._send_json(result.code, result.body, result.headers, context.warnings)
         except ApiError as exc:
             self._send_json(exc.code, exc.status(), exc.headers, context.warnings if context else None)
+        except Dropped as drop:
+            self._drop(drop)
         except OSError:
             self.close_connection = True
         except Exception as exc:  # a bug in the sandbox must still answer like a server: 500
@@ -192,6 +196,18 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             self._send_json(
                 500, errors.ApiError(500, "InternalError", f"Internal error occurred: {exc}").status()
             )
+
+    def _drop(self, drop: Dropped) -> None:
+        """Carry out an injected timeout or reset: hold the request unanswered (released at once when
+        the server stops or goes down), then cut the connection with a TCP reset."""
+        if drop.hold > 0:
+            self.server.stopping.wait(drop.hold)
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            # SO_LINGER 0: close() sends RST instead of FIN, as a crashed proxy or server would.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.rfile.close()  # the reader holds a reference that would keep the socket open
+            self.connection.close()
 
     def _non_resource(self, method: str, path: str) -> bool:
         """Serve discovery, /version and health endpoints; False when ``path`` is a resource path."""

@@ -15,7 +15,8 @@ from workers.dynamo import DynamoCoordination
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-FAST_RETRIES = {"backoff_initial": 0.001, "backoff_max": 0.005}
+# Counted attempts (5) keep these tests short and exact; production bounds retries by time only.
+FAST_RETRIES = {"backoff_initial": 0.001, "backoff_max": 0.005, "max_attempts": 5}
 
 
 @pytest.fixture(scope="session")

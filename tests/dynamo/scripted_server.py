@@ -37,8 +37,9 @@ class ScriptedDynamo:
 
 
 @contextmanager
-def scripted_dynamo(replies: list[Reply]) -> Iterator[tuple[str, ScriptedDynamo]]:
-    """Serve ``replies`` on 127.0.0.1; yields the endpoint URL and the script (to inspect requests)."""
+def scripted_dynamo(replies: list[Reply], *, port: int = 0) -> Iterator[tuple[str, ScriptedDynamo]]:
+    """Serve ``replies`` on 127.0.0.1 (``port``, or a free one); yields the endpoint URL and the script
+    (to inspect requests)."""
     script = ScriptedDynamo(replies)
 
     class Handler(BaseHTTPRequestHandler):
@@ -55,7 +56,7 @@ def scripted_dynamo(replies: list[Reply]) -> Iterator[tuple[str, ScriptedDynamo]
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -152,17 +153,48 @@ def test_nothing_listening_ends_in_temporary_error_quickly() -> None:
     assert isinstance(raised.value.__cause__.__cause__, EndpointConnectionError)
 
 
-@pytest.mark.slow
-def test_default_backoff_gives_up_within_ten_seconds() -> None:
-    client = dynamodb_client(f"http://127.0.0.1:{_unused_port()}", timeout=2.0)
-    dynamo = DynamoCoordination("failover", client=client)  # production backoff
-    try:
+def test_without_a_count_retries_are_bounded_by_the_time_budget() -> None:
+    with adapter_on(f"http://127.0.0.1:{_unused_port()}", max_attempts=None, retry_deadline=1.5) as dynamo:
         started = time.monotonic()
-        with pytest.raises(TemporaryError):
+        with capture_logs() as logs, pytest.raises(TemporaryError, match=r"attempts in 1\.\ds") as raised:
             dynamo.active_cluster(GROUP)
         elapsed = time.monotonic() - started
-    finally:
-        client.close()
 
-    assert dynamo.calls["GetItem"] == 5
-    assert 1.5 < elapsed < 10.0  # four backoff waits of 0.2, 0.4, 0.8, 1.6 s plus jitter
+    assert 1.0 < elapsed < 2.5  # no attempt starts once the next wait would pass the budget
+    assert dynamo.calls["GetItem"] > 5  # the count no longer bounds them
+    retries = [entry for entry in logs if entry["event"] == "dynamodb_call_retrying"]
+    assert retries[0]["attempt"] == "1 (budget 1.5s)"
+    assert "of budget left" in retries[0]["next_action"]
+    assert "EndpointConnectionError" in raised.value.message
+
+
+def test_an_outage_shorter_than_the_budget_is_waited_out() -> None:
+    port = _unused_port()
+    with adapter_on(f"http://127.0.0.1:{port}", max_attempts=None, retry_deadline=10.0) as dynamo:
+        replies: list[Reply] = []
+
+        def come_back() -> None:
+            time.sleep(1.0)
+            with scripted_dynamo(replies, port=port):
+                time.sleep(3.0)
+
+        thread = threading.Thread(target=come_back)
+        thread.start()
+        started = time.monotonic()
+        try:
+            assert dynamo.active_cluster(GROUP) is None
+            elapsed = time.monotonic() - started
+        finally:
+            thread.join()
+        assert 1.0 < elapsed < 3.0
+        assert dynamo.calls["GetItem"] >= 2
+
+
+def test_the_production_client_has_short_timeouts_and_no_sdk_retries() -> None:
+    dynamo = DynamoCoordination("failover", endpoint_url="http://127.0.0.1:1", region_name="us-east-1")
+    try:
+        config = dynamo._db.client.meta.config
+        assert (config.connect_timeout, config.read_timeout) == (2.0, 5.0)
+        assert config.retries == {"total_max_attempts": 1, "mode": "standard"}
+    finally:
+        dynamo.close()

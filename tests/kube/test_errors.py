@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 from sandbox.kube import SandboxCluster, SandboxFleet
 from tests.kube.conftest import ref, stored
@@ -24,6 +25,7 @@ from workers.errors import (
     TemporaryError,
 )
 from workers.kube import KubeClients, KubeEffects, Target
+from workers.kube_client import RetryPolicy
 from workers.ports import Role
 
 pytestmark = pytest.mark.integration
@@ -122,15 +124,15 @@ def test_rbac_denial_names_verb_and_resource(effects: KubeEffects, site_a: Sandb
         effects.check("site-a", ref("VirtualService", "web"), Role.ACTIVE)
 
 
-def test_throttling_carries_retry_after_and_is_not_slept_through(
+def test_a_long_retry_after_is_handed_to_the_engine_not_slept_through(
     effects: KubeEffects, site_a: SandboxCluster
 ) -> None:
-    site_a.faults.retry_after = 7
+    site_a.faults.retry_after = 7  # above RetryPolicy.retry_after_max: the engine waits it out
     site_a.faults.fail_next(1, 429)
     started = time.monotonic()
     with pytest.raises(TemporaryError) as raised:
         effects.check("site-a", WEB, Role.ACTIVE)
-    assert time.monotonic() - started < 1.0  # urllib3 did not wait out the Retry-After itself
+    assert time.monotonic() - started < 1.0  # no worker is held for it
     error = raised.value
     assert type(error) is TemporaryError
     assert error.retry_after == 7.0
@@ -138,15 +140,72 @@ def test_throttling_carries_retry_after_and_is_not_slept_through(
     assert effects.check("site-a", WEB, Role.ACTIVE).reached
 
 
+def test_a_short_retry_after_is_honoured_and_the_read_retried(
+    effects: KubeEffects, site_a: SandboxCluster
+) -> None:
+    site_a.faults.retry_after = 1
+    site_a.faults.fail_next(1, 429)
+    started = time.monotonic()
+    with capture_logs() as logs:
+        assert effects.check("site-a", WEB, Role.ACTIVE).reached
+    assert 1.0 <= time.monotonic() - started < 2.5
+    retried = [e for e in logs if e["event"] == "kube.request_retry"]
+    assert [(e["attempt"], e["error"], e["verb"]) for e in retried] == [
+        ("1 of 8", "429 Too Many Requests", "get")
+    ]
+    assert retried[0]["obj"] == "Deployment shop/web" and retried[0]["cluster"] == "site-a"
+    assert effects.clients.retries == {"429": 1}
+
+
 @pytest.mark.parametrize("code", [500, 503])
-def test_server_errors_are_temporary(effects: KubeEffects, site_a: SandboxCluster, code: int) -> None:
-    site_a.faults.fail_next(1, code)
-    with pytest.raises(TemporaryError) as raised:
-        effects.make_passive("site-a", WEB, epoch=1)
-    assert type(raised.value) is TemporaryError
-    assert f"server error {code}" in raised.value.message
-    assert stored(site_a, WEB)["spec"]["replicas"] == 3
+def test_server_errors_are_retried_per_request(
+    effects: KubeEffects, site_a: SandboxCluster, code: int
+) -> None:
+    site_a.faults.fail_next(3, code)  # the read, and twice the patch (or three reads)
     assert effects.make_passive("site-a", WEB, epoch=1).changed
+    assert stored(site_a, WEB)["spec"]["replicas"] == 0
+    assert effects.clients.retries[str(code)] == 3
+
+
+@pytest.mark.parametrize("how", ["timeout", "reset"])
+def test_timeouts_and_resets_are_retried_and_a_repeated_patch_is_safe(
+    effects: KubeEffects, site_a: SandboxCluster, how: str
+) -> None:
+    site_a.faults.hold = 1.5  # above the fixture's read timeout of 1 s
+    effects.clients.timeout = (1.0, 1.0)
+    site_a.faults.scope(("patch", "deployments"))
+    site_a.faults.drop_next(1, how)
+    assert effects.make_passive("site-a", WEB, epoch=1).changed
+    assert stored(site_a, WEB)["spec"]["replicas"] == 0
+    reason = "ReadTimeoutError" if how == "timeout" else "ProtocolError"
+    assert effects.clients.retries == {reason: 1}
+
+
+def test_persistent_server_errors_end_in_temporary_error_within_the_budget(
+    fleet: SandboxFleet, site_a: SandboxCluster
+) -> None:
+    clients = KubeClients(fleet.kubeconfig_path, retry=RetryPolicy(seconds=1.0, backoff_max=0.2))
+    site_a.faults.error_rate, site_a.faults.error_codes = 1.0, (503,)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TemporaryError) as raised:
+            KubeEffects(clients).make_passive("site-a", WEB, epoch=1)
+    finally:
+        clients.close()
+    assert time.monotonic() - started < 1.5
+    assert type(raised.value) is TemporaryError
+    assert "server error 503" in raised.value.message and "attempts in" in raised.value.message
+    assert stored(site_a, WEB)["spec"]["replicas"] == 3
+
+
+def test_retries_can_be_turned_off(fleet: SandboxFleet, site_a: SandboxCluster) -> None:
+    clients = KubeClients(fleet.kubeconfig_path, retry=RetryPolicy().off)
+    site_a.faults.fail_next(1, 500)
+    try:
+        with pytest.raises(TemporaryError, match="server error 500"):
+            KubeEffects(clients).check("site-a", WEB, Role.ACTIVE)
+    finally:
+        clients.close()
 
 
 def test_a_cluster_that_is_down_is_unreachable_quickly(effects: KubeEffects, site_b: SandboxCluster) -> None:
@@ -195,14 +254,17 @@ def test_a_hung_server_times_out_as_unreachable(tmp_path: Path, silent_server: s
             }
         )
     )
-    effects = KubeEffects(KubeClients(kubeconfig, connect_timeout=0.5, read_timeout=0.5))
+    clients = KubeClients(kubeconfig, connect_timeout=0.5, read_timeout=0.5, retry=RetryPolicy(seconds=1.2))
+    effects = KubeEffects(clients)
     started = time.monotonic()
     try:
-        with pytest.raises(ClusterUnreachable, match="cluster 'hung' did not answer get"):
+        with pytest.raises(ClusterUnreachable, match="cluster 'hung' did not answer get") as raised:
             effects.check("hung", WEB, Role.ACTIVE)
     finally:
         effects.close()
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 2.0  # read timeouts are retried, within the budget
+    assert "ReadTimeoutError" in raised.value.message and "attempts in" in raised.value.message
+    assert clients.retries["ReadTimeoutError"] >= 1
 
 
 def test_a_cluster_without_kubeconfig_context_is_permanent(effects: KubeEffects) -> None:
