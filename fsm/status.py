@@ -130,7 +130,7 @@ def runs_by_group(failover: Mapping[str, Any], runs: Sequence[Run]) -> dict[tupl
     return chosen
 
 
-def _conditions(
+def conditions(
     previous: Mapping[str, Any], wanted: Sequence[tuple[str, bool, str, str]], generation: Any, now: float
 ) -> list[Obj]:
     """Conditions ``(type, true, reason, message)``; ``lastTransitionTime`` moves only on a flip."""
@@ -186,7 +186,7 @@ def failover_status(failover: Mapping[str, Any], runs: Sequence[Run], now: float
         "state": state,
         "message": message,
         "failoverGroups": entries,
-        "conditions": _conditions(
+        "conditions": conditions(
             previous, _wanted(overall, state, message, failed), meta.get("generation"), now
         ),
     }

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from fsm.models import Failover, excerpt
+from fsm.status import conditions as status_conditions
 
 if TYPE_CHECKING:
     from workers.api import PlanReport
@@ -120,29 +121,10 @@ def iso(seconds: float) -> str:
 def conditions(
     current: Obj, wanted: Sequence[tuple[str, bool, str, str]], generation: Any, now: float
 ) -> list[dict[str, Any]]:
-    """Conditions ``(type, true, reason, message)``; ``lastTransitionTime`` moves only on a flip."""
-    previous = {
-        c.get("type"): c
-        for c in (current.get("status") or {}).get("conditions") or []
-        if isinstance(c, Mapping)
-    }
-    out = []
-    for type_, true, reason, message in wanted:
-        value = "True" if true else "False"
-        before = previous.get(type_) or {}
-        condition: dict[str, Any] = {
-            "type": type_,
-            "status": value,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": before.get("lastTransitionTime", iso(now))
-            if before.get("status") == value
-            else iso(now),
-        }
-        if generation is not None:
-            condition["observedGeneration"] = generation
-        out.append(condition)
-    return out
+    """Conditions ``(type, true, reason, message)`` for ``current`` (``lastTransitionTime`` moves only
+    on a flip): the same rule as every status the orchestrator writes (:func:`fsm.status.conditions`)."""
+    previous = current.get("status") if isinstance(current.get("status"), Mapping) else {}
+    return status_conditions(previous or {}, wanted, generation, now)
 
 
 def invalid_status(obj: Obj, field: str, message: str, now: float) -> dict[str, Any]:

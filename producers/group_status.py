@@ -151,29 +151,13 @@ def action_required(
 ) -> dict[str, Any]:
     """The ``OperatorActionRequired`` condition: True while the group is diverged, with what was seen
     active where and the exact command that settles it."""
-    previous = next(
-        (
-            c
-            for c in (obj.get("status") or {}).get("conditions") or []
-            if isinstance(c, dict) and c.get("type") == "OperatorActionRequired"
-        ),
-        {},
-    )
-    value = "True" if divergence is not None else "False"
     message = ""
     if divergence is not None:
         seen = f"; seen: {divergence.detail}" if divergence.detail else ""
         message = f"{divergence.reason}{seen}; settle it with `{resolve_command(group.key)}`"
-    return {
-        "type": "OperatorActionRequired",
-        "status": value,
-        "reason": "Diverged" if divergence is not None else "Consistent",
-        "message": message,
-        "lastTransitionTime": previous.get("lastTransitionTime", iso(now))
-        if previous.get("status") == value
-        else iso(now),
-        "observedGeneration": (obj.get("metadata") or {}).get("generation"),
-    }
+    reason = "Diverged" if divergence is not None else "Consistent"
+    wanted = [("OperatorActionRequired", divergence is not None, reason, message)]
+    return conditions(obj, wanted, (obj.get("metadata") or {}).get("generation"), now)[0]
 
 
 def _invalid_reason(obj: Obj) -> str | None:
