@@ -115,35 +115,15 @@ class DynamoCoordination:
         self,
         table_name: str,
         *,
-        endpoint_url: str | None = None,
-        region_name: str | None = None,
-        client: DynamoDBClient | None = None,
-        max_attempts: int | None = None,
-        backoff_initial: float = 0.2,
-        backoff_max: float = 3.0,
-        retry_deadline: float = 20.0,
-        request_timeout: float = 5.0,
         journal_ttl_seconds: float | None = 30 * _DAY,
+        **table: Any,
     ) -> None:
-        """Use ``client`` if given (the caller closes it; turn botocore's own retries off), else build one
-        from the default credential chain with botocore retries off and short timeouts.
-
-        Transient failures are retried for ``retry_deadline`` seconds (and at most ``max_attempts``
-        times if given), waiting ``backoff_initial * 2**n`` (at most ``backoff_max``) plus up to
-        ``backoff_initial`` jitter (:class:`workers.dynamo_table.DynamoTable`). Journal entries expire
-        ``journal_ttl_seconds`` after their ``at`` (None: never).
+        """``table`` are :class:`workers.dynamo_table.DynamoTable`'s options: ``endpoint_url``,
+        ``region_name``, ``client`` (the caller closes it; turn botocore's own retries off), the retry
+        budget ``retry_deadline`` (and ``max_attempts``), the backoff and ``request_timeout``.
+        Journal entries expire ``journal_ttl_seconds`` after their ``at`` (None: never).
         """
-        self._db = DynamoTable(
-            table_name,
-            endpoint_url=endpoint_url,
-            region_name=region_name,
-            client=client,
-            max_attempts=max_attempts,
-            backoff_initial=backoff_initial,
-            backoff_max=backoff_max,
-            retry_deadline=retry_deadline,
-            request_timeout=request_timeout,
-        )
+        self._db = DynamoTable(table_name, **table)
         self._table = table_name
         self._client: DynamoDBClient = self._db.client
         self._journal_ttl = journal_ttl_seconds
