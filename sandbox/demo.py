@@ -149,7 +149,7 @@ def _failover(fleet: SandboxFleet, cluster: str, name: str, mode: str, target: s
 @contextlib.contextmanager
 def _watcher(world: Environment, handle: Orchestrator) -> Iterator[FailoverWatcher]:
     """The Failover watcher, as it runs beside the workers: it writes the Failovers' status."""
-    clients = connect(world.fleet.kubeconfig_path, world.fleet.names)
+    clients = connect(world.fleet.kubeconfig_for("watcher"), world.fleet.names)
     watcher = FailoverWatcher(handle, clients, operator_id=world.settings.operator_id, status_interval=0.2)
     try:
         with watcher:

@@ -113,38 +113,40 @@ def test_kustomize_builds(directory: str, tmp_path: Path) -> None:
 
 # --- RBAC ----------------------------------------------------------------------------------------
 
+# What each component may do; tests/sandbox/test_rbac_usage.py checks it against what each one used.
+WORKLOAD_KINDS = (
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("batch", "cronjobs"),
+    ("networking.k8s.io", "ingresses"),
+    ("networking.istio.io", "virtualservices"),
+    ("helm.toolkit.fluxcd.io", "helmreleases"),
+    ("kustomize.toolkit.fluxcd.io", "kustomizations"),
+    ("replication.storage.openshift.io", "volumereplications"),
+)
 RULES = {
     "failover-orchestrator-worker": {
-        ("apps", "deployments"): {"get", "list", "watch", "patch"},
-        ("apps", "statefulsets"): {"get", "list", "watch", "patch"},
-        ("batch", "cronjobs"): {"get", "list", "watch", "patch"},
-        ("batch", "jobs"): {"get", "list", "watch", "delete"},
-        ("networking.k8s.io", "ingresses"): {"get", "list", "watch", "patch"},
-        ("networking.istio.io", "virtualservices"): {"get", "list", "watch", "patch"},
-        ("helm.toolkit.fluxcd.io", "helmreleases"): {"get", "list", "watch", "patch"},
-        ("kustomize.toolkit.fluxcd.io", "kustomizations"): {"get", "list", "watch", "patch"},
-        ("replication.storage.openshift.io", "volumereplications"): {"get", "list", "watch", "patch"},
+        **{key: {"get", "patch"} for key in WORKLOAD_KINDS},
+        ("batch", "jobs"): {"list", "delete"},  # a suspended CronJob's Jobs past the step deadline
         ("crd.hahomelabs.com", "failovergroups"): {"get", "patch"},  # the fence annotation (deploy/fencing)
-        ("crd.hahomelabs.com", "failovers/status"): {"patch"},
-        ("", "events"): {"create"},
     },
     "failover-orchestrator-watcher": {
         ("crd.hahomelabs.com", "failovers"): {"get", "list", "watch"},
-        ("crd.hahomelabs.com", "failovergroups"): {"get", "list", "watch"},
+        ("crd.hahomelabs.com", "failovergroups"): {"get", "list"},
         ("crd.hahomelabs.com", "failovers/status"): {"patch"},
         ("crd.hahomelabs.com", "failovergroups/status"): {"patch"},
+        ("", "events"): {"create"},
+        **{key: {"get"} for key in WORKLOAD_KINDS},  # the FailoverGroup's health in its status
     },
     "failover-orchestrator-health-checker": {
-        ("crd.hahomelabs.com", "failovergroups"): {"get", "list"},
-        ("crd.hahomelabs.com", "failovers"): {"get", "list", "create"},
-        ("apps", "deployments"): {"get", "list"},
-        ("apps", "statefulsets"): {"get", "list"},
-        ("batch", "cronjobs"): {"get", "list"},
-        ("networking.k8s.io", "ingresses"): {"get", "list"},
-        ("networking.istio.io", "virtualservices"): {"get", "list"},
-        ("helm.toolkit.fluxcd.io", "helmreleases"): {"get", "list"},
-        ("kustomize.toolkit.fluxcd.io", "kustomizations"): {"get", "list"},
-        ("replication.storage.openshift.io", "volumereplications"): {"get", "list"},
+        ("crd.hahomelabs.com", "failovergroups"): {"list"},
+        ("crd.hahomelabs.com", "failovers"): {"list", "create"},
+        **{key: {"get"} for key in WORKLOAD_KINDS},
+    },
+    "failover-orchestrator-operator": {
+        ("crd.hahomelabs.com", "failovers"): {"get", "list", "watch", "create"},
+        ("crd.hahomelabs.com", "failovergroups"): {"get", "list", "watch"},
+        **{key: {"get"} for key in WORKLOAD_KINDS},  # failoverctl validate / plan
     },
 }
 
@@ -180,14 +182,20 @@ def test_each_component_gets_exactly_its_documented_permissions() -> None:
 
 def test_each_role_is_bound_to_its_own_service_account_and_flower_and_beat_get_nothing() -> None:
     bindings = {
-        (b["roleRef"]["name"], s["name"], s["namespace"])
+        (b["roleRef"]["name"], s["kind"], s["name"], s.get("namespace", ""))
         for b in by_kind("ClusterRoleBinding") + by_kind("RoleBinding")
         for s in b["subjects"]
     }
     assert bindings == {
-        ("failover-orchestrator-worker", "failover-worker", "failover-orchestrator"),
-        ("failover-orchestrator-watcher", "failover-watcher", "failover-orchestrator"),
-        ("failover-orchestrator-health-checker", "failover-health-checker", "failover-orchestrator"),
+        ("failover-orchestrator-worker", "ServiceAccount", "failover-worker", "failover-orchestrator"),
+        ("failover-orchestrator-watcher", "ServiceAccount", "failover-watcher", "failover-orchestrator"),
+        (
+            "failover-orchestrator-health-checker",
+            "ServiceAccount",
+            "failover-health-checker",
+            "failover-orchestrator",
+        ),
+        ("failover-orchestrator-operator", "Group", "failover-orchestrator-operators", ""),
     }
     for name in ("failover-flower", "failover-beat"):
         assert named("ServiceAccount", name)["automountServiceAccountToken"] is False

@@ -35,7 +35,9 @@ def env(tmp_path: Path, redis_server_url: str, prefix: str) -> Iterator[dict[str
             "FAILOVER_KEY_PREFIX": prefix,
             "FAILOVER_BROKER_PREFIX": prefix,
             "FAILOVER_QUEUE": f"{prefix}steps",
-            "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),
+            "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),  # the worker's
+            "KUBECONFIG_WATCHER": str(fleet.kubeconfig_for("watcher")),
+            "KUBECONFIG_HEALTH_CHECKER": str(fleet.kubeconfig_for("health-checker")),
             "FAILOVER_CLUSTERS": json.dumps(["site-a", "site-b"]),
             "FAILOVER_DYNAMODB_ENDPOINT_URL": endpoint,
             "FAILOVER_DYNAMODB_TABLE": f"cli-{uuid.uuid4().hex[:8]}",
@@ -76,6 +78,7 @@ def test_the_producers_run_in_the_foreground_and_stop_on_sigterm(
     env: dict[str, str], tmp_path: Path, command: str
 ) -> None:
     what = command.replace("-", " ")
+    env = {**env, "FAILOVER_KUBECONFIG": env[f"KUBECONFIG_{command.upper().replace('-', '_')}"]}
     code, output = run_until(
         [command], env, f"{what} running on site-a, site-b", signal.SIGTERM, tmp_path / "out.log"
     )
