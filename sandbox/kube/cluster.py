@@ -125,7 +125,12 @@ class SandboxCluster:
 
     def _listen(self) -> None:
         api = ResourceApi(
-            self.store, self.faults, self.watch_settings, lambda: False, self.admission, self.authorizer
+            self.store,
+            self.faults,
+            self.watch_settings,
+            lambda: False,
+            self.admission,
+            authorizer=self.authorizer,
         )
         server = SandboxHTTPServer((self.host, self._port), api, self.users)
         api.stopped = server.stopping.is_set

@@ -4,7 +4,8 @@
 (current context: the first cluster; its user is the worker) and one more per component of deploy/rbac
 next to it (``kubeconfig.watcher``, ``kubeconfig.health-checker``, ``kubeconfig.operator``, the same
 contexts, that component's token: :meth:`SandboxFleet.kubeconfig_for`), and, on exit, stops them
-all and removes a kubeconfig it created in a temporary directory. This module only composes clusters; it must not reach into their internals.
+all and removes a kubeconfig it created in a temporary directory. This module only composes
+clusters; it must not reach into their internals.
 """
 
 from __future__ import annotations
