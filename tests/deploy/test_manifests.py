@@ -283,11 +283,14 @@ def test_every_component_reads_the_same_settings_and_they_load(monkeypatch: pyte
         (container,) = _pod(component)["containers"]
         sources = [s["configMapRef"]["name"] for s in container["envFrom"] if "configMapRef" in s]
         assert sources == ["failover-orchestrator-settings"]
-    settings = load_settings(settings_configmap(), monkeypatch)
+        # The Redis URL carries a password: from a required Secret, never from the ConfigMap.
+        assert {"secretRef": {"name": "failover-orchestrator-redis"}} in container["envFrom"]
+    assert "FAILOVER_REDIS_URL" not in settings_configmap()
+    settings = load_settings({**settings_configmap(), **redis_secret()}, monkeypatch)
     assert settings.queue == "failover"
     assert settings.clusters == ["site-a", "site-b"]
     assert settings.log_json is True
-    assert settings.redis_url == settings_configmap()["FAILOVER_REDIS_URL"]
+    assert settings.redis_url.startswith("rediss://failover:")
 
 
 def test_the_configmap_owns_the_sample_group() -> None:
@@ -317,6 +320,13 @@ def test_metrics_ports_agree() -> None:
 # --- autoscaling, disruption, network ------------------------------------------------------------
 
 
+def redis_secret() -> dict[str, str]:
+    """The example Secret failover-orchestrator-redis (deploy/examples/redis-secret.yaml)."""
+    (secret,) = load_documents(DEPLOY / "examples" / "redis-secret.yaml")
+    data: dict[str, str] = secret["stringData"]
+    return data
+
+
 def test_keda_scales_on_the_queue_list() -> None:
     (scaled,) = by_kind("ScaledObject")
     config = settings_configmap()
@@ -331,8 +341,11 @@ def test_keda_scales_on_the_queue_list() -> None:
     assert int(metadata["listLength"]) > 0
     # KEDA resolves addressFromEnv from the scale target's container environment.
     assert metadata["addressFromEnv"] in config
-    redis_url = config["FAILOVER_REDIS_URL"]
-    assert redis_url.startswith(f"redis://{config[metadata['addressFromEnv']]}/{metadata['databaseIndex']}")
+    assert metadata["passwordFromEnv"] in redis_secret()  # the worker's env, from the Secret
+    assert metadata["enableTLS"] == "true"
+    redis_url = redis_secret()["FAILOVER_REDIS_URL"]
+    address = redis_url.split("@", 1)[1]
+    assert address.startswith(f"{config[metadata['addressFromEnv']]}/{metadata['databaseIndex']}?")
     assert "replicas" not in named("Deployment", "failover-worker")["spec"], "would fight the autoscaler"
 
 
