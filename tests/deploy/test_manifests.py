@@ -385,3 +385,37 @@ def test_network_policies_deny_by_default_and_open_only_what_is_needed() -> None
     components = next(e["values"] for e in egress_api if e["key"] == "app.kubernetes.io/component")
     assert flower_labels["app.kubernetes.io/component"] not in components
     assert flower["automountServiceAccountToken"] is False
+
+
+def test_every_egress_rule_names_its_destination() -> None:
+    """No "any host on this port": each egress rule has a `to` (a selector or a CIDR, never 0.0.0.0/0)."""
+    policies = {p["metadata"]["name"]: p for p in by_kind("NetworkPolicy")}
+    destinations: dict[str, list[dict[str, Any]]] = {}
+    for name, policy in policies.items():
+        for rule in policy["spec"].get("egress", []):
+            assert rule.get("to"), f"{name}: an egress rule without a destination"
+            for peer in rule["to"]:
+                cidr = (peer.get("ipBlock") or {}).get("cidr", "")
+                assert cidr not in ("0.0.0.0/0", "::/0"), name
+                assert peer.get("ipBlock") or peer.get("podSelector") or peer.get("namespaceSelector")
+            destinations.setdefault(name, []).append(rule)
+    redis_ports = {
+        p["port"] for r in destinations["failover-orchestrator-egress-dns-redis"] for p in r["ports"]
+    }
+    assert redis_ports == {53, 6379, 6380}
+    assert {p["port"] for r in destinations["failover-orchestrator-egress-apis"] for p in r["ports"]} == {
+        443,
+        6443,
+    }
+    assert {p["port"] for r in destinations["failover-orchestrator-egress-dynamodb"] for p in r["ports"]} == {
+        443
+    }
+    # The placeholders are documentation ranges (RFC 5737): they fail closed until filled in.
+    import ipaddress
+
+    documentation = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+    for name in ("failover-orchestrator-egress-apis", "failover-orchestrator-egress-dynamodb"):
+        for rule in destinations[name]:
+            for peer in rule["to"]:
+                network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                assert any(network.subnet_of(d) for d in documentation), (name, network)
