@@ -36,7 +36,7 @@ from producers.views import run_view, summary
 from producers.watcher import FailoverWatcher
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, endpoint_of, moto_server
-from sandbox.kube import SandboxFleet, load_sample_fleet
+from sandbox.kube import SandboxCluster, SandboxFleet, load_sample_fleet
 from sandbox.redis_server import redis_url
 from sandbox.stack import stack_settings, worker_env
 from workers.api import Orchestrator
@@ -75,6 +75,8 @@ def environment(workdir: Path) -> Iterator[Environment]:
         moto_server() as moto,
     ):
         load_sample_fleet(fleet, active="site-a")
+        for cluster in fleet:
+            _let_kubectl_read(cluster)
         endpoint = endpoint_of(moto)
         settings = stack_settings(
             url,
@@ -104,6 +106,32 @@ def environment(workdir: Path) -> Iterator[Environment]:
             for key in client.scan_iter(match=f"{prefix}*", count=1000):
                 client.delete(key)
             client.close()
+
+
+def _let_kubectl_read(cluster: SandboxCluster) -> None:
+    """kubectl sends no bearer token over plain HTTP, so it reaches the sandbox as system:anonymous:
+    let that user read (never write) in the sandbox only, so the printed kubectl commands work. The
+    components keep their own identities and deploy/rbac's roles."""
+    for doc in (
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "sandbox-kubectl-read"},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "sandbox-kubectl-read"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "sandbox-kubectl-read",
+            },
+            "subjects": [{"kind": "User", "name": "system:anonymous"}],
+        },
+    ):
+        cluster.store.put(doc)
 
 
 @contextlib.contextmanager
@@ -149,7 +177,7 @@ def _failover(fleet: SandboxFleet, cluster: str, name: str, mode: str, target: s
 @contextlib.contextmanager
 def _watcher(world: Environment, handle: Orchestrator) -> Iterator[FailoverWatcher]:
     """The Failover watcher, as it runs beside the workers: it writes the Failovers' status."""
-    clients = connect(world.fleet.kubeconfig_path, world.fleet.names)
+    clients = connect(world.fleet.kubeconfig_for("watcher"), world.fleet.names)
     watcher = FailoverWatcher(handle, clients, operator_id=world.settings.operator_id, status_interval=0.2)
     try:
         with watcher:
@@ -269,6 +297,12 @@ def sandbox_up(console: Console) -> int:
             console.print("[bold]sandbox up[/] (Ctrl-C stops everything)")
             for name, value in sorted(world.env.items()):
                 console.print(f"export {name}='{value}'")
+            console.print(
+                "# each component's own kubeconfig (deploy/rbac identities; the worker's is the one above): "
+                + ", ".join(
+                    f"{c}={world.fleet.kubeconfig_for(c)}" for c in ("watcher", "health-checker", "operator")
+                )
+            )
             console.print(
                 f"kubectl --kubeconfig {world.fleet.kubeconfig_path} --context site-a get all -n shop"
             )

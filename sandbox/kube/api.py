@@ -26,6 +26,7 @@ from sandbox.kube.faults import FaultKnobs
 from sandbox.kube.identity import ANONYMOUS, RequestContext
 from sandbox.kube.kinds import ResourceKind
 from sandbox.kube.patch import JSON_PATCH, MERGE_PATCH, STRATEGIC_PATCH, apply_patch
+from sandbox.kube.rbac import Authorizer, Request
 from sandbox.kube.selectors import parse_field_selector, parse_label_selector, selector_string
 from sandbox.kube.store import Admit, Body, ObjectStore
 from sandbox.kube.watch import WatchRequest, stream_events
@@ -74,12 +75,15 @@ class ResourceApi:
         watch: WatchSettings,
         stopped: Callable[[], bool],
         admission: PolicyAdmission | None = None,
+        *,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self.store = store
         self.faults = faults
         self.watch = watch
         self.stopped = stopped
         self.admission = admission
+        self.authorizer = authorizer
 
     # --- routing --------------------------------------------------------------------------------
 
@@ -116,6 +120,20 @@ class ResourceApi:
         if method == "DELETE":
             return "delete" if route.name else "deletecollection"
         return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+    def authorize(self, method: str, route: Route, query: dict[str, str], context: RequestContext) -> None:
+        """RBAC: raise the 403 of a request ``context.user`` may not make (before anything happens)."""
+        if self.authorizer is None:
+            return
+        request = Request(
+            verb=self.verb(method, route, query),
+            group=route.kind.group,
+            resource=route.kind.plural,
+            subresource=route.subresource,
+            namespace=route.namespace,
+            name=route.name,
+        )
+        self.authorizer.authorize(context.user, request)
 
     # --- dispatch -------------------------------------------------------------------------------
 

@@ -2,9 +2,12 @@
 
 ``SandboxCluster`` starts an API server on 127.0.0.1 (an ephemeral port unless one is given) and a
 controller thread, pre-installs the third-party CRDs the orchestrator needs and the project's fence
-policies (deploy/fencing, enforced by the cluster's admission like on a real one), knows its users
-(the orchestrator's worker ServiceAccount, whose token its kubeconfig carries, an admin, and any a
-test adds: :meth:`SandboxCluster.add_user`), and stops everything it started (server threads
+policies (deploy/fencing, enforced by the cluster's admission like on a real one) and the
+ServiceAccounts, ClusterRoles and bindings of deploy/rbac (enforced by its RBAC authorizer, rbac.py),
+knows its users (one per component of deploy/rbac: the worker, whose token its kubeconfig carries,
+the watcher, the health checker and an operator; an admin, and any a test adds:
+:meth:`SandboxCluster.add_user`), records per user which verbs it was allowed
+(:meth:`SandboxCluster.used`), and stops everything it started (server threads
 joined, sockets closed) on :meth:`stop` or leaving its ``with`` block. Its "down" switch closes the
 listening socket and cuts open connections while keeping every object, and bringing it back listens
 on the same port again. This module wires parts together; it must not
@@ -14,6 +17,7 @@ implement API semantics itself.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from types import TracebackType
 from typing import Any
 
@@ -21,9 +25,10 @@ from sandbox.kube.admission import PolicyAdmission
 from sandbox.kube.api import ResourceApi, WatchSettings
 from sandbox.kube.controllers import Controllers
 from sandbox.kube.faults import FaultKnobs
-from sandbox.kube.identity import WORKER, UserInfo, Users
+from sandbox.kube.identity import USERNAMES, WORKER, UserInfo, Users
 from sandbox.kube.kinds import KindRegistry, default_crds
-from sandbox.kube.manifests import fencing_manifests
+from sandbox.kube.manifests import fencing_manifests, rbac_manifests
+from sandbox.kube.rbac import Authorizer, Use
 from sandbox.kube.server import SandboxHTTPServer
 from sandbox.kube.store import ObjectStore
 
@@ -42,6 +47,8 @@ class SandboxCluster:
         history_limit: watch events kept; a watch from an older resourceVersion gets 410 Gone.
         preinstall_crds: install the Istio, Flux, csi-addons and Failover/FailoverGroup CRDs.
         install_fencing: install the ValidatingAdmissionPolicies of the repository's deploy/fencing.
+        install_rbac: install deploy/rbac and authorize every request against the RBAC objects in
+            the store; if False every authenticated request is allowed (uses are still recorded).
         run_controllers: start the controller thread (``controllers.run_once()`` still works if not).
         bookmark_interval: seconds between BOOKMARK events on idle watches that asked for them.
         controller_options: keyword arguments for :class:`~sandbox.kube.controllers.Controllers`.
@@ -57,6 +64,7 @@ class SandboxCluster:
         history_limit: int = 1000,
         preinstall_crds: bool = True,
         install_fencing: bool = True,
+        install_rbac: bool = True,
         run_controllers: bool = True,
         bookmark_interval: float = 1.0,
         **controller_options: Any,
@@ -66,6 +74,7 @@ class SandboxCluster:
         self.users = Users(token, allow_anonymous=token is None)
         self.store = ObjectStore(KindRegistry(), history_limit=history_limit)
         self.admission = PolicyAdmission(self.store)
+        self.authorizer = Authorizer(self.store, enabled=install_rbac)
         self.faults = FaultKnobs()
         self.watch_settings = WatchSettings(bookmark_interval=bookmark_interval)
         self.controllers = Controllers(self.store, **controller_options)
@@ -82,6 +91,9 @@ class SandboxCluster:
                 self.store.create("customresourcedefinitions", crd)
         if install_fencing:
             for manifest in fencing_manifests():
+                self.store.put(manifest)
+        if install_rbac:
+            for manifest in rbac_manifests():
                 self.store.put(manifest)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -112,7 +124,14 @@ class SandboxCluster:
         self.stop()
 
     def _listen(self) -> None:
-        api = ResourceApi(self.store, self.faults, self.watch_settings, lambda: False, self.admission)
+        api = ResourceApi(
+            self.store,
+            self.faults,
+            self.watch_settings,
+            lambda: False,
+            self.admission,
+            authorizer=self.authorizer,
+        )
         server = SandboxHTTPServer((self.host, self._port), api, self.users)
         api.stopped = server.stopping.is_set
         self._port = server.port
@@ -178,6 +197,10 @@ class SandboxCluster:
     ) -> str:
         """Register a user (a person, another ServiceAccount) and return its bearer token."""
         return self.users.add(username, groups, alias=alias or None)
+
+    def used(self, user: str) -> Counter[Use]:
+        """The requests ``user`` (a component alias such as ``watcher``, or a username) was allowed."""
+        return self.authorizer.used(USERNAMES.get(user, user))
 
     def user(self, token: str) -> UserInfo | None:
         """Who ``token`` authenticates as (None if nobody)."""

@@ -1,8 +1,11 @@
 """A fleet of sandbox clusters behind one kubeconfig file (one context per cluster, named after it).
 
 ``SandboxFleet(["site-a", "site-b"], kubeconfig_path=...)`` starts every cluster, writes the kubeconfig
-(current context: the first cluster) and, on exit, stops them all and removes a kubeconfig it created in
-a temporary directory. This module only composes clusters; it must not reach into their internals.
+(current context: the first cluster; its user is the worker) and one more per component of deploy/rbac
+next to it (``kubeconfig.watcher``, ``kubeconfig.health-checker``, ``kubeconfig.operator``, the same
+contexts, that component's token: :meth:`SandboxFleet.kubeconfig_for`), and, on exit, stops them
+all and removes a kubeconfig it created in a temporary directory. This module only composes
+clusters; it must not reach into their internals.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import yaml
 
 from sandbox.kube.cluster import SandboxCluster
+from sandbox.kube.identity import COMPONENTS, WORKER
 
 
 def write_kubeconfig(
@@ -78,7 +82,20 @@ class SandboxFleet:
             self.stop()
             raise
         write_kubeconfig(list(self.clusters.values()), self.kubeconfig_path)
+        for component in COMPONENTS:
+            if component != WORKER:
+                write_kubeconfig(list(self.clusters.values()), self.kubeconfig_for(component), user=component)
         return self
+
+    def kubeconfig_for(self, component: str) -> Path:
+        """The kubeconfig of ``component`` (``worker``, ``watcher``, ``health-checker``, ``operator``).
+
+        The same contexts as :attr:`kubeconfig_path` (the worker's), acting as that component's identity.
+        """
+        if component == WORKER:
+            return self.kubeconfig_path
+        path = self.kubeconfig_path
+        return path.with_name(f"{path.name}.{component}")
 
     def stop(self) -> None:
         for cluster in self.clusters.values():

@@ -1,11 +1,13 @@
 """Who is calling: bearer tokens mapped to users, the way a real API server's token authenticator does.
 
-Each cluster has a :class:`Users` table. Two identities always exist: the orchestrator's worker
-ServiceAccount (the token in the kubeconfig the cluster writes, so the product acts as itself) and a
-cluster admin (``kubernetes-admin`` in ``system:masters``, what a person using kubectl usually is).
-Tests add more with :meth:`Users.add`. The authenticated :class:`UserInfo` travels with the request
-(:class:`RequestContext`) down to admission, so per-identity rules (and, later, RBAC) can see it. This
-module only authenticates; it must not authorize or touch objects.
+Each cluster has a :class:`Users` table. These identities always exist, one per component of
+deploy/rbac: the orchestrator's worker ServiceAccount (the token in the kubeconfig the cluster writes,
+so the product acts as itself), the watcher's and the health checker's ServiceAccounts, an operator
+(a person in the group that deploy/rbac binds to the ``failover-orchestrator-operator`` ClusterRole,
+what ``failoverctl`` runs as) and a cluster admin (``kubernetes-admin`` in ``system:masters``). Tests
+add more with :meth:`Users.add`. The authenticated :class:`UserInfo` travels with the request
+(:class:`RequestContext`) to the RBAC authorizer (rbac.py) and admission. This module only
+authenticates; it must not authorize or touch objects.
 """
 
 from __future__ import annotations
@@ -22,6 +24,20 @@ WORKER_GROUPS = (
     "system:serviceaccounts:failover-orchestrator",
     "system:authenticated",
 )
+WATCHER = "watcher"
+HEALTH_CHECKER = "health-checker"
+OPERATOR = "operator"
+COMPONENTS = (WORKER, WATCHER, HEALTH_CHECKER, OPERATOR)
+WATCHER_USERNAME = "system:serviceaccount:failover-orchestrator:failover-watcher"
+HEALTH_CHECKER_USERNAME = "system:serviceaccount:failover-orchestrator:failover-health-checker"
+OPERATOR_USERNAME = "failover-operator@example.com"
+OPERATOR_GROUPS = ("failover-orchestrator-operators", "system:authenticated")
+USERNAMES = {
+    WORKER: WORKER_USERNAME,
+    WATCHER: WATCHER_USERNAME,
+    HEALTH_CHECKER: HEALTH_CHECKER_USERNAME,
+    OPERATOR: OPERATOR_USERNAME,
+}
 ADMIN_USERNAME = "kubernetes-admin"
 ADMIN_GROUPS = ("system:masters", "system:authenticated")
 
@@ -65,6 +81,9 @@ class Users:
         self._by_name: dict[str, str] = {}
         self.allow_anonymous = allow_anonymous
         self.add(WORKER_USERNAME, WORKER_GROUPS, token=worker_token, alias=WORKER)
+        self.add(WATCHER_USERNAME, WORKER_GROUPS, alias=WATCHER)
+        self.add(HEALTH_CHECKER_USERNAME, WORKER_GROUPS, alias=HEALTH_CHECKER)
+        self.add(OPERATOR_USERNAME, OPERATOR_GROUPS, alias=OPERATOR)
         self.add(ADMIN_USERNAME, ADMIN_GROUPS, alias=ADMIN)
 
     def add(

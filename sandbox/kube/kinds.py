@@ -1,6 +1,6 @@
 """The resource kinds a sandbox cluster serves, and the registry that resolves them.
 
-Built-in kinds (core, apps, batch, networking.k8s.io, admissionregistration, apiextensions) are
+Built-in kinds (core, apps, batch, networking.k8s.io, rbac, admissionregistration, apiextensions) are
 declared here; every other kind comes from a ``CustomResourceDefinition`` object in the cluster's
 store, exactly as on a real server. The third-party CRDs the product needs (Istio, Flux, csi-addons,
 the project's own) are described by :func:`default_crds` so a cluster can pre-install them. This
@@ -104,6 +104,7 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
         field_selectors=_EVENT_FIELDS,
         generation=False,
     ),
+    _builtin("", "ServiceAccount", "serviceaccounts", status=False, short_names=("sa",), generation=False),
     _builtin("apps", "Deployment", "deployments", scale=True, short_names=("deploy",), categories=("all",)),
     _builtin("apps", "StatefulSet", "statefulsets", scale=True, short_names=("sts",), categories=("all",)),
     _builtin("apps", "ReplicaSet", "replicasets", scale=True, short_names=("rs",), categories=("all",)),
@@ -125,6 +126,25 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
         namespaced=False,
         status=False,
         categories=("api-extensions",),
+    ),
+    # RBAC objects: the authorizer (rbac.py) reads them on every request, like the real RBAC authorizer.
+    _builtin("rbac.authorization.k8s.io", "Role", "roles", status=False, generation=False),
+    _builtin(
+        "rbac.authorization.k8s.io",
+        "ClusterRole",
+        "clusterroles",
+        namespaced=False,
+        status=False,
+        generation=False,
+    ),
+    _builtin("rbac.authorization.k8s.io", "RoleBinding", "rolebindings", status=False, generation=False),
+    _builtin(
+        "rbac.authorization.k8s.io",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        namespaced=False,
+        status=False,
+        generation=False,
     ),
     _builtin(
         "apiextensions.k8s.io",

@@ -1,10 +1,11 @@
 """The repository's own deploy/ manifests that every sandbox cluster installs, read from the checkout.
 
-The fence policies (deploy/fencing) are part of what a managed cluster runs, so a sandbox cluster
-installs the very files that ship, not a copy that could drift. They are found relative to this
+The fence policies (deploy/fencing) and the ServiceAccounts and roles (deploy/rbac) are part of what
+a managed cluster runs, so a sandbox cluster installs the very files that ship, not a copy that could
+drift. They are found relative to this
 package (the repository root is two levels above ``sandbox/``), which holds for a checkout on the
 PYTHONPATH and for an editable install; a non-editable install has no deploy/ folder and must pass
-``install_fencing=False``. This module only reads files; it must not touch a cluster.
+``install_fencing=False, install_rbac=False``. This module only reads files; it must not touch a cluster.
 """
 
 from __future__ import annotations
@@ -43,3 +44,8 @@ def kustomization_documents(folder: Path) -> list[dict[str, Any]]:
 def fencing_manifests() -> list[dict[str, Any]]:
     """The ValidatingAdmissionPolicies and bindings of deploy/fencing."""
     return kustomization_documents(deploy_dir() / "fencing")
+
+
+def rbac_manifests(folder: str = "rbac") -> list[dict[str, Any]]:
+    """The ServiceAccounts, (Cluster)Roles and bindings of deploy/rbac (or another deploy/ folder)."""
+    return kustomization_documents(deploy_dir() / folder)

@@ -180,6 +180,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             route = self.server.api.route(parts.path)
             if route is None:
                 raise errors.path_not_found()
+            self.server.api.authorize(method, route, query, context)
             result = self.server.api.handle(method, route, query, headers, raw, context=context)
             if isinstance(result, Stream):
                 self._send_stream(result)

@@ -120,14 +120,16 @@ def world(
         )
         env = worker_env(settings, FAILOVER_ADAPTERS="workers.container:production_adapters", **AWS_DUMMY_ENV)
         orchestrator = Orchestrator(settings, coordination=coordination)
-        clients = connect(fleet.kubeconfig_path, request_timeout=2.0)
+        # Each producer acts as its own ServiceAccount (deploy/rbac), as in the shipped manifests.
+        clients = connect(fleet.kubeconfig_for("health-checker"), request_timeout=2.0)
+        watcher_clients = connect(fleet.kubeconfig_for("watcher"), request_timeout=2.0)
         worker = WorkerProcess(env, name="auto", queues=settings.queue, log_path=tmp_path / "worker.log")
         checker = HealthChecker(
             orchestrator, clients, operator_id=OPERATOR, cooldown=600.0, min_sleep=0.1, max_sleep=0.5
         )
         watcher = FailoverWatcher(
             orchestrator,
-            clients,
+            watcher_clients,
             operator_id=OPERATOR,
             watch_timeout=1,
             backoff_initial=0.05,
@@ -141,7 +143,7 @@ def world(
             checker.stop()
             watcher.stop()
             worker.stop()
-            for opened in clients.values():
+            for opened in [*clients.values(), *watcher_clients.values()]:
                 opened.close()
             orchestrator.close()
             client.close()

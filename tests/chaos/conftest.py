@@ -143,7 +143,7 @@ class ChaosStack:
         env = {
             **os.environ,
             **self.env,
-            "FAILOVER_KUBECONFIG": str(self.fleet.kubeconfig_path),
+            "FAILOVER_KUBECONFIG": str(self.fleet.kubeconfig_for("operator")),  # failoverctl runs as a person
             "FAILOVER_LOG_LEVEL": "WARNING",
         }
         return subprocess.run(

@@ -51,7 +51,7 @@ def _health_checker_passes(stack: ChaosStack, serving: list[str]) -> None:
     assert stack.settings.dynamodb_endpoint_url is not None
     coordination = DynamoCoordination(table, client=dynamodb_client(stack.settings.dynamodb_endpoint_url))
     orchestrator = Orchestrator(stack.settings, coordination=coordination)
-    clients = connect(stack.fleet.kubeconfig_path, request_timeout=2.0)
+    clients = connect(stack.fleet.kubeconfig_for("health-checker"), request_timeout=2.0)
     try:
         checker = HealthChecker(orchestrator, clients, operator_id=OPERATOR, cooldown=600.0)
         start = time.time()

@@ -39,7 +39,7 @@ def main() -> None:
             from producers.kube import connect
             from producers.watcher import FailoverWatcher
 
-            clients = connect(world.fleet.kubeconfig_path, world.fleet.names)
+            clients = connect(world.fleet.kubeconfig_for("watcher"), world.fleet.names)
             stack.enter_context(FailoverWatcher(handle, clients, operator_id="demo", status_interval=1.0))
         group = _group(world.fleet)
         for tap in taps:

@@ -76,7 +76,7 @@ def test_status_converges_when_a_third_of_status_writes_fail(world: Environment,
         c.name: RequestTap(c, status_failure_rate=0.3 if c.name == "site-a" else 0.0) for c in world.fleet
     }
     worker = WorkerProcess(world.env, name="chaos", queues=world.settings.queue, log_path=tmp_path / "w.log")
-    clients = connect(world.fleet.kubeconfig_path, world.fleet.names)
+    clients = connect(world.fleet.kubeconfig_for("watcher"), world.fleet.names)
     runs: dict[str, Run] = {}
     try:
         worker.wait_ready()

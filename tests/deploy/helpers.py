@@ -45,9 +45,12 @@ def load_documents(path: Path) -> list[dict[str, Any]]:
 
 
 def manifest_files() -> list[Path]:
-    """Every Kubernetes manifest under deploy/ (kustomization files excluded)."""
+    """Every Kubernetes manifest under deploy/ (kustomization files excluded, and the optional
+    deploy/rbac-namespaced component, whose patches repeat names: test_rbac_namespaced.py checks it)."""
     return sorted(
-        p for p in DEPLOY.rglob("*.yaml") if p.name != "kustomization.yaml" and "docker" not in p.parts
+        p
+        for p in DEPLOY.rglob("*.yaml")
+        if p.name != "kustomization.yaml" and "docker" not in p.parts and "rbac-namespaced" not in p.parts
     )
 
 

@@ -76,11 +76,25 @@ def test_the_worker_scales() -> None:
     assert worker["healthcheck"]["test"][:5] == ["CMD", "python", "-m", "workers.liveness", "check"]
 
 
-def test_flower_has_basic_auth_from_the_environment_and_listens_on_loopback() -> None:
+def test_flower_has_basic_auth_from_the_environment_with_no_default_and_listens_on_loopback() -> None:
     flower = _services()["flower"]
     auth = flower["environment"]["FLOWER_BASIC_AUTH"]
-    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:-[^:}]+:[^}]+\}", auth), "from env, local default only"
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", auth), "required, no default"
     assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
+
+
+REQUIRED_PASSWORD = "${REDIS_PASSWORD:?"
+
+
+def test_redis_requires_a_password_with_no_default_and_every_service_uses_it() -> None:
+    redis = _services()["redis"]
+    command = redis["command"]
+    password = command[command.index("--requirepass") + 1]
+    assert password.startswith(REQUIRED_PASSWORD)
+    assert redis["environment"]["REDISCLI_AUTH"] == password  # the healthcheck's redis-cli
+    for name in ORCHESTRATOR:
+        url = _services()[name]["environment"]["FAILOVER_REDIS_URL"]
+        assert url.startswith(f"redis://:{REQUIRED_PASSWORD}") and url.endswith("@redis:6379/0"), name
 
 
 def test_workers_and_flower_share_one_settings_file_that_loads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,8 +102,9 @@ def test_workers_and_flower_share_one_settings_file_that_loads(monkeypatch: pyte
     assert len(files) == 1
     (env_file,) = files.pop()
     env = _env_file(ROOT / env_file)
-    settings = load_settings(env, monkeypatch)
-    assert settings.redis_url == "redis://redis:6379/0"
+    assert "FAILOVER_REDIS_URL" not in env  # it carries the password: set by the compose file
+    settings = load_settings({**env, "FAILOVER_REDIS_URL": "redis://:pw@redis:6379/0"}, monkeypatch)
+    assert settings.redis_url == "redis://:pw@redis:6379/0"
     assert settings.dynamodb_endpoint_url == "http://dynamodb:8000"
     assert settings.clusters == ["site-a", "site-b"]
 

@@ -113,38 +113,40 @@ def test_kustomize_builds(directory: str, tmp_path: Path) -> None:
 
 # --- RBAC ----------------------------------------------------------------------------------------
 
+# What each component may do; tests/sandbox/test_rbac_usage.py checks it against what each one used.
+WORKLOAD_KINDS = (
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("batch", "cronjobs"),
+    ("networking.k8s.io", "ingresses"),
+    ("networking.istio.io", "virtualservices"),
+    ("helm.toolkit.fluxcd.io", "helmreleases"),
+    ("kustomize.toolkit.fluxcd.io", "kustomizations"),
+    ("replication.storage.openshift.io", "volumereplications"),
+)
 RULES = {
     "failover-orchestrator-worker": {
-        ("apps", "deployments"): {"get", "list", "watch", "patch"},
-        ("apps", "statefulsets"): {"get", "list", "watch", "patch"},
-        ("batch", "cronjobs"): {"get", "list", "watch", "patch"},
-        ("batch", "jobs"): {"get", "list", "watch", "delete"},
-        ("networking.k8s.io", "ingresses"): {"get", "list", "watch", "patch"},
-        ("networking.istio.io", "virtualservices"): {"get", "list", "watch", "patch"},
-        ("helm.toolkit.fluxcd.io", "helmreleases"): {"get", "list", "watch", "patch"},
-        ("kustomize.toolkit.fluxcd.io", "kustomizations"): {"get", "list", "watch", "patch"},
-        ("replication.storage.openshift.io", "volumereplications"): {"get", "list", "watch", "patch"},
+        **{key: {"get", "patch"} for key in WORKLOAD_KINDS},
+        ("batch", "jobs"): {"list", "delete"},  # a suspended CronJob's Jobs past the step deadline
         ("crd.hahomelabs.com", "failovergroups"): {"get", "patch"},  # the fence annotation (deploy/fencing)
-        ("crd.hahomelabs.com", "failovers/status"): {"patch"},
-        ("", "events"): {"create"},
     },
     "failover-orchestrator-watcher": {
         ("crd.hahomelabs.com", "failovers"): {"get", "list", "watch"},
-        ("crd.hahomelabs.com", "failovergroups"): {"get", "list", "watch"},
+        ("crd.hahomelabs.com", "failovergroups"): {"get", "list"},
         ("crd.hahomelabs.com", "failovers/status"): {"patch"},
         ("crd.hahomelabs.com", "failovergroups/status"): {"patch"},
+        ("", "events"): {"create"},
+        **{key: {"get"} for key in WORKLOAD_KINDS},  # the FailoverGroup's health in its status
     },
     "failover-orchestrator-health-checker": {
-        ("crd.hahomelabs.com", "failovergroups"): {"get", "list"},
-        ("crd.hahomelabs.com", "failovers"): {"get", "list", "create"},
-        ("apps", "deployments"): {"get", "list"},
-        ("apps", "statefulsets"): {"get", "list"},
-        ("batch", "cronjobs"): {"get", "list"},
-        ("networking.k8s.io", "ingresses"): {"get", "list"},
-        ("networking.istio.io", "virtualservices"): {"get", "list"},
-        ("helm.toolkit.fluxcd.io", "helmreleases"): {"get", "list"},
-        ("kustomize.toolkit.fluxcd.io", "kustomizations"): {"get", "list"},
-        ("replication.storage.openshift.io", "volumereplications"): {"get", "list"},
+        ("crd.hahomelabs.com", "failovergroups"): {"list"},
+        ("crd.hahomelabs.com", "failovers"): {"list", "create"},
+        **{key: {"get"} for key in WORKLOAD_KINDS},
+    },
+    "failover-orchestrator-operator": {
+        ("crd.hahomelabs.com", "failovers"): {"get", "list", "watch", "create"},
+        ("crd.hahomelabs.com", "failovergroups"): {"get", "list", "watch"},
+        **{key: {"get"} for key in WORKLOAD_KINDS},  # failoverctl validate / plan
     },
 }
 
@@ -180,14 +182,20 @@ def test_each_component_gets_exactly_its_documented_permissions() -> None:
 
 def test_each_role_is_bound_to_its_own_service_account_and_flower_and_beat_get_nothing() -> None:
     bindings = {
-        (b["roleRef"]["name"], s["name"], s["namespace"])
+        (b["roleRef"]["name"], s["kind"], s["name"], s.get("namespace", ""))
         for b in by_kind("ClusterRoleBinding") + by_kind("RoleBinding")
         for s in b["subjects"]
     }
     assert bindings == {
-        ("failover-orchestrator-worker", "failover-worker", "failover-orchestrator"),
-        ("failover-orchestrator-watcher", "failover-watcher", "failover-orchestrator"),
-        ("failover-orchestrator-health-checker", "failover-health-checker", "failover-orchestrator"),
+        ("failover-orchestrator-worker", "ServiceAccount", "failover-worker", "failover-orchestrator"),
+        ("failover-orchestrator-watcher", "ServiceAccount", "failover-watcher", "failover-orchestrator"),
+        (
+            "failover-orchestrator-health-checker",
+            "ServiceAccount",
+            "failover-health-checker",
+            "failover-orchestrator",
+        ),
+        ("failover-orchestrator-operator", "Group", "failover-orchestrator-operators", ""),
     }
     for name in ("failover-flower", "failover-beat"):
         assert named("ServiceAccount", name)["automountServiceAccountToken"] is False
@@ -275,11 +283,14 @@ def test_every_component_reads_the_same_settings_and_they_load(monkeypatch: pyte
         (container,) = _pod(component)["containers"]
         sources = [s["configMapRef"]["name"] for s in container["envFrom"] if "configMapRef" in s]
         assert sources == ["failover-orchestrator-settings"]
-    settings = load_settings(settings_configmap(), monkeypatch)
+        # The Redis URL carries a password: from a required Secret, never from the ConfigMap.
+        assert {"secretRef": {"name": "failover-orchestrator-redis"}} in container["envFrom"]
+    assert "FAILOVER_REDIS_URL" not in settings_configmap()
+    settings = load_settings({**settings_configmap(), **redis_secret()}, monkeypatch)
     assert settings.queue == "failover"
     assert settings.clusters == ["site-a", "site-b"]
     assert settings.log_json is True
-    assert settings.redis_url == settings_configmap()["FAILOVER_REDIS_URL"]
+    assert settings.redis_url.startswith("rediss://failover:")
 
 
 def test_the_configmap_owns_the_sample_group() -> None:
@@ -309,6 +320,13 @@ def test_metrics_ports_agree() -> None:
 # --- autoscaling, disruption, network ------------------------------------------------------------
 
 
+def redis_secret() -> dict[str, str]:
+    """The example Secret failover-orchestrator-redis (deploy/examples/redis-secret.yaml)."""
+    (secret,) = load_documents(DEPLOY / "examples" / "redis-secret.yaml")
+    data: dict[str, str] = secret["stringData"]
+    return data
+
+
 def test_keda_scales_on_the_queue_list() -> None:
     (scaled,) = by_kind("ScaledObject")
     config = settings_configmap()
@@ -323,8 +341,11 @@ def test_keda_scales_on_the_queue_list() -> None:
     assert int(metadata["listLength"]) > 0
     # KEDA resolves addressFromEnv from the scale target's container environment.
     assert metadata["addressFromEnv"] in config
-    redis_url = config["FAILOVER_REDIS_URL"]
-    assert redis_url.startswith(f"redis://{config[metadata['addressFromEnv']]}/{metadata['databaseIndex']}")
+    assert metadata["passwordFromEnv"] in redis_secret()  # the worker's env, from the Secret
+    assert metadata["enableTLS"] == "true"
+    redis_url = redis_secret()["FAILOVER_REDIS_URL"]
+    address = redis_url.split("@", 1)[1]
+    assert address.startswith(f"{config[metadata['addressFromEnv']]}/{metadata['databaseIndex']}?")
     assert "replicas" not in named("Deployment", "failover-worker")["spec"], "would fight the autoscaler"
 
 
@@ -364,3 +385,37 @@ def test_network_policies_deny_by_default_and_open_only_what_is_needed() -> None
     components = next(e["values"] for e in egress_api if e["key"] == "app.kubernetes.io/component")
     assert flower_labels["app.kubernetes.io/component"] not in components
     assert flower["automountServiceAccountToken"] is False
+
+
+def test_every_egress_rule_names_its_destination() -> None:
+    """No "any host on this port": each egress rule has a `to` (a selector or a CIDR, never 0.0.0.0/0)."""
+    policies = {p["metadata"]["name"]: p for p in by_kind("NetworkPolicy")}
+    destinations: dict[str, list[dict[str, Any]]] = {}
+    for name, policy in policies.items():
+        for rule in policy["spec"].get("egress", []):
+            assert rule.get("to"), f"{name}: an egress rule without a destination"
+            for peer in rule["to"]:
+                cidr = (peer.get("ipBlock") or {}).get("cidr", "")
+                assert cidr not in ("0.0.0.0/0", "::/0"), name
+                assert peer.get("ipBlock") or peer.get("podSelector") or peer.get("namespaceSelector")
+            destinations.setdefault(name, []).append(rule)
+    redis_ports = {
+        p["port"] for r in destinations["failover-orchestrator-egress-dns-redis"] for p in r["ports"]
+    }
+    assert redis_ports == {53, 6379, 6380}
+    assert {p["port"] for r in destinations["failover-orchestrator-egress-apis"] for p in r["ports"]} == {
+        443,
+        6443,
+    }
+    assert {p["port"] for r in destinations["failover-orchestrator-egress-dynamodb"] for p in r["ports"]} == {
+        443
+    }
+    # The placeholders are documentation ranges (RFC 5737): they fail closed until filled in.
+    import ipaddress
+
+    documentation = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+    for name in ("failover-orchestrator-egress-apis", "failover-orchestrator-egress-dynamodb"):
+        for rule in destinations[name]:
+            for peer in rule["to"]:
+                network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                assert any(network.subnet_of(d) for d in documentation), (name, network)

@@ -26,7 +26,10 @@ GROUP, VERSION = "crd.hahomelabs.com", "v1alpha1"
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[SandboxCluster, Path]]:
-    with SandboxCluster("site-a", preinstall_crds=False, run_controllers=False) as started:
+    # kubectl over plain HTTP sends no bearer token (it arrives as system:anonymous): no RBAC here.
+    with SandboxCluster(
+        "site-a", preinstall_crds=False, run_controllers=False, install_rbac=False
+    ) as started:
         yield started, write_kubeconfig([started], tmp_path / "kubeconfig")
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION, moto_dynamodb
 from sandbox.kube import SandboxFleet, load_sample_fleet
+from sandbox.stack import component_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 FAILOVERCTL = str(Path(sys.executable).with_name("failoverctl"))
@@ -35,7 +36,7 @@ def env(tmp_path: Path, redis_server_url: str, prefix: str) -> Iterator[dict[str
             "FAILOVER_KEY_PREFIX": prefix,
             "FAILOVER_BROKER_PREFIX": prefix,
             "FAILOVER_QUEUE": f"{prefix}steps",
-            "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),
+            "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),  # the worker's; the others' next to it
             "FAILOVER_CLUSTERS": json.dumps(["site-a", "site-b"]),
             "FAILOVER_DYNAMODB_ENDPOINT_URL": endpoint,
             "FAILOVER_DYNAMODB_TABLE": f"cli-{uuid.uuid4().hex[:8]}",
@@ -76,6 +77,8 @@ def test_the_producers_run_in_the_foreground_and_stop_on_sigterm(
     env: dict[str, str], tmp_path: Path, command: str
 ) -> None:
     what = command.replace("-", " ")
+    kubeconfig = Path(env["FAILOVER_KUBECONFIG"])
+    env = component_env(env, lambda c: kubeconfig.with_name(f"{kubeconfig.name}.{c}"), command)
     code, output = run_until(
         [command], env, f"{what} running on site-a, site-b", signal.SIGTERM, tmp_path / "out.log"
     )

@@ -113,7 +113,7 @@ def stack(
         pytest.MonkeyPatch.context() as patch,
     ):
         load_sample_fleet(fleet, active="site-a")
-        env["FAILOVER_KUBECONFIG"] = str(fleet.kubeconfig_path)
+        env["FAILOVER_KUBECONFIG"] = str(fleet.kubeconfig_for("operator"))  # failoverctl runs as a person
         for name, value in env.items():
             patch.setenv(name, value)
         try:

@@ -190,7 +190,7 @@ def test_a_failover_between_sandbox_clusters(kube_stack: KubeStack, mode: str) -
     # Every wait polled the real controllers' progress at least once before they got there.
     assert {name: run.steps[name].checks >= 1 for name in WAITS} == dict.fromkeys(WAITS, True)
     # Workers write no status: one pass of the watcher's reconciler shows the run on the Failover.
-    clients = connect(fleet.kubeconfig_path, ["site-a"])
+    clients = connect(fleet.kubeconfig_for("watcher"), ["site-a"])
     try:
         reconciler = FailoverStatusReconciler(
             clients, lambda key: [r for r in [kube_stack.store.load(run_id)] if r and r.failover == key]

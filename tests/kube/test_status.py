@@ -57,7 +57,7 @@ class Runs:
 
 @pytest.fixture
 def site_a_client(fleet: SandboxFleet) -> Iterator[ClusterClient]:
-    clients = connect(fleet.kubeconfig_path, ["site-a"], request_timeout=2.0, connect_timeout=1.0)
+    clients = connect(fleet.kubeconfig_for("watcher"), ["site-a"], request_timeout=2.0, connect_timeout=1.0)
     yield clients["site-a"]
     clients["site-a"].close()
 

@@ -110,7 +110,7 @@ def orchestrator(
 
 @pytest.fixture
 def clients(fleet: SandboxFleet) -> Iterator[dict[str, ClusterClient]]:
-    opened = connect(fleet.kubeconfig_path, request_timeout=3.0)
+    opened = connect(fleet.kubeconfig_for("watcher"), request_timeout=3.0)
     try:
         yield opened
     finally:

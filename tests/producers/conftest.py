@@ -112,7 +112,19 @@ def enqueued(real_redis: redis.Redis, settings: Settings) -> Callable[[], int]:
 
 @pytest.fixture
 def clients(fleet: SandboxFleet) -> Iterator[dict[str, ClusterClient]]:
-    opened = connect(fleet.kubeconfig_path, request_timeout=3.0)
+    """The watcher's clients (its own ServiceAccount, deploy/rbac)."""
+    opened = connect(fleet.kubeconfig_for("watcher"), request_timeout=3.0)
+    try:
+        yield opened
+    finally:
+        for client in opened.values():
+            client.close()
+
+
+@pytest.fixture
+def checker_clients(fleet: SandboxFleet) -> Iterator[dict[str, ClusterClient]]:
+    """The health checker's clients (its own ServiceAccount, deploy/rbac)."""
+    opened = connect(fleet.kubeconfig_for("health-checker"), request_timeout=3.0)
     try:
         yield opened
     finally:
@@ -147,5 +159,5 @@ def make_watcher(
 
 
 @pytest.fixture
-def checker(orchestrator: Orchestrator, clients: dict[str, ClusterClient]) -> HealthChecker:
-    return HealthChecker(orchestrator, clients, operator_id=OPERATOR, cooldown=300.0)
+def checker(orchestrator: Orchestrator, checker_clients: dict[str, ClusterClient]) -> HealthChecker:
+    return HealthChecker(orchestrator, checker_clients, operator_id=OPERATOR, cooldown=300.0)

@@ -32,7 +32,7 @@ def kubeconfig(
     """The sandbox's kubeconfig, and the DynamoDB table (site-a owns "shop") that submit reads the
     owners from."""
     values = {
-        "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),
+        "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_for("operator")),
         "FAILOVER_DYNAMODB_ENDPOINT_URL": dynamodb_endpoint,
         "FAILOVER_DYNAMODB_TABLE": coordination.table_name,
         "FAILOVER_REDIS_URL": redis_server_url,
@@ -44,7 +44,7 @@ def kubeconfig(
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("FAILOVER_CLUSTERS", raising=False)
-    return fleet.kubeconfig_path
+    return fleet.kubeconfig_for("operator")
 
 
 def write(tmp_path: Path, manifest: dict[str, Any]) -> Path:

@@ -182,9 +182,12 @@ def test_the_checker_runs_in_the_background_and_stops(
 
 
 def test_two_sites_checkers_deciding_the_same_failover_create_one(
-    fleet: SandboxFleet, checker: HealthChecker, orchestrator: Orchestrator, clients: dict[str, ClusterClient]
+    fleet: SandboxFleet,
+    checker: HealthChecker,
+    orchestrator: Orchestrator,
+    checker_clients: dict[str, ClusterClient],
 ) -> None:
-    other_site = HealthChecker(orchestrator, clients, operator_id=checker.operator_id, cooldown=300.0)
+    other_site = HealthChecker(orchestrator, checker_clients, operator_id=checker.operator_id, cooldown=300.0)
     now = time.time()
     checker.run_once(now)
     fleet["site-a"].set_down(True)

@@ -31,7 +31,11 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[SandboxFleet]:
-    with SandboxFleet(["site-a", "site-b"], kubeconfig_path=tmp_path / "kubeconfig", **FAST) as started:
+    # These tests exercise the API server's mechanics with the worker's token on any kind: RBAC off
+    # (test_rbac.py covers it, with deploy/rbac installed).
+    with SandboxFleet(
+        ["site-a", "site-b"], kubeconfig_path=tmp_path / "kubeconfig", install_rbac=False, **FAST
+    ) as started:
         yield started
 
 

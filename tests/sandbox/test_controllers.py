@@ -357,7 +357,7 @@ def test_controllers_never_clobber_a_concurrent_client_write(
 
 
 def test_controller_threads_stop_with_the_cluster() -> None:
-    cluster = SandboxCluster("solo", tick=0.01)
+    cluster = SandboxCluster("solo", tick=0.01, install_rbac=False)
     cluster.start()
     thread = cluster.controllers._thread
     assert thread is not None and thread.is_alive()

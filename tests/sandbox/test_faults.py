@@ -164,7 +164,7 @@ def test_clusters_of_a_fleet_are_independent(fleet: SandboxFleet, clients: Clien
 
 
 def test_bearer_token_is_required_when_configured(tmp_path: Path) -> None:
-    with SandboxCluster("secure", token="s3cret", run_controllers=False) as cluster:
+    with SandboxCluster("secure", token="s3cret", run_controllers=False, install_rbac=False) as cluster:
         path = write_kubeconfig([cluster], tmp_path / "kubeconfig")
         code, _, _ = raw_request(cluster.url, "GET", "/api/v1/namespaces")
         assert code == 401
@@ -177,7 +177,7 @@ def test_bearer_token_is_required_when_configured(tmp_path: Path) -> None:
 
 def test_a_fleet_stops_everything_it_started(tmp_path: Path) -> None:
     before = set(threading.enumerate())
-    with SandboxFleet(["x", "y"], kubeconfig_path=tmp_path / "kc") as fleet:
+    with SandboxFleet(["x", "y"], kubeconfig_path=tmp_path / "kc", install_rbac=False) as fleet:
         ports = [c.port for c in fleet]
         api = config.new_client_from_config(config_file=str(fleet.kubeconfig_path), context="y")
         client.CoreV1Api(api).list_namespace()

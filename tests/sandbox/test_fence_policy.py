@@ -33,7 +33,7 @@ LEVELS = {"absent": None, "below": REF - 1, "equal": REF, "above": REF + 1}
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[SandboxCluster]:
-    with SandboxCluster("fenced", run_controllers=False) as started:
+    with SandboxCluster("fenced", run_controllers=False, install_rbac=False) as started:
         started.store.create("namespaces", {"metadata": {"name": NAMESPACE}})
         yield started
 
