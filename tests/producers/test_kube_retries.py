@@ -24,7 +24,7 @@ def fleet(tmp_path: Path) -> Iterator[SandboxFleet]:
 
 @pytest.fixture
 def site_a(fleet: SandboxFleet) -> Iterator[ClusterClient]:
-    made = ClusterClient.from_kubeconfig(fleet.kubeconfig_path, "site-a", request_timeout=1.0)
+    made = ClusterClient.from_kubeconfig(fleet.kubeconfig_for("watcher"), "site-a", request_timeout=1.0)
     yield made
     made.close()
 
