@@ -99,6 +99,11 @@ class Metrics:
             ["step"],
             registry=registry,
         )
+        self.forged_runs = Counter(
+            "failover_forged_runs_total",
+            "Run values refused because their MAC did not verify (security.forged_run); nothing was done.",
+            registry=registry,
+        )
         self.lock_held = Gauge(
             "failover_lock_held",
             "1 while a run holds the group's lock (fencing token taken, run not finished), else 0.",
