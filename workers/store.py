@@ -13,7 +13,8 @@ load, list         plain reads; a stale read is caught by the next commit's vers
 Keys (``prefix`` defaults to ``fo:``): ``{prefix}run:{id}`` a hash of ``v`` (version) and ``d`` (the
 run as JSON); ``{prefix}inflight`` the in-flight runs scored by when their message is due;
 ``{prefix}runs`` every run scored by creation time (trimmed to the newest ``index_limit``);
-``{prefix}failover:{ns}/{name}`` the runs of one Failover.
+``{prefix}failover:{ns}/{name}`` the runs of one Failover; ``{prefix}refused:{tag}`` a refused run value
+already reported (:mod:`workers.trust`).
 
 Recovery (:mod:`workers.recovery`): ``{prefix}worker:{id}`` one worker's heartbeat (JSON, with a TTL
 of ``heartbeat_timeout``) and ``{prefix}workers`` the set of their ids (dead ones pruned on read);
@@ -25,6 +26,7 @@ a Redis found without it has lost its data (flushed, or replaced by an empty one
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -132,12 +134,21 @@ class RunStore:
             settings.redis_url, signer=settings.run_signer(), prefix=settings.key_prefix, ttl=settings.run_ttl
         )
 
+    def _first_refusal(self, run_id: str, raw: bytes | str) -> bool:
+        """True for the first process of the site that refuses this value of this run: a marker
+        ``{prefix}refused:{tag}`` (SET NX, a day), named by an HMAC of the run id and the value, so that
+        whoever wrote the value cannot pre-create the marker to silence the event."""
+        value = raw.encode() if isinstance(raw, str) else raw
+        tag = self.signer.tag(run_id.encode() + b"\0" + hashlib.sha256(value).digest())
+        return bool(self.client.set(f"{self.prefix}refused:{tag}", "1", nx=True, ex=24 * 3600))
+
     def _open(self, run_id: str, raw: bytes | str) -> Run | None:
         """The verified run, or None (reported once) when it does not verify."""
         try:
             opened = self.signer.open(raw, run_id)
         except ForgedRun as refused:
-            report_forged(refused, raw)
+            if self._first_refusal(run_id, raw):
+                report_forged(refused)
             return None
         if opened.stale_key:
             # Sealed with the previous key: seal it again with the current one, unless it changed since.

@@ -4,7 +4,7 @@ The run store shares Redis with the broker, and Redis is reachable by more than 
 worker must therefore never act on a run it did not write itself: every run value is sealed with an
 HMAC-SHA-256 over its canonical JSON (sorted keys, no whitespace, without the ``mac`` field itself),
 keyed by ``FAILOVER_RUN_KEY``, and opened (verified) on every load. A run that fails verification is
-refused: it is reported once per process as the security event ``security.forged_run`` (run id and
+refused: it is reported once per site as the security event ``security.forged_run`` (run id and
 reason, never the payload) and counted in ``failover_forged_runs_total``, and the caller sees no run at
 all, so no step runs, nothing is written and nothing is decided.
 
@@ -27,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +76,10 @@ class RunSigner:
         self._key = key.encode() if isinstance(key, str) else key
         self._previous = (previous.encode() if isinstance(previous, str) else previous) or None
 
+    def tag(self, data: bytes) -> str:
+        """A name for ``data`` that only a holder of the key can compute (refusal markers)."""
+        return hmac.new(self._key, data, hashlib.sha256).hexdigest()
+
     def seal(self, run: Run) -> str:
         """The run as the JSON the store writes: its fields plus ``mac``."""
         document = run.model_dump(mode="json")
@@ -113,6 +115,9 @@ class Unsigned:
     """Development only (``FAILOVER_INSECURE_DEV=true`` without a key): writes runs without a MAC and
     accepts any run. Never in production: :meth:`workers.settings.Settings.run_signer` refuses."""
 
+    def tag(self, data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
     def seal(self, run: Run) -> str:
         return run.model_dump_json()
 
@@ -126,33 +131,8 @@ class Unsigned:
 Signer = RunSigner | Unsigned
 
 
-class _Reported:
-    """The refusals reported by this process, so that each is logged and counted once."""
-
-    def __init__(self, memory: int = 4096) -> None:
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._lock = threading.Lock()
-        self._memory = memory
-
-    def first(self, run_id: str, raw: bytes | str) -> bool:
-        value = raw.encode() if isinstance(raw, str) else raw
-        marker = (run_id, hashlib.sha256(value).hexdigest())
-        with self._lock:
-            if marker in self._seen:
-                return False
-            self._seen[marker] = None
-            while len(self._seen) > self._memory:
-                self._seen.popitem(last=False)
-            return True
-
-
-_REPORTED = _Reported()
-
-
-def report_forged(refused: ForgedRun, raw: bytes | str) -> None:
-    """Log the security event and count it, once per (run id, stored value) in this process."""
-    if not _REPORTED.first(refused.run_id, raw):
-        return
+def report_forged(refused: ForgedRun) -> None:
+    """Log the security event and count it (the store calls it once per refused value and site)."""
     log.error("security.forged_run", run_id=refused.run_id, reason=refused.reason)
     from workers.metrics import default_metrics  # prometheus_client only where a refusal happens
 
