@@ -14,10 +14,11 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fsm.plan import Timing
+from workers.errors import OrchestratorError
 from workers.trust import RunSigner, Signer, Unsigned
 
 
-class MissingRunKey(ValueError):
+class MissingRunKey(OrchestratorError):
     """A component that reads or writes runs was started without ``FAILOVER_RUN_KEY``."""
 
 
