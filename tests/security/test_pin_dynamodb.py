@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -42,12 +41,6 @@ def test_completion_with_another_digest_than_the_locks_changes_nothing(dynamo: D
         key, holder="h", run_id=run.run_id, lease_seconds=60, now=time.time(), digest=run.pin.digest
     )
     record = history_record(run, outcome="SUCCESS", now=time.time())
-    moved: dict[str, Any] = {
-        "token": grant.token,
-        "expected_owner": "site-a",
-        "new_owner": "site-b",
-        "record": record,
-    }
 
     with pytest.raises(LeaseLost, match="digest differs"):
         dynamo.complete_failover(
