@@ -8,6 +8,8 @@ Everything a step needs to do its work is here, so a task takes nothing but the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -132,6 +134,15 @@ class Resources(BaseModel):
         """Whether ``ref`` is a Flux object whose group asks for ``triggerReconcile``."""
         return ref in self.flux and ref.name in self.reconcile
 
+    def refs(self) -> list[ResourceRef]:
+        """Every object the run may touch."""
+        return [*self.workloads, *self.volumes, *self.network, *self.flux]
+
+    def digest(self) -> str:
+        """SHA-256 of these resources as canonical JSON: what a run pins at creation. Pure."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
     @classmethod
     def of(cls, group: FailoverGroup) -> Resources:
         return cls(
@@ -141,6 +152,23 @@ class Resources(BaseModel):
             flux=group.flux_refs(),
             reconcile=[f.name for f in group.spec.flux_resources if f.trigger_reconcile],
         )
+
+
+class GroupPin(BaseModel):
+    """The FailoverGroup a run was created from, as the API server returned it: its uid and
+    generation, and the digest of the resources the run acts on. Every effect re-checks the run's
+    resources against ``digest``; completion in DynamoDB is conditioned on it (it is stored in the
+    lock item when the run takes the lock)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uid: str | None = None
+    generation: int | None = None
+    digest: str
+
+    @classmethod
+    def of(cls, group: FailoverGroup, resources: Resources) -> GroupPin:
+        return cls(uid=group.metadata.uid, generation=group.metadata.generation, digest=resources.digest())
 
 
 class Run(BaseModel):
@@ -158,6 +186,7 @@ class Run(BaseModel):
     force: bool = False
     reason: str = ""
     resources: Resources
+    pin: GroupPin | None = None
     plan: list[PlannedStep]
     timing: Timing = Field(default_factory=Timing)
     heartbeat_timeout: float = 60.0
@@ -350,12 +379,14 @@ def _pending(
 ) -> Run:
     """A PENDING run of ``kind`` for ``group`` from ``source`` to ``target``; ``fields`` add the rest."""
     timing = timing or Timing()
+    resources = Resources.of(group)
     return Run(
         group=group.key,
         kind=kind,
         source_cluster=source,
         target_cluster=target,
-        resources=Resources.of(group),
+        resources=resources,
+        pin=GroupPin.of(group, resources),
         plan=build_plan(kind, group, timing),
         timing=timing,
         created_at=now,

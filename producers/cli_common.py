@@ -28,7 +28,7 @@ from producers.decisions import field_path, first_error
 from producers.kube import FAILOVER_GROUPS, ClusterClient, current_context, kubeconfig_contexts
 from workers.api import Orchestrator
 from workers.errors import OrchestratorError
-from workers.settings import Settings
+from workers.settings import MissingRunKey, Settings
 
 
 def out() -> Console:
@@ -89,6 +89,14 @@ class CliConfig:
 def settings_of(ctx: typer.Context) -> Settings:
     """The command's settings (read once per command, kept in ``ctx.obj`` like patronictl's config)."""
     return ctx.ensure_object(CliConfig).settings
+
+
+def require_run_key(settings: Settings) -> None:
+    """A producer that submits runs refuses to start without the run key (one line, exit 1)."""
+    try:
+        settings.run_signer()
+    except MissingRunKey as error:
+        raise fail(str(error)) from error
 
 
 def open_orchestrator(settings: Settings) -> Orchestrator:

@@ -23,6 +23,7 @@ from producers.cli_common import (
     orchestrator,
     out,
     read_manifest,
+    require_run_key,
     settings_of,
 )
 from producers.decisions import first_error
@@ -93,6 +94,7 @@ def watcher_command(
         _cluster_clients(kubeconfig, cluster or settings.clusters) as clients,
         orchestrator(settings) as handle,
     ):
+        require_run_key(settings)
         component = FailoverWatcher(
             handle,
             clients,
@@ -120,6 +122,7 @@ def health_checker_command(
         _cluster_clients(kubeconfig, cluster or settings.clusters) as clients,
         orchestrator(settings) as handle,
     ):
+        require_run_key(settings)
         component = HealthChecker(
             handle,
             clients,

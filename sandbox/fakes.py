@@ -363,7 +363,14 @@ class FakeCoordination:
             raise CoordinationConflict(f"group {group} already has an owner: {self.active_cluster(group)}")
 
     def acquire_lock(
-        self, group: GroupKey, *, holder: str, run_id: str, lease_seconds: float, now: float
+        self,
+        group: GroupKey,
+        *,
+        holder: str,
+        run_id: str,
+        lease_seconds: float,
+        now: float,
+        digest: str | None = None,
     ) -> LockGrant:
         self._count("acquire_lock")
         token, who, run, expires = self._acquire(
@@ -376,6 +383,8 @@ class FakeCoordination:
                 holder=who.decode(),
                 expires_at=float(expires),
             )
+        if digest is not None:
+            self.client.hset(self._key("lock", group), "digest", digest)
         return LockGrant(token=int(token), holder=holder, run_id=run_id, expires_at=now + lease_seconds)
 
     def renew_lease(self, group: GroupKey, *, token: int, lease_seconds: float, now: float) -> float:
@@ -405,9 +414,21 @@ class FakeCoordination:
         )
 
     def complete_failover(
-        self, group: GroupKey, *, token: int, expected_owner: str, new_owner: str, record: HistoryRecord
+        self,
+        group: GroupKey,
+        *,
+        token: int,
+        expected_owner: str,
+        new_owner: str,
+        record: HistoryRecord,
+        digest: str | None = None,
     ) -> None:
         self._count("complete_failover")
+        held = self.client.hget(self._key("lock", group), "digest")
+        if digest is not None and (held is None or held.decode() != digest):
+            raise CoordinationConflict(
+                f"completion refused: the lock of group {group} was taken for other resources"
+            )
         result = self._complete(
             keys=[self._key("lock", group), self._key("owner", group), self._key("history", group)],
             args=[token, expected_owner, new_owner, json.dumps(asdict(record))],

@@ -77,7 +77,14 @@ class NullCoordination:
         return None
 
     def acquire_lock(
-        self, group: GroupKey, *, holder: str, run_id: str, lease_seconds: float, now: float
+        self,
+        group: GroupKey,
+        *,
+        holder: str,
+        run_id: str,
+        lease_seconds: float,
+        now: float,
+        digest: str | None = None,
     ) -> LockGrant:
         return LockGrant(
             token=next(self._tokens), holder=holder, run_id=run_id, expires_at=now + lease_seconds
@@ -93,7 +100,14 @@ class NullCoordination:
         return None
 
     def complete_failover(
-        self, group: GroupKey, *, token: int, expected_owner: str, new_owner: str, record: HistoryRecord
+        self,
+        group: GroupKey,
+        *,
+        token: int,
+        expected_owner: str,
+        new_owner: str,
+        record: HistoryRecord,
+        digest: str | None = None,
     ) -> None:
         return None
 

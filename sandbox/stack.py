@@ -9,6 +9,7 @@ from typing import Any
 
 from fsm.plan import Timing
 from workers.settings import Settings
+from workers.trust import RunSigner
 
 # Deadlines and backoff short enough for tests against fakes and sandbox clusters.
 FAST_TIMING = Timing(
@@ -22,6 +23,10 @@ FAST_TIMING = Timing(
     wait_timeout=30,
     coordination_timeout=30,
 )
+
+# The run key of every local stack (tests, the demo, the benchmark): runs stay authenticated there
+# too. Known to anyone who reads this file, so never a production key.
+SANDBOX_RUN_KEY = "sandbox-run-key-not-secret-never-use-in-production"
 
 # Restore a dead worker's unacknowledged messages within seconds, not minutes.
 FAST_RESTORE = {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
@@ -40,6 +45,7 @@ def stack_settings(
         "visibility_timeout": visibility_timeout,
         "broker_transport_extra": FAST_RESTORE,
         "redrive_after": 5.0,
+        "run_key": SANDBOX_RUN_KEY,
         **overrides,
     }
     return Settings(**values)
@@ -57,3 +63,8 @@ def component_env(
     the worker, watcher, health checker and ``failoverctl`` (``operator``) each act as their own
     identity of deploy/rbac, as the shipped manifests mount one kubeconfig key per pod."""
     return {**env, "FAILOVER_KUBECONFIG": str(kubeconfig_for(component))}
+
+
+def sandbox_signer() -> RunSigner:
+    """What seals and opens runs in a local stack (its stores must agree with its workers)."""
+    return RunSigner(SANDBOX_RUN_KEY)

@@ -89,13 +89,16 @@ class Orchestrator:
     def __init__(self, settings: Settings, *, coordination: Coordination | None = None) -> None:
         self.settings = settings
         self.coordination = coordination or _dynamo_coordination(settings)
-        self.store = RunStore.from_url(settings.redis_url, prefix=settings.key_prefix, ttl=settings.run_ttl)
+        self._store: RunStore | None = None
         self.sender = CelerySender.from_settings(settings)
         self._lock = threading.Lock()
         self._effects: KubeEffects | None = None
 
     def close(self) -> None:
-        self.store.close()
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
         with self._lock:
             effects, self._effects = self._effects, None
         if effects is not None:
@@ -104,6 +107,18 @@ class Orchestrator:
         close = getattr(self.coordination, "close", None)
         if callable(close):
             close()
+
+    @property
+    def store(self) -> RunStore:
+        """The run store, opened on first use: commands that touch no run need no run key."""
+        with self._lock:
+            if self._store is None:
+                self._store = RunStore.from_settings(self.settings)
+            return self._store
+
+    def require_run_key(self) -> None:
+        """Refuse now (MissingRunKey) rather than at the first run, when there is no run key."""
+        self.settings.run_signer()
 
     def __enter__(self) -> Orchestrator:
         return self

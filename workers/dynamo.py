@@ -67,7 +67,6 @@ condition; point every site's lock traffic at one region, or use multi-region st
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -221,12 +220,19 @@ class DynamoCoordination:
             self._db.transact(what, items, request_token)
         except ConditionFailed as failed:
             _lock_failed, old_lock = failed.reason(0)
-            raise LeaseLost(self._lost(group, token, old_lock, "settle the group")) from failed.error
+            raise LeaseLost(codec.lost(group, token, old_lock, "settle the group")) from failed.error
 
     # --- lock ------------------------------------------------------------------------------------
 
     def acquire_lock(
-        self, group: GroupKey, *, holder: str, run_id: str, lease_seconds: float, now: float
+        self,
+        group: GroupKey,
+        *,
+        holder: str,
+        run_id: str,
+        lease_seconds: float,
+        now: float,
+        digest: str | None = None,
     ) -> LockGrant:
         """Take the lock if free or expired, with a fencing token larger than any before; else LockHeld."""
         pk = codec.group_pk(group)
@@ -250,6 +256,7 @@ class DynamoCoordination:
                 run_id=run_id,
                 now=now,
                 expires_at=expires_at,
+                digest=digest,
             )
             # The holder's lock index, in the same transaction: a held lock is always findable.
             index = codec.held_item(group, holder=holder, run_id=run_id, token=token, acquired_at=now)
@@ -293,7 +300,7 @@ class DynamoCoordination:
         try:
             self._db.call("UpdateItem", f"renew lease of {group} (token {token})", request)
         except ConditionFailed as failed:
-            raise LeaseLost(self._lost(group, token, failed.item, "renew the lease")) from failed.error
+            raise LeaseLost(codec.lost(group, token, failed.item, "renew the lease")) from failed.error
         return expires_at
 
     def release_lock(self, group: GroupKey, *, token: int) -> bool:
@@ -316,7 +323,7 @@ class DynamoCoordination:
                 "dynamodb_lock_not_released",
                 group=str(group),
                 token=token,
-                reason=self._lost(group, token, failed.item, "release the lock"),
+                reason=codec.lost(group, token, failed.item, "release the lock"),
             )
             return False
         return True
@@ -347,13 +354,27 @@ class DynamoCoordination:
         return codec.lock_from_item(item) if item else None
 
     def complete_failover(
-        self, group: GroupKey, *, token: int, expected_owner: str, new_owner: str, record: HistoryRecord
+        self,
+        group: GroupKey,
+        *,
+        token: int,
+        expected_owner: str,
+        new_owner: str,
+        record: HistoryRecord,
+        digest: str | None = None,
     ) -> None:
-        """Flip the owner, write history and release the lock in one transaction, or raise naming why."""
+        """Flip the owner, write history and release the lock in one transaction (conditioned on the
+        lock's ``digest`` when given), or raise naming why."""
         pk = codec.group_pk(group)
         what = f"complete failover of {group} from {expected_owner!r} to {new_owner!r} (token {token})"
         items = codec.completion_transaction(
-            self._table, pk, token=token, expected_owner=expected_owner, new_owner=new_owner, record=record
+            self._table,
+            pk,
+            token=token,
+            expected_owner=expected_owner,
+            new_owner=new_owner,
+            record=record,
+            digest=digest,
         )
         # The same request token on every retry: DynamoDB answers a repeat of a done transaction with success.
         request_token = str(
@@ -372,7 +393,7 @@ class DynamoCoordination:
                 else f"the owner condition failed: expected {expected_owner!r}, but no owner is recorded"
             )
             if lock_failed:
-                message = self._lost(group, token, old_lock, "complete the failover")
+                message = codec.lost(group, token, old_lock, "complete the failover")
                 message = f"{message}; also {owner_text}" if owner_failed else message
                 raise LeaseLost(message) from failed.error
             if owner_failed:
@@ -393,7 +414,7 @@ class DynamoCoordination:
             self._db.transact(what, items, str(uuid.uuid4()))
         except ConditionFailed as failed:
             _, old_lock = failed.reason(0)
-            message = self._lost(group, token, old_lock, "mark the volumes released")
+            message = codec.lost(group, token, old_lock, "mark the volumes released")
             raise LeaseLost(message) from failed.error
 
     def volumes_released(self, group: GroupKey, *, token: int) -> str | None:
@@ -440,21 +461,6 @@ class DynamoCoordination:
         items = self._db.query(pk, codec.journal_prefix(run_id), f"read journal of {run_id!r}")
         entries = [codec.journal_from_item(item) for item in items]
         return [e for e in entries if e.run_id == run_id]  # a '#' in another run's id cannot leak in
-
-    # --- messages --------------------------------------------------------------------------------
-
-    def _lost(self, group: GroupKey, token: int, old_lock: Mapping[str, Any] | None, action: str) -> str:
-        if old_lock is None:
-            return (
-                f"cannot {action} of group {group} with token {token}: the lock is gone "
-                "(released, or expired and removed)"
-            )
-        info = codec.lock_from_item(old_lock)
-        return (
-            f"cannot {action} of group {group} with token {token}: the token differs, the lock is now "
-            f"held by {info.holder!r} for run {info.run_id!r} with token {info.token} "
-            f"(lease until {_when(info.expires_at)})"
-        )
 
 
 def ensure_table(client: DynamoDBClient, table_name: str) -> None:

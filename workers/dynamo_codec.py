@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -140,9 +141,17 @@ def get_str_map(item: Mapping[str, Any], name: str) -> dict[str, str]:
 
 
 def lock_item(
-    pk: str, *, token: int, holder: str, run_id: str, acquired_at: float, expires_at: float
+    pk: str,
+    *,
+    token: int,
+    holder: str,
+    run_id: str,
+    acquired_at: float,
+    expires_at: float,
+    digest: str | None = None,
 ) -> Item:
-    return {
+    """The LOCK item; ``digest`` is the run's pinned resources, which completion is conditioned on."""
+    item: Item = {
         **key(pk, LOCK_SK),
         "holder": s(holder),
         "runId": s(run_id),
@@ -150,6 +159,9 @@ def lock_item(
         "acquiredAt": n(acquired_at),
         TTL_ATTRIBUTE: n(expires_at),
     }
+    if digest is not None:
+        item["digest"] = s(digest)
+    return item
 
 
 HELD_PREFIX = "HELD#"
@@ -300,6 +312,7 @@ def acquire_transaction(
     run_id: str,
     now: float,
     expires_at: float,
+    digest: str | None = None,
 ) -> list[TransactWriteItemTypeDef]:
     """Counter ``lockToken`` to ``token`` if still ``counter``, and the LOCK put if free or expired."""
     counter_values: dict[str, AttributeValueTypeDef] = {":current": counter} if counter is not None else {}
@@ -320,7 +333,13 @@ def acquire_transaction(
             "Put": {
                 "TableName": table,
                 "Item": lock_item(
-                    pk, token=token, holder=holder, run_id=run_id, acquired_at=now, expires_at=expires_at
+                    pk,
+                    token=token,
+                    holder=holder,
+                    run_id=run_id,
+                    acquired_at=now,
+                    expires_at=expires_at,
+                    digest=digest,
                 ),
                 "ConditionExpression": "attribute_not_exists(PK) OR "
                 "(#expiresAt < :now AND (attribute_not_exists(#token) OR #token < :token))",
@@ -332,29 +351,43 @@ def acquire_transaction(
     ]
 
 
-def _release_item(table: str, pk: str, token: int) -> TransactWriteItemTypeDef:
-    """Delete the LOCK item if it still holds ``token`` (returning it as it was when it does not)."""
+def _release_item(table: str, pk: str, token: int, digest: str | None = None) -> TransactWriteItemTypeDef:
+    """Delete the LOCK item if it still holds ``token`` (and, given one, was taken for ``digest``),
+    returning it as it was when it does not."""
+    if digest is None:
+        condition, names, values = "#token = :token", _names("token"), {":token": n(token)}
+    else:
+        condition = "#token = :token AND #digest = :digest"
+        names, values = _names("token", "digest"), {":token": n(token), ":digest": s(digest)}
     return {
         "Delete": {
             "TableName": table,
             "Key": key(pk, LOCK_SK),
-            "ConditionExpression": "#token = :token",
-            "ExpressionAttributeNames": _names("token"),
-            "ExpressionAttributeValues": {":token": n(token)},
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         }
     }
 
 
 def completion_transaction(
-    table: str, pk: str, *, token: int, expected_owner: str, new_owner: str, record: HistoryRecord
+    table: str,
+    pk: str,
+    *,
+    token: int,
+    expected_owner: str,
+    new_owner: str,
+    record: HistoryRecord,
+    digest: str | None = None,
 ) -> list[TransactWriteItemTypeDef]:
-    """[0] LOCK delete if ``token``, [1] owner flip if the owner is ``expected_owner``, [2] history put.
+    """[0] LOCK delete if ``token`` (and ``digest``: the lock was taken for the run's pinned resources),
+    [1] owner flip if the owner is ``expected_owner``, [2] history put.
 
     The lock comes first: should DynamoDB report only the first failed condition, the lost lease wins.
     """
     return [
-        _release_item(table, pk, token),
+        _release_item(table, pk, token, digest),
         {
             "Update": {
                 "TableName": table,
@@ -437,3 +470,23 @@ def settlement_transaction(
         },
         {"Put": {"TableName": table, "Item": history_item(pk, record)}},
     ]
+
+
+def lost(group: GroupKey, token: int, old_lock: Mapping[str, Any] | None, action: str) -> str:
+    """Why ``action`` with ``token`` failed, from the LOCK item as it was (None: gone)."""
+    if old_lock is None:
+        return (
+            f"cannot {action} of group {group} with token {token}: the lock is gone "
+            "(released, or expired and removed)"
+        )
+    info = lock_from_item(old_lock)
+    if info.token == token:  # only completion is also conditioned on the lock's digest
+        return (
+            f"cannot {action} of group {group} with token {token}: the lock was taken for other "
+            "resources than the run's pinned ones (digest differs); nothing was changed"
+        )
+    until = datetime.fromtimestamp(info.expires_at, tz=UTC).isoformat(timespec="seconds")
+    return (
+        f"cannot {action} of group {group} with token {token}: the token differs, the lock is now "
+        f"held by {info.holder!r} for run {info.run_id!r} with token {info.token} (lease until {until})"
+    )

@@ -179,7 +179,7 @@ def connect_celery_signals(settings: Callable[[], Settings], engine: Callable[[]
         if not current.recovery_thread or sender is None:
             return
         ident = worker_id() or new_worker_id()
-        store = RunStore.from_url(current.redis_url, prefix=current.key_prefix, ttl=current.run_ttl)
+        store = RunStore.from_settings(current)
         recovery = Recovery(store, current, ident, CeleryStatus(sender, current.queue), engine)
         try:
             recovery.beat()  # alive from the first moment, not one interval later

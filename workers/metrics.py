@@ -92,11 +92,19 @@ class Metrics:
             buckets=DOWNTIME_BUCKETS,
             registry=registry,
         )
+        self._health_and_safety(registry)
+
+    def _health_and_safety(self, registry: CollectorRegistry) -> None:
         self.retries = Counter(
             "failover_step_retries_total",
             "Temporary step failures, each retried with backoff until the step's attempt budget or "
             "deadline is spent; counted when the step finishes.",
             ["step"],
+            registry=registry,
+        )
+        self.forged_runs = Counter(
+            "failover_forged_runs_total",
+            "Run values refused because their MAC did not verify (security.forged_run); nothing was done.",
             registry=registry,
         )
         self.lock_held = Gauge(

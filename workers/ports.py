@@ -243,9 +243,17 @@ class Coordination(Protocol):
         ...
 
     def acquire_lock(
-        self, group: GroupKey, *, holder: str, run_id: str, lease_seconds: float, now: float
+        self,
+        group: GroupKey,
+        *,
+        holder: str,
+        run_id: str,
+        lease_seconds: float,
+        now: float,
+        digest: str | None = None,
     ) -> LockGrant:
-        """Take the lock if free or expired; raises LockHeld naming the holder otherwise."""
+        """Take the lock if free or expired; raises LockHeld naming the holder otherwise. ``digest``
+        (the run's pinned resources) is kept with the lock: completion is conditioned on it."""
         ...
 
     def renew_lease(self, group: GroupKey, *, token: int, lease_seconds: float, now: float) -> float:
@@ -266,8 +274,10 @@ class Coordination(Protocol):
         expected_owner: str,
         new_owner: str,
         record: HistoryRecord,
+        digest: str | None = None,
     ) -> None:
-        """Flip the owner, write history and release the lock atomically (or raise, naming why)."""
+        """Flip the owner, write history and release the lock atomically (or raise, naming why);
+        with ``digest``, only if the lock was taken for the same pinned resources."""
         ...
 
     def settle_owner(self, group: GroupKey, *, token: int, owner: str, record: HistoryRecord) -> None:

@@ -10,10 +10,16 @@ import json
 import socket
 from functools import cache
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fsm.plan import Timing
+from workers.errors import OrchestratorError
+from workers.trust import RunSigner, Signer, Unsigned
+
+
+class MissingRunKey(OrchestratorError):
+    """A component that reads or writes runs was started without ``FAILOVER_RUN_KEY``."""
 
 
 class Settings(BaseSettings):
@@ -140,6 +146,33 @@ class Settings(BaseSettings):
     log_json: bool = Field(default=False, description="JSON log lines (production) instead of console text.")
     log_level: str = Field(default="INFO", description="Log level of every component.")
     timing: Timing = Field(default_factory=Timing, description="Step deadlines and backoff.")
+    run_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC-SHA-256 every run in Redis carries (a Secret); required unless "
+        "insecure_dev. Runs that do not verify are refused (security.forged_run).",
+    )
+    run_key_previous: SecretStr | None = Field(
+        default=None,
+        description="The key before the last rotation: runs sealed with it are still accepted, and sealed "
+        "again with run_key.",
+    )
+    insecure_dev: bool = Field(
+        default=False,
+        description="Development only: allow components to start without run_key (runs unauthenticated).",
+    )
+
+    def run_signer(self) -> Signer:
+        """What seals and opens runs. Without ``run_key`` a worker, watcher or health checker refuses to
+        start (MissingRunKey), unless ``insecure_dev`` says this is a development stack."""
+        if self.run_key is not None and self.run_key.get_secret_value():
+            previous = self.run_key_previous.get_secret_value() if self.run_key_previous else None
+            return RunSigner(self.run_key.get_secret_value(), previous)
+        if self.insecure_dev:
+            return Unsigned()
+        raise MissingRunKey(
+            "FAILOVER_RUN_KEY is not set: runs in Redis cannot be authenticated; set it from the Secret "
+            "failover-orchestrator-run-key (or FAILOVER_INSECURE_DEV=true on a development stack only)"
+        )
 
     @field_validator("redis_url")
     @classmethod
@@ -173,7 +206,9 @@ class Settings(BaseSettings):
         """These settings as the environment another process reads them from (FAILOVER_*; lists,
         objects and booleans as JSON). A worker started with it sees exactly these settings."""
         env = {}
-        for name, value in self.model_dump(mode="json").items():
+        for name, dumped in self.model_dump(mode="json").items():
+            secret = getattr(self, name)
+            value = secret.get_secret_value() if isinstance(secret, SecretStr) else dumped
             if value is None:
                 continue
             env[f"FAILOVER_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)

@@ -72,6 +72,16 @@ class StepContext:
         if self.lease is not None:
             self.lease.check()
 
+    def pinned(self, refs: Sequence[ResourceRef]) -> None:
+        """Before touching ``refs``: they are the run's objects, and the run's objects are those of the
+        FailoverGroup it was created from (the digest pinned at creation; both under the run's MAC)."""
+        run = self.run
+        if run.pin is None or run.resources.digest() != run.pin.digest:
+            raise PermanentError(f"run {run.run_id}: its resources are not the ones pinned at creation")
+        stray = [str(ref) for ref in refs if ref not in run.resources.refs()]
+        if stray:
+            raise PermanentError(f"run {run.run_id}: {', '.join(stray)} not in its group's resources")
+
     def on_cluster(self) -> str:
         if self.cluster is None:
             raise PermanentError("this step needs a cluster and the plan gave it none")
@@ -82,6 +92,7 @@ class StepContext:
     def make(self, refs: Sequence[ResourceRef], role: Role) -> Done:
         cluster, epoch = self.on_cluster(), self.epoch
         group = self.run.group.name
+        self.pinned(refs)
         for ref in refs:
             # The lease guard runs right before every write the adapter makes (retries included).
             if role is Role.PASSIVE:
@@ -186,6 +197,7 @@ def wait(ctx: StepContext, info: StepInfo) -> Outcome:
     stopped = []
     for ref, _detail in pending:
         if ref.kind == "CronJob":
+            ctx.pinned([ref])
             ctx.guard()
             if (change := ctx.effects.stop_jobs(cluster, ref)).changed:
                 stopped.append(change)
@@ -216,7 +228,8 @@ def validate(ctx: StepContext) -> Outcome:
     the group is active is checked once, under its lock: :func:`acquire_lock`.)"""
     run = ctx.run
     replicas: dict[str, int] = {}
-    refs = [*run.resources.workloads, *run.resources.volumes, *run.resources.network, *run.resources.flux]
+    refs = run.resources.refs()
+    ctx.pinned(refs)
     notes = []
     for cluster in (run.target_cluster, run.source_cluster):
         try:
@@ -246,7 +259,12 @@ def acquire_lock(ctx: StepContext) -> Outcome:
     run = ctx.run
     try:
         grant = ctx.coordination.acquire_lock(
-            run.group, holder=ctx.holder, run_id=run.lock_owner, lease_seconds=ctx.lease_seconds, now=ctx.now
+            run.group,
+            holder=ctx.holder,
+            run_id=run.lock_owner,
+            lease_seconds=ctx.lease_seconds,
+            now=ctx.now,
+            digest=run.pin.digest if run.pin else None,
         )
     except LockHeld:
         # A redelivered message after a crash between acquiring and committing: the lock is ours.
@@ -367,6 +385,7 @@ def complete(ctx: StepContext) -> Outcome:
             expected_owner=run.source_cluster,
             new_owner=run.target_cluster,
             record=record,
+            digest=run.pin.digest if run.pin else None,
         )
     except (LeaseLost, CoordinationConflict):
         # A redelivery after the transaction committed finds the lock gone and the owner flipped.

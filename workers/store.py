@@ -13,7 +13,8 @@ load, list         plain reads; a stale read is caught by the next commit's vers
 Keys (``prefix`` defaults to ``fo:``): ``{prefix}run:{id}`` a hash of ``v`` (version) and ``d`` (the
 run as JSON); ``{prefix}inflight`` the in-flight runs scored by when their message is due;
 ``{prefix}runs`` every run scored by creation time (trimmed to the newest ``index_limit``);
-``{prefix}failover:{ns}/{name}`` the runs of one Failover.
+``{prefix}failover:{ns}/{name}`` the runs of one Failover; ``{prefix}refused:{tag}`` a refused run value
+already reported (:mod:`workers.trust`).
 
 Recovery (:mod:`workers.recovery`): ``{prefix}worker:{id}`` one worker's heartbeat (JSON, with a TTL
 of ``heartbeat_timeout``) and ``{prefix}workers`` the set of their ids (dead ones pruned on read);
@@ -25,14 +26,19 @@ a Redis found without it has lost its data (flushed, or replaced by an empty one
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Iterable
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import redis
 
 from fsm.run import Run
 from workers.errors import TemporaryError
 from workers.recovery import Claim, WorkerInfo
+from workers.trust import ForgedRun, Signer, report_forged
+
+if TYPE_CHECKING:
+    from workers.settings import Settings
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -48,6 +54,12 @@ if ARGV[5] == '' then
 else
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 end
+return 1
+"""
+
+_RESEAL = """
+if redis.call('HGET', KEYS[1], 'd') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'd', ARGV[2])
 return 1
 """
 
@@ -87,27 +99,61 @@ def _translated(method: Callable[P, T]) -> Callable[P, T]:
 class RunStore:
     """Runs in Redis. Thread-safe (redis-py pools connections) and fork-safe (pools reset per pid).
 
-    Every operation raises :class:`workers.errors.TemporaryError` when Redis does not answer.
+    Every run written is sealed by ``signer`` (an HMAC over the run, :mod:`workers.trust`) and every
+    run read is opened by it: a run that does not verify is reported (``security.forged_run``) and
+    treated as absent, so that nobody acts on it. Every operation raises
+    :class:`workers.errors.TemporaryError` when Redis does not answer.
     """
 
     def __init__(
         self,
         client: redis.Redis,
         *,
+        signer: Signer,
         prefix: str = "fo:",
         ttl: int = 7 * 24 * 3600,
         index_limit: int = 10_000,
     ) -> None:
         self.client = client
+        self.signer = signer
         self.prefix = prefix
         self.ttl = ttl
         self.index_limit = index_limit
         self._commit = client.register_script(_COMMIT)
         self._create = client.register_script(_CREATE)
+        self._reseal = client.register_script(_RESEAL)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "fo:", ttl: int = 7 * 24 * 3600) -> RunStore:
-        return cls(redis.Redis.from_url(url), prefix=prefix, ttl=ttl)
+    def from_url(cls, url: str, *, signer: Signer, prefix: str = "fo:", ttl: int = 7 * 24 * 3600) -> RunStore:
+        return cls(redis.Redis.from_url(url), signer=signer, prefix=prefix, ttl=ttl)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RunStore:
+        """The store of ``settings``; raises MissingRunKey without a run key (outside development)."""
+        return cls.from_url(
+            settings.redis_url, signer=settings.run_signer(), prefix=settings.key_prefix, ttl=settings.run_ttl
+        )
+
+    def _first_refusal(self, run_id: str, raw: bytes | str) -> bool:
+        """True for the first process of the site that refuses this value of this run: a marker
+        ``{prefix}refused:{tag}`` (SET NX, a day), named by an HMAC of the run id and the value, so that
+        whoever wrote the value cannot pre-create the marker to silence the event."""
+        value = raw.encode() if isinstance(raw, str) else raw
+        tag = self.signer.tag(run_id.encode() + b"\0" + hashlib.sha256(value).digest())
+        return bool(self.client.set(f"{self.prefix}refused:{tag}", "1", nx=True, ex=24 * 3600))
+
+    def _open(self, run_id: str, raw: bytes | str) -> Run | None:
+        """The verified run, or None (reported once) when it does not verify."""
+        try:
+            opened = self.signer.open(raw, run_id)
+        except ForgedRun as refused:
+            if self._first_refusal(run_id, raw):
+                report_forged(refused)
+            return None
+        if opened.stale_key:
+            # Sealed with the previous key: seal it again with the current one, unless it changed since.
+            self._reseal(keys=[self._run_key(run_id)], args=[raw, self.signer.seal(opened.run)])
+        return opened.run
 
     def close(self) -> None:
         self.client.close()
@@ -143,7 +189,7 @@ class RunStore:
             args=[
                 run.run_id,
                 1,
-                stored.model_dump_json(),
+                self.signer.seal(stored),
                 run.created_at,
                 run.created_at,
                 self.index_limit,
@@ -156,7 +202,7 @@ class RunStore:
     @_translated
     def load(self, run_id: str) -> Run | None:
         raw = self.client.hget(self._run_key(run_id), "d")
-        return Run.model_validate_json(raw) if raw is not None else None
+        return self._open(run_id, raw) if raw is not None else None
 
     @_translated
     def commit(self, run: Run, *, expected_version: int) -> Run | None:
@@ -169,7 +215,7 @@ class RunStore:
         due = "" if run.terminal else repr(run.dispatch.due_at if run.dispatch else run.created_at)
         result = self._commit(
             keys=[self._run_key(run.run_id), self._inflight],
-            args=[expected_version, stored.version, stored.model_dump_json(), run.run_id, due, self.ttl],
+            args=[expected_version, stored.version, self.signer.seal(stored), run.run_id, due, self.ttl],
         )
         return stored if result == 1 else None
 
@@ -292,7 +338,8 @@ class RunStore:
         pipe = self.client.pipeline(transaction=False)
         for run_id in ids:
             pipe.hget(self._run_key(run_id), "d")
-        return [Run.model_validate_json(raw) for raw in pipe.execute() if raw is not None]
+        opened = (self._open(i, raw) for i, raw in zip(ids, pipe.execute(), strict=True) if raw is not None)
+        return [run for run in opened if run is not None]
 
     @_translated
     def memory_usage(self, run_id: str) -> int:

@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 import structlog
+from celery import bootsteps
 from celery.signals import setup_logging, task_postrun, task_prerun
 
 from fsm.plan import Step
@@ -30,9 +31,21 @@ __all__ = ["CelerySender", "app", "get_engine", "redrive", "start"]
 app = create_app()
 
 
+class _RequireRunKey(bootsteps.Step):
+    """A worker without the run key refuses to start: it could not tell its runs from forged ones.
+    (A worker step, not an import-time check: Flower imports this module and needs no key.)"""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        get_settings().run_signer()
+
+
+app.steps["worker"].add(_RequireRunKey)
+
+
 def build_engine(worker_id: str | None = None) -> Engine:
     settings = get_settings()
-    store = RunStore.from_url(settings.redis_url, prefix=settings.key_prefix, ttl=settings.run_ttl)
+    store = RunStore.from_settings(settings)
     sender = CelerySender(app, settings)
     return Engine(store, build_adapters(settings), sender, settings, worker_id=worker_id)
 

@@ -25,6 +25,7 @@ from fsm.plan import Timing
 from fsm.run import new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.redis_server import redis_url
+from sandbox.stack import sandbox_signer
 from tests.factories import failover, group
 from workers.app import create_app
 from workers.engine import Engine
@@ -113,7 +114,7 @@ def main() -> None:
         }
         client = redis.Redis.from_url(url)
         app = create_app(settings)
-        store = RunStore(client, prefix=prefix)
+        store = RunStore(client, signer=sandbox_signer(), prefix=prefix)
         from sandbox.null_adapters import null_adapters
 
         engine = Engine(store, null_adapters(settings), CelerySender(app, settings), settings)

@@ -30,7 +30,7 @@ from fsm.run import Run, new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, dynamodb_client
 from sandbox.kube import SandboxCluster, SandboxFleet, load_sample_fleet
-from sandbox.stack import stack_settings, worker_env
+from sandbox.stack import sandbox_signer, stack_settings, worker_env
 from tests.chaos.monitor import FleetMonitor
 from tests.factories import failover
 from tests.waiting import wait_for_run
@@ -231,7 +231,7 @@ def make_stack(
         app = create_app(settings)
         clients = KubeClients(fleet.kubeconfig_path)
         cleanups.extend([app.close, clients.close])
-        store = RunStore(real_redis, prefix=prefix)
+        store = RunStore(real_redis, signer=sandbox_signer(), prefix=prefix)
         engine = Engine(
             store, Adapters(KubeEffects(clients), coordination), CelerySender(app, settings), settings
         )

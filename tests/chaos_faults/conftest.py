@@ -26,7 +26,7 @@ from fsm.run import Run, new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, SerializedMotoServer, dynamodb_client, endpoint_of
 from sandbox.kube import SandboxFleet, load_sample_fleet
-from sandbox.stack import FAST_TIMING, stack_settings, worker_env
+from sandbox.stack import FAST_TIMING, sandbox_signer, stack_settings, worker_env
 from tests.factories import failover, group
 from tests.waiting import wait_for_run
 from workers.app import create_app
@@ -169,7 +169,7 @@ def chaos_stack(
         g = group()
         coordination.set_initial_owner(g.key, "site-a")
         clients = KubeClients(fleet.kubeconfig_path)
-        store = RunStore(real_redis, prefix=prefix)
+        store = RunStore(real_redis, signer=sandbox_signer(), prefix=prefix)
         engine = Engine(
             store, Adapters(KubeEffects(clients), coordination), CelerySender(app, settings), settings
         )

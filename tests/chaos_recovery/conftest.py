@@ -22,7 +22,7 @@ from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, SerializedMotoServer, dynamodb_client, endpoint_of
 from sandbox.fakes import FakeClusters
 from sandbox.redis_server import answers, free_port, server_binary
-from sandbox.stack import FAST_TIMING, stack_settings, worker_env
+from sandbox.stack import FAST_TIMING, sandbox_signer, stack_settings, worker_env
 from tests.factories import all_refs, failover, group
 from tests.waiting import wait_for_run
 from workers.app import create_app
@@ -175,7 +175,7 @@ def _chaos_stack(
     clusters.load("site-b", all_refs(g), Role.PASSIVE)
     coordination.set_initial_owner(g.key, "site-a")
     app = create_app(settings)
-    store = RunStore(client, prefix=settings.key_prefix)
+    store = RunStore(client, signer=sandbox_signer(), prefix=settings.key_prefix)
     engine = Engine(store, Adapters(clusters, coordination), CelerySender(app, settings), settings)
     stack = ChaosStack(full_env, settings, engine, store, client, clusters, coordination, tmp_path)
     try:

@@ -9,6 +9,7 @@ import pytest
 from fsm.plan import Step
 from fsm.run import Dispatch, Run, new_run
 from sandbox.fakes import fake_adapters
+from sandbox.stack import sandbox_signer
 from tests.factories import failover, group
 from tests.unit.test_engine import ListSender
 from workers.engine import Engine
@@ -93,7 +94,7 @@ class Clock:
 def engine(fake_redis: fakeredis.FakeRedis) -> Engine:
     settings = Settings(redis_url="redis://127.0.0.1:6379/0")
     return Engine(
-        RunStore(fake_redis, prefix="t:"),
+        RunStore(fake_redis, signer=sandbox_signer(), prefix="t:"),
         fake_adapters(fake_redis, "t:fake:"),
         ListSender(),
         settings,

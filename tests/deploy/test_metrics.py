@@ -17,6 +17,7 @@ from fsm.models import FailoverMode
 from fsm.plan import Step, Timing
 from fsm.run import Run, new_run, new_standdown_run
 from sandbox.fakes import FakeClusters, FakeCoordination, fake_adapters
+from sandbox.stack import sandbox_signer
 from tests.factories import all_refs, failover, group
 from workers.engine import START_TASK, Engine
 from workers.metrics import (
@@ -306,7 +307,7 @@ def test_the_engine_feeds_the_observer_a_full_run(fake_redis: fakeredis.FakeRedi
             sent.append((name, run_id, ticket))
 
     settings = Settings(redis_url="redis://unused", timing=Timing(poll_initial=0.1, poll_max=0.1))
-    store = RunStore(fake_redis, prefix="m:")
+    store = RunStore(fake_redis, signer=sandbox_signer(), prefix="m:")
     engine = Engine(store, adapters, Sender(), settings, clock=Clock(), jitter=lambda: 0.5)
     run = new_run(run_id="e1", failover=failover(), group=g, source_cluster="site-a", now=1_000.0)
     assert engine.submit(run)

@@ -21,7 +21,7 @@ from sandbox.dynamo import (
     endpoint_of,
 )
 from sandbox.fakes import FakeClusters, FakeCoordination
-from sandbox.stack import FAST_TIMING, stack_settings, worker_env
+from sandbox.stack import FAST_TIMING, sandbox_signer, stack_settings, worker_env
 from tests.factories import all_refs, failover, group
 from tests.waiting import wait_for_run
 from workers.app import create_app
@@ -115,7 +115,7 @@ def _stack(
     clusters.load("site-a", all_refs(g), Role.ACTIVE)
     clusters.load("site-b", all_refs(g), Role.PASSIVE)
     coordination.set_initial_owner(g.key, "site-a")
-    store = RunStore(real_redis, prefix=prefix)
+    store = RunStore(real_redis, signer=sandbox_signer(), prefix=prefix)
     engine = Engine(store, Adapters(clusters, coordination), CelerySender(app, settings), settings)
     built = Stack(env, settings, engine, store, clusters, coordination, tmp_path)
     try:

@@ -17,7 +17,7 @@ import pytest
 
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION, moto_dynamodb
 from sandbox.kube import SandboxFleet, load_sample_fleet
-from sandbox.stack import component_env
+from sandbox.stack import SANDBOX_RUN_KEY, component_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 FAILOVERCTL = str(Path(sys.executable).with_name("failoverctl"))
@@ -36,6 +36,7 @@ def env(tmp_path: Path, redis_server_url: str, prefix: str) -> Iterator[dict[str
             "FAILOVER_KEY_PREFIX": prefix,
             "FAILOVER_BROKER_PREFIX": prefix,
             "FAILOVER_QUEUE": f"{prefix}steps",
+            "FAILOVER_RUN_KEY": SANDBOX_RUN_KEY,
             "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),  # the worker's; the others' next to it
             "FAILOVER_CLUSTERS": json.dumps(["site-a", "site-b"]),
             "FAILOVER_DYNAMODB_ENDPOINT_URL": endpoint,

@@ -17,6 +17,7 @@ import redis
 from fsm.models import GroupKey
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION, dynamodb_client
 from sandbox.kube import SandboxFleet, load_sample_fleet
+from sandbox.stack import SANDBOX_RUN_KEY
 from workers.dynamo import DynamoCoordination
 
 SHOP = GroupKey(operator_id="failover-orchestrator", namespace="shop", name="shop")
@@ -102,6 +103,7 @@ def stack(
         "FAILOVER_KEY_PREFIX": prefix,
         "FAILOVER_BROKER_PREFIX": prefix,
         "FAILOVER_QUEUE": f"{prefix}steps",
+        "FAILOVER_RUN_KEY": SANDBOX_RUN_KEY,
         "FAILOVER_OPERATOR_ID": SHOP.operator_id,
         "FAILOVER_CLUSTERS": '["site-a", "site-b"]',
         "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,

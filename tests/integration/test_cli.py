@@ -16,6 +16,7 @@ from fsm.plan import Phase
 from fsm.run import new_run
 from producers.cli import app
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION
+from sandbox.stack import SANDBOX_RUN_KEY
 from tests.factories import failover, group
 from workers.api import Orchestrator, RequestError, run_id_for
 from workers.ports import HistoryRecord
@@ -41,6 +42,7 @@ def env(
         "FAILOVER_BROKER_PREFIX": prefix,
         "FAILOVER_QUEUE": f"{prefix}steps",
         "FAILOVER_OPERATOR_ID": "ops",
+        "FAILOVER_RUN_KEY": SANDBOX_RUN_KEY,
         "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
         "AWS_DEFAULT_REGION": REGION,

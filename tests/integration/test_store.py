@@ -10,6 +10,7 @@ import redis
 from fsm.decide import Event, EventKind, decide
 from fsm.plan import Phase
 from fsm.run import Run, new_run
+from sandbox.stack import sandbox_signer
 from tests.factories import failover, group
 from workers.store import RunStore
 
@@ -21,7 +22,7 @@ def make_run(run_id: str = "r1") -> Run:
 
 
 def test_create_is_exclusive_and_load_round_trips(real_redis: redis.Redis, prefix: str) -> None:
-    store = RunStore(real_redis, prefix=prefix)
+    store = RunStore(real_redis, signer=sandbox_signer(), prefix=prefix)
     run = make_run()
     assert store.create(run)
     assert not store.create(run)
@@ -33,7 +34,7 @@ def test_create_is_exclusive_and_load_round_trips(real_redis: redis.Redis, prefi
 
 
 def test_a_commit_against_a_stale_version_is_refused(real_redis: redis.Redis, prefix: str) -> None:
-    store = RunStore(real_redis, prefix=prefix)
+    store = RunStore(real_redis, signer=sandbox_signer(), prefix=prefix)
     store.create(make_run())
     base = store.load("r1")
     assert base is not None
@@ -47,7 +48,7 @@ def test_a_commit_against_a_stale_version_is_refused(real_redis: redis.Redis, pr
 
 def test_concurrent_writers_lose_no_update(real_redis: redis.Redis, prefix: str) -> None:
     """8 threads each add 25 to a counter by load/modify/commit; every increment must survive."""
-    store = RunStore(real_redis, prefix=prefix)
+    store = RunStore(real_redis, signer=sandbox_signer(), prefix=prefix)
     store.create(make_run())
     conflicts = []
 
@@ -77,7 +78,7 @@ def test_concurrent_writers_lose_no_update(real_redis: redis.Redis, prefix: str)
 def test_in_flight_runs_are_indexed_by_due_time_and_finished_runs_expire(
     real_redis: redis.Redis, prefix: str
 ) -> None:
-    store = RunStore(real_redis, prefix=prefix, ttl=60)
+    store = RunStore(real_redis, signer=sandbox_signer(), prefix=prefix, ttl=60)
     run = make_run()
     store.create(run)
     assert store.overdue(before=99.0) == []
@@ -95,7 +96,7 @@ def test_in_flight_runs_are_indexed_by_due_time_and_finished_runs_expire(
 
 
 def test_a_finished_run_costs_little_memory(real_redis: redis.Redis, prefix: str) -> None:
-    store = RunStore(real_redis, prefix=prefix)
+    store = RunStore(real_redis, signer=sandbox_signer(), prefix=prefix)
     store.create(make_run())
     assert store.memory_usage("r1") < 20_000
 
@@ -103,7 +104,11 @@ def test_a_finished_run_costs_little_memory(real_redis: redis.Redis, prefix: str
 def test_an_unreachable_redis_is_a_temporary_error_of_ours() -> None:
     from workers.errors import TemporaryError
 
-    store = RunStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2), prefix="x:")
+    store = RunStore(
+        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2),
+        signer=sandbox_signer(),
+        prefix="x:",
+    )
     with pytest.raises(TemporaryError, match="Redis: ConnectionError") as caught:
         store.load("r1")
     assert isinstance(caught.value.__cause__, redis.ConnectionError)

@@ -19,7 +19,7 @@ from producers.kube import connect
 from sandbox.celery_worker import WorkerProcess
 from sandbox.fakes import FakeCoordination
 from sandbox.kube import SandboxCluster, SandboxFleet, load_sample_fleet
-from sandbox.stack import FAST_TIMING, stack_settings, worker_env
+from sandbox.stack import FAST_TIMING, sandbox_signer, stack_settings, worker_env
 from tests.factories import failover, group
 from tests.kube.conftest import FAST
 from tests.kube.invariants import InvariantMonitor, not_ready, snapshot, stood_down
@@ -110,7 +110,7 @@ def kube_stack(
         coordination = FakeCoordination(real_redis, f"{prefix}fake:")
         g = group()
         coordination.set_initial_owner(g.key, "site-a")
-        store = RunStore(real_redis, prefix=prefix)
+        store = RunStore(real_redis, signer=sandbox_signer(), prefix=prefix)
         engine = Engine(
             store, Adapters(KubeEffects(clients), coordination), CelerySender(app, settings), settings
         )

@@ -16,6 +16,7 @@ from fsm.models import Failover, FailoverGroup, GroupKey
 from producers.kube import ClusterClient, connect
 from sandbox.dynamo import dynamodb_client
 from sandbox.kube import SandboxFleet, load_sample_fleet, sample_manifests
+from sandbox.stack import SANDBOX_RUN_KEY
 from workers.api import Orchestrator
 from workers.dynamo import DynamoCoordination
 from workers.kube import KubeClients, KubeEffects
@@ -96,6 +97,7 @@ def settings(redis_server_url: str, prefix: str, fleet: SandboxFleet) -> Setting
         queue=f"{prefix}steps",
         clusters=CLUSTERS,
         operator_id=OPERATOR,
+        run_key=SANDBOX_RUN_KEY,
         kubeconfig=str(fleet.kubeconfig_path),
     )
 

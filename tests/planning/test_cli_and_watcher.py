@@ -15,6 +15,7 @@ from producers.kube import ClusterClient
 from producers.watcher import FailoverWatcher
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION
 from sandbox.kube import SandboxFleet, sample_manifests
+from sandbox.stack import SANDBOX_RUN_KEY
 from tests.planning.conftest import OPERATOR, failover_manifest
 from tests.planning.test_planning import versions
 from workers.api import Orchestrator
@@ -41,6 +42,7 @@ def env(
         "FAILOVER_KEY_PREFIX": prefix,
         "FAILOVER_BROKER_PREFIX": prefix,
         "FAILOVER_QUEUE": f"{prefix}steps",
+        "FAILOVER_RUN_KEY": SANDBOX_RUN_KEY,
         "FAILOVER_OPERATOR_ID": OPERATOR,
         "FAILOVER_KUBECONFIG": str(fleet.kubeconfig_path),
         "FAILOVER_CLUSTERS": '["site-a", "site-b"]',

@@ -19,6 +19,7 @@ from producers.kube import ClusterClient, connect
 from producers.watcher import FailoverWatcher
 from sandbox.dynamo import dynamodb_client
 from sandbox.kube import SandboxFleet, load_sample_fleet
+from sandbox.stack import SANDBOX_RUN_KEY
 from workers.api import Orchestrator
 from workers.dynamo import DynamoCoordination
 from workers.settings import Settings
@@ -92,6 +93,7 @@ def settings(redis_server_url: str, prefix: str) -> Settings:
         queue=f"{prefix}steps",
         clusters=CLUSTERS,
         operator_id=OPERATOR,
+        run_key=SANDBOX_RUN_KEY,
     )
 
 

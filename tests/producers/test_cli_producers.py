@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from producers.cli import app
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION
 from sandbox.kube import SandboxFleet
+from sandbox.stack import SANDBOX_RUN_KEY
 from tests.producers.conftest import failover_manifest
 from workers.dynamo import DynamoCoordination
 
@@ -37,6 +38,7 @@ def kubeconfig(
         "FAILOVER_DYNAMODB_TABLE": coordination.table_name,
         "FAILOVER_REDIS_URL": redis_server_url,
         "FAILOVER_KEY_PREFIX": prefix,
+        "FAILOVER_RUN_KEY": SANDBOX_RUN_KEY,
         "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_KEY,
         "AWS_DEFAULT_REGION": REGION,

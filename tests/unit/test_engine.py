@@ -16,6 +16,7 @@ import structlog
 from fsm.plan import Step, Timing
 from fsm.run import RunStatus, new_run
 from sandbox.fakes import FakeClusters, FakeCoordination, fake_adapters
+from sandbox.stack import sandbox_signer
 from tests.factories import all_refs, failover, group
 from workers.engine import START_TASK, Engine
 from workers.ports import Role
@@ -84,7 +85,7 @@ def harness(fake_redis: fakeredis.FakeRedis) -> Harness:
     adapters.effects.load("site-b", all_refs(g), Role.PASSIVE)
     adapters.coordination.set_initial_owner(g.key, "site-a")
     settings = Settings(redis_url="redis://unused", timing=Timing(poll_initial=0.1, poll_max=0.1))
-    sender, store, clock = ListSender(), RunStore(fake_redis, prefix="t:"), Clock()
+    sender, store, clock = ListSender(), RunStore(fake_redis, signer=sandbox_signer(), prefix="t:"), Clock()
     engine = Engine(store, adapters, sender, settings, clock=clock, jitter=lambda: 0.5)
     return Harness(engine, sender, store, adapters.effects, adapters.coordination, clock)
 
@@ -373,7 +374,7 @@ def test_the_same_run_created_at_two_sites_gets_the_lock_only_once(harness: Harn
     other_sender = ListSender()
     other_site = Harness(
         Engine(
-            RunStore(harness.store.client, prefix="t2:"),
+            RunStore(harness.store.client, signer=sandbox_signer(), prefix="t2:"),
             harness.engine.adapters,
             other_sender,
             harness.engine.settings,
@@ -381,7 +382,7 @@ def test_the_same_run_created_at_two_sites_gets_the_lock_only_once(harness: Harn
             jitter=lambda: 0.5,
         ),
         other_sender,
-        RunStore(harness.store.client, prefix="t2:"),
+        RunStore(harness.store.client, signer=sandbox_signer(), prefix="t2:"),
         harness.clusters,
         harness.coordination,
         harness.clock,
