@@ -21,7 +21,7 @@ from producers.cli_common import (
     emit_json,
     fail,
     fetch_group,
-    open_orchestrator,
+    orchestrator,
     read_documents,
     read_manifest,
     settings_of,
@@ -39,12 +39,8 @@ def _planner(settings: Settings, kubeconfig: Path | None) -> Iterator[Orchestrat
     """An Orchestrator whose cluster reads go through ``kubeconfig`` (default: the settings')."""
     if kubeconfig is not None:
         settings = settings.model_copy(update={"kubeconfig": str(kubeconfig)})
-    handle = open_orchestrator(settings)
-    try:
-        with handle:
-            yield handle
-    except OrchestratorError as error:
-        raise fail(error.describe()) from error
+    with orchestrator(settings) as handle:
+        yield handle
 
 
 def _read_groups(file: Path) -> list[FailoverGroup]:

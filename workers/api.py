@@ -80,6 +80,11 @@ def run_ids_for(failover: Failover) -> dict[tuple[str, str], str]:
 def _run_id(failover: Failover, group_namespace: str, group_name: str) -> str:
     spec = failover.spec.model_dump_json(by_alias=True)
     key = f"{failover.metadata.namespace}/{failover.metadata.name}|{group_namespace}/{group_name}|{spec}"
+    return _digest_id(key)
+
+
+def _digest_id(key: str) -> str:
+    """A run id that is a function of what the run is for: the same request gives the same run."""
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
@@ -196,7 +201,7 @@ class Orchestrator:
                     f"the last stand-down of {cluster!r} failed ({last.message}); tried again in {wait:.0f}s",
                 )
         epoch = last.run_id if last else "-"
-        run_id = hashlib.sha256(f"standdown|{group.key}|{cluster}|{epoch}".encode()).hexdigest()[:20]
+        run_id = _digest_id(f"standdown|{group.key}|{cluster}|{epoch}")
         run = new_standdown_run(
             nonce=uuid.uuid4().hex[:12],
             run_id=run_id,
@@ -223,7 +228,7 @@ class Orchestrator:
         key = f"resolve|{group.key}|{passive}|{active}|{epoch}"
         run = new_resolve_run(
             nonce=uuid.uuid4().hex[:12],
-            run_id=hashlib.sha256(key.encode()).hexdigest()[:20],
+            run_id=_digest_id(key),
             group=group,
             passive=passive,
             active=active,

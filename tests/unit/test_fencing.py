@@ -12,7 +12,6 @@ from tests.factories import all_refs, group
 from tests.unit.test_engine import Harness, harness, submit  # noqa: F401 (the fixture)
 from workers.errors import LeaseLost, TemporaryError
 from workers.lease import LeaseGuard
-from workers.ports import LockGrant
 
 
 def test_the_fence_is_raised_on_every_cluster_before_the_first_change(harness: Harness) -> None:  # noqa: F811
@@ -116,11 +115,6 @@ def test_a_paused_process_never_writes_on_an_expired_lease() -> None:
     coordination.fail = TemporaryError("DynamoDB unreachable")
     with pytest.raises(TemporaryError, match="not writing"):
         guard.check()
-
-
-def test_lock_grants_are_what_the_guard_is_built_from() -> None:
-    grant = LockGrant(token=3, holder="h", run_id="r", expires_at=140.0)
-    assert grant.token == 3
 
 
 def test_where_the_group_is_active_is_checked_under_the_lock(harness: Harness) -> None:  # noqa: F811
