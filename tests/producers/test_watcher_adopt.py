@@ -60,6 +60,7 @@ def test_a_new_group_with_a_clean_state_is_adopted(
     ],
 )
 def test_an_ambiguous_group_gets_adopted_false_with_the_command(
+    *,
     fleet: SandboxFleet,
     coordination: DynamoCoordination,
     make_watcher: MakeWatcher,
