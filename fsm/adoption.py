@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from fsm.kinds import Obj, Role, active_sign, judge
+from fsm.kinds import NETWORK, Obj, Role, active_sign, judge
 from fsm.models import FailoverGroup, GroupKey, ResourceRef
 
 OUTCOME_ADOPTED = "ADOPTED"
@@ -108,6 +108,8 @@ def judge_cluster(
             active.append(f"{name}: {sign}")
             continue
         reached, detail = judge(ref.kind, obj, Role.PASSIVE)
+        if reached and ref.kind in NETWORK:
+            detail = "DNS ignored"
         (passive if reached else unsettled).append(f"{name}: {detail}")
     if active and not passive and not unsettled:
         verdict = ClusterVerdict.ACTIVE

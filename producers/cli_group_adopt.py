@@ -29,7 +29,6 @@ from producers.cli_common import (
     fail,
     group_key,
     orchestrator,
-    out,
     settings_of,
 )
 from producers.cli_group import read_group, wait_run
@@ -42,18 +41,18 @@ from workers.errors import AlreadyOwned, OrchestratorError
 def show_evidence(decision: AdoptionDecision) -> None:
     """Per cluster: its verdict and which objects are active, passive or neither."""
     for seen in decision.evidence:
-        out().print(f"{seen.cluster}: {seen.verdict.value}", highlight=False)
+        typer.echo(f"{seen.cluster}: {seen.verdict.value}")
         if seen.detail:
-            out().print(f"  {seen.detail}", highlight=False, markup=False)
+            typer.echo(f"  {seen.detail}")
         for label, items in (("active", seen.active), ("passive", seen.passive), ("neither", seen.unsettled)):
             for item in items:
-                out().print(f"  {label + ':':9}{item}", highlight=False, markup=False)
+                typer.echo(f"  {label + ':':9}{item}")
 
 
 def _already_owned(key: GroupKey, owner: str, active: str | None) -> None:
     """A group with an owner: a no-op success when it is the one asked for (or none was), else exit 1."""
     if active is None or active == owner:
-        out().print(f"group {key} is already adopted: {owner} is its active cluster; nothing to do")
+        typer.echo(f"group {key} is already adopted: {owner} is its active cluster; nothing to do")
         return
     raise fail(
         f"group {key} already has an owner, {owner!r}, not {active!r}; adoption only records a first "
@@ -77,7 +76,7 @@ def _record(
         )
     except AlreadyOwned as owned:
         if owned.owner == cluster:
-            out().print(f"group {key} was adopted meanwhile on {cluster} (by another site); nothing to do")
+            typer.echo(f"group {key} was adopted meanwhile on {cluster} (by another site); nothing to do")
             return False
         raise fail(
             f"group {key} was adopted meanwhile on {owned.owner!r} (by another site or the watcher); "
@@ -97,9 +96,9 @@ def _make_others_passive(
             submission = handle.resolve(group, active=active, passive=passive, reason=f"adopt on {active}")
         except RequestError as error:
             raise fail(str(error), 2) from error
-        out().print(f"run {submission.run.run_id}: {passive} passive, then {active} active")
+        typer.echo(f"run {submission.run.run_id}: {passive} passive, then {active} active")
         run = wait_run(handle, submission.run.run_id, timeout)
-        out().print(summary(run))
+        typer.echo(summary(run))
         if run.status.value != "SUCCESS":
             raise fail(
                 f"group {key} is adopted on {active}, but making {passive} passive failed: {run.message}; "
@@ -188,7 +187,7 @@ def adopt_command(
             _confirm_settlement(key, target, decision, others, yes=yes)
         if not _record(handle, key, target, decision, reason):
             return
-        out().print(f"group {key} adopted: {target} recorded as its active cluster (history: ADOPTED)")
+        typer.echo(f"group {key} adopted: {target} recorded as its active cluster (history: ADOPTED)")
         if not clean:
             _make_others_passive(handle, found, target, others, timeout)
-            out().print(f"group {key} settled: {target} is the active cluster, {', '.join(others)} passive")
+            typer.echo(f"group {key} settled: {target} is the active cluster, {', '.join(others)} passive")

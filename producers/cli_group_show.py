@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from fsm.adoption import ClusterEvidence, adopt_command, judge_cluster, unreachable_cluster
+from fsm.adoption import ClusterEvidence, judge_cluster, unreachable_cluster
 from fsm.health import ClusterRole
 from fsm.models import ANNOTATION_FENCE, FailoverGroup, GroupKey
 from producers.cli_common import (
@@ -24,7 +24,6 @@ from producers.cli_common import (
     fail,
     group_key,
     orchestrator,
-    out,
     settings_of,
     split_name,
     when,
@@ -98,45 +97,36 @@ def _state(handle: Orchestrator, key: GroupKey, limit: int) -> dict[str, Any]:
 def _print(
     key: GroupKey, state: dict[str, Any], evidence: list[ClusterEvidence], fences: dict[str, str]
 ) -> None:
-    say = out().print
+    say = typer.echo
     owner = state["owner"]
-    say(f"group {key}", highlight=False)
-    say(
-        f"  owner:      {owner}"
-        if owner
-        else f"  owner:      none recorded; adopt it with `{adopt_command(key)}`",
-        highlight=False,
-        markup=False,
-    )
+    say(f"group {key}")
+    adopt = f"failoverctl group adopt {key.namespace}/{key.name}"
+    say(f"  owner:      {owner}" if owner else f"  owner:      none recorded; adopt it with `{adopt}`")
     lock = state["lock"]
     say(
         f"  lock:       held by {lock['holder']} for run {lock['run_id']}, fencing token {lock['token']}, "
         f"expires {when(lock['expires_at'])} UTC"
         if lock
         else "  lock:       free",
-        highlight=False,
     )
     divergence = state["divergence"]
     if divergence:
         detail = f" (seen: {divergence['detail']})" if divergence["detail"] else ""
-        say(f"  diverged:   {divergence['reason']}{detail}", highlight=False, markup=False)
-    say("  clusters:", highlight=False)
+        say(f"  diverged:   {divergence['reason']}{detail}")
+    say("  clusters:")
     for seen in evidence:
         beat = state["heartbeats"].get(seen.cluster)
         beat_text = f", heartbeat {beat['health']} at {when(beat['at'])}" if beat else ""
         fence = f", fence {fences[seen.cluster]}" if fences.get(seen.cluster) else ""
-        say(f"    {seen.describe()}{fence}{beat_text}", highlight=False, markup=False)
-    say("  last failovers:", highlight=False)
+        say(f"    {seen.describe()}{fence}{beat_text}")
+    say("  last failovers:")
     for record in state["history"] or []:
-        said = f"{record['source_cluster']} → {record['target_cluster']}".strip(" →")
-        say(
-            f"    {when(record['started_at'])} {record['outcome']} {record['mode']} {said} "
-            f"{record['reason'] or record['message']}".replace("  ", " "),
-            highlight=False,
-            markup=False,
-        )
+        moved = " → ".join(c for c in (record["source_cluster"], record["target_cluster"]) if c)
+        words = [when(record["started_at"]), record["outcome"], record["mode"], moved]
+        words.append(record["reason"] or record["message"])
+        say("    " + " ".join(w for w in words if w))
     if not state["history"]:
-        say("    none", highlight=False)
+        say("    none")
 
 
 def show_command(
