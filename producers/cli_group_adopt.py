@@ -29,6 +29,7 @@ from producers.cli_common import (
     fail,
     group_key,
     orchestrator,
+    require_run_key,
     settings_of,
 )
 from producers.cli_group import read_group, wait_run
@@ -184,6 +185,7 @@ def adopt_command(
         clean = decision.owner == target
         others = [c for c in clusters if c != target]
         if not clean:
+            require_run_key(settings)  # the RESOLVE runs need it: refuse before recording anything
             _confirm_settlement(key, target, decision, others, yes=yes)
         if not _record(handle, key, target, decision, reason):
             return

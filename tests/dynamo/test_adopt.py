@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pytest
+import redis
 
 from fsm.models import GroupKey
+from sandbox.fakes import FakeCoordination
 from workers.dynamo import DynamoCoordination
 from workers.errors import AlreadyOwned
 from workers.ports import HistoryRecord
@@ -105,3 +107,15 @@ def test_two_sites_adopting_at_once_one_wins(make_adapter: Callable[..., DynamoC
         assert all(o == owner for o in mine if o is not None)  # the losers are told who owns it
         [record] = sites[0].history(group)
         assert (record.outcome, record.target_cluster) == ("ADOPTED", owner)
+
+
+def test_the_fake_coordination_adopts_the_same_way(
+    real_redis: redis.Redis, prefix: str, group: GroupKey
+) -> None:
+    fake = FakeCoordination(real_redis, f"{prefix}fake:")
+    fake.adopt(group, "east", adopted("adopt-1", "east"))
+    with pytest.raises(AlreadyOwned) as raised:
+        fake.adopt(group, "west", adopted("adopt-2", "west"))
+    assert raised.value.owner == "east" and fake.active_cluster(group) == "east"
+    [record] = fake.history(group)
+    assert (record.run_id, record.outcome, record.actor) == ("adopt-1", "ADOPTED", "alice")
