@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from fsm import timeline
 from fsm.models import GroupKey
 from workers.ports import Divergence, Heartbeat, HeldLock, HistoryRecord, JournalEntry, LockInfo
 
@@ -224,6 +225,10 @@ def history_item(pk: str, record: HistoryRecord) -> Item:
         item["downtimeSeconds"] = n(record.downtime_seconds)
     if record.failed_step is not None:
         item["failedStep"] = s(record.failed_step)
+    if record.drill:
+        item["drill"] = boolean(True)
+    if record.timeline:  # at most 64 steps: a few KB
+        item["timeline"] = s(timeline.encode(record.timeline))
     return item
 
 
@@ -244,6 +249,8 @@ def history_from_item(item: Mapping[str, Any]) -> HistoryRecord:
         failed_step=get_opt_str(item, "failedStep"),
         message=get_str(item, "message"),
         skipped=get_str_list(item, "skipped"),
+        drill=get_bool(item, "drill"),
+        timeline=timeline.decode(get_str(item, "timeline")),
     )
 
 

@@ -43,6 +43,7 @@ from typing import Protocol, runtime_checkable
 
 from fsm.kinds import Role as Role  # noqa: PLC0414 (re-exported)
 from fsm.models import GroupKey, ResourceRef
+from fsm.timeline import StepTiming
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,9 @@ class HistoryRecord:
     failed_step: str | None = None
     message: str = ""
     skipped: tuple[str, ...] = ()
+    drill: bool = False
+    # The run's steps (fsm.timeline, at most 64 entries): what reports draw and forecasts sum.
+    timeline: tuple[StepTiming, ...] = ()
 
 
 @dataclass(frozen=True)
