@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
-from fsm.models import FailoverMode, format_duration
+from fsm.models import FailoverGroup, FailoverMode, format_duration
 from fsm.timeline import StepTiming, stage_durations
 
 MODES = tuple(mode.value for mode in FailoverMode)
+# How many of a group's newest history records a forecast reads (each holds a timeline of a few KB).
+HISTORY_DEPTH = 20
 
 
 class HistoryLike(Protocol):
@@ -140,3 +142,14 @@ def forecast(
 ) -> Forecast:
     """The forecast of every mode in ``modes`` from ``history`` against ``objective`` (seconds)."""
     return Forecast(objective=objective, modes=tuple(forecast_mode(history, m, objective) for m in modes))
+
+
+def objective_of(group: FailoverGroup) -> float | None:
+    """The group's ``spec.objectives.rto`` in seconds (None when unset)."""
+    rto = group.spec.objectives.rto
+    return rto.total_seconds() if rto is not None else None
+
+
+def group_forecast(group: FailoverGroup, history: Sequence[HistoryLike]) -> Forecast:
+    """The forecast of ``group`` (both modes) from its history, against its own objective."""
+    return forecast(history, objective_of(group))

@@ -100,7 +100,8 @@ class RunReport:
 
     @property
     def downtime(self) -> tuple[float, float] | None:
-        return downtime_window(self.steps)
+        """The downtime window of a successful run (a failed one never had its target serve)."""
+        return downtime_window(self.steps) if self.outcome == "SUCCESS" else None
 
     @property
     def downtime_seconds(self) -> float | None:

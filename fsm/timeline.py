@@ -133,9 +133,10 @@ def _moves_serving(entry: StepTiming, side: Side, role: Role) -> bool:
 
 
 def downtime_window(timeline: Sequence[StepTiming]) -> tuple[float, float] | None:
-    """``(source stopped serving, target serves)`` in seconds from the run's start; an empty window
-    (both equal) when the target served first; None when either end is missing (a failed run, or a
-    group with neither workloads nor network)."""
+    """``(source stopped serving, target serves)`` of a successful run's timeline, in seconds from
+    the run's start (a failed run's target never served: :attr:`fsm.report.RunReport.downtime`). An
+    empty window (both equal) when the target served first; None when either end is missing (a group
+    with neither workloads nor network)."""
     stops = [e.start for e in timeline if _moves_serving(e, Side.SOURCE, Role.PASSIVE)]
     serves = [e.end for e in timeline if e.end is not None and _moves_serving(e, Side.TARGET, Role.ACTIVE)]
     if not stops or not serves:

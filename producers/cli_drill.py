@@ -22,6 +22,7 @@ from typing import Annotated
 
 import typer
 
+from fsm.forecast import objective_of
 from fsm.health import ClusterRole, Health
 from fsm.models import Failover, FailoverGroup, FailoverMode, GroupKey
 from fsm.report import DrillReport, RunReport, drill_report, report_from_history, report_from_run
@@ -163,11 +164,6 @@ def write_report(report: DrillReport, directory: Path, stem: str) -> tuple[Path,
     return json_path, html_path
 
 
-def _objective(found: FailoverGroup) -> float | None:
-    rto = found.spec.objectives.rto
-    return rto.total_seconds() if rto is not None else None
-
-
 def drill_command(
     ctx: typer.Context,
     *,
@@ -218,7 +214,7 @@ def drill_command(
             runs.append(
                 _run_leg(handle, found, owner, mode=failover_mode, name=f"{name}-back", timeout=timeout)
             )
-    objective = _objective(found)
+    objective = objective_of(found)
     report = drill_report(
         f"Drill of {key}: {owner} → {to}" + (f" → {owner}" if back else ""),
         str(key),
@@ -288,7 +284,7 @@ def report_command(
                 f"run {run_id} is no longer in Redis: give --group NAMESPACE/NAME to read its history", 2
             )
         found = _read_group(named, kubeconfig, context, None)
-        objective = _objective(found)
+        objective = objective_of(found)
         if run is not None:
             run_report = report_from_run(run, objective)
         else:

@@ -13,13 +13,14 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from fsm.forecast import HISTORY_DEPTH, group_forecast
 from fsm.health import ClusterRole, GroupHealth, Health, stale_clusters, unreachable
 from fsm.models import FailoverGroup
 from fsm.run import resolve_command
 from producers.decisions import REASON_INVALID, conditions, describe, first_error, iso, needs_write
 from producers.health import observe_group
 from producers.kube import FAILOVER_GROUPS, ClusterClient, Obj
-from workers.api import Orchestrator
+from workers.api import Orchestrator, set_predicted_rto
 from workers.errors import OrchestratorError, TemporaryError
 from workers.ports import Divergence, Heartbeat, HistoryRecord
 
@@ -106,7 +107,7 @@ class GroupStatusWriter:
         try:
             active = coordination.active_cluster(group.key)
             heartbeats = coordination.heartbeats(group.key)
-            history = coordination.history(group.key, limit=10)
+            history = coordination.history(group.key, limit=HISTORY_DEPTH)
             divergence = coordination.divergence(group.key)
         except OrchestratorError as error:
             log.warning(
@@ -140,6 +141,9 @@ class GroupStatusWriter:
             },
         }
         status["conditions"] = [action_required(group, divergence, obj, now)]
+        predicted = group_forecast(group, history)
+        set_predicted_rto(predicted, str(group.key))
+        status["forecast"] = predicted.to_dict()
         finished = [r for r in history if r.outcome == "SUCCESS"]
         if finished:
             status["lastFailoverTime"] = iso(finished[0].finished_at)
