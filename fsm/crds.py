@@ -217,7 +217,7 @@ _GROUP_STATUS: dict[str, Any] = {
         "type": "object",
         "description": "Predicted RTO per failover mode, from the group's own history (new).",
         "properties": {
-            "objectiveSeconds": {"type": "number", "nullable": True},
+            "objectiveSeconds": {"type": "number"},
             "modes": {
                 "type": "array",
                 "items": {
@@ -227,7 +227,7 @@ _GROUP_STATUS: dict[str, Any] = {
                         "mode": {"type": "string"},
                         "runs": {"type": "integer"},
                         "totalSeconds": _QUANTILES,
-                        "meetsObjective": {"type": "boolean", "nullable": True},
+                        "meetsObjective": {"type": "boolean"},
                         "summary": {"type": "string"},
                     },
                 },

@@ -97,14 +97,19 @@ class ModeForecast:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """As ``status.forecast.modes[]``: no null values (a merge patch would drop them, and the
+        status would then differ from what is written on every pass)."""
+        data: dict[str, Any] = {
             "mode": self.mode,
             "runs": self.runs,
-            "totalSeconds": self.total.to_dict() if self.total else None,
             "stages": {stage: q.to_dict() for stage, q in self.stages},
-            "meetsObjective": self.meets_objective,
             "summary": self.summary(),
         }
+        if self.total is not None:
+            data["totalSeconds"] = self.total.to_dict()
+        if self.meets_objective is not None:
+            data["meetsObjective"] = self.meets_objective
+        return data
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,11 @@ class Forecast:
         return next(m for m in self.modes if m.mode == mode)
 
     def to_dict(self) -> dict[str, Any]:
-        """The FailoverGroup's ``status.forecast``."""
-        return {"objectiveSeconds": self.objective, "modes": [m.to_dict() for m in self.modes]}
+        """The FailoverGroup's ``status.forecast`` (``objectiveSeconds`` only when the group sets one)."""
+        data: dict[str, Any] = {"modes": [m.to_dict() for m in self.modes]}
+        if self.objective is not None:
+            data["objectiveSeconds"] = self.objective
+        return data
 
 
 def forecast_mode(history: Sequence[HistoryLike], mode: str, objective: float | None) -> ModeForecast:

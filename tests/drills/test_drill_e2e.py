@@ -92,7 +92,8 @@ def test_a_drill_there_and_back_passes_and_feeds_the_forecast(world: World, tmp_
     writer = GroupStatusWriter(
         world.orchestrator, world.watcher.clusters, operator_id=OPERATOR, log_once=lambda *_: None
     )
-    writer.sync("site-b", time.time())
+    assert writer.sync("site-b", time.time()) == 1
+    assert writer.sync("site-b", time.time()) == 0  # the same forecast again: nothing to write
     status = world.fleet["site-b"].store.get("FailoverGroup", "shop", "shop")["status"]
     consistency = status["forecast"]["modes"][0]
     assert consistency["mode"] == "CONSISTENCY" and consistency["runs"] == 2 and consistency["meetsObjective"]
