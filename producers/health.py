@@ -353,7 +353,7 @@ class HealthChecker(StandingDown):
         return in_flight, max(times, default=None)
 
     def _create_failover(
-        self, key: GroupKey, decision: HealthDecision, reachable: set[str], now: float, *, predicted: str
+        self, key: GroupKey, decision: HealthDecision, reachable: set[str], now: float, *, predicted: str = ""
     ) -> GroupOutcome:
         assert decision.failover is not None
         target = decision.failover.target_cluster
