@@ -82,6 +82,9 @@ def test_a_drill_there_and_back_passes_and_feeds_the_forecast(world: World, tmp_
         assert [e.key for e in record.timeline] == [s["key"] for s in run["steps"]][: len(record.timeline)]
         assert len(record.timeline) >= len(run["steps"]) - 1, [e.key for e in record.timeline]
     assert world.coordination.active_cluster(SHOP) == "site-a"
+    listed = json.loads(cli(world, "history", "shop/shop", "-o", "json").output)
+    assert [r["drill"] for r in listed] == [True, True] and listed[0]["timeline"][0]["key"] == "validate"
+    assert "CONSISTENCY (drill)" in cli(world, "history", "shop/shop").output
 
     # The forecast counts both runs: in the plan, in the group's status and in the gauge.
     manifest = tmp_path / "failover.yaml"
