@@ -24,7 +24,7 @@ body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:.9em}
 .verdict{display:inline-block;padding:.3em .8em;border-radius:4px;font-weight:bold;color:#fff}
-.verdict-PASS{background:#2e8b57}.verdict-FAIL{background:#c0392b}.verdict-NO_OBJECTIVE{background:#7a7a7a}
+.verdict-PASS{background:#2e8b57}.verdict-FAIL{background:#a93226}.verdict-NO_OBJECTIVE{background:#7a7a7a}
 svg text{font-size:11px;font-family:system-ui,sans-serif}
 section{margin-bottom:3em}
 """
@@ -101,6 +101,22 @@ def gantt(report: RunReport) -> str:
     )
 
 
+LEGEND = (
+    '<p class="legend">'
+    + " ".join(
+        f'<span style="display:inline-block;width:12px;height:12px;background:{colour}"></span> {label}'
+        for colour, label in (
+            (COLOURS["effect"], "effect"),
+            (COLOURS["wait"], "wait"),
+            (COLOURS["coordination"], "coordination"),
+            ("#c0392b", "met errors or failed"),
+            ("#f6e1df", "downtime window"),
+        )
+    )
+    + " · dashed line: the objective</p>"
+)
+
+
 def _rows(rows: list[list[str]]) -> str:
     return "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
 
@@ -134,7 +150,7 @@ def _run_section(report: RunReport) -> str:
         f"{verdict.value}</span></h2>"
         f'<p class="verdict-reason">{escape(why)}</p>'
         f"<table>{_rows(figures)}</table>"
-        f"<h3>Timeline</h3>{gantt(report)}"
+        f"<h3>Timeline</h3>{LEGEND}{gantt(report)}"
         f"<h3>Waits</h3><table><tr><th>step</th><th>cluster</th><th>time</th><th>checks</th>"
         f"<th>outcome</th></tr>{_rows(waits)}</table>"
         f"<h3>Retries and faults</h3>"

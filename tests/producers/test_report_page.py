@@ -12,7 +12,7 @@ from producers.report_page import COLOURS, render
 from tests.chromium import Elements, dump_dom, pixels, screenshot
 from tests.unit.test_forecast_and_report import T0, finished_run
 
-GREEN, RED = (0x2E, 0x8B, 0x57), (0xC0, 0x39, 0x2B)
+GREEN, FAIL_RED = (0x2E, 0x8B, 0x57), (0xA9, 0x32, 0x26)  # the PASS and FAIL badges
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
@@ -53,4 +53,5 @@ def test_a_failed_run_is_shown_failed_with_its_fault(tmp_path: Path) -> None:
     assert not dom.find("rect", "downtime")  # a failed run's target never served
     failed_bars = [b for b in dom.find("rect", "bar") if b["fill"] == "#c0392b"]
     assert [b["data-step"] for b in failed_bars] == ["wait_ready"]
-    assert RED in pixels(screenshot(page, tmp_path / "profile", tmp_path / "shot.png", (1050, 600)))
+    colours = pixels(screenshot(page, tmp_path / "profile", tmp_path / "shot.png", (1050, 600)))
+    assert FAIL_RED in colours and GREEN not in colours
