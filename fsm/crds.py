@@ -103,6 +103,10 @@ _FAILOVER_GROUP_SPEC_DOCS: dict[str, dict[str, Any]] = {
     },
     "timeouts.heartbeat": {"description": "No heartbeat for this long means the cluster is down."},
     "heartbeatInterval": {"description": "How often each cluster writes its heartbeat."},
+    "objectives.rto": {
+        "description": "Longest a failover may take (start to completion): drills and the predicted "
+        "RTO are judged against it."
+    },
     "workloads[].volumeReplications": {"description": "VolumeReplications holding the workload's data."},
     "allowedFailoverNamespaces": {
         "description": "Namespaces whose Failovers may move this group, besides its own (a Failover "
@@ -206,7 +210,35 @@ def _overlay(schema: dict[str, Any], extras: dict[str, dict[str, Any]]) -> dict[
     return result
 
 
-def _object_schema(spec: dict[str, Any]) -> dict[str, Any]:
+# The FailoverGroup status fields the schema names (the rest is kept as written: preserve unknown fields).
+_QUANTILES = {"type": "object", "properties": {"p50": {"type": "number"}, "p95": {"type": "number"}}}
+_GROUP_STATUS: dict[str, Any] = {
+    "forecast": {
+        "type": "object",
+        "description": "Predicted RTO per failover mode, from the group's own history (new).",
+        "properties": {
+            "objectiveSeconds": {"type": "number"},
+            "modes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": True,
+                    "properties": {
+                        "mode": {"type": "string"},
+                        "runs": {"type": "integer"},
+                        "totalSeconds": _QUANTILES,
+                        "meetsObjective": {"type": "boolean"},
+                        "summary": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }
+}
+
+
+def _object_schema(spec: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
+    described: dict[str, Any] = {"properties": copy.deepcopy(status)} if status else {}
     return {
         "type": "object",
         "required": ["spec"],
@@ -219,6 +251,7 @@ def _object_schema(spec: dict[str, Any]) -> dict[str, Any]:
                 "type": "object",
                 "description": "Written by the orchestrator (see docs/API.md of failover-orchestrator).",
                 "x-kubernetes-preserve-unknown-fields": True,
+                **described,
             },
         },
     }
@@ -298,7 +331,7 @@ def failover_group_crd() -> dict[str, Any]:
         kind="FailoverGroup",
         plural="failovergroups",
         short_names=["fg"],
-        schema=_object_schema(spec),
+        schema=_object_schema(spec, _GROUP_STATUS),
         columns=[
             _column("Health", ".status.health", description="OK, DEGRADED, ERROR or UNKNOWN"),
             _column("Suspended", ".spec.suspended", "boolean"),

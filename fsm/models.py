@@ -253,12 +253,20 @@ class FluxResource(ApiModel):
     trigger_reconcile: StrictBool = False
 
 
+class Objectives(ApiModel):
+    """What the group's owners expect of a failover (new). ``rto``: the longest a failover may take,
+    from its start to the target serving; drills and the forecast are judged against it."""
+
+    rto: Duration | None = None
+
+
 class FailoverGroupSpec(ApiModel):
     operator_id: str = Field(alias="operatorID", min_length=1, max_length=253)
     suspended: StrictBool = False
     suspension_reason: str = Field(default="", max_length=4096)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     heartbeat_interval: Duration = timedelta(seconds=30)
+    objectives: Objectives = Field(default_factory=Objectives)
     workloads: list[Workload] = Field(default_factory=list)
     network_resources: list[NetworkResource] = Field(default_factory=list)
     flux_resources: list[FluxResource] = Field(default_factory=list)

@@ -184,6 +184,7 @@ class Run(BaseModel):
     source_cluster: str
     target_cluster: str
     force: bool = False
+    drill: bool = False  # a rehearsal: a real failover, marked as a drill in history and reports
     reason: str = ""
     resources: Resources
     pin: GroupPin | None = None
@@ -406,8 +407,10 @@ def new_run(
     timing: Timing | None = None,
     failover_cluster: str | None = None,
     nonce: str = "",
+    drill: bool = False,
 ) -> Run:
-    """A PENDING run of ``failover`` for ``group``, currently active on ``source_cluster``. Pure."""
+    """A PENDING run of ``failover`` for ``group``, currently active on ``source_cluster`` (a drill
+    when ``drill``). Pure."""
     spec = failover.spec
     return _pending(
         PlanKind.of(spec.failover_mode),
@@ -422,6 +425,7 @@ def new_run(
         failover_cluster=failover_cluster,
         force=spec.force,
         reason=spec.reason,
+        drill=drill,
     )
 
 

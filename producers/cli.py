@@ -21,7 +21,7 @@ import typer
 
 from fsm.graph import dot, mermaid
 from fsm.plan import PlanKind
-from producers import cli_group, cli_group_adopt, cli_group_show, cli_plan, cli_producers, cli_runs
+from producers import cli_drill, cli_group, cli_group_adopt, cli_group_show, cli_plan, cli_producers, cli_runs
 from producers.cli_common import KindChoice, fail, out, settings_of
 
 app = typer.Typer(
@@ -131,6 +131,8 @@ app.command("health-checker")(cli_producers.health_checker_command)
 app.command("submit")(cli_producers.submit_command)
 app.command("plan")(cli_plan.plan_command)
 app.command("validate")(cli_plan.validate_command)
+app.command("drill")(cli_drill.drill_command)
+app.command("report")(cli_drill.report_command)
 
 
 def main() -> None:

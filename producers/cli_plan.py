@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from fsm.forecast import HISTORY_DEPTH, Forecast, group_forecast, seconds_text
 from fsm.models import Failover, FailoverGroup, RequestError, check_namespace_grant, excerpt
 from producers.cli_common import (
     ClusterOption,
@@ -99,6 +100,15 @@ def _print_plan(report: PlanReport) -> None:
     echo(f"Plan: {report.summary()}. Nothing was changed.")
 
 
+def _print_forecast(predicted: Forecast) -> None:
+    """The predicted RTO per mode, from the group's own history (fsm.forecast)."""
+    typer.echo(f"Predicted RTO (the group's last {HISTORY_DEPTH} history records, successful runs):")
+    for mode in predicted.modes:
+        typer.echo(f"  {mode.summary()}")
+        for stage, quantiles in mode.stages:
+            typer.echo(f"    {stage}: p50 {seconds_text(quantiles.p50)}, p95 {seconds_text(quantiles.p95)}")
+
+
 def _groups_to_plan(
     file: Path, failover: Failover, group_file: Path | None, context: str | None, kubeconfig: Path | None
 ) -> list[FailoverGroup]:
@@ -168,13 +178,15 @@ def plan_command(
             reports = [handle.plan(failover, group) for group in groups]
         except RequestError as error:
             raise fail(f"{file}: {error.field}: {error.message}") from error
+        forecasts = [group_forecast(g, handle.history(g.key, limit=HISTORY_DEPTH)) for g in groups]
     if output is Output.json:
-        emit_json([report.to_dict() for report in reports])
+        emit_json([{**r.to_dict(), "forecast": f.to_dict()} for r, f in zip(reports, forecasts, strict=True)])
     else:
-        for index, report in enumerate(reports):
+        for index, (report, predicted) in enumerate(zip(reports, forecasts, strict=True)):
             if index:
                 typer.echo("")
             _print_plan(report)
+            _print_forecast(predicted)
     _exit_on_problems([str(problem) for report in reports for problem in report.problems])
 
 

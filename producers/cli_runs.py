@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Annotated
@@ -116,7 +117,7 @@ def history(
     with orchestrator(settings) as handle:
         records = handle.history(key, limit=limit)
     if output is Output.json:
-        emit_json([record.__dict__ for record in records])
+        emit_json([dataclasses.asdict(record) for record in records])
         return
     table = Table(title=f"history of {key}")
     columns = ("started", "outcome", "mode", "from → to", "took", "downtime", "failed step", "run")
@@ -126,7 +127,7 @@ def history(
         table.add_row(
             when(r.started_at),
             r.outcome,
-            r.mode,
+            f"{r.mode} (drill)" if r.drill else r.mode,
             f"{r.source_cluster} → {r.target_cluster}",
             f"{r.finished_at - r.started_at:.1f}s",
             f"{r.downtime_seconds:.1f}s" if r.downtime_seconds is not None else "",

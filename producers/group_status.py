@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from fsm.forecast import HISTORY_DEPTH, group_forecast
 from fsm.health import ClusterRole, GroupHealth, Health, stale_clusters, unreachable
 from fsm.models import FailoverGroup
 from fsm.run import resolve_command
@@ -20,7 +21,7 @@ from producers.adoption import Adoption, adopt_when_clear, adopted_condition
 from producers.decisions import REASON_INVALID, conditions, describe, first_error, iso, needs_write
 from producers.health import observe_group
 from producers.kube import FAILOVER_GROUPS, ClusterClient, Obj
-from workers.api import Orchestrator
+from workers.api import Orchestrator, set_predicted_rto
 from workers.errors import OrchestratorError, TemporaryError
 from workers.ports import Divergence, Heartbeat, HistoryRecord
 
@@ -107,7 +108,7 @@ class GroupStatusWriter:
         try:
             active = coordination.active_cluster(group.key)
             heartbeats = coordination.heartbeats(group.key)
-            history = coordination.history(group.key, limit=10)
+            history = coordination.history(group.key, limit=HISTORY_DEPTH)
             divergence = coordination.divergence(group.key)
         except OrchestratorError as error:
             log.warning(
@@ -145,6 +146,9 @@ class GroupStatusWriter:
         }
         wanted = [action_required(group, divergence), adopted_condition(active, adoption)]
         status["conditions"] = conditions(obj, wanted, (obj.get("metadata") or {}).get("generation"), now)
+        predicted = group_forecast(group, history)
+        set_predicted_rto(predicted, str(group.key))
+        status["forecast"] = predicted.to_dict()
         finished = [r for r in history if r.outcome == "SUCCESS"]
         if finished:
             status["lastFailoverTime"] = iso(finished[0].finished_at)

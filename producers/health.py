@@ -38,6 +38,7 @@ from fsm.autofailover import (
     is_automatic,
     next_error_since,
 )
+from fsm.forecast import HISTORY_DEPTH, forecast_mode, objective_of
 from fsm.health import (
     ClusterRole,
     GroupHealth,
@@ -265,9 +266,8 @@ class HealthChecker(StandingDown):
         for beat in heartbeats:  # as this checker sees them: what the alert on a stale site reads
             set_heartbeat_age(beat.cluster, max(0.0, now - beat.at))
         lock = coordination.lock_info(key)
-        history = coordination.history(key, limit=20)
-        divergence = coordination.divergence(key)
-        diverged = divergence.reason if divergence is not None else None
+        history = coordination.history(key, limit=HISTORY_DEPTH)
+        diverged = found_divergence.reason if (found_divergence := coordination.divergence(key)) else None
         active_health = next(
             (o.health.value for o in observations if o.cluster == active and o.reachable),
             next((b.health for b in heartbeats if b.cluster == active), "UNKNOWN"),
@@ -312,7 +312,8 @@ class HealthChecker(StandingDown):
         )
         if decision.action is not Action.FAILOVER or decision.failover is None:
             return GroupOutcome(key, decision, stand_downs=stand_downs, stood_down=stood_down)
-        outcome = self._create_failover(key, decision, reachable, now)
+        predicted = forecast_mode(history, self.mode.value, objective_of(group))
+        outcome = self._create_failover(key, decision, reachable, now, predicted=predicted.summary())
         return dataclasses.replace(outcome, stand_downs=stand_downs, stood_down=stood_down)
 
     def _observe(
@@ -352,7 +353,7 @@ class HealthChecker(StandingDown):
         return in_flight, max(times, default=None)
 
     def _create_failover(
-        self, key: GroupKey, decision: HealthDecision, reachable: set[str], now: float
+        self, key: GroupKey, decision: HealthDecision, reachable: set[str], now: float, *, predicted: str = ""
     ) -> GroupOutcome:
         assert decision.failover is not None
         target = decision.failover.target_cluster
@@ -389,6 +390,7 @@ class HealthChecker(StandingDown):
                 target=target,
                 force=decision.failover.force,
                 reason=decision.failover.reason,
+                predicted_rto=predicted,
             )
             return GroupOutcome(key, decision, created_name, name)
         log.error(

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from fsm.models import GroupKey, ResourceRef
+from fsm.timeline import StepTiming
 from workers.container import Adapters, dynamo_coordination
 from workers.errors import (
     AlreadyOwned,
@@ -460,7 +461,16 @@ class FakeCoordination:
     def history(self, group: GroupKey, *, limit: int = 50) -> list[HistoryRecord]:
         self._count("history")
         items = [json.loads(raw) for raw in self.client.lrange(self._key("history", group), 0, limit - 1)]
-        return [HistoryRecord(**{**item, "skipped": tuple(item["skipped"])}) for item in items]
+        return [
+            HistoryRecord(
+                **{
+                    **item,
+                    "skipped": tuple(item["skipped"]),
+                    "timeline": tuple(StepTiming(**entry) for entry in item.get("timeline", ())),
+                }
+            )
+            for item in items
+        ]
 
     def write_journal(self, group: GroupKey, entry: JournalEntry) -> None:
         self._count("write_journal")

@@ -23,7 +23,7 @@ from workers.errors import PermanentError
 from workers.kube import KubeClients, KubeEffects
 from workers.logging import configure_logging
 from workers.messages import START_TASK, CelerySender, task_name
-from workers.metrics import set_heartbeat_age, start_metrics_server
+from workers.metrics import set_heartbeat_age, set_predicted_rto, start_metrics_server
 from workers.planning import PlanReport, Problem, StepPlan, plan_failover, validate_group
 from workers.ports import Change, Coordination, Divergence, HistoryRecord, LockIndex, LockInfo
 from workers.settings import Settings
@@ -48,6 +48,7 @@ __all__ = [
     "run_id_for",
     "run_ids_for",
     "set_heartbeat_age",
+    "set_predicted_rto",
     "start_metrics_server",
 ]
 
@@ -154,13 +155,15 @@ class Orchestrator:
         *,
         failover_cluster: str | None = None,
         source: str | None = None,
+        drill: bool = False,
     ) -> Submission:
         """Create the run of ``failover`` for ``group`` (once) and send its start message.
 
         ``failover_cluster`` is where the Failover object lives, so that its status is written there.
         ``source`` is what :meth:`source_for` returned when the caller checked the request already
         (the watcher checks every group before submitting any); without it the request is read and
-        checked here, raising :class:`RequestError` as :meth:`source_for` does.
+        checked here, raising :class:`RequestError` as :meth:`source_for` does. ``drill`` marks the
+        run (and its history record) as a drill (``failoverctl drill``).
         """
         if source is None:
             source = self.source_for(failover, group)
@@ -173,6 +176,7 @@ class Orchestrator:
             timing=self.settings.timing,
             failover_cluster=failover_cluster,
             nonce=uuid.uuid4().hex[:12],
+            drill=drill,
         )
         return submit_run(self.store, self.sender, run)
 

@@ -7,16 +7,15 @@ tolerate missing optional attributes so that older items stay readable.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from fsm import timeline
 from fsm.models import GroupKey
-from workers.ports import Divergence, Heartbeat, HeldLock, HistoryRecord, JournalEntry, LockInfo
+from workers.ports import Heartbeat, HeldLock, HistoryRecord, JournalEntry, LockInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.type_defs import AttributeValueTypeDef, TransactWriteItemTypeDef
@@ -226,6 +225,10 @@ def history_item(pk: str, record: HistoryRecord) -> Item:
         item["failedStep"] = s(record.failed_step)
     if record.actor:
         item["actor"] = s(record.actor)
+    if record.drill:
+        item["drill"] = boolean(True)
+    if record.timeline:  # at most 64 steps: a few KB
+        item["timeline"] = s(timeline.encode(record.timeline))
     return item
 
 
@@ -247,6 +250,8 @@ def history_from_item(item: Mapping[str, Any]) -> HistoryRecord:
         message=get_str(item, "message"),
         skipped=get_str_list(item, "skipped"),
         actor=get_str(item, "actor"),
+        drill=get_bool(item, "drill"),
+        timeline=timeline.decode(get_str(item, "timeline")),
     )
 
 
@@ -435,19 +440,6 @@ def volumes_transaction(table: str, pk: str, *, token: int, cluster: str) -> lis
             }
         },
     ]
-
-
-def divergence_json(divergence: Divergence) -> str:
-    return json.dumps(dataclasses.asdict(divergence), sort_keys=True)
-
-
-def divergence_of(item: Mapping[str, Any]) -> Divergence | None:
-    """The ``diverged`` attribute of a CONFIG item (JSON), or None."""
-    text = get_opt_str(item, "diverged")
-    if not text:
-        return None
-    data = json.loads(text)
-    return Divergence(**{k: data[k] for k in ("reason", "at", "run_id", "step", "detail") if k in data})
 
 
 def settlement_transaction(

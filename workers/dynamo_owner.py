@@ -11,9 +11,12 @@ was lost is answered with success by DynamoDB.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
+from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fsm.models import GroupKey
 from workers import dynamo_codec as codec
@@ -24,6 +27,19 @@ from workers.ports import Divergence, HistoryRecord
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
+
+
+def divergence_json(divergence: Divergence) -> str:
+    return json.dumps(dataclasses.asdict(divergence), sort_keys=True)
+
+
+def divergence_of(item: Mapping[str, Any]) -> Divergence | None:
+    """The ``diverged`` attribute of a CONFIG item (JSON), or None."""
+    text = codec.get_opt_str(item, "diverged")
+    if not text:
+        return None
+    data = json.loads(text)
+    return Divergence(**{k: data[k] for k in ("reason", "at", "run_id", "step", "detail") if k in data})
 
 
 def _names(*attributes: str) -> dict[str, str]:
@@ -115,7 +131,7 @@ class OwnerRecords:
 
     def divergence(self, group: GroupKey) -> Divergence | None:
         item = self._db.get(codec.group_pk(group), codec.CONFIG_SK, f"read divergence of {group}")
-        return codec.divergence_of(item) if item else None
+        return divergence_of(item) if item else None
 
     def mark_diverged(self, group: GroupKey, divergence: Divergence) -> None:
         """Record the divergence unless one is recorded already (the first cause is the one to settle)."""
@@ -126,7 +142,7 @@ class OwnerRecords:
             UpdateExpression="SET #diverged = :diverged",
             ConditionExpression="attribute_not_exists(#diverged)",
             ExpressionAttributeNames=_names("diverged"),
-            ExpressionAttributeValues={":diverged": codec.s(codec.divergence_json(divergence))},
+            ExpressionAttributeValues={":diverged": codec.s(divergence_json(divergence))},
         )
         try:
             self._db.call("UpdateItem", f"mark group {group} diverged", request)

@@ -37,6 +37,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fsm.forecast import Forecast
 from fsm.run import Run, StepRecord
 
 log = structlog.get_logger(__name__)
@@ -118,6 +119,13 @@ class Metrics:
             "failover_cluster_heartbeat_age_seconds",
             "Seconds since the cluster's last heartbeat, as the health checker last saw it.",
             ["cluster"],
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
+        self.predicted_rto = Gauge(
+            "failover_predicted_rto_seconds",
+            "Predicted RTO of a group per mode from its own history (fsm.forecast), by quantile.",
+            ["group", "mode", "quantile"],
             multiprocess_mode="mostrecent",
             registry=registry,
         )
@@ -227,6 +235,16 @@ class MetricsObserver:
 def set_heartbeat_age(cluster: str, seconds: float, metrics: Metrics | None = None) -> None:
     """Record how old the cluster's last heartbeat is (called by the health checker each round)."""
     (metrics or default_metrics()).heartbeat_age.labels(cluster=cluster).set(seconds)
+
+
+def set_predicted_rto(forecast: Forecast, group: str, metrics: Metrics | None = None) -> None:
+    """Publish ``forecast`` per mode and quantile (a mode without history is not published)."""
+    gauge = (metrics or default_metrics()).predicted_rto
+    for mode in forecast.modes:
+        if mode.total is None:
+            continue
+        for quantile, seconds in (("0.5", mode.total.p50), ("0.95", mode.total.p95)):
+            gauge.labels(group=group, mode=mode.mode, quantile=quantile).set(seconds)
 
 
 class QueueDepthCollector(Collector):

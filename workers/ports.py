@@ -45,6 +45,7 @@ from typing import Protocol, runtime_checkable
 
 from fsm.kinds import Role as Role  # noqa: PLC0414 (re-exported)
 from fsm.models import GroupKey, ResourceRef
+from fsm.timeline import StepTiming
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,9 @@ class HistoryRecord:
     message: str = ""
     skipped: tuple[str, ...] = ()
     actor: str = ""  # who did it, for records written by hand or by a producer (adoption)
+    drill: bool = False
+    # The run's steps (fsm.timeline, at most 64 entries): what reports draw and forecasts sum.
+    timeline: tuple[StepTiming, ...] = ()
 
 
 @dataclass(frozen=True)

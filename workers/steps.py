@@ -20,6 +20,7 @@ from fsm.decide import Updates
 from fsm.models import ResourceRef
 from fsm.plan import CATALOGUE, Step, StepInfo, StepType
 from fsm.run import Run, Superseded
+from fsm.timeline import timeline_of
 from workers.errors import (
     ClusterUnreachable,
     CoordinationConflict,
@@ -371,6 +372,8 @@ def history_record(run: Run, *, outcome: str, now: float) -> HistoryRecord:
         failed_step=failure.step.value if failure else None,
         message=failure.describe() if failure else "",
         skipped=tuple(run.skipped()),
+        drill=run.drill,
+        timeline=timeline_of(run),
     )
 
 
