@@ -25,6 +25,7 @@ from rich.console import Console
 
 from fsm.models import FailoverGroup, GroupKey, excerpt
 from producers.decisions import field_path, first_error
+from producers.views import console
 from producers.kube import FAILOVER_GROUPS, ClusterClient, current_context, kubeconfig_contexts
 from workers.api import Orchestrator
 from workers.errors import OrchestratorError
@@ -32,8 +33,9 @@ from workers.settings import MissingRunKey, Settings
 
 
 def out() -> Console:
-    """A console per command, so that the terminal's width (or COLUMNS) is read when it prints."""
-    return Console()
+    """A console per command, so that the terminal's width (or COLUMNS) is read when it prints; off a
+    terminal (a pipe, a file) lines are never wrapped or styled (:func:`producers.views.console`)."""
+    return console()
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
