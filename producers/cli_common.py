@@ -25,8 +25,8 @@ from rich.console import Console
 
 from fsm.models import FailoverGroup, GroupKey, excerpt
 from producers.decisions import field_path, first_error
-from producers.views import console
 from producers.kube import FAILOVER_GROUPS, ClusterClient, current_context, kubeconfig_contexts
+from producers.views import console
 from workers.api import Orchestrator
 from workers.errors import OrchestratorError
 from workers.settings import MissingRunKey, Settings

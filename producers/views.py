@@ -31,9 +31,7 @@ def console(file: TextIO | None = None) -> Console:
     stream = file if file is not None else sys.stdout
     if stream.isatty():
         return Console(file=file)
-    return Console(
-        file=file, soft_wrap=True, no_color=True, highlight=False, emoji=False, width=PIPE_WIDTH
-    )
+    return Console(file=file, soft_wrap=True, no_color=True, highlight=False, emoji=False, width=PIPE_WIDTH)
 
 
 class LiveView(Protocol):

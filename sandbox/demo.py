@@ -37,11 +37,11 @@ from producers.views import live_view, run_view, summary
 from producers.watcher import FailoverWatcher
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, REGION, endpoint_of, moto_server
+from sandbox.exports import export_lines, sandbox_exports, write_env_file
 from sandbox.kube import SandboxCluster, SandboxFleet, load_sample_fleet
 from sandbox.kube.fleet import write_kubeconfig
 from sandbox.kube.identity import ADMIN
 from sandbox.redis_server import redis_url
-from sandbox.exports import export_lines, sandbox_exports, write_env_file
 from sandbox.stack import SANDBOX_OPERATOR_ID, stack_settings, worker_env
 from workers.api import Orchestrator
 from workers.settings import Settings

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import time
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -63,7 +63,13 @@ def _wait_for_text(log: Path, text: str, process: subprocess.Popen[bytes], timeo
 def _run(line: str, preamble: list[str], env_file: Path) -> subprocess.CompletedProcess[str]:
     script = "\n".join([*preamble, line]).replace(DOCUMENTED_ENV_FILE, str(env_file))
     return subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, env=shell_env(), cwd=ROOT, timeout=60
+        ["bash", "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=shell_env(),
+        cwd=ROOT,
+        timeout=60,
     )
 
 
@@ -127,7 +133,9 @@ def test_the_readme_walk_through_moves_your_own_group_and_back(tmp_path: Path) -
         "failover.crd.hahomelabs.com/move-payments condition met",
         "failover.crd.hahomelabs.com/bring-payments-home condition met",
     ]
-    on_site_b = outputs["kubectl --context site-b get deployments,statefulsets,volumereplications -n payments"]
+    on_site_b = outputs[
+        "kubectl --context site-b get deployments,statefulsets,volumereplications -n payments"
+    ]
     assert re.search(r"deployment.apps/api\s+2/2", on_site_b) and "Primary" in on_site_b, on_site_b
     history = outputs["failoverctl history payments/payments"]
     assert history.count("SUCCESS") == 2, history
