@@ -247,7 +247,10 @@ def decide_automatic_failover(inputs: HealthInputs) -> HealthDecision:
         return HealthDecision(Action.HEARTBEAT, f"group {name}: {reason}", to_write, None, stale)
 
     if inputs.active_cluster is None:
-        return keep("no active cluster recorded; automatic failover needs a first owner")
+        return keep(
+            "no active cluster recorded; automatic failover needs a first owner: "
+            f"`failoverctl group adopt {group.metadata.namespace}/{group.metadata.name}`"
+        )
     why, source_stale, why_not = _trigger(inputs, beats)
     if why is None:
         return keep(why_not)

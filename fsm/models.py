@@ -436,7 +436,8 @@ def check_request(
         raise RequestError(
             "spec.failoverGroups",
             f"group {group.metadata.namespace}/{group.metadata.name} has no active cluster recorded; "
-            "set its first owner explicitly before failing it over",
+            "set its first owner explicitly before failing it over: "
+            f"`failoverctl group adopt {group.metadata.namespace}/{group.metadata.name}`",
         )
     if target == active_cluster:
         raise RequestError(

@@ -21,7 +21,7 @@ import typer
 
 from fsm.graph import dot, mermaid
 from fsm.plan import PlanKind
-from producers import cli_group, cli_plan, cli_producers, cli_runs
+from producers import cli_group, cli_group_adopt, cli_group_show, cli_plan, cli_producers, cli_runs
 from producers.cli_common import KindChoice, fail, out, settings_of
 
 app = typer.Typer(
@@ -129,6 +129,8 @@ app.command()(cli_runs.history)
 app.add_typer(cli_runs.dynamodb_app, name="dynamodb")
 app.add_typer(cli_runs.lock_app, name="lock")
 app.add_typer(cli_runs.run_app, name="run")
+cli_group.group_app.command("adopt")(cli_group_adopt.adopt_command)
+cli_group.group_app.command("show")(cli_group_show.show_command)
 app.add_typer(cli_group.group_app, name="group")
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(worker)
 app.command()(demo)

@@ -1,5 +1,7 @@
 """``failoverctl group``: commands on a FailoverGroup as a whole. ``group resolve`` settles a diverged
-group (a run that failed past its point of no return, or clusters that contradict DynamoDB)."""
+group (a run that failed past its point of no return, or clusters that contradict DynamoDB);
+``group adopt`` records the first owner of a group that has none (:mod:`producers.cli_group_adopt`);
+``group show`` prints what is known about a group (:mod:`producers.cli_group_show`)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from workers.errors import OrchestratorError
 group_app = typer.Typer(help="Commands on a FailoverGroup as a whole.", no_args_is_help=True)
 
 
-def _read_group(
+def read_group(
     group: str, kubeconfig: Path | None, context: str | None, clusters: list[str]
 ) -> FailoverGroup:
     namespace, name = split_name(group)
@@ -47,7 +49,7 @@ def _read_group(
         raise fail(error.describe()) from error
 
 
-def _wait(handle: Orchestrator, run_id: str, timeout: float) -> Run:
+def wait_run(handle: Orchestrator, run_id: str, timeout: float) -> Run:
     deadline = time.monotonic() + timeout
     while True:
         run = handle.run(run_id)
@@ -87,7 +89,7 @@ def resolve_command(
     clusters = list(cluster or settings.clusters or kubeconfig_contexts(kubeconfig))
     if active not in clusters:
         raise fail(f"--active {active!r} is not one of the clusters ({', '.join(clusters)})", 2)
-    found = _read_group(group, kubeconfig, context, clusters)
+    found = read_group(group, kubeconfig, context, clusters)
     key = group_key(group, operator_id or found.spec.operator_id, settings)
     others = [c for c in clusters if c != active]
     with orchestrator(settings) as handle:
@@ -108,7 +110,7 @@ def resolve_command(
             except RequestError as error:
                 raise fail(str(error), 2) from error
             out().print(f"run {submission.run.run_id}: {passive} passive, then {active} active")
-            run = _wait(handle, submission.run.run_id, timeout)
+            run = wait_run(handle, submission.run.run_id, timeout)
             out().print(summary(run))
             if run.status.value != "SUCCESS":
                 raise fail(f"resolution failed: {run.message}")

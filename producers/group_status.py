@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from fsm.health import ClusterRole, GroupHealth, Health, stale_clusters, unreachable
 from fsm.models import FailoverGroup
 from fsm.run import resolve_command
+from producers.adoption import Adoption, adopt_when_clear, adopted_condition
 from producers.decisions import REASON_INVALID, conditions, describe, first_error, iso, needs_write
 from producers.health import observe_group
 from producers.kube import FAILOVER_GROUPS, ClusterClient, Obj
@@ -114,6 +115,9 @@ class GroupStatusWriter:
             )
             previous.update(dbSyncStatus="Error", thisCluster=cluster)
             return {"suspended": group.spec.suspended, "globalState": previous}
+        adoption = self._adopt(cluster, group, obj) if active is None else None
+        if adoption is not None:
+            active = adoption.owner
         role = ClusterRole.PRIMARY if cluster == active else ClusterRole.STANDBY
         health: GroupHealth = (
             observe_group(self.clusters[cluster], group, role)
@@ -139,16 +143,38 @@ class GroupStatusWriter:
                 ),
             },
         }
-        status["conditions"] = [action_required(group, divergence, obj, now)]
+        wanted = [action_required(group, divergence), adopted_condition(active, adoption)]
+        status["conditions"] = conditions(obj, wanted, (obj.get("metadata") or {}).get("generation"), now)
         finished = [r for r in history if r.outcome == "SUCCESS"]
         if finished:
             status["lastFailoverTime"] = iso(finished[0].finished_at)
         return status
 
+    def _adopt(self, cluster: str, group: FailoverGroup, obj: Obj) -> Adoption | None:
+        """A group without owner is adopted on its one active cluster when every cluster says so
+        (``producers.adoption``); otherwise the ``Adopted=False`` condition says why and what to run."""
+        try:
+            adoption = adopt_when_clear(
+                self.orchestrator,
+                self.clusters,
+                group,
+                actor="watcher",
+                reason="adopted by the watcher: exactly one cluster active, every other passive",
+            )
+        except OrchestratorError as error:
+            log.warning(
+                "group_adoption_failed", cluster=cluster, group=str(group.key), error=error.describe()
+            )
+            return None
+        if adoption.recorded:
+            log.warning("group_adopted", group=str(group.key), owner=adoption.owner, actor="watcher")
+        elif adoption.owner is None and adoption.decision is not None:
+            why = f"{adoption.decision.message}{f' ({adoption.blocked})' if adoption.blocked else ''}"
+            self._log_once(cluster, obj, "group_not_adopted", why)
+        return adoption
 
-def action_required(
-    group: FailoverGroup, divergence: Divergence | None, obj: Obj, now: float
-) -> dict[str, Any]:
+
+def action_required(group: FailoverGroup, divergence: Divergence | None) -> tuple[str, bool, str, str]:
     """The ``OperatorActionRequired`` condition: True while the group is diverged, with what was seen
     active where and the exact command that settles it."""
     message = ""
@@ -156,8 +182,7 @@ def action_required(
         seen = f"; seen: {divergence.detail}" if divergence.detail else ""
         message = f"{divergence.reason}{seen}; settle it with `{resolve_command(group.key)}`"
     reason = "Diverged" if divergence is not None else "Consistent"
-    wanted = [("OperatorActionRequired", divergence is not None, reason, message)]
-    return conditions(obj, wanted, (obj.get("metadata") or {}).get("generation"), now)[0]
+    return ("OperatorActionRequired", divergence is not None, reason, message)
 
 
 def _invalid_reason(obj: Obj) -> str | None:

@@ -22,6 +22,7 @@ import redis
 from fsm.models import GroupKey, ResourceRef
 from workers.container import Adapters, dynamo_coordination
 from workers.errors import (
+    AlreadyOwned,
     ClusterUnreachable,
     CoordinationConflict,
     Fenced,
@@ -320,6 +321,16 @@ return 1
 """
 
 
+# Adoption: the owner only if none is recorded, and the history record, in one script.
+_ADOPT = """
+local owner = redis.call('GET', KEYS[1])
+if owner then return owner end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return ''
+"""
+
+
 _SETTLE = """
 local lock = redis.call('HGET', KEYS[1], 'token')
 if not lock or tonumber(lock) ~= tonumber(ARGV[1]) then return -1 end
@@ -342,6 +353,7 @@ class FakeCoordination:
         self._release = client.register_script(_RELEASE)
         self._complete = client.register_script(_COMPLETE)
         self._settle = client.register_script(_SETTLE)
+        self._adopt = client.register_script(_ADOPT)
 
     def _key(self, what: str, group: GroupKey, *rest: str) -> str:
         return ":".join([f"{self.prefix}{what}", group.operator_id, group.namespace, group.name, *rest])
@@ -482,6 +494,16 @@ class FakeCoordination:
         return [
             Heartbeat(**json.loads(v)) for v in self.client.hgetall(self._key("heartbeats", group)).values()
         ]
+
+    def adopt(self, group: GroupKey, cluster: str, record: HistoryRecord) -> None:
+        self._count("adopt")
+        owner = self._adopt(
+            keys=[self._key("owner", group), self._key("history", group)],
+            args=[cluster, json.dumps(asdict(record))],
+        )
+        if owner:
+            owner = owner.decode() if isinstance(owner, bytes) else str(owner)
+            raise AlreadyOwned(f"group {group} already has an owner, {owner!r}", owner=owner)
 
     def settle_owner(self, group: GroupKey, *, token: int, owner: str, record: HistoryRecord) -> None:
         self._count("settle_owner")

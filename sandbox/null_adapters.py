@@ -76,6 +76,9 @@ class NullCoordination:
     def set_initial_owner(self, group: GroupKey, cluster: str) -> None:
         return None
 
+    def adopt(self, group: GroupKey, cluster: str, record: HistoryRecord) -> None:
+        return None
+
     def acquire_lock(
         self,
         group: GroupKey,

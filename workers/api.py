@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 
+from fsm.adoption import OUTCOME_ADOPTED
 from fsm.models import Failover, FailoverGroup, GroupKey, RequestError, check_request
 from fsm.run import Run, new_resolve_run, new_run, new_standdown_run
 from workers import liveness
@@ -298,6 +299,35 @@ class Orchestrator:
 
     def divergence(self, group: GroupKey) -> Divergence | None:
         return self.coordination.divergence(group)
+
+    def owner(self, group: GroupKey) -> str | None:
+        """The group's recorded active cluster (None: no owner recorded yet)."""
+        return self.coordination.active_cluster(group)
+
+    def adopt(
+        self, group: GroupKey, cluster: str, *, evidence: str, actor: str, reason: str
+    ) -> HistoryRecord:
+        """Record ``cluster`` as the first owner of ``group`` with an ADOPTED history record (the
+        evidence, who and why), in one compare-and-set: only while no owner is recorded. Raises
+        :class:`workers.errors.AlreadyOwned` naming the owner when one is (nothing written)."""
+        now = time.time()
+        record = HistoryRecord(
+            run_id=f"adopt-{uuid.uuid4().hex[:12]}",
+            failover="",
+            group=str(group),
+            mode="",
+            source_cluster="",
+            target_cluster=cluster,
+            force=False,
+            reason=reason,
+            started_at=now,
+            finished_at=now,
+            outcome=OUTCOME_ADOPTED,
+            message=f"{cluster} adopted as the active cluster by {actor}; seen: {evidence}",
+            actor=actor,
+        )
+        self.coordination.adopt(group, cluster, record)
+        return record
 
     def runs(self, *, failover: str | None = None, limit: int = 50) -> list[Run]:
         return self.store.for_failover(failover) if failover else self.store.recent(limit)

@@ -41,6 +41,9 @@ Consistency of each operation (after Patroni's ``AbstractDCS``); reads that deci
 operation                  how
 =========================  =========================================================================
 set_initial_owner          CAS: UpdateItem on CONFIG if ``attribute_not_exists(ownerCluster)``
+adopt                      CAS: ONE TransactWriteItems: CONFIG owner set if
+                           ``attribute_not_exists(ownerCluster)`` + ADOPTED history put
+                           (``workers.dynamo_owner``, with divergence and its settlement)
 acquire_lock               CAS: consistent BatchGetItem of CONFIG and LOCK (a live lock is refused
                            right there), then ONE TransactWriteItems: CONFIG ``lockToken`` to the new
                            token (if unchanged) and the LOCK put (if absent or ``expiresAt < now``);
@@ -75,10 +78,10 @@ import structlog
 
 from fsm.models import GroupKey
 from workers import dynamo_codec as codec
+from workers.dynamo_owner import OwnerRecords
 from workers.dynamo_table import ConditionFailed, DynamoTable
 from workers.errors import CoordinationConflict, LeaseLost, LockHeld
 from workers.ports import (
-    Divergence,
     Heartbeat,
     HeldLock,
     HistoryRecord,
@@ -107,7 +110,7 @@ def _names(*attributes: str) -> dict[str, str]:
     return {f"#{a}": a for a in attributes}
 
 
-class DynamoCoordination:
+class DynamoCoordination(OwnerRecords):
     """Coordination on one DynamoDB table. Thread-safe; ``calls`` counts requests by operation."""
 
     def __init__(
@@ -162,65 +165,6 @@ class DynamoCoordination:
         """The group's active cluster (consistent read), or None if no owner was ever recorded."""
         item = self._db.get(codec.group_pk(group), codec.CONFIG_SK, f"read owner of {group}")
         return codec.get_opt_str(item, "ownerCluster") if item else None
-
-    def set_initial_owner(self, group: GroupKey, cluster: str) -> None:
-        """Record the first owner; raises CoordinationConflict (naming it) if one is recorded already."""
-        request = partial(
-            self._client.update_item,
-            TableName=self._table,
-            Key=codec.key(codec.group_pk(group), codec.CONFIG_SK),
-            UpdateExpression="SET #ownerCluster = :cluster, #version = if_not_exists(#version, :one)",
-            ConditionExpression="attribute_not_exists(#ownerCluster)",
-            ExpressionAttributeNames=_names("ownerCluster", "version"),
-            ExpressionAttributeValues={":cluster": codec.s(cluster), ":one": codec.n(1)},
-            ReturnValuesOnConditionCheckFailure="ALL_OLD",
-        )
-        try:
-            self._db.call("UpdateItem", f"set initial owner of {group} to {cluster!r}", request)
-        except ConditionFailed as failed:
-            owner = codec.get_opt_str(failed.item or {}, "ownerCluster")
-            if owner == cluster and failed.attempt > 1:
-                return  # our earlier attempt wrote it and its answer was lost
-            raise CoordinationConflict(
-                f"group {group} already has an owner, {owner!r}; the first owner is set only once "
-                f"(asked for {cluster!r}); move it with a failover instead"
-            ) from failed.error
-
-    # --- divergence ------------------------------------------------------------------------------
-
-    def divergence(self, group: GroupKey) -> Divergence | None:
-        item = self._db.get(codec.group_pk(group), codec.CONFIG_SK, f"read divergence of {group}")
-        return codec.divergence_of(item) if item else None
-
-    def mark_diverged(self, group: GroupKey, divergence: Divergence) -> None:
-        """Record the divergence unless one is recorded already (the first cause is the one to settle)."""
-        request = partial(
-            self._client.update_item,
-            TableName=self._table,
-            Key=codec.key(codec.group_pk(group), codec.CONFIG_SK),
-            UpdateExpression="SET #diverged = :diverged",
-            ConditionExpression="attribute_not_exists(#diverged)",
-            ExpressionAttributeNames=_names("diverged"),
-            ExpressionAttributeValues={":diverged": codec.s(codec.divergence_json(divergence))},
-        )
-        try:
-            self._db.call("UpdateItem", f"mark group {group} diverged", request)
-        except ConditionFailed:
-            return  # already diverged: the first record stands until an operator settles it
-
-    def settle_owner(self, group: GroupKey, *, token: int, owner: str, record: HistoryRecord) -> None:
-        """Set the owner, clear the divergence, write history and release the lock in one transaction."""
-        pk = codec.group_pk(group)
-        what = f"settle group {group} on {owner!r} (token {token})"
-        items = codec.settlement_transaction(self._table, pk, token=token, owner=owner, record=record)
-        request_token = str(
-            uuid.uuid5(uuid.NAMESPACE_URL, f"{self._table}/{pk}/{token}/{record.run_id}/settle")
-        )
-        try:
-            self._db.transact(what, items, request_token)
-        except ConditionFailed as failed:
-            _lock_failed, old_lock = failed.reason(0)
-            raise LeaseLost(codec.lost(group, token, old_lock, "settle the group")) from failed.error
 
     # --- lock ------------------------------------------------------------------------------------
 

@@ -224,6 +224,8 @@ def history_item(pk: str, record: HistoryRecord) -> Item:
         item["downtimeSeconds"] = n(record.downtime_seconds)
     if record.failed_step is not None:
         item["failedStep"] = s(record.failed_step)
+    if record.actor:
+        item["actor"] = s(record.actor)
     return item
 
 
@@ -244,6 +246,7 @@ def history_from_item(item: Mapping[str, Any]) -> HistoryRecord:
         failed_step=get_opt_str(item, "failedStep"),
         message=get_str(item, "message"),
         skipped=get_str_list(item, "skipped"),
+        actor=get_str(item, "actor"),
     )
 
 

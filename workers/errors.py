@@ -88,3 +88,11 @@ class Fenced(PermanentError):
 
 class CoordinationConflict(PermanentError):
     """A conditional write in the coordination store failed; ``message`` names the condition."""
+
+
+class AlreadyOwned(CoordinationConflict):
+    """A group was to be adopted, but an owner is recorded already; ``owner`` names it."""
+
+    def __init__(self, message: str, *, owner: str | None) -> None:
+        super().__init__(message)
+        self.owner = owner

@@ -21,6 +21,8 @@ complete_failover            CAS-critical: one transaction (owner flip + history
 active_cluster, lock_info    strongly consistent read (decisions are taken on it)
 settle_owner                 CAS-critical: one transaction (owner set + divergence cleared +
                              history + release) conditioned on the token
+adopt                        CAS-critical: one transaction (first owner + ADOPTED history)
+                             conditioned on no owner being recorded
 divergence                   strongly consistent read
 mark_diverged                conditional put: the first record wins until settled
 mark_volumes_released        CAS-critical: conditioned on the token
@@ -167,6 +169,7 @@ class HistoryRecord:
     failed_step: str | None = None
     message: str = ""
     skipped: tuple[str, ...] = ()
+    actor: str = ""  # who did it, for records written by hand or by a producer (adoption)
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,12 @@ class Coordination(Protocol):
 
     def set_initial_owner(self, group: GroupKey, cluster: str) -> None:
         """Record the first owner; raises CoordinationConflict if an owner is already recorded."""
+        ...
+
+    def adopt(self, group: GroupKey, cluster: str, record: HistoryRecord) -> None:
+        """Record ``cluster`` as the group's first owner and write ``record`` (outcome ADOPTED), in one
+        transaction, only while no owner is recorded; raises :class:`workers.errors.AlreadyOwned`
+        naming the owner otherwise (nothing written). Repeating a call that succeeded is a success."""
         ...
 
     def acquire_lock(
