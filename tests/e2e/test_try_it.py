@@ -6,7 +6,6 @@ sourced the env file first. The user's own group moves to site-b and back, both 
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 import subprocess
 import time
@@ -18,7 +17,6 @@ from tests.e2e.sandbox_processes import (
     alive,
     descendants,
     shell_env,
-    sourced,
     stop,
     wait_for_file,
 )
@@ -73,22 +71,6 @@ def _run(line: str, preamble: list[str], env_file: Path) -> subprocess.Completed
     )
 
 
-def _adopt_without_the_command(env_file: Path, line: str) -> None:
-    """Until `failoverctl group adopt` exists (branch adopt), record the first owner it would."""
-    found = re.search(r"adopt ([\w-]+)/([\w-]+) --active ([\w-]+)", line)
-    assert found is not None, line
-    namespace, name, active = found.groups()
-    operator = sourced(env_file, ["FAILOVER_OPERATOR_ID"])["FAILOVER_OPERATOR_ID"]
-    code = (
-        "from fsm.models import GroupKey\nfrom workers.api import Orchestrator\n"
-        "from workers.settings import Settings\n"
-        "with Orchestrator(Settings()) as handle:\n    handle.coordination.set_initial_owner("
-        f"GroupKey(operator_id={operator!r}, namespace={namespace!r}, name={name!r}), {active!r})"
-    )
-    ran = _run(f"python -c {shlex.quote(code)}", [f". {shlex.quote(str(env_file))}"], env_file)
-    assert ran.returncode == 0, ran.stderr
-
-
 def test_the_readme_walk_through_moves_your_own_group_and_back(tmp_path: Path) -> None:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed (the walk-through is kubectl's)")
@@ -107,11 +89,10 @@ def test_the_readme_walk_through_moves_your_own_group_and_back(tmp_path: Path) -
             if line.startswith((". ", "source ")):
                 preamble.append(line)
                 continue
+            began = time.monotonic()
             ran = _run(line, preamble, env_file)
+            print(f"{time.monotonic() - began:6.1f}s {line}")
             results.append((line, ran))
-            if " group adopt " in line and "No such command 'adopt'" in ran.stderr:
-                _adopt_without_the_command(env_file, line)
-                continue
             assert ran.returncode == 0, f"{line}\n{ran.stdout[-2000:]}\n{ran.stderr[-2000:]}"
         started = descendants(sandbox.pid)
     finally:
@@ -123,6 +104,9 @@ def test_the_readme_walk_through_moves_your_own_group_and_back(tmp_path: Path) -
     assert "watcher stopped" in (tmp_path / "watcher.log").read_text()
 
     outputs = {line: ran.stdout for line, ran in results}
+    adopted = outputs["failoverctl group adopt payments/payments"]
+    # By the command, or by the watcher first (the group is unambiguous): site-a either way.
+    assert re.search(r"payments/payments (adopted: site-a recorded|is already adopted: site-a)", adopted)
     moved = outputs["failoverctl watch payments/move-payments"].splitlines()
     assert moved[-1].startswith("CONSISTENCY site-a→site-b: SUCCESS"), moved[-3:]
     assert moved[-2] == "moved to site-b"  # the view's last line, ended before the summary
@@ -138,4 +122,4 @@ def test_the_readme_walk_through_moves_your_own_group_and_back(tmp_path: Path) -
     ]
     assert re.search(r"deployment.apps/api\s+2/2", on_site_b) and "Primary" in on_site_b, on_site_b
     history = outputs["failoverctl history payments/payments"]
-    assert history.count("SUCCESS") == 2, history
+    assert history.count("SUCCESS") == 2 and "ADOPTED" in history, history
