@@ -304,7 +304,7 @@ def _announce(console: Console, world: Environment, workdir: Path, env_file: Pat
         write_env_file(env_file, exports, header="failoverctl sandbox up: source this file (removed on stop)")
     console.print("sandbox up (Ctrl-C stops everything); a worker is running")
     for line in export_lines(exports):
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # whole, even on a tty
     if env_file is not None:
         console.print(f"# the same exports are in {env_file}: . {shlex.quote(str(env_file))}")
     console.print(f"# then: kubectl --context site-a get all -n {NAMESPACE}")
@@ -313,7 +313,12 @@ def _announce(console: Console, world: Environment, workdir: Path, env_file: Pat
 
 
 def sandbox_up(console: Console, env_file: Path | None = None) -> int:
-    """Start the environment and a worker, print how to reach them, wait for Ctrl-C."""
+    """Start the environment and a worker, print how to reach them, wait for Ctrl-C. The env file is
+    the sandbox's: an old one goes at once (a script waiting for it never reads a stopped sandbox's),
+    the new one is written when everything is up and removed on stop."""
+    if env_file is not None:
+        env_file = env_file.expanduser().absolute()
+        env_file.unlink(missing_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="failover-sandbox-"))
     try:
         with environment(workdir) as world:
@@ -330,7 +335,7 @@ def sandbox_up(console: Console, env_file: Path | None = None) -> int:
                 worker.stop()
     finally:
         if env_file is not None:
-            env_file.expanduser().absolute().unlink(missing_ok=True)
+            env_file.unlink(missing_ok=True)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
