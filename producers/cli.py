@@ -106,9 +106,19 @@ def demo() -> None:
     os.execv(sys.executable, [sys.executable, "-m", "sandbox.demo"])
 
 
-def sandbox_up() -> None:
+def sandbox_up(
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            help="Also write the exports (KUBECONFIG, Redis, DynamoDB, run key, operatorID, clusters) "
+            "to this file, for `source FILE`; removed on stop",
+        ),
+    ] = None,
+) -> None:
     """Start two sandbox clusters, Redis, DynamoDB and a worker, print how to reach them, wait for Ctrl-C."""
-    os.execv(sys.executable, [sys.executable, "-m", "sandbox.demo", "--up"])
+    extra = ["--env-file", str(env_file)] if env_file is not None else []
+    os.execv(sys.executable, [sys.executable, "-m", "sandbox.demo", "--up", *extra])
 
 
 # In the order `failoverctl --help` lists them.

@@ -26,14 +26,16 @@ from rich.console import Console
 from fsm.models import FailoverGroup, GroupKey, excerpt
 from producers.decisions import field_path, first_error
 from producers.kube import FAILOVER_GROUPS, ClusterClient, current_context, kubeconfig_contexts
+from producers.views import console
 from workers.api import Orchestrator
 from workers.errors import OrchestratorError
 from workers.settings import MissingRunKey, Settings
 
 
 def out() -> Console:
-    """A console per command, so that the terminal's width (or COLUMNS) is read when it prints."""
-    return Console()
+    """A console per command, so that the terminal's width (or COLUMNS) is read when it prints; off a
+    terminal (a pipe, a file) lines are never wrapped or styled (:func:`producers.views.console`)."""
+    return console()
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -24,7 +24,7 @@ from producers.cli_common import (
     settings_of,
     when,
 )
-from producers.views import run_view, summary
+from producers.views import live_view, run_view, summary
 from workers.api import Orchestrator
 
 lock_app = typer.Typer(help="Inspect or release a group's lock.", no_args_is_help=True)
@@ -78,20 +78,43 @@ def _runs_of(handle: Orchestrator, target: str) -> list[Run]:
     return found
 
 
+def _first_runs(handle: Orchestrator, target: str, wait: float) -> list[Run]:
+    """The target's runs; for a Failover (NAMESPACE/NAME) just created, wait up to ``wait`` seconds
+    for the watcher to submit it (it does within a pass or two) before saying there is none."""
+    deadline = time.monotonic() + wait
+    while "/" in target and time.monotonic() < deadline:
+        found = handle.runs(failover=target)
+        if found:
+            return found
+        time.sleep(0.2)
+    try:
+        return _runs_of(handle, target)
+    except typer.Exit:
+        if "/" in target and wait > 0:
+            raise fail(
+                f"no run of Failover {target!r} after {wait:g}s: is the watcher running, with the "
+                "operatorID of its group (FAILOVER_OPERATOR_ID)? `kubectl describe failover` shows why"
+            ) from None
+        raise
+
+
 def watch(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="A run id, or NAMESPACE/NAME of a Failover")],
     interval: Annotated[float, typer.Option(help="Seconds between refreshes")] = 0.5,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0: never)")] = 0.0,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the watcher to submit a Failover given by name")
+    ] = 15.0,
 ) -> None:
     """Follow a run (or every run of a Failover) live: stages, steps, timings and the current wait."""
     from rich.console import Group
-    from rich.live import Live
 
+    console = out()
     with orchestrator(settings_of(ctx)) as handle:
-        current = _runs_of(handle, target)
+        current = _first_runs(handle, target, wait)
         deadline = time.monotonic() + timeout if timeout > 0 else None
-        with Live(Group(*[run_view(r) for r in current]), console=out(), refresh_per_second=4) as live:
+        with live_view(console, Group(*[run_view(r) for r in current])) as live:
             while not all(r.terminal for r in current):
                 if deadline is not None and time.monotonic() > deadline:
                     raise fail(f"still running after {timeout:g}s", 1)
@@ -99,7 +122,7 @@ def watch(
                 current = _runs_of(handle, target)
                 live.update(Group(*[run_view(r) for r in current]))
     for run in current:
-        out().print(summary(run))
+        console.print(summary(run))
     if any(r.status.value == "FAILED" for r in current):
         raise typer.Exit(1)
 

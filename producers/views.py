@@ -1,16 +1,67 @@
 """Rich renderings of a run for people: the live view of ``failoverctl watch`` and the demo.
 
-Reads a :class:`fsm.run.Run` value and returns renderables; does no I/O of its own.
+Reads a :class:`fsm.run.Run` value and returns renderables; does no I/O of its own. Also the console
+these are printed on (:func:`console`: plain, unwrapped lines when stdout is not a terminal) and a
+live view that works on both (:func:`live_view`).
 """
 
 from __future__ import annotations
 
-from rich.console import Group
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol, TextIO
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from fsm.plan import Phase
 from fsm.run import Run, StepRecord
+
+# Width of a console that is not a terminal: lines are never wrapped, tables take their natural width.
+PIPE_WIDTH = 100_000
+
+
+def console(file: TextIO | None = None) -> Console:
+    """A console on ``file`` (stdout): rich's own on a terminal; on a pipe or a file, one that never
+    wraps a line (a copied ``export`` or command stays whole), has no width limit and no styles, so a
+    script or a person reading a log gets exactly the text."""
+    stream = file if file is not None else sys.stdout
+    if stream.isatty():
+        return Console(file=file)
+    return Console(file=file, soft_wrap=True, no_color=True, highlight=False, emoji=False, width=PIPE_WIDTH)
+
+
+class LiveView(Protocol):
+    def update(self, renderable: RenderableType) -> None: ...
+
+
+class _FinalView:
+    """Off a terminal: keeps the latest view and prints it once, ended by a newline, at the end."""
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+    def update(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+
+
+@contextmanager
+def live_view(out: Console, renderable: RenderableType, refresh_per_second: float = 4) -> Iterator[LiveView]:
+    """A view redrawn in place on a terminal; elsewhere only the final view, printed once on leaving
+    (rich's Live would print it without its last newline, running it into the next line)."""
+    if out.is_terminal:
+        with Live(renderable, console=out, refresh_per_second=refresh_per_second) as live:
+            yield live
+        return
+    final = _FinalView(renderable)
+    try:
+        yield final
+    finally:
+        out.print(final.renderable)
+
 
 _MARKS = {"done": ("✓", "green"), "skipped": ("↷", "dim"), "failed": ("✗", "bold red")}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import shutil
 import signal
 import tempfile
@@ -25,20 +26,23 @@ from typing import Any
 
 import redis
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from fsm.models import Failover, FailoverGroup
 from fsm.plan import Timing
 from fsm.run import Run
 from producers.kube import connect
-from producers.views import run_view, summary
+from producers.views import console as make_console
+from producers.views import live_view, run_view, summary
 from producers.watcher import FailoverWatcher
 from sandbox.celery_worker import WorkerProcess
-from sandbox.dynamo import AWS_DUMMY_ENV, endpoint_of, moto_server
+from sandbox.dynamo import AWS_DUMMY_ENV, REGION, endpoint_of, moto_server
+from sandbox.exports import export_lines, sandbox_exports, write_env_file
 from sandbox.kube import SandboxCluster, SandboxFleet, load_sample_fleet
+from sandbox.kube.fleet import write_kubeconfig
+from sandbox.kube.identity import ADMIN
 from sandbox.redis_server import redis_url
-from sandbox.stack import stack_settings, worker_env
+from sandbox.stack import SANDBOX_OPERATOR_ID, stack_settings, worker_env
 from workers.api import Orchestrator
 from workers.settings import Settings
 
@@ -76,7 +80,7 @@ def environment(workdir: Path) -> Iterator[Environment]:
     ):
         load_sample_fleet(fleet, active="site-a")
         for cluster in fleet:
-            _let_kubectl_read(cluster)
+            _let_kubectl_in(cluster)
         endpoint = endpoint_of(moto)
         settings = stack_settings(
             url,
@@ -88,7 +92,8 @@ def environment(workdir: Path) -> Iterator[Environment]:
             failover_cluster="site-a",
             dynamodb_table=table,
             dynamodb_endpoint_url=endpoint,
-            operator_id="demo",
+            operator_id=SANDBOX_OPERATOR_ID,
+            aws_region=REGION,
         )
         env = worker_env(settings, **AWS_DUMMY_ENV)
         with _aws_env(env):
@@ -108,25 +113,26 @@ def environment(workdir: Path) -> Iterator[Environment]:
             client.close()
 
 
-def _let_kubectl_read(cluster: SandboxCluster) -> None:
-    """kubectl sends no bearer token over plain HTTP, so it reaches the sandbox as system:anonymous:
-    let that user read (never write) in the sandbox only, so the printed kubectl commands work. The
-    components keep their own identities and deploy/rbac's roles."""
+def _let_kubectl_in(cluster: SandboxCluster) -> None:
+    """kubectl sends no bearer token over plain HTTP, so it reaches the sandbox as system:anonymous.
+    In the sandbox only (127.0.0.1, nothing real behind it), that user is a cluster admin, as a
+    person with kubectl on their own cluster is: they apply their apps and groups and create
+    Failovers. The components keep their own identities and deploy/rbac's roles."""
     for doc in (
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
-            "metadata": {"name": "sandbox-kubectl-read"},
-            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch"]}],
+            "metadata": {"name": "sandbox-kubectl"},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
-            "metadata": {"name": "sandbox-kubectl-read"},
+            "metadata": {"name": "sandbox-kubectl"},
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "ClusterRole",
-                "name": "sandbox-kubectl-read",
+                "name": "sandbox-kubectl",
             },
             "subjects": [{"kind": "User", "name": "system:anonymous"}],
         },
@@ -153,9 +159,8 @@ def _aws_env(env: dict[str, str]) -> Iterator[None]:
 
 
 def _group(fleet: SandboxFleet) -> FailoverGroup:
-    obj = fleet["site-a"].store.get("FailoverGroup", NAMESPACE, GROUP)
-    group = FailoverGroup.model_validate(obj)
-    return group.model_copy(update={"spec": group.spec.model_copy(update={"operator_id": "demo"})})
+    """The sample group as stored (its operatorID is SANDBOX_OPERATOR_ID, the stack's own)."""
+    return FailoverGroup.model_validate(fleet["site-a"].store.get("FailoverGroup", NAMESPACE, GROUP))
 
 
 def _failover(fleet: SandboxFleet, cluster: str, name: str, mode: str, target: str) -> Failover:
@@ -201,7 +206,7 @@ def _follow(console: Console, handle: Orchestrator, run_id: str, timeout: float 
     deadline = time.monotonic() + timeout
     run = handle.run(run_id)
     assert run is not None
-    with Live(run_view(run), console=console, refresh_per_second=8) as live:
+    with live_view(console, run_view(run), refresh_per_second=8) as live:
         while not run.terminal and time.monotonic() < deadline:
             time.sleep(0.15)
             run = handle.run(run_id) or run
@@ -285,49 +290,77 @@ def run_demo(console: Console) -> int:
     return 0 if len(results) == 2 and all(r.status.value == "SUCCESS" for r in results) else 1
 
 
-def sandbox_up(console: Console) -> int:
-    """Start the environment and a worker, print how to reach them, wait for Ctrl-C."""
+def _announce(console: Console, world: Environment, workdir: Path, env_file: Path | None) -> None:
+    """Print (and write to ``env_file``) how to reach the sandbox: plain lines, one export each."""
+    fleet = world.fleet
+    person = write_kubeconfig(list(fleet), workdir / "kubeconfig.person", user=ADMIN)
+    exports = sandbox_exports(
+        world.env,
+        kubeconfig=person,
+        operator_kubeconfig=fleet.kubeconfig_for("operator"),
+        components={c: fleet.kubeconfig_for(c) for c in ("worker", "watcher", "health-checker")},
+    )
+    if env_file is not None:
+        write_env_file(env_file, exports, header="failoverctl sandbox up: source this file (removed on stop)")
+    console.print("sandbox up (Ctrl-C stops everything); a worker is running")
+    for line in export_lines(exports):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # whole, even on a tty
+    if env_file is not None:
+        console.print(f"# the same exports are in {env_file}: . {shlex.quote(str(env_file))}")
+    console.print(f"# then: kubectl --context site-a get all -n {NAMESPACE}")
+    console.print('# then: failoverctl watcher --kubeconfig "$SANDBOX_WATCHER_KUBECONFIG"')
+    console.print(f"# worker log: {workdir / 'worker.log'}")
+
+
+def sandbox_up(console: Console, env_file: Path | None = None) -> int:
+    """Start the environment and a worker, print how to reach them, wait for Ctrl-C. The env file is
+    the sandbox's: an old one goes at once (a script waiting for it never reads a stopped sandbox's),
+    the new one is written when everything is up and removed on stop."""
+    if env_file is not None:
+        env_file = env_file.expanduser().absolute()
+        env_file.unlink(missing_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="failover-sandbox-"))
-    with environment(workdir) as world:
-        worker = WorkerProcess(
-            world.env, name="sandbox", queues=world.settings.queue, log_path=workdir / "worker.log"
-        )
-        try:
-            worker.wait_ready()
-            console.print("[bold]sandbox up[/] (Ctrl-C stops everything)")
-            for name, value in sorted(world.env.items()):
-                console.print(f"export {name}='{value}'")
-            console.print(
-                "# each component's own kubeconfig (deploy/rbac identities; the worker's is the one above): "
-                + ", ".join(
-                    f"{c}={world.fleet.kubeconfig_for(c)}" for c in ("watcher", "health-checker", "operator")
-                )
+    try:
+        with environment(workdir) as world:
+            worker = WorkerProcess(
+                world.env, name="sandbox", queues=world.settings.queue, log_path=workdir / "worker.log"
             )
-            console.print(
-                f"kubectl --kubeconfig {world.fleet.kubeconfig_path} --context site-a get all -n shop"
-            )
-            console.print(f"worker log: {workdir / 'worker.log'}")
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(1)
-        finally:
-            worker.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                worker.wait_ready()
+                _announce(console, world, workdir, env_file)
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(1)
+            finally:
+                worker.stop()
+    finally:
+        if env_file is not None:
+            env_file.unlink(missing_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--up", action="store_true", help="leave the environment running until Ctrl-C")
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        help="with --up: also write the exports to this file (for `source`; removed on stop)",
+    )
     args = parser.parse_args()
+    if args.env_file is not None and not args.up:
+        parser.error("--env-file needs --up")
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
     # SIGTERM stops it like Ctrl-C does: through the finally blocks that stop what it started.
     signal.signal(signal.SIGTERM, interrupt)
-    console = Console()
-    return sandbox_up(console) if args.up else run_demo(console)
+    # Ctrl-C too, even when started in the background by a shell that ignores SIGINT for its jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    console = make_console()
+    return sandbox_up(console, args.env_file) if args.up else run_demo(console)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ FAST_TIMING = Timing(
 # too. Known to anyone who reads this file, so never a production key.
 SANDBOX_RUN_KEY = "sandbox-run-key-not-secret-never-use-in-production"
 
+# The operatorID of every local stack's groups: the sample groups (sandbox/samples) say it, the demo and
+# `failoverctl sandbox up` export it as FAILOVER_OPERATOR_ID, so a watcher started with that
+# environment takes their Failovers (tests check the samples against it).
+SANDBOX_OPERATOR_ID = "failover-orchestrator"
+
 # Restore a dead worker's unacknowledged messages within seconds, not minutes.
 FAST_RESTORE = {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
 

@@ -40,7 +40,10 @@ def main() -> None:
             from producers.watcher import FailoverWatcher
 
             clients = connect(world.fleet.kubeconfig_for("watcher"), world.fleet.names)
-            stack.enter_context(FailoverWatcher(handle, clients, operator_id="demo", status_interval=1.0))
+            watcher = FailoverWatcher(
+                handle, clients, operator_id=world.settings.operator_id, status_interval=1.0
+            )
+            stack.enter_context(watcher)
         group = _group(world.fleet)
         for tap in taps:
             tap.reset()

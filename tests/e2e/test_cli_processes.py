@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -106,8 +107,8 @@ def test_sandbox_up_prints_how_to_reach_it_and_stops_everything_on_ctrl_c(tmp_pa
     )
     assert code == 0, output[-3000:]
     assert "export FAILOVER_KUBECONFIG=" in output and "export FAILOVER_DYNAMODB_ENDPOINT_URL=" in output
-    assert "kubectl --kubeconfig" in output
+    assert "export KUBECONFIG=" in output and "kubectl --context site-a get all -n shop" in output
     # Its worker (a process group of its own) was stopped too.
-    queue = output.split("export FAILOVER_QUEUE='")[1].split("'")[0]
+    queue = shlex.split(output.split("export FAILOVER_QUEUE=")[1].splitlines()[0])[0]
     left = subprocess.run(["pgrep", "-f", queue], capture_output=True, text=True, check=False)
     assert left.stdout == "", f"processes left running: {left.stdout}"
