@@ -22,9 +22,11 @@ import typer
 from fsm.graph import dot, mermaid
 from fsm.plan import PlanKind
 from producers import cli_group, cli_plan, cli_producers, cli_runs
-from producers.cli_common import KindChoice, fail, out, settings_of
+from producers.cli_common import DEBUG_VARIABLE, FailoverctlGroup, KindChoice, fail, out, settings_of
+from workers.api import configure_logging
 
 app = typer.Typer(
+    cls=FailoverctlGroup,
     help="Move applications between Kubernetes clusters.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -61,7 +63,10 @@ def graph(
         return
     text = mermaid(kind) if format is GraphFormat.mermaid else dot(kind)
     if output_file is not None:
-        output_file.write_text(text)
+        try:
+            output_file.write_text(text)
+        except OSError as error:
+            raise fail(f"--output-file {output_file}: cannot write it: {error.strerror or error}") from error
         out().print(f"wrote {output_file}")
     else:
         typer.echo(text)
@@ -132,6 +137,11 @@ app.command("validate")(cli_plan.validate_command)
 
 
 def main() -> None:
+    # One-shot commands say what went wrong in their one error line: the adapters' log lines (a
+    # DynamoDB request giving up, say) would repeat it in another format. Long-running commands
+    # (watcher, health checker) configure the real logging when they start.
+    if not os.environ.get(DEBUG_VARIABLE):
+        configure_logging(level="CRITICAL", provisional=True)
     app()
 
 

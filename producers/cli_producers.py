@@ -31,7 +31,7 @@ from producers.health import HealthChecker
 from producers.kube import FAILOVERS, ClusterClient, connect, current_context, kubeconfig_contexts
 from producers.watcher import FailoverWatcher
 from workers.api import configure_logging, liveness, start_metrics_server
-from workers.errors import OrchestratorError
+from workers.errors import ConflictError, OrchestratorError
 from workers.settings import Settings
 
 
@@ -217,10 +217,21 @@ def _create_in(
     try:
         groups = _groups_in(file, client, where, failover)
         _check_owners(file, settings, failover, groups, known)
-        created = client.create(FAILOVERS, namespace, body)
+        try:
+            created = client.create(FAILOVERS, namespace, body)
+        except ConflictError as error:
+            raise fail(_exists(file, namespace, failover.metadata.name, where)) from error
     finally:
         client.close()
     return str((created.get("metadata") or {}).get("name"))
+
+
+def _exists(file: Path, namespace: str, name: str, where: str) -> str:
+    return (
+        f"{file}: Failover {namespace}/{name} already exists in cluster {where}: see it with "
+        f"`failoverctl status {namespace}/{name}` or `kubectl --context {where} get failover -n "
+        f"{namespace} {name}`; a Failover is one request: to ask again, give it a new name"
+    )
 
 
 def submit_command(

@@ -81,6 +81,12 @@ def translate(error: Exception, *, cluster: str, what: str) -> OrchestratorError
     return PermanentError(f"{what}: {type(error).__name__}: {error}", cluster=cluster)
 
 
+def _kubeconfig_problem(kubeconfig: str | Path | None, error: Exception) -> str:
+    text = " ".join(str(error).split())
+    where = kubeconfig or "~/.kube/config"
+    return f"kubeconfig {where}: {text}; give --kubeconfig FILE or set FAILOVER_KUBECONFIG"
+
+
 def kubeconfig_contexts(kubeconfig: str | Path | None) -> list[str]:
     """The context names of ``kubeconfig`` (``~/.kube/config`` when None)."""
     try:
@@ -88,7 +94,7 @@ def kubeconfig_contexts(kubeconfig: str | Path | None) -> list[str]:
             config_file=str(kubeconfig) if kubeconfig else None
         )
     except (ConfigException, OSError) as error:
-        raise PermanentError(f"kubeconfig {kubeconfig or '~/.kube/config'}: {error}") from error
+        raise PermanentError(_kubeconfig_problem(kubeconfig, error)) from error
     return [c["name"] for c in contexts or []]
 
 
@@ -98,7 +104,7 @@ def current_context(kubeconfig: str | Path | None) -> str | None:
             config_file=str(kubeconfig) if kubeconfig else None
         )
     except (ConfigException, OSError) as error:
-        raise PermanentError(f"kubeconfig {kubeconfig or '~/.kube/config'}: {error}") from error
+        raise PermanentError(_kubeconfig_problem(kubeconfig, error)) from error
     return str(current["name"]) if current else None
 
 

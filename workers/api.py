@@ -93,7 +93,7 @@ class Orchestrator:
 
     def __init__(self, settings: Settings, *, coordination: Coordination | None = None) -> None:
         self.settings = settings
-        self.coordination = coordination or _dynamo_coordination(settings)
+        self._coordination = coordination
         self._store: RunStore | None = None
         self.sender = CelerySender.from_settings(settings)
         self._lock = threading.Lock()
@@ -109,9 +109,20 @@ class Orchestrator:
         if effects is not None:
             effects.close()
         self.sender.close()
-        close = getattr(self.coordination, "close", None)
+        with self._lock:
+            coordination, self._coordination = self._coordination, None
+        close = getattr(coordination, "close", None)
         if callable(close):
             close()
+
+    @property
+    def coordination(self) -> Coordination:
+        """The coordination store (DynamoDB), built on first use: commands that read only Redis
+        (``failoverctl status``, ``watch``) build no DynamoDB client and need no AWS region."""
+        with self._lock:
+            if self._coordination is None:
+                self._coordination = _dynamo_coordination(self.settings)
+            return self._coordination
 
     @property
     def store(self) -> RunStore:
@@ -298,6 +309,20 @@ class Orchestrator:
 
     def divergence(self, group: GroupKey) -> Divergence | None:
         return self.coordination.divergence(group)
+
+    def knows_group(self, group: GroupKey) -> bool:
+        """Whether the coordination store has anything of ``group``: an owner, a lock, history, a
+        divergence or a heartbeat. A run in flight holds the lock, and a run starts only for a group
+        with an owner, so a group none of these know has no run either: its name (or operatorID) is
+        wrong. Cheapest first; a known group usually answers with its owner, one read."""
+        store = self.coordination
+        return (
+            store.active_cluster(group) is not None
+            or store.lock_info(group) is not None
+            or bool(store.history(group, limit=1))
+            or store.divergence(group) is not None
+            or bool(store.heartbeats(group))
+        )
 
     def runs(self, *, failover: str | None = None, limit: int = 50) -> list[Run]:
         return self.store.for_failover(failover) if failover else self.store.recent(limit)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 from functools import cache
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -110,7 +111,10 @@ class Settings(BaseSettings):
         "with backoff (capped at 3 s) and jitter until it is spent, then the step fails temporarily.",
     )
     aws_region: str | None = Field(
-        default=None, description="AWS region of the table (else the AWS default)."
+        default=None,
+        validation_alias=AliasChoices("FAILOVER_AWS_REGION", "AWS_REGION"),
+        description="AWS region of the table (else AWS_DEFAULT_REGION or the AWS profile's); only "
+        "commands that read or write DynamoDB need one.",
     )
     operator_id: str = Field(default="default", description="The operatorID of the groups this stack owns.")
     kubeconfig: str | None = Field(
@@ -181,6 +185,23 @@ class Settings(BaseSettings):
         scheme, separator, _ = value.partition("://")
         if not separator or scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"expected redis://HOST:PORT/DB (or rediss://, unix://), got {value!r}")
+        try:
+            urlsplit(value).port  # noqa: B018 - parsed for its ValueError on a bad port
+        except ValueError as error:
+            raise ValueError(f"{error} in {masked_url(value)!r}; expected redis://HOST:PORT/DB") from None
+        return value
+
+    @field_validator("dynamodb_endpoint_url")
+    @classmethod
+    def _an_endpoint(cls, value: str | None) -> str | None:
+        """An empty or scheme-less endpoint is refused here, naming the variable, not by boto3 later."""
+        if value is None:
+            return None
+        scheme, separator, rest = value.partition("://")
+        if not value.strip():
+            raise ValueError("empty: unset it to use AWS's endpoint, or give http(s)://HOST:PORT")
+        if not separator or scheme not in ("http", "https") or not rest:
+            raise ValueError(f"expected http(s)://HOST:PORT, got {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -188,8 +209,9 @@ class Settings(BaseSettings):
         longest = max(self.timing.poll_max, self.timing.retry_max)
         if self.visibility_timeout < 4 * longest:
             raise ValueError(
-                f"visibility_timeout ({self.visibility_timeout:g}s) must be at least 4x the longest "
-                f"countdown ({longest:g}s), or the broker redelivers messages still waiting for their time"
+                f"FAILOVER_VISIBILITY_TIMEOUT ({self.visibility_timeout:g}s) must be at least 4x the "
+                f"longest countdown of FAILOVER_TIMING (poll_max, retry_max: {longest:g}s), or the "
+                "broker redelivers messages still waiting for their time"
             )
         return self
 
@@ -197,8 +219,8 @@ class Settings(BaseSettings):
     def _heartbeat_outlives_its_interval(self) -> Settings:
         if self.heartbeat_timeout < 2 * self.heartbeat_interval:
             raise ValueError(
-                f"heartbeat_timeout ({self.heartbeat_timeout:g}s) must be at least twice "
-                f"heartbeat_interval ({self.heartbeat_interval:g}s), or live workers pass for dead"
+                f"FAILOVER_HEARTBEAT_TIMEOUT ({self.heartbeat_timeout:g}s) must be at least twice "
+                f"FAILOVER_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g}s), or live workers pass for dead"
             )
         return self
 
@@ -217,6 +239,23 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
+
+
+def _masked(url: str) -> str:
+    """``url`` without its password (what error messages and logs may show)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for one-line errors); unparsable: as it is."""
+    try:
+        return _masked(url)
+    except ValueError:
+        return url
 
 
 @cache

@@ -20,7 +20,7 @@ BAD_SETTINGS = [
     ("FAILOVER_TIMING", '{"poll_max": "soon"}', "FAILOVER_TIMING (poll_max): Input should be a valid number"),
     ("FAILOVER_REDIS_URL", "notaurl", "FAILOVER_REDIS_URL: expected redis://HOST:PORT/DB"),
     ("FAILOVER_METRICS_PORT", "ninety", "FAILOVER_METRICS_PORT: Input should be a valid integer"),
-    ("FAILOVER_VISIBILITY_TIMEOUT", "10", "settings: visibility_timeout (10s) must be at least 4x"),
+    ("FAILOVER_VISIBILITY_TIMEOUT", "10", "settings: FAILOVER_VISIBILITY_TIMEOUT (10s) must be at least 4x"),
 ]
 COMMANDS = [["status"], ["history", "shop/shop"], ["lock", "show", "shop/shop"], ["dynamodb", "init"]]
 
