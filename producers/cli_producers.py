@@ -95,6 +95,7 @@ def watcher_command(
         orchestrator(settings) as handle,
     ):
         require_run_key(settings)
+        handle.open_coordination()
         component = FailoverWatcher(
             handle,
             clients,
@@ -123,6 +124,7 @@ def health_checker_command(
         orchestrator(settings) as handle,
     ):
         require_run_key(settings)
+        handle.open_coordination()
         component = HealthChecker(
             handle,
             clients,

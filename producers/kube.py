@@ -82,7 +82,9 @@ def translate(error: Exception, *, cluster: str, what: str) -> OrchestratorError
 
 
 def _kubeconfig_problem(kubeconfig: str | Path | None, error: Exception) -> str:
-    text = " ".join(str(error).split())
+    text = " ".join(str(error).split()) or type(error).__name__
+    if not isinstance(error, ConfigException | OSError):
+        text = f"not a valid kubeconfig: {type(error).__name__}: {text}"[:400]
     where = kubeconfig or "~/.kube/config"
     return f"kubeconfig {where}: {text}; give --kubeconfig FILE or set FAILOVER_KUBECONFIG"
 
@@ -93,7 +95,7 @@ def kubeconfig_contexts(kubeconfig: str | Path | None) -> list[str]:
         contexts, _current = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
             config_file=str(kubeconfig) if kubeconfig else None
         )
-    except (ConfigException, OSError) as error:
+    except Exception as error:  # ConfigException, OSError, a YAML error, a malformed entry
         raise PermanentError(_kubeconfig_problem(kubeconfig, error)) from error
     return [c["name"] for c in contexts or []]
 
@@ -103,7 +105,7 @@ def current_context(kubeconfig: str | Path | None) -> str | None:
         _contexts, current = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
             config_file=str(kubeconfig) if kubeconfig else None
         )
-    except (ConfigException, OSError) as error:
+    except Exception as error:  # ConfigException, OSError, a YAML error, a malformed entry
         raise PermanentError(_kubeconfig_problem(kubeconfig, error)) from error
     return str(current["name"]) if current else None
 
@@ -168,8 +170,8 @@ class ClusterClient:
                 client_configuration=configuration,
                 persist_config=False,
             )
-        except (ConfigException, OSError) as error:
-            raise PermanentError(f"kubeconfig context {context!r}: {error}") from error
+        except Exception as error:  # ConfigException, OSError, a YAML error, a malformed entry
+            raise PermanentError(f"context {context!r}: {_kubeconfig_problem(kubeconfig, error)}") from error
         # A few quick retries of what may pass a moment later; never of a connect that failed.
         configuration.retries = request_retries()
         return cls(context, client.ApiClient(configuration=configuration), **options)

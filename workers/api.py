@@ -132,6 +132,11 @@ class Orchestrator:
                 self._store = RunStore.from_settings(self.settings)
             return self._store
 
+    def open_coordination(self) -> Coordination:
+        """Build the coordination store now, so that a long-running producer with no AWS region or
+        a bad endpoint stops at start with that error, not at its first group."""
+        return self.coordination
+
     def require_run_key(self) -> None:
         """Refuse now (MissingRunKey) rather than at the first run, when there is no run key."""
         self.settings.run_signer()
