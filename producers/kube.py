@@ -83,6 +83,8 @@ def translate(error: Exception, *, cluster: str, what: str) -> OrchestratorError
 
 def _kubeconfig_problem(kubeconfig: str | Path | None, error: Exception) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
+    if kubeconfig is not None and not Path(kubeconfig).is_file():
+        text = "no such file"
     if not isinstance(error, ConfigException | OSError):
         text = f"not a valid kubeconfig: {type(error).__name__}: {text}"[:400]
     where = kubeconfig or "~/.kube/config"
@@ -398,9 +400,16 @@ def connect(
     kubeconfig: str | Path | None, clusters: Sequence[str] = (), **options: float
 ) -> dict[str, ClusterClient]:
     """A client per cluster: ``clusters`` if given, else every context of the kubeconfig."""
-    names = list(clusters) or kubeconfig_contexts(kubeconfig)
+    contexts = kubeconfig_contexts(kubeconfig)
+    names = list(clusters) or contexts
     if not names:
         raise PermanentError(f"kubeconfig {kubeconfig or '~/.kube/config'} has no contexts")
+    unknown = [name for name in names if name not in contexts]
+    if unknown:
+        raise PermanentError(
+            f"cluster {unknown[0]!r}: no such context in kubeconfig {kubeconfig or '~/.kube/config'} "
+            f"({', '.join(contexts)}); name clusters by their contexts (--cluster, FAILOVER_CLUSTERS)"
+        )
     clients: dict[str, ClusterClient] = {}
     try:
         for name in names:
