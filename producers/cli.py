@@ -58,7 +58,16 @@ def graph(
             raise fail(
                 "a PNG needs Graphviz's dot: install it (apt-get install graphviz) or use --format mermaid"
             )
-        subprocess.run(["dot", "-Tpng", "-o", str(output_file)], input=dot(kind), text=True, check=True)
+        drawn = subprocess.run(
+            ["dot", "-Tpng", "-o", str(output_file)],
+            input=dot(kind),
+            text=True,
+            capture_output=True,
+            check=False,
+        )
+        if drawn.returncode != 0:
+            problem = (drawn.stderr.strip().splitlines() or [f"exit code {drawn.returncode}"])[-1]
+            raise fail(f"--output-file {output_file}: Graphviz's dot could not write it: {problem}")
         out().print(f"wrote {output_file}")
         return
     text = mermaid(kind) if format is GraphFormat.mermaid else dot(kind)
