@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
+import structlog
 import typer
 from pydantic import ValidationError
 
@@ -54,6 +55,15 @@ def _cluster_clients(kubeconfig: Path | None, clusters: list[str]) -> Iterator[d
             client.close()
 
 
+def say(settings: Settings, text: str) -> None:
+    """A line for whoever started a long-running command: printed, or with JSON logs one log event
+    (so that every line of the component's output is JSON)."""
+    if settings.log_json:
+        structlog.get_logger(__name__).info(text)
+    else:
+        out().print(text)
+
+
 def _in_foreground(component: _Background, what: str, clusters: list[str], settings: Settings) -> None:
     """Run ``component`` until Ctrl-C or SIGTERM, then stop it cleanly."""
     configure_logging(json=settings.log_json, level=settings.log_level)
@@ -66,7 +76,7 @@ def _in_foreground(component: _Background, what: str, clusters: list[str], setti
     except ValueError:  # not the main thread (e.g. under a test runner): Ctrl-C still works
         previous = None
     component.start()
-    out().print(f"{what} running on {', '.join(clusters)}; Ctrl-C stops it")
+    say(settings, f"{what} running on {', '.join(clusters)}; Ctrl-C stops it")
     try:
         while not stopping.wait(0.5):
             # The liveness probe reads this file; the component's own threads log their failures.
@@ -77,7 +87,7 @@ def _in_foreground(component: _Background, what: str, clusters: list[str], setti
         component.stop(5.0)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    out().print(f"{what} stopped")
+    say(settings, f"{what} stopped")
 
 
 def watcher_command(

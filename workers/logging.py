@@ -41,7 +41,8 @@ def configure_logging(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        # A provisional configuration is replaced later: loggers used meanwhile must not keep it.
+        cache_logger_on_first_use=not provisional,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
