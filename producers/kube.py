@@ -85,7 +85,7 @@ def _kubeconfig_problem(kubeconfig: str | Path | None, error: Exception) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     if kubeconfig is not None and not Path(kubeconfig).is_file():
         text = "no such file"
-    if not isinstance(error, ConfigException | OSError):
+    elif not isinstance(error, ConfigException | OSError):
         text = f"not a valid kubeconfig: {type(error).__name__}: {text}"[:400]
     where = kubeconfig or "~/.kube/config"
     return f"kubeconfig {where}: {text}; give --kubeconfig FILE or set FAILOVER_KUBECONFIG"
