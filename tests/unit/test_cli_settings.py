@@ -29,6 +29,8 @@ BAD_SETTINGS = [
         "FAILOVER_DYNAMODB_ENDPOINT_URL: expected http(s)://",
     ),
     ("FAILOVER_REDIS_URL", "redis://h:abc/0", "FAILOVER_REDIS_URL: Port could not be cast to integer"),
+    ("FAILOVER_LEASE_SECONDS", "0", "FAILOVER_LEASE_SECONDS: Input should be greater than 0"),
+    ("FAILOVER_METRICS_PORT", "70000", "FAILOVER_METRICS_PORT: Input should be less than or equal to 65535"),
 ]
 COMMANDS = [["status"], ["history", "shop/shop"], ["lock", "show", "shop/shop"], ["dynamodb", "init"]]
 
