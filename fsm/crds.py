@@ -334,7 +334,12 @@ def failover_group_crd() -> dict[str, Any]:
         schema=_object_schema(spec, _GROUP_STATUS),
         columns=[
             _column("Health", ".status.health", description="OK, DEGRADED, ERROR or UNKNOWN"),
-            _column("Suspended", ".spec.suspended", "boolean"),
+            _column(
+                "Suspended",
+                ".status.suspended",
+                "boolean",
+                description="No automatic failover while true (spec.suspended, false when omitted)",
+            ),
             _column("Active", ".status.globalState.activeCluster", description="The active cluster"),
         ],
     )

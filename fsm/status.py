@@ -353,3 +353,36 @@ def run_events(failover: Mapping[str, Any], run: Run, now: float, *, instance: s
             }
         )
     return events
+
+
+def invalid_event(failover: Mapping[str, Any], text: str, now: float, *, instance: str) -> Obj:
+    """The Warning Event that says why ``failover`` is invalid (``text``: ``field: message``), named
+    after the object and its uid: creating it again answers 409 (done); a Failover deleted and created
+    again under the same name gets its own."""
+    meta = failover.get("metadata") or {}
+    involved: Obj = {
+        "apiVersion": GROUP_VERSION,
+        "kind": "Failover",
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+    }
+    if meta.get("uid"):
+        involved["uid"] = meta["uid"]
+    stamp = iso(now)
+    return {
+        "metadata": {
+            "name": event_name(str(meta.get("name")), "invalid", str(meta.get("uid") or "-")),
+            "namespace": meta.get("namespace"),
+        },
+        "involvedObject": involved,
+        "reason": "InvalidSpec",
+        "message": f"invalid: {text}; nothing was started"[:1024],
+        "type": "Warning",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": instance,
+        "action": "Validate",
+    }

@@ -22,9 +22,11 @@ import typer
 from fsm.graph import dot, mermaid
 from fsm.plan import PlanKind
 from producers import cli_drill, cli_group, cli_group_adopt, cli_group_show, cli_plan, cli_producers, cli_runs
-from producers.cli_common import KindChoice, fail, out, settings_of
+from producers.cli_common import DEBUG_VARIABLE, FailoverctlGroup, KindChoice, fail, out, settings_of
+from workers.api import configure_logging
 
 app = typer.Typer(
+    cls=FailoverctlGroup,
     help="Move applications between Kubernetes clusters.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -56,12 +58,24 @@ def graph(
             raise fail(
                 "a PNG needs Graphviz's dot: install it (apt-get install graphviz) or use --format mermaid"
             )
-        subprocess.run(["dot", "-Tpng", "-o", str(output_file)], input=dot(kind), text=True, check=True)
+        drawn = subprocess.run(
+            ["dot", "-Tpng", "-o", str(output_file)],
+            input=dot(kind),
+            text=True,
+            capture_output=True,
+            check=False,
+        )
+        if drawn.returncode != 0:
+            problem = (drawn.stderr.strip().splitlines() or [f"exit code {drawn.returncode}"])[-1]
+            raise fail(f"--output-file {output_file}: Graphviz's dot could not write it: {problem}")
         out().print(f"wrote {output_file}")
         return
     text = mermaid(kind) if format is GraphFormat.mermaid else dot(kind)
     if output_file is not None:
-        output_file.write_text(text)
+        try:
+            output_file.write_text(text)
+        except OSError as error:
+            raise fail(f"--output-file {output_file}: cannot write it: {error.strerror or error}") from error
         out().print(f"wrote {output_file}")
     else:
         typer.echo(text)
@@ -146,6 +160,11 @@ app.command("report")(cli_drill.report_command)
 
 
 def main() -> None:
+    # One-shot commands say what went wrong in their one error line: the adapters' log lines (a
+    # DynamoDB request giving up, say) would repeat it in another format. Long-running commands
+    # (watcher, health checker) configure the real logging when they start.
+    if not os.environ.get(DEBUG_VARIABLE):
+        configure_logging(level="CRITICAL", provisional=True)
     app()
 
 

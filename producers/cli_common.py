@@ -8,6 +8,7 @@ line on stderr naming the variable and what is wrong with it, exit code 1.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
+from typer.core import TyperGroup
 
 from fsm.models import FailoverGroup, GroupKey, excerpt
 from producers.decisions import field_path, first_error
@@ -42,6 +44,45 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     # Each part that quotes input is cut to 200 characters already; this bounds the whole line.
     typer.echo(f"error: {excerpt(message, quote=False, limit=1000)}", err=True)
     return typer.Exit(code)
+
+
+# --- the one place where an error becomes a line ------------------------------------------------
+
+DEBUG_VARIABLE = "FAILOVERCTL_DEBUG"
+
+
+def explain(error: Exception) -> str:
+    """One line for an error a command did not turn into one itself: what failed and what to fix."""
+    if isinstance(error, OrchestratorError):
+        return error.describe()
+    if isinstance(error, ValidationError | SettingsError):
+        return f"settings: {settings_problem(error)}; fix it in the environment"
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, yaml.YAMLError):
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return f"not valid YAML: {first}"
+    detail = str(error).strip().splitlines()
+    return (
+        f"unexpected {type(error).__name__}: {detail[0] if detail else ''} "
+        f"(set {DEBUG_VARIABLE}=1 for the traceback, and please report it)"
+    )
+
+
+class FailoverctlGroup(TyperGroup):
+    """``failoverctl`` itself: every command runs inside :meth:`invoke`, the choke point where an
+    error that escaped a command (a store that does not answer, a file, a kubeconfig) becomes one
+    line on stderr and exit code 1, never a traceback. Usage errors stay click's (exit code 2)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # exits, usage errors, aborts
+            raise
+        except Exception as error:
+            if os.environ.get(DEBUG_VARIABLE):
+                raise
+            raise fail(explain(error)) from error
 
 
 # --- settings --------------------------------------------------------------------------------------
@@ -167,12 +208,24 @@ ClusterOption = Annotated[
 ]
 
 
-def split_name(text: str) -> tuple[str, str]:
+def split_name(text: str, *, what: str = "group") -> tuple[str, str]:
     """``NAMESPACE/NAME``, or a usage error (exit 2)."""
     namespace, _, name = text.partition("/")
     if not namespace or not name or "/" in name or len(namespace) > 63 or len(name) > 253:
-        raise fail(f"group {excerpt(text)}: expected NAMESPACE/NAME (at most 63 and 253 characters)", 2)
+        raise fail(f"{what} {excerpt(text)}: expected NAMESPACE/NAME (at most 63 and 253 characters)", 2)
     return namespace, name
+
+
+def require_known(handle: Orchestrator, key: GroupKey) -> None:
+    """End the command (exit 1) when the coordination store knows nothing of the group: no owner,
+    lock, history, divergence or heartbeat (a typo in its name or operatorID, or the wrong table)."""
+    if not handle.knows_group(key):
+        settings = handle.settings
+        raise fail(
+            f"group {key.namespace}/{key.name}: unknown to operatorID {key.operator_id!r} in DynamoDB table "
+            f"{settings.dynamodb_table!r} (no owner, lock or history); check the name, --operator-id "
+            "(FAILOVER_OPERATOR_ID) and FAILOVER_DYNAMODB_TABLE"
+        )
 
 
 def group_key(group: str, operator_id: str | None, settings: Settings) -> GroupKey:

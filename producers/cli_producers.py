@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
+import structlog
 import typer
 from pydantic import ValidationError
 
@@ -31,7 +32,7 @@ from producers.health import HealthChecker
 from producers.kube import FAILOVERS, ClusterClient, connect, current_context, kubeconfig_contexts
 from producers.watcher import FailoverWatcher
 from workers.api import configure_logging, liveness, start_metrics_server
-from workers.errors import OrchestratorError
+from workers.errors import ConflictError, OrchestratorError
 from workers.settings import Settings
 
 
@@ -54,6 +55,15 @@ def _cluster_clients(kubeconfig: Path | None, clusters: list[str]) -> Iterator[d
             client.close()
 
 
+def say(settings: Settings, text: str) -> None:
+    """A line for whoever started a long-running command: printed, or with JSON logs one log event
+    (so that every line of the component's output is JSON)."""
+    if settings.log_json:
+        structlog.get_logger(__name__).info(text)
+    else:
+        out().print(text)
+
+
 def _in_foreground(component: _Background, what: str, clusters: list[str], settings: Settings) -> None:
     """Run ``component`` until Ctrl-C or SIGTERM, then stop it cleanly."""
     configure_logging(json=settings.log_json, level=settings.log_level)
@@ -66,7 +76,7 @@ def _in_foreground(component: _Background, what: str, clusters: list[str], setti
     except ValueError:  # not the main thread (e.g. under a test runner): Ctrl-C still works
         previous = None
     component.start()
-    out().print(f"{what} running on {', '.join(clusters)}; Ctrl-C stops it")
+    say(settings, f"{what} running on {', '.join(clusters)}; Ctrl-C stops it")
     try:
         while not stopping.wait(0.5):
             # The liveness probe reads this file; the component's own threads log their failures.
@@ -77,7 +87,7 @@ def _in_foreground(component: _Background, what: str, clusters: list[str], setti
         component.stop(5.0)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    out().print(f"{what} stopped")
+    say(settings, f"{what} stopped")
 
 
 def watcher_command(
@@ -95,6 +105,7 @@ def watcher_command(
         orchestrator(settings) as handle,
     ):
         require_run_key(settings)
+        handle.open_coordination()
         component = FailoverWatcher(
             handle,
             clients,
@@ -123,6 +134,7 @@ def health_checker_command(
         orchestrator(settings) as handle,
     ):
         require_run_key(settings)
+        handle.open_coordination()
         component = HealthChecker(
             handle,
             clients,
@@ -217,10 +229,21 @@ def _create_in(
     try:
         groups = _groups_in(file, client, where, failover)
         _check_owners(file, settings, failover, groups, known)
-        created = client.create(FAILOVERS, namespace, body)
+        try:
+            created = client.create(FAILOVERS, namespace, body)
+        except ConflictError as error:
+            raise fail(_exists(file, namespace, failover.metadata.name, where)) from error
     finally:
         client.close()
     return str((created.get("metadata") or {}).get("name"))
+
+
+def _exists(file: Path, namespace: str, name: str, where: str) -> str:
+    return (
+        f"{file}: Failover {namespace}/{name} already exists in cluster {where}: see it with "
+        f"`failoverctl status {namespace}/{name}` or `kubectl --context {where} get failover -n "
+        f"{namespace} {name}`; a Failover is one request: to ask again, give it a new name"
+    )
 
 
 def submit_command(

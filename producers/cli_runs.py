@@ -21,7 +21,9 @@ from producers.cli_common import (
     group_key,
     orchestrator,
     out,
+    require_known,
     settings_of,
+    split_name,
     when,
 )
 from producers.views import live_view, run_view, summary
@@ -45,8 +47,17 @@ def status(
     output: OutputOption = Output.table,
 ) -> None:
     """The runs of one Failover, or the most recent runs, with their state and times."""
+    if failover is not None:
+        split_name(failover, what="failover")
     with orchestrator(settings_of(ctx)) as handle:
         runs = handle.runs(failover=failover, limit=limit)
+    if failover is not None and not runs:
+        namespace, name = split_name(failover, what="failover")
+        raise fail(
+            f"Failover {failover}: no run of it in Redis: the watcher has not submitted it (see "
+            f"`kubectl get failover -n {namespace} {name}` and its conditions), or its runs expired "
+            "(FAILOVER_RUN_TTL); its group's record is in `failoverctl history NS/GROUP`"
+        )
     if output is Output.json:
         emit_json([run.model_dump(mode="json") for run in runs])
         return
@@ -139,6 +150,8 @@ def history(
     key = group_key(group, operator_id, settings)
     with orchestrator(settings) as handle:
         records = handle.history(key, limit=limit)
+        if not records:
+            require_known(handle, key)
     if output is Output.json:
         emit_json([dataclasses.asdict(record) for record in records])
         return
@@ -173,6 +186,8 @@ def lock_show(
     key = group_key(group, operator_id, settings)
     with orchestrator(settings) as handle:
         info = handle.lock(key)
+        if info is None:
+            require_known(handle, key)
     if output is Output.json:
         emit_json(info.__dict__ if info else None)
         return
@@ -199,6 +214,7 @@ def lock_release(
     with orchestrator(settings) as handle:
         info = handle.lock(key)
         if info is None:
+            require_known(handle, key)
             out().print(f"group {key} is not locked")
             return
         if not yes:

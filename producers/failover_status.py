@@ -40,6 +40,8 @@ from workers.errors import OrchestratorError
 log = structlog.get_logger(__name__)
 
 RunsOf = Callable[[str], Sequence[Run]]
+# Told once per run when the reconciler first sees it finished (SUCCESS or FAILED).
+OnFinished = Callable[[Run], None]
 _REMEMBERED_RUNS = 4096
 
 
@@ -70,9 +72,12 @@ class FailoverStatusReconciler:
         *,
         clock: Callable[[], float] = time.time,
         instance: str | None = None,
+        on_finished: OnFinished | None = None,
     ) -> None:
         self.clusters = clusters
         self.runs_of = runs_of
+        self.on_finished = on_finished
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self.clock = clock
         self.instance = instance or socket.gethostname()
         self.stats = ReconcileStats()
@@ -104,6 +109,7 @@ class FailoverStatusReconciler:
         runs = self.runs_for(obj)
         if not runs:
             return obj
+        self._announce_finished(runs)
         with self._lock:
             self.stats.checked += 1
             now = self.clock()
@@ -164,6 +170,23 @@ class FailoverStatusReconciler:
                     )
                     return
                 known.add(name)
+
+    def _announce_finished(self, runs: Sequence[Run]) -> None:
+        """Tell ``on_finished`` (once per run) of the runs seen finished for the first time, before the
+        Failover's own status is written: the watcher refreshes their groups' statuses at once."""
+        if self.on_finished is None:
+            return
+        with self._lock:
+            new = [run for run in runs if run.terminal and run.run_id not in self._finished]
+            for run in new:
+                self._finished[run.run_id] = None
+            while len(self._finished) > _REMEMBERED_RUNS:
+                self._finished.popitem(last=False)
+        for run in new:
+            try:
+                self.on_finished(run)
+            except Exception as error:  # best effort: the periodic refresh catches up
+                log.warning("run_finished_hook_failed", run_id=run.run_id, error=repr(error))
 
     def _forget(self, cluster: str, runs: Sequence[Run]) -> None:
         for run in runs:

@@ -61,6 +61,12 @@ class GroupStatusWriter:
                 self._log_once(cluster, obj, "group_status_failed", f"{describe(obj)}: {error!r}"[:400])
         return written
 
+    def sync_group(self, cluster: str, namespace: str, name: str, now: float) -> int:
+        """Bring one FailoverGroup's status on ``cluster`` up to date (0 when unchanged or absent)."""
+        client = self.clusters[cluster]
+        obj = client.find(FAILOVER_GROUPS, namespace, name)
+        return 0 if obj is None else self._sync_one(cluster, client, obj, now)
+
     def _sync_one(self, cluster: str, client: ClusterClient, obj: Obj, now: float) -> int:
         group = self._parse(cluster, obj)
         if group is None:

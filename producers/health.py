@@ -264,7 +264,7 @@ class HealthChecker(StandingDown):
         observations, read = self._observe(found, reachable, active)
         heartbeats = coordination.heartbeats(key)
         for beat in heartbeats:  # as this checker sees them: what the alert on a stale site reads
-            set_heartbeat_age(beat.cluster, max(0.0, now - beat.at))
+            set_heartbeat_age(str(key), beat.cluster, max(0.0, now - beat.at))
         lock = coordination.lock_info(key)
         history = coordination.history(key, limit=HISTORY_DEPTH)
         diverged = found_divergence.reason if (found_divergence := coordination.divergence(key)) else None

@@ -81,14 +81,24 @@ def translate(error: Exception, *, cluster: str, what: str) -> OrchestratorError
     return PermanentError(f"{what}: {type(error).__name__}: {error}", cluster=cluster)
 
 
+def _kubeconfig_problem(kubeconfig: str | Path | None, error: Exception) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    if kubeconfig is not None and not Path(kubeconfig).is_file():
+        text = "no such file"
+    elif not isinstance(error, ConfigException | OSError):
+        text = f"not a valid kubeconfig: {type(error).__name__}: {text}"[:400]
+    where = kubeconfig or "~/.kube/config"
+    return f"kubeconfig {where}: {text}; give --kubeconfig FILE or set FAILOVER_KUBECONFIG"
+
+
 def kubeconfig_contexts(kubeconfig: str | Path | None) -> list[str]:
     """The context names of ``kubeconfig`` (``~/.kube/config`` when None)."""
     try:
         contexts, _current = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
             config_file=str(kubeconfig) if kubeconfig else None
         )
-    except (ConfigException, OSError) as error:
-        raise PermanentError(f"kubeconfig {kubeconfig or '~/.kube/config'}: {error}") from error
+    except Exception as error:  # ConfigException, OSError, a YAML error, a malformed entry
+        raise PermanentError(_kubeconfig_problem(kubeconfig, error)) from error
     return [c["name"] for c in contexts or []]
 
 
@@ -97,8 +107,8 @@ def current_context(kubeconfig: str | Path | None) -> str | None:
         _contexts, current = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
             config_file=str(kubeconfig) if kubeconfig else None
         )
-    except (ConfigException, OSError) as error:
-        raise PermanentError(f"kubeconfig {kubeconfig or '~/.kube/config'}: {error}") from error
+    except Exception as error:  # ConfigException, OSError, a YAML error, a malformed entry
+        raise PermanentError(_kubeconfig_problem(kubeconfig, error)) from error
     return str(current["name"]) if current else None
 
 
@@ -162,8 +172,8 @@ class ClusterClient:
                 client_configuration=configuration,
                 persist_config=False,
             )
-        except (ConfigException, OSError) as error:
-            raise PermanentError(f"kubeconfig context {context!r}: {error}") from error
+        except Exception as error:  # ConfigException, OSError, a YAML error, a malformed entry
+            raise PermanentError(f"context {context!r}: {_kubeconfig_problem(kubeconfig, error)}") from error
         # A few quick retries of what may pass a moment later; never of a connect that failed.
         configuration.retries = request_retries()
         return cls(context, client.ApiClient(configuration=configuration), **options)
@@ -390,9 +400,16 @@ def connect(
     kubeconfig: str | Path | None, clusters: Sequence[str] = (), **options: float
 ) -> dict[str, ClusterClient]:
     """A client per cluster: ``clusters`` if given, else every context of the kubeconfig."""
-    names = list(clusters) or kubeconfig_contexts(kubeconfig)
+    contexts = kubeconfig_contexts(kubeconfig)
+    names = list(clusters) or contexts
     if not names:
         raise PermanentError(f"kubeconfig {kubeconfig or '~/.kube/config'} has no contexts")
+    unknown = [name for name in names if name not in contexts]
+    if unknown:
+        raise PermanentError(
+            f"cluster {unknown[0]!r}: no such context in kubeconfig {kubeconfig or '~/.kube/config'} "
+            f"({', '.join(contexts)}); name clusters by their contexts (--cluster, FAILOVER_CLUSTERS)"
+        )
     clients: dict[str, ClusterClient] = {}
     try:
         for name in names:

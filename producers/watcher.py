@@ -132,7 +132,10 @@ class FailoverWatcher(StatusReconciliation):
         )
         self.status_interval = status_interval
         self.statuses = FailoverStatusReconciler(
-            self.clusters, lambda name: orchestrator.runs(failover=name), clock=clock
+            self.clusters,
+            lambda name: orchestrator.runs(failover=name),
+            clock=clock,
+            on_finished=self._refresh_groups_of,
         )
         # The Failovers not yet SUCCESS or FAILED, as last seen (watch, list, or our own writes).
         self._open: dict[tuple[str, str, str], Obj] = {}
@@ -318,7 +321,7 @@ class FailoverWatcher(StatusReconciliation):
         now = self._clock()
         if decision.action is FailoverAction.INVALID:
             assert decision.field is not None
-            self._write_status(cluster, obj, invalid_status(obj, decision.field, decision.message, now))
+            self._mark_invalid(cluster, obj, invalid_status(obj, decision.field, decision.message, now))
         elif decision.action is FailoverAction.DRY_RUN:
             assert decision.failover is not None
             return self._dry_run(cluster, obj, decision.failover, decision)
@@ -341,7 +344,7 @@ class FailoverWatcher(StatusReconciliation):
     def _invalid(self, cluster: str, obj: Obj, field: str, message: str) -> FailoverDecision:
         reason = f"Failover {describe(obj)} is invalid: {field}: {message}"
         self._log_once(cluster, obj, FailoverAction.INVALID.value, reason)
-        self._write_status(cluster, obj, invalid_status(obj, field, message, self._clock()))
+        self._mark_invalid(cluster, obj, invalid_status(obj, field, message, self._clock()))
         return FailoverDecision(FailoverAction.INVALID, reason, field=field, message=message)
 
     def _groups(self, cluster: str, obj: Obj, failover: Failover) -> list[FailoverGroup] | FailoverDecision:

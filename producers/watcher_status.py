@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from fsm.status import is_terminal
+from fsm.run import Run
+from fsm.status import invalid_event, is_terminal
 from producers.decisions import describe, needs_write
 from producers.failover_status import FailoverStatusReconciler
+from producers.group_status import GroupStatusWriter
 from producers.kube import FAILOVERS, ClusterClient, Obj
 from workers.errors import ConflictError, NotFoundError, OrchestratorError
 
@@ -30,12 +32,34 @@ class StatusReconciliation:
     clusters: dict[str, ClusterClient]
     stats: Mapping[str, ClusterStats]
     statuses: FailoverStatusReconciler
+    group_statuses: GroupStatusWriter
     status_interval: float
     _open: dict[tuple[str, str, str], Obj]
     _open_lock: threading.Lock
     _wake: threading.Event
     _stopping: threading.Event
     _conflicts: threading.local
+
+    def _refresh_groups_of(self, run: Run) -> None:
+        """A run just finished: its FailoverGroup's status (active cluster, last failover, health) is
+        brought up to date on every cluster now, not at the next periodic refresh. A cluster that
+        fails is logged and caught up by that periodic refresh."""
+        now = self.statuses.clock()
+        for cluster in self.clusters:
+            try:
+                written = self.group_statuses.sync_group(cluster, run.group.namespace, run.group.name, now)
+            except Exception as error:
+                detail = error.describe() if isinstance(error, OrchestratorError) else repr(error)
+                log.warning(
+                    "group_status_not_refreshed",
+                    cluster=cluster,
+                    group=str(run.group),
+                    run_id=run.run_id,
+                    error=detail,
+                    next_action="refreshed by the periodic group status sync",
+                )
+                continue
+            self.stats[cluster].group_status_writes += written
 
     def handle(self, cluster: str, obj: Obj) -> object:
         raise NotImplementedError  # the watcher's: decide what a Failover needs and do it
@@ -132,6 +156,31 @@ class StatusReconciliation:
             self._wake.clear()
             self.reconcile_statuses()
             self._wake.wait(self.status_interval)
+
+    def _mark_invalid(self, cluster: str, obj: Obj, status: Mapping[str, Any]) -> bool:
+        """Show an invalid Failover as such: a Warning Event saying why (``kubectl describe`` and
+        ``kubectl get events`` show it), then FAILED with a condition naming the field. The Event is
+        created when the status is about to change (once per object; 409 means it exists): a failed
+        creation is logged and the status still written."""
+        if not needs_write(obj, status):
+            return False
+        event = invalid_event(
+            obj,
+            str(status["message"]).removeprefix("invalid: "),
+            self.statuses.clock(),
+            instance=self.statuses.instance,
+        )
+        try:
+            self.clusters[cluster].create_event(str(event["metadata"]["namespace"] or "default"), event)
+        except OrchestratorError as error:
+            log.warning(
+                "invalid_failover_event_not_written",
+                cluster=cluster,
+                failover=describe(obj),
+                error=error.describe(),
+                next_action="the status still says why",
+            )
+        return self._write_status(cluster, obj, status)
 
     def _write_status(self, cluster: str, obj: Obj, status: Mapping[str, Any]) -> bool:
         """Patch the Failover's status if it would change, conditioned on the resourceVersion read.

@@ -95,7 +95,7 @@ class Orchestrator:
 
     def __init__(self, settings: Settings, *, coordination: Coordination | None = None) -> None:
         self.settings = settings
-        self.coordination = coordination or _dynamo_coordination(settings)
+        self._coordination = coordination
         self._store: RunStore | None = None
         self.sender = CelerySender.from_settings(settings)
         self._lock = threading.Lock()
@@ -111,9 +111,20 @@ class Orchestrator:
         if effects is not None:
             effects.close()
         self.sender.close()
-        close = getattr(self.coordination, "close", None)
+        with self._lock:
+            coordination, self._coordination = self._coordination, None
+        close = getattr(coordination, "close", None)
         if callable(close):
             close()
+
+    @property
+    def coordination(self) -> Coordination:
+        """The coordination store (DynamoDB), built on first use: commands that read only Redis
+        (``failoverctl status``, ``watch``) build no DynamoDB client and need no AWS region."""
+        with self._lock:
+            if self._coordination is None:
+                self._coordination = _dynamo_coordination(self.settings)
+            return self._coordination
 
     @property
     def store(self) -> RunStore:
@@ -122,6 +133,11 @@ class Orchestrator:
             if self._store is None:
                 self._store = RunStore.from_settings(self.settings)
             return self._store
+
+    def open_coordination(self) -> Coordination:
+        """Build the coordination store now, so that a long-running producer with no AWS region or
+        a bad endpoint stops at start with that error, not at its first group."""
+        return self.coordination
 
     def require_run_key(self) -> None:
         """Refuse now (MissingRunKey) rather than at the first run, when there is no run key."""
@@ -332,6 +348,20 @@ class Orchestrator:
         )
         self.coordination.adopt(group, cluster, record)
         return record
+
+    def knows_group(self, group: GroupKey) -> bool:
+        """Whether the coordination store has anything of ``group``: an owner, a lock, history, a
+        divergence or a heartbeat. A run in flight holds the lock, and a run starts only for a group
+        with an owner, so a group none of these know has no run either: its name (or operatorID) is
+        wrong. Cheapest first; a known group usually answers with its owner, one read."""
+        store = self.coordination
+        return (
+            store.active_cluster(group) is not None
+            or store.lock_info(group) is not None
+            or bool(store.history(group, limit=1))
+            or store.divergence(group) is not None
+            or bool(store.heartbeats(group))
+        )
 
     def runs(self, *, failover: str | None = None, limit: int = 50) -> list[Run]:
         return self.store.for_failover(failover) if failover else self.store.recent(limit)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import boto3
 import structlog
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, WaiterError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoRegionError, WaiterError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from tenacity import (
     RetryCallState,
@@ -169,9 +169,7 @@ class DynamoTable:
                 read_timeout=request_timeout,
                 tcp_keepalive=True,
             )
-            client = boto3.session.Session(region_name=region_name).client(
-                "dynamodb", endpoint_url=endpoint_url, config=config
-            )
+            client = _client(table_name, region_name, endpoint_url, config)
         self.client: DynamoDBClient = client
         self._max_attempts = max_attempts or 0
         self._backoff_initial = backoff_initial
@@ -376,12 +374,21 @@ class DynamoTable:
             )
             raise TemporaryError(
                 f"DynamoDB {operation} on table {self.name!r} ({what}) still failing after "
-                f"{attempts} attempts in {time.monotonic() - started:.1f}s: {e}"
+                f"{attempts} attempts in {time.monotonic() - started:.1f}s: {e}{self._hint(e)}"
             ) from e
         except ClientError as e:
             raise self._permanent(e, operation, what) from e
         except BotoCoreError as e:
             raise PermanentError(f"DynamoDB {operation} on table {self.name!r} ({what}) failed: {e}") from e
+
+    def _hint(self, error: _Transient) -> str:
+        """What to check when DynamoDB could not be reached at all (not a throttle or a 5xx)."""
+        if not isinstance(error.__cause__, BotoConnectionError | HTTPClientError):
+            return ""
+        return (
+            f"; check that DynamoDB answers at {self.client.meta.endpoint_url} "
+            "(FAILOVER_DYNAMODB_ENDPOINT_URL, or the AWS region: FAILOVER_AWS_REGION / AWS_REGION)"
+        )
 
     def _of(self, attempt: int) -> str:
         """``attempt n of N`` when attempts are counted, else ``n (budget Ts)``."""
@@ -419,3 +426,21 @@ class DynamoTable:
         return PermanentError(
             f"DynamoDB {operation} on table {self.name!r} ({what}) failed: {code}: {message}"
         )
+
+
+def _client(table: str, region_name: str | None, endpoint_url: str | None, config: Config) -> DynamoDBClient:
+    """A boto3 client, or a PermanentError naming the setting that keeps one from being built."""
+    try:
+        return boto3.session.Session(region_name=region_name).client(
+            "dynamodb", endpoint_url=endpoint_url, config=config
+        )
+    except NoRegionError as error:
+        raise PermanentError(
+            f"DynamoDB table {table!r}: no AWS region: set AWS_REGION or FAILOVER_AWS_REGION to the "
+            "table's region"
+        ) from error
+    except (ValueError, BotoCoreError) as error:  # ValueError: botocore's "Invalid endpoint"
+        raise PermanentError(
+            f"DynamoDB table {table!r}: cannot build a client for endpoint {endpoint_url!r} "
+            f"(FAILOVER_DYNAMODB_ENDPOINT_URL) in region {region_name!r} (FAILOVER_AWS_REGION): {error}"
+        ) from error

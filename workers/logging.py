@@ -17,7 +17,15 @@ import structlog
 _configured = False
 
 
-def configure_logging(*, json: bool = False, level: str = "INFO", force: bool = False) -> None:
+def configure_logging(
+    *, json: bool = False, level: str = "INFO", force: bool = False, provisional: bool = False
+) -> None:
+    """Configure structlog and the stdlib loggers once per process (``force``: again).
+
+    ``provisional``: a configuration that the next call replaces (``failoverctl`` silences the logs of
+    its one-shot commands, whose errors are one line of their own, until a long-running command such
+    as ``watcher`` configures the real one).
+    """
     global _configured  # noqa: PLW0603 - configured once per process, on purpose
     if _configured and not force:
         return
@@ -33,7 +41,8 @@ def configure_logging(*, json: bool = False, level: str = "INFO", force: bool = 
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        # A provisional configuration is replaced later: loggers used meanwhile must not keep it.
+        cache_logger_on_first_use=not provisional,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -48,4 +57,5 @@ def configure_logging(*, json: bool = False, level: str = "INFO", force: bool = 
     # transitions logs two INFO lines per state change: the engine logs the decision once instead.
     for noisy in ("botocore", "urllib3", "kubernetes.client.rest", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    _configured = True
+    logging.captureWarnings(True)  # a Python warning is a log line in the same format, not raw text
+    _configured = not provisional

@@ -117,8 +117,8 @@ class Metrics:
         )
         self.heartbeat_age = Gauge(
             "failover_cluster_heartbeat_age_seconds",
-            "Seconds since the cluster's last heartbeat, as the health checker last saw it.",
-            ["cluster"],
+            "Seconds since the cluster's last heartbeat for the group, as the health checker last saw it.",
+            ["group", "cluster"],
             multiprocess_mode="mostrecent",
             registry=registry,
         )
@@ -232,9 +232,10 @@ class MetricsObserver:
             m.lock_held.labels(group=group).set(1)
 
 
-def set_heartbeat_age(cluster: str, seconds: float, metrics: Metrics | None = None) -> None:
-    """Record how old the cluster's last heartbeat is (called by the health checker each round)."""
-    (metrics or default_metrics()).heartbeat_age.labels(cluster=cluster).set(seconds)
+def set_heartbeat_age(group: str, cluster: str, seconds: float, metrics: Metrics | None = None) -> None:
+    """Record how old the cluster's last heartbeat for ``group`` (``namespace/name``) is; each group's
+    heartbeat is its own item, so one cluster has one age per group (set by the health checker)."""
+    (metrics or default_metrics()).heartbeat_age.labels(group=group, cluster=cluster).set(seconds)
 
 
 def set_predicted_rto(forecast: Forecast, group: str, metrics: Metrics | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 from functools import cache
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,7 @@ class Settings(BaseSettings):
         description="Route each cluster step to queue '<queue>.<cluster>' so in-cluster workers act on it.",
     )
     visibility_timeout: float = Field(
+        gt=0,
         default=3600.0,
         description="Seconds before the Redis broker redelivers an unacknowledged message; "
         "must stay far above the longest countdown (poll_max, retry_max).",
@@ -51,17 +53,18 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="More kombu Redis transport options, e.g. unacked_restore_interval (JSON).",
     )
-    run_ttl: int = Field(default=7 * 24 * 3600, description="Seconds a finished run stays in Redis.")
-    lease_seconds: float = Field(default=90.0, description="Lock lease; renewed by every step.")
+    run_ttl: int = Field(gt=0, default=7 * 24 * 3600, description="Seconds a finished run stays in Redis.")
+    lease_seconds: float = Field(gt=0, default=90.0, description="Lock lease; renewed by every step.")
     lease_margin: float = Field(
+        ge=0,
         default=10.0,
         description="A step writes only while more than this many seconds of its lease are left "
         "(at most a quarter of the lease); it renews once half has passed.",
     )
     redrive_after: float = Field(
-        default=45.0, description="A run whose message is this many seconds overdue is sent again."
+        gt=0, default=45.0, description="A run whose message is this many seconds overdue is sent again."
     )
-    redrive_interval: float = Field(default=30.0, description="How often beat runs the overdue sweep.")
+    redrive_interval: float = Field(gt=0, default=30.0, description="How often beat runs the overdue sweep.")
     status_interval: float = Field(
         default=1.0,
         gt=0,
@@ -69,24 +72,29 @@ class Settings(BaseSettings):
         "each one's status when its runs say something else (a failed write is made on the next pass).",
     )
     heartbeat_interval: float = Field(
+        gt=0,
         default=1.0,
         description="Seconds between a worker's heartbeats in Redis, and between the sweeps its "
         "recovery thread runs (one worker of the site sweeps per interval).",
     )
     heartbeat_timeout: float = Field(
+        gt=0,
         default=3.0,
         description="A worker whose heartbeat is older than this is dead: the step it claimed is sent again.",
     )
     schedule_to_start: float = Field(
+        gt=0,
         default=2.0,
         description="A message due this long and not started, while a worker of its queue had a free "
         "slot, is sent again (the wait doubles with each resend, up to redrive_after).",
     )
     start_to_close: float = Field(
+        gt=0,
         default=120.0,
         description="A step whose live worker has run it longer than this is sent again.",
     )
     recovery_interval: float = Field(
+        gt=0,
         default=10.0,
         description="How often a worker checks the locks held under `holder` for runs missing in Redis "
         "(at once when Redis was found empty) and rebuilds them from the journal.",
@@ -105,26 +113,32 @@ class Settings(BaseSettings):
         default=None, description="DynamoDB endpoint (DynamoDB Local, moto); AWS's when unset."
     )
     dynamodb_retry_seconds: float = Field(
+        ge=0,
         default=20.0,
         description="Budget of one DynamoDB request: throttling, 5xx and connection errors are retried "
         "with backoff (capped at 3 s) and jitter until it is spent, then the step fails temporarily.",
     )
     aws_region: str | None = Field(
-        default=None, description="AWS region of the table (else the AWS default)."
+        default=None,
+        validation_alias=AliasChoices("FAILOVER_AWS_REGION", "AWS_REGION"),
+        description="AWS region of the table (else AWS_DEFAULT_REGION or the AWS profile's); only "
+        "commands that read or write DynamoDB need one.",
     )
     operator_id: str = Field(default="default", description="The operatorID of the groups this stack owns.")
     kubeconfig: str | None = Field(
         default=None, description="Kubeconfig with a context per cluster; in-cluster config when unset."
     )
     kube_connect_timeout: float = Field(
+        gt=0,
         default=3.0,
         description="Seconds to connect to a Kubernetes API server (a refused or timed-out "
         "connect is not retried per request: the engine's backoff and force policy judge it).",
     )
     kube_read_timeout: float = Field(
-        default=15.0, description="Seconds one attempt of a Kubernetes request waits for the answer."
+        gt=0, default=15.0, description="Seconds one attempt of a Kubernetes request waits for the answer."
     )
     kube_retry_seconds: float = Field(
+        ge=0,
         default=20.0,
         description="Budget of one Kubernetes request: 429, 5xx, read timeouts and resets are retried "
         "with backoff and jitter (at most 8 attempts) until it is spent; keep it well below the step "
@@ -141,7 +155,10 @@ class Settings(BaseSettings):
         description="'module:function' returning the Adapters (effects, coordination) workers use.",
     )
     metrics_port: int = Field(
-        default=0, description="Port of the Prometheus /metrics endpoint of each component; 0 turns it off."
+        ge=0,
+        le=65535,
+        default=0,
+        description="Port of the Prometheus /metrics endpoint of each component; 0 turns it off.",
     )
     log_json: bool = Field(default=False, description="JSON log lines (production) instead of console text.")
     log_level: str = Field(default="INFO", description="Log level of every component.")
@@ -181,6 +198,23 @@ class Settings(BaseSettings):
         scheme, separator, _ = value.partition("://")
         if not separator or scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"expected redis://HOST:PORT/DB (or rediss://, unix://), got {value!r}")
+        try:
+            urlsplit(value).port  # noqa: B018 - parsed for its ValueError on a bad port
+        except ValueError as error:
+            raise ValueError(f"{error} in {masked_url(value)!r}; expected redis://HOST:PORT/DB") from None
+        return value
+
+    @field_validator("dynamodb_endpoint_url")
+    @classmethod
+    def _an_endpoint(cls, value: str | None) -> str | None:
+        """An empty or scheme-less endpoint is refused here, naming the variable, not by boto3 later."""
+        if value is None:
+            return None
+        scheme, separator, rest = value.partition("://")
+        if not value.strip():
+            raise ValueError("empty: unset it to use AWS's endpoint, or give http(s)://HOST:PORT")
+        if not separator or scheme not in ("http", "https") or not rest:
+            raise ValueError(f"expected http(s)://HOST:PORT, got {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -188,8 +222,9 @@ class Settings(BaseSettings):
         longest = max(self.timing.poll_max, self.timing.retry_max)
         if self.visibility_timeout < 4 * longest:
             raise ValueError(
-                f"visibility_timeout ({self.visibility_timeout:g}s) must be at least 4x the longest "
-                f"countdown ({longest:g}s), or the broker redelivers messages still waiting for their time"
+                f"FAILOVER_VISIBILITY_TIMEOUT ({self.visibility_timeout:g}s) must be at least 4x the "
+                f"longest countdown of FAILOVER_TIMING (poll_max, retry_max: {longest:g}s), or the "
+                "broker redelivers messages still waiting for their time"
             )
         return self
 
@@ -197,8 +232,8 @@ class Settings(BaseSettings):
     def _heartbeat_outlives_its_interval(self) -> Settings:
         if self.heartbeat_timeout < 2 * self.heartbeat_interval:
             raise ValueError(
-                f"heartbeat_timeout ({self.heartbeat_timeout:g}s) must be at least twice "
-                f"heartbeat_interval ({self.heartbeat_interval:g}s), or live workers pass for dead"
+                f"FAILOVER_HEARTBEAT_TIMEOUT ({self.heartbeat_timeout:g}s) must be at least twice "
+                f"FAILOVER_HEARTBEAT_INTERVAL ({self.heartbeat_interval:g}s), or live workers pass for dead"
             )
         return self
 
@@ -217,6 +252,23 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
+
+
+def _masked(url: str) -> str:
+    """``url`` without its password (what error messages and logs may show)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for one-line errors); unparsable: as it is."""
+    try:
+        return _masked(url)
+    except ValueError:
+        return url
 
 
 @cache

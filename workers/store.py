@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 import redis
 
 from fsm.run import Run
-from workers.errors import TemporaryError
+from workers.errors import PermanentError, TemporaryError
 from workers.recovery import Claim, WorkerInfo
 from workers.trust import ForgedRun, Signer, report_forged
 
@@ -91,7 +91,8 @@ def _translated(method: Callable[P, T]) -> Callable[P, T]:
         try:
             return method(*args, **kwargs)
         except redis.RedisError as error:
-            raise TemporaryError(f"Redis: {type(error).__name__}: {error} ({method.__name__})") from error
+            where = getattr(args[0], "where", "Redis") if args else "Redis"
+            raise TemporaryError(f"{where}: {type(error).__name__}: {error} ({method.__name__})") from error
 
     return call
 
@@ -119,6 +120,7 @@ class RunStore:
         self.prefix = prefix
         self.ttl = ttl
         self.index_limit = index_limit
+        self.where = "Redis"  # how errors name it (from_settings: the URL and its variable)
         self._commit = client.register_script(_COMMIT)
         self._create = client.register_script(_CREATE)
         self._reseal = client.register_script(_RESEAL)
@@ -130,9 +132,18 @@ class RunStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> RunStore:
         """The store of ``settings``; raises MissingRunKey without a run key (outside development)."""
-        return cls.from_url(
-            settings.redis_url, signer=settings.run_signer(), prefix=settings.key_prefix, ttl=settings.run_ttl
-        )
+        from workers.settings import masked_url
+
+        signer = settings.run_signer()
+        where = f"Redis at {masked_url(settings.redis_url)} (FAILOVER_REDIS_URL)"
+        try:
+            store = cls.from_url(
+                settings.redis_url, signer=signer, prefix=settings.key_prefix, ttl=settings.run_ttl
+            )
+        except ValueError as error:  # a URL redis-py cannot parse
+            raise PermanentError(f"{where}: {error}; fix FAILOVER_REDIS_URL") from error
+        store.where = where
+        return store
 
     def _first_refusal(self, run_id: str, raw: bytes | str) -> bool:
         """True for the first process of the site that refuses this value of this run: a marker

@@ -8,12 +8,18 @@ prefork pool has forked.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import sys
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+import celery.apps.worker as celery_worker
 import structlog
 from celery import bootsteps
-from celery.signals import setup_logging, task_postrun, task_prerun
+from celery.signals import celeryd_after_setup, setup_logging, task_postrun, task_prerun
 
 from fsm.plan import Step
 from workers import heartbeat, liveness, metrics
@@ -100,6 +106,36 @@ def _configure_logging(**_: Any) -> None:
     """Replaces Celery's own logging set-up: one format for our events and Celery's."""
     settings = get_settings()
     configure_logging(json=settings.log_json, level=settings.log_level)
+
+
+def _say_as_json(msg: str, f: Any = sys.__stderr__) -> None:
+    """Celery's ``safe_say`` (shutdown notices, written from signal handlers) as one JSON line, written
+    the way Celery writes it (one ``os.write``, no lock, no logging machinery)."""
+    line = {"event": " ".join(str(msg).split()), "level": "info", "logger": "celery.apps.worker"}
+    line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.write(f.fileno(), (json.dumps(line) + "\n").encode())
+
+
+@celeryd_after_setup.connect
+def _banner_as_a_log_line(sender: str | None = None, instance: Any = None, **_: Any) -> None:
+    """With JSON logs, Celery's text banner becomes one ``worker.starting`` event (it is printed
+    right after this signal unless the worker is quiet)."""
+    settings = get_settings()
+    if not settings.log_json or instance is None:
+        return
+    instance.quiet = True
+    queues = sorted(getattr(getattr(instance.app, "amqp", None), "queues", {}) or [])
+    structlog.get_logger(__name__).info(
+        "worker.starting", hostname=sender, queues=queues, concurrency=getattr(instance, "concurrency", None)
+    )
+
+
+# JSON from the very first line: Celery reads the settings' logging only once the worker is set up,
+# after its own warnings (e.g. running as root) and before its banner and shutdown notices.
+if get_settings().log_json:
+    configure_logging(json=True, level=get_settings().log_level)
+    celery_worker.safe_say = _say_as_json  # type: ignore[attr-defined]
 
 
 @task_prerun.connect

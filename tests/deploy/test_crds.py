@@ -124,7 +124,7 @@ def test_printer_columns_and_short_names() -> None:
     ]
     assert columns(failover_group_crd()) == [
         ("Health", ".status.health"),
-        ("Suspended", ".spec.suspended"),
+        ("Suspended", ".status.suspended"),  # the watcher writes it: false when the spec omits it
         ("Active", ".status.globalState.activeCluster"),
         ("Age", ".metadata.creationTimestamp"),
     ]

@@ -274,14 +274,17 @@ def test_the_decision_time_is_read_back_exactly() -> None:
     assert decided_at(value) == value.finished_at == clock.now
 
 
-def test_heartbeat_age_is_set_per_cluster() -> None:
+def test_heartbeat_age_is_set_per_group_and_cluster() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    set_heartbeat_age("site-a", 12.5, metrics)
-    set_heartbeat_age("site-b", 3.0, metrics)
-    set_heartbeat_age("site-a", 14.0, metrics)
-    assert sample(registry, "failover_cluster_heartbeat_age_seconds", cluster="site-a") == 14.0
-    assert sample(registry, "failover_cluster_heartbeat_age_seconds", cluster="site-b") == 3.0
+    set_heartbeat_age("shop/shop", "site-a", 12.5, metrics)
+    set_heartbeat_age("shop/shop", "site-b", 3.0, metrics)
+    set_heartbeat_age("pay/pay", "site-a", 40.0, metrics)  # another group's heartbeat on the same site
+    set_heartbeat_age("shop/shop", "site-a", 14.0, metrics)
+    age = "failover_cluster_heartbeat_age_seconds"
+    assert sample(registry, age, group="shop/shop", cluster="site-a") == 14.0
+    assert sample(registry, age, group="shop/shop", cluster="site-b") == 3.0
+    assert sample(registry, age, group="pay/pay", cluster="site-a") == 40.0
 
 
 # --- through the engine --------------------------------------------------------------------------
@@ -347,14 +350,14 @@ def _scrape(port: int) -> str:
 def test_the_server_serves_the_metrics_and_the_queue_depth() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    set_heartbeat_age("site-a", 7.0, metrics)
+    set_heartbeat_age("shop/shop", "site-a", 7.0, metrics)
     depths = {"failover": 3, "failover.site-b": 0}
     server, thread = start_metrics_server(0, "127.0.0.1", queue_depth=lambda: depths, registry=registry)
     try:
         body = _scrape(server.server_port)
         assert 'failover_queue_depth{queue="failover"} 3.0' in body
         assert 'failover_queue_depth{queue="failover.site-b"} 0.0' in body
-        assert 'failover_cluster_heartbeat_age_seconds{cluster="site-a"} 7.0' in body
+        assert 'failover_cluster_heartbeat_age_seconds{cluster="site-a",group="shop/shop"} 7.0' in body
         depths["failover"] = 9
         assert 'failover_queue_depth{queue="failover"} 9.0' in _scrape(server.server_port)
     finally:
@@ -403,7 +406,7 @@ MULTIPROCESS_SCRIPT = textwrap.dedent(
             observer = MetricsObserver()
             for value in committed(make_run(run_id=f"r{index}"), succeed, Clock()):
                 observer.observe(value, "reason")
-            set_heartbeat_age("site-a", 10.0 + index)
+            set_heartbeat_age("shop/shop", "site-a", 10.0 + index)
             mark_process_dead(os.getpid())
             os._exit(0)
         assert os.waitpid(pid, 0)[1] == 0
@@ -430,7 +433,7 @@ def test_prefork_processes_are_summed_in_multiprocess_mode(tmp_path: Path) -> No
     assert 'failover_runs_total{mode="CONSISTENCY",outcome="success"} 2.0' in lines
     assert 'failover_steps_total{mode="CONSISTENCY",outcome="done",step="validate"} 2.0' in lines
     # "mostrecent": the value the last process set, not a sum, and kept after that process exited.
-    assert 'failover_cluster_heartbeat_age_seconds{cluster="site-a"} 11.0' in lines
+    assert 'failover_cluster_heartbeat_age_seconds{cluster="site-a",group="shop/shop"} 11.0' in lines
 
 
 def test_a_stand_down_is_counted_as_standdown_not_as_a_failover_mode() -> None:

@@ -10,8 +10,9 @@ import redis
 from fsm.decide import Event, EventKind, decide
 from fsm.plan import Phase
 from fsm.run import Run, new_run
-from sandbox.stack import sandbox_signer
+from sandbox.stack import SANDBOX_RUN_KEY, sandbox_signer
 from tests.factories import failover, group
+from workers.settings import Settings
 from workers.store import RunStore
 
 pytestmark = pytest.mark.integration
@@ -112,6 +113,19 @@ def test_an_unreachable_redis_is_a_temporary_error_of_ours() -> None:
     with pytest.raises(TemporaryError, match="Redis: ConnectionError") as caught:
         store.load("r1")
     assert isinstance(caught.value.__cause__, redis.ConnectionError)
+    store.close()
+
+
+def test_the_store_of_the_settings_names_its_url_and_variable_when_redis_does_not_answer() -> None:
+    from workers.errors import TemporaryError
+
+    settings = Settings(redis_url="redis://:secret@127.0.0.1:1/0", run_key=SANDBOX_RUN_KEY)
+    store = RunStore.from_settings(settings)
+    with pytest.raises(TemporaryError) as caught:
+        store.recent(5)
+    message = caught.value.describe()
+    assert message.startswith("Redis at redis://:***@127.0.0.1:1/0 (FAILOVER_REDIS_URL): ConnectionError")
+    assert "secret" not in message
     store.close()
 
 

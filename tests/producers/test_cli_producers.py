@@ -71,6 +71,24 @@ def test_submit_creates_the_failover_in_the_target_cluster(
     assert created["spec"]["failoverMode"] == "CONSISTENCY" and "status" not in created
 
 
+def test_submitting_a_name_that_exists_says_so_and_how_to_see_it(
+    fleet: SandboxFleet, kubeconfig: Path, tmp_path: Path
+) -> None:
+    path = write(tmp_path, failover_manifest())
+    assert runner.invoke(app, ["submit", "-f", str(path)]).exit_code == 0
+    before = fleet["site-b"].store.get("Failover", "shop", "move-shop")
+
+    result = runner.invoke(app, ["submit", "-f", str(path)])
+
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {path}: Failover shop/move-shop already exists in cluster site-b: ")
+    assert "`failoverctl status shop/move-shop`" in line
+    assert "`kubectl --context site-b get failover -n shop move-shop`" in line
+    assert result.stdout == ""
+    assert fleet["site-b"].store.get("Failover", "shop", "move-shop") == before  # nothing changed
+
+
 def test_submit_with_a_context_and_a_generated_name(
     fleet: SandboxFleet, kubeconfig: Path, tmp_path: Path
 ) -> None:

@@ -65,7 +65,8 @@ def test_heartbeats_are_written_for_every_cluster_that_answers(
     # The gauge an alert reads: site-b's heartbeat was 30 s old when the checker looked.
     from prometheus_client import REGISTRY
 
-    age = REGISTRY.get_sample_value("failover_cluster_heartbeat_age_seconds", {"cluster": "site-b"})
+    labels = {"group": f"{SHOP.namespace}/{SHOP.name}", "cluster": "site-b"}
+    age = REGISTRY.get_sample_value("failover_cluster_heartbeat_age_seconds", labels)
     assert age == 30.0
 
 

@@ -183,6 +183,15 @@ def test_an_invalid_failover_is_failed_with_a_condition_naming_the_field_and_sta
     assert condition["observedGeneration"] == 1
     assert orchestrator.runs(failover="shop/move-shop") == []
     assert enqueued() == 0
+    # ... and a Warning Event on the Failover saying the same (kubectl describe / get events show it)
+    events, _ = fleet["site-a"].store.list("Event", "shop")
+    [event] = [e for e in events if e["involvedObject"]["name"] == "move-shop"]
+    assert (event["type"], event["reason"], event["involvedObject"]["kind"]) == (
+        "Warning",
+        "InvalidSpec",
+        "Failover",
+    )
+    assert event["message"].startswith(f"invalid: {field}: ") and words in event["message"]
 
 
 def test_a_dry_run_is_not_submitted(

@@ -17,9 +17,10 @@ from fsm.plan import Step
 from fsm.run import Run
 from producers.watcher import FailoverWatcher
 from sandbox.kube import SandboxFleet
-from tests.producers.conftest import OPERATOR, failover_manifest, wait_until
+from tests.producers.conftest import OPERATOR, SHOP, failover_manifest, wait_until
 from workers.api import Orchestrator
 from workers.dynamo import DynamoCoordination
+from workers.ports import HistoryRecord
 
 pytestmark = pytest.mark.integration
 
@@ -164,3 +165,58 @@ def test_a_failover_of_two_groups_shows_both(
     writes = watcher.stats["site-a"].status_writes
     time.sleep(0.3)  # finished: not reconciled (nor written) again
     assert watcher.stats["site-a"].status_writes == writes
+
+
+def group_state(fleet: SandboxFleet, cluster: str) -> dict[str, Any]:
+    return fleet[cluster].store.get("FailoverGroup", "shop", "shop").get("status") or {}
+
+
+def test_a_finished_run_refreshes_its_groups_status_on_every_cluster_at_once(
+    fleet: SandboxFleet,
+    make_watcher: MakeWatcher,
+    orchestrator: Orchestrator,
+    coordination: DynamoCoordination,
+) -> None:
+    # The periodic refresh runs once when each cluster is first listed, then not for an hour: what
+    # the FailoverGroups show after the run can only come from the run's completion.
+    watcher = make_watcher(status_interval=0.05, group_status_interval=3600.0).start()
+    for cluster in ("site-a", "site-b"):
+        wait_until(lambda c=cluster: group_state(fleet, c).get("globalState", {}).get("activeCluster"))
+        status = group_state(fleet, cluster)
+        assert status["globalState"]["activeCluster"] == "site-a"
+        assert status["suspended"] is False  # the sample group's spec omits it: the column says false
+    fleet["site-a"].store.put(failover_manifest())
+    run = the_run(orchestrator)
+    # What the run's completion step does in DynamoDB before the run is committed as finished.
+    grant = coordination.acquire_lock(
+        SHOP, holder="test", run_id=run.run_id, lease_seconds=60, now=time.time()
+    )
+    now = time.time()
+    record = HistoryRecord(
+        run_id=run.run_id,
+        failover="shop/move-shop",
+        group="shop/shop",
+        mode="CONSISTENCY",
+        source_cluster="site-a",
+        target_cluster="site-b",
+        force=False,
+        reason="",
+        started_at=now - 5,
+        finished_at=now,
+        outcome="SUCCESS",
+    )
+    coordination.complete_failover(
+        SHOP, token=grant.token, expected_owner="site-a", new_owner="site-b", record=record
+    )
+    assert all(
+        group_state(fleet, c)["globalState"]["activeCluster"] == "site-a" for c in ("site-a", "site-b")
+    )
+
+    drive(orchestrator, run.run_id)
+
+    wait_until(lambda: status_of(fleet).get("status") == "SUCCESS", what="the Failover SUCCESS")
+    for cluster in ("site-a", "site-b"):  # written before the Failover's own status
+        state = group_state(fleet, cluster)["globalState"]
+        assert state["activeCluster"] == "site-b", cluster
+        assert state["lastFailover"]["runId"] == run.run_id
+    assert watcher.stats["site-a"].group_status_writes >= 2  # the first sync, then the run's end

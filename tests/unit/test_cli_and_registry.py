@@ -68,7 +68,7 @@ def test_celery_is_configured_for_idempotent_redelivery() -> None:
 
 
 def test_a_visibility_timeout_too_close_to_the_countdowns_is_refused() -> None:
-    with pytest.raises(ValueError, match="visibility_timeout"):
+    with pytest.raises(ValueError, match="FAILOVER_VISIBILITY_TIMEOUT"):
         Settings(redis_url="redis://x", visibility_timeout=60)
 
 

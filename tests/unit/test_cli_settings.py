@@ -20,7 +20,17 @@ BAD_SETTINGS = [
     ("FAILOVER_TIMING", '{"poll_max": "soon"}', "FAILOVER_TIMING (poll_max): Input should be a valid number"),
     ("FAILOVER_REDIS_URL", "notaurl", "FAILOVER_REDIS_URL: expected redis://HOST:PORT/DB"),
     ("FAILOVER_METRICS_PORT", "ninety", "FAILOVER_METRICS_PORT: Input should be a valid integer"),
-    ("FAILOVER_VISIBILITY_TIMEOUT", "10", "settings: visibility_timeout (10s) must be at least 4x"),
+    ("FAILOVER_VISIBILITY_TIMEOUT", "10", "settings: FAILOVER_VISIBILITY_TIMEOUT (10s) must be at least 4x"),
+    ("FAILOVER_HEARTBEAT_TIMEOUT", "1", "settings: FAILOVER_HEARTBEAT_TIMEOUT (1s) must be at least twice"),
+    ("FAILOVER_DYNAMODB_ENDPOINT_URL", "", "FAILOVER_DYNAMODB_ENDPOINT_URL: empty: unset it"),
+    (
+        "FAILOVER_DYNAMODB_ENDPOINT_URL",
+        "localhost:8000",
+        "FAILOVER_DYNAMODB_ENDPOINT_URL: expected http(s)://",
+    ),
+    ("FAILOVER_REDIS_URL", "redis://h:abc/0", "FAILOVER_REDIS_URL: Port could not be cast to integer"),
+    ("FAILOVER_LEASE_SECONDS", "0", "FAILOVER_LEASE_SECONDS: Input should be greater than 0"),
+    ("FAILOVER_METRICS_PORT", "70000", "FAILOVER_METRICS_PORT: Input should be less than or equal to 65535"),
 ]
 COMMANDS = [["status"], ["history", "shop/shop"], ["lock", "show", "shop/shop"], ["dynamodb", "init"]]
 
@@ -65,3 +75,13 @@ def test_the_console_script_prints_no_traceback_for_a_bad_setting() -> None:
         "error: settings: FAILOVER_REDIS_URL: expected redis://HOST:PORT/DB (or rediss://, unix://), "
         "got 'notaurl'; fix it in the environment"
     ]
+
+
+def test_aws_region_is_read_from_aws_region_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.settings import Settings
+
+    monkeypatch.delenv("FAILOVER_AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")  # what EKS (IRSA, Pod Identity) sets in pods
+    assert Settings().aws_region == "eu-west-3"
+    monkeypatch.setenv("FAILOVER_AWS_REGION", "eu-central-1")
+    assert Settings().aws_region == "eu-central-1"
