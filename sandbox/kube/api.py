@@ -318,7 +318,6 @@ class ResourceApi:
         return Stream(events)
 
     @staticmethod
-    @staticmethod
     def _as_tables(kind: ResourceKind, events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for event in events:
             if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
