@@ -38,8 +38,8 @@ Bodies = list[Body]
 Events = list["StoredEvent"]  # aliases: inside ObjectStore, ``list`` names the method
 # The admission hook of one request: (operation, new object, old object); raises ApiError to refuse.
 Admit = Callable[[str, Body | None, Body | None], None]
-# A change listener: (event type, kind key, namespace, name), called inside the store's lock.
-Listener = Callable[[str, str, str, str], None]
+# A change listener: (event type, kind key, namespace, name, object), called inside the store's lock.
+Listener = Callable[[str, str, str, str, Body], None]
 ObjKey = tuple[str, str]  # (namespace, name)
 _CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
 _SERVER_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds")
@@ -194,11 +194,12 @@ class ObjectStore:
         self._trim()
         self._cond.notify_all()
         for listener in self._listeners:
-            listener(type_, kind.key, namespace, meta["name"])
+            listener(type_, kind.key, namespace, meta["name"], obj)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(type, kind key, namespace, name)`` on every change, inside the store's lock
-        (it must be quick and must not call the store); returns the function that unsubscribes."""
+        """Call ``listener(type, kind key, namespace, name, object)`` on every change, inside the store's
+        lock (it must be quick, must not change the object and must not call the store); returns the
+        function that unsubscribes."""
         with self._cond:
             self._listeners.append(listener)
 
