@@ -149,6 +149,7 @@ class ObjectStore:
         self._objects: dict[str, _KindIndex] = {}
         self._owned: dict[str, set[tuple[str, str, str]]] = {}  # owner uid -> (kind key, ns, name)
         self._listeners: list[Listener] = []
+        self._kind_rv: dict[str, int] = {}  # kind key -> resourceVersion of its latest change
         self._rv = 0
         self._history: deque[StoredEvent] = deque()
         self._history_limit = history_limit
@@ -191,10 +192,17 @@ class ObjectStore:
         namespace = meta.get("namespace", "")
         # ``obj`` is never changed once stored, so the history shares it instead of copying it.
         self._history.append(StoredEvent(self._rv, type_, kind.key, namespace, obj, old))
+        self._kind_rv[kind.key] = self._rv
         self._trim()
         self._cond.notify_all()
         for listener in self._listeners:
             listener(type_, kind.key, namespace, meta["name"], obj)
+
+    def kinds_version(self, *keys: str) -> tuple[int, ...]:
+        """When the objects of these kinds (by key) last changed: a cache of what was computed from
+        them is current while this stays the same."""
+        with self._cond:
+            return tuple(self._kind_rv.get(key, 0) for key in keys)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(type, kind key, namespace, name, object)`` on every change, inside the store's
