@@ -259,3 +259,4 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             raise errors.path_not_found()
         self._send_json(200, doc)
         return True
+

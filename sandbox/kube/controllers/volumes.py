@@ -73,9 +73,7 @@ class VolumeController(ControllerBase):
             else:  # secondary and resync: demoted, degraded while the resync runs
                 set_condition(conditions, "Completed", "True", "Demoted", "", generation=generation)
                 set_condition(conditions, "Degraded", "True", "VolumeDegraded", "", generation=generation)
-                set_condition(
-                    conditions, "Resyncing", "True", "ResyncTriggered", "", generation=generation
-                )
+                set_condition(conditions, "Resyncing", "True", "ResyncTriggered", "", generation=generation)
                 status.update(state="Secondary", message="volume is marked secondary")
             self._write_status(VOLUMES, obj, status)
             return None
