@@ -1,7 +1,8 @@
 """One sandbox cluster in its own process, so that its API server does not share the caller's cores.
 
-``python -m sandbox.kube --name site-a --port 0`` starts a :class:`~sandbox.kube.cluster.SandboxCluster` and prints one JSON line: its name, URL, pid and
-the bearer token of every identity (worker, watcher, health-checker, operator, admin); then it serves
+``python -m sandbox.kube --name site-a --port 0`` starts a
+:class:`~sandbox.kube.cluster.SandboxCluster` and prints one JSON line: its name, URL, pid and the
+bearer token of every identity (worker, watcher, health-checker, operator, admin); then it serves
 until its standard input closes (the parent went away) or it gets SIGTERM/SIGINT. ``--options`` takes
 the cluster's keyword arguments as JSON (``{"install_rbac": false, "workload_delay": 0.2}``);
 ``--sample-groups N`` loads N copies of the sample group first (namespaces ``shop-0000``...), active
@@ -329,4 +330,3 @@ class ProcessCluster:
     def __repr__(self) -> str:
         state = "down" if self.is_down else "up" if self._process is not None else "stopped"
         return f"ProcessCluster({self.name!r}, {self.url}, {state})"
-

@@ -289,14 +289,22 @@ class ObjectStore:
 
     # --- reads ----------------------------------------------------------------------------------
 
-    def get(self, kind: KindRef, namespace: str | None, name: str, *, version: str | None = None) -> Body:
-        """One object (a copy); 404 :class:`ApiError` when missing."""
+    def get(
+        self,
+        kind: KindRef,
+        namespace: str | None,
+        name: str,
+        *,
+        version: str | None = None,
+        shared: bool = False,
+    ) -> Body:
+        """One object (a copy; with ``shared``, a read-only :meth:`view`); 404 ApiError when missing."""
         k = self.kind(kind)
         with self._cond:
             obj = self._bucket(k).objects.get((self._ns(k, namespace), name))
             if obj is None:
                 raise errors.not_found(k.plural, k.group, name)
-            return self.output(k, obj, version)
+            return self.view(k, obj, version) if shared else self.output(k, obj, version)
 
     def find(self, kind: KindRef, namespace: str | None, name: str) -> Body | None:
         """Like :meth:`get` but ``None`` when missing."""
@@ -313,15 +321,18 @@ class ObjectStore:
         label_selector: str | None = None,
         field_selector: str | None = None,
         version: str | None = None,
+        shared: bool = False,
     ) -> tuple[Bodies, int]:
-        """Matching objects sorted by namespace/name, and the resourceVersion of the list."""
+        """Matching objects sorted by namespace/name (copies; with ``shared``, read-only views that are
+        only to be serialised, as the API's answers are), and the resourceVersion of the list."""
         k = self.kind(kind)
         labels = parse_label_selector(label_selector)
         fields = parse_field_selector(field_selector, k.field_selectors)
         scope = namespace if namespace and k.namespaced else None
         with self._cond:
+            out = self.view if shared else self.output
             items = [
-                self.output(k, obj, version)
+                out(k, obj, version)
                 for _key, obj in self._bucket(k).candidates(scope, label_selector)
                 if labels(obj) and fields(obj)
             ]

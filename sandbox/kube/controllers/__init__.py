@@ -92,6 +92,7 @@ class Controllers(WorkloadController, VolumeController, FluxController, JobContr
                 continue
             with self._lock:
                 for key in keys:
+                    self.handled += 1
                     try:
                         again = self._reconcile(key)
                     except Exception:  # a controller bug must not kill the loop; retried later

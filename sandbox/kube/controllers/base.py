@@ -133,6 +133,7 @@ class ControllerBase:
         self._unsubscribe: Callable[[], None] | None = None
         self.store = store
         self.full_passes = full_passes
+        self.handled = 0  # keys handled by the event loop so far
         self.tick = tick
         self.workload_delay = workload_delay
         self.replica_step = replica_step
@@ -231,9 +232,15 @@ class ControllerBase:
 
     @property
     def pending(self) -> int:
-        """Keys waiting: dirty ones and delayed requeues (for tests and benchmarks)."""
+        """Keys changed and not handled yet (for tests and benchmarks)."""
         with self._wake:
-            return len(self._dirty) + len(self._delayed)
+            return len(self._dirty)
+
+    @property
+    def delayed(self) -> int:
+        """Keys to be looked at again later (a delay not over yet)."""
+        with self._wake:
+            return len(self._delayed)
 
     # --- helpers for the handlers ---------------------------------------------------------------
 
