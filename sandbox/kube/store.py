@@ -640,7 +640,11 @@ class ObjectStore:
                 self._cond.wait(timeout)
             if cursor < self._evicted_rv:
                 raise errors.gone(cursor, self._evicted_rv + 1)
-            events = [e for e in reversed(self._history) if e.rv > cursor]
+            events: Events = []
+            for event in reversed(self._history):  # newest first: stop at the first one seen already
+                if event.rv <= cursor:
+                    break
+                events.append(event)
             events.reverse()
             return events, max(cursor, self._rv)
 

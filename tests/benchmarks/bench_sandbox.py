@@ -68,6 +68,11 @@ def populate(cluster: Any, groups: int, *, active: bool) -> None:
 # --- the clients (separate processes) ---------------------------------------------------------------
 
 
+def _drain(response: Any) -> int:
+    """Read an answer to its end (so its connection goes back to the pool); its size."""
+    return len(response.data)
+
+
 def _iteration(clients: dict[str, Any], rng: random.Random, groups: int) -> int:
     """One failover-like burst on one group of one cluster; returns the number of requests made."""
     from kubernetes import client
@@ -89,7 +94,7 @@ def _iteration(clients: dict[str, Any], rng: random.Random, groups: int) -> int:
         nonlocal count
         count += 1
         try:
-            worker.patch_namespaced_custom_object(*ref[:2], ns, ref[2], name, body, **raw)
+            _drain(worker.patch_namespaced_custom_object(*ref[:2], ns, ref[2], name, body, **raw))
         except client.ApiException as exc:
             if exc.status != 409:  # a controller wrote in between: the product re-reads; so do we
                 raise
@@ -126,11 +131,12 @@ def _iteration(clients: dict[str, Any], rng: random.Random, groups: int) -> int:
     )
     get(FG, "shop")
     apps = client.AppsV1Api(clients["admin"])
-    apps.read_namespaced_stateful_set_scale("cache", ns, **raw)
-    apps.patch_namespaced_stateful_set_scale("cache", ns, {"spec": {"replicas": rng.choice((1, 2))}}, **raw)
-    client.BatchV1Api(clients["worker"]).list_namespaced_job(
-        ns, label_selector="app.kubernetes.io/name=report", **raw
-    )
+    # Every answer is read to its end, as the product does, so the connection is reused.
+    _drain(apps.read_namespaced_stateful_set_scale("cache", ns, **raw))
+    scale = {"spec": {"replicas": rng.choice((1, 2))}}
+    _drain(apps.patch_namespaced_stateful_set_scale("cache", ns, scale, **raw))
+    jobs = client.BatchV1Api(clients["worker"])
+    _drain(jobs.list_namespaced_job(ns, label_selector="app.kubernetes.io/name=report", **raw))
     return count + 3
 
 
