@@ -101,27 +101,43 @@ class PolicyAdmission:
 
     def __init__(self, store: Any) -> None:
         self.store = store
+        self._pairs: tuple[tuple[int, ...], list[tuple[Body, Body]]] | None = None
 
-    def admit(self, attrs: Attributes, context: RequestContext) -> None:
-        """Return if allowed (warnings added to ``context``); raise the denial :class:`ApiError` if not."""
-        if attrs.kind.key in _EXEMPT:
-            return
+    def _policy_pairs(self) -> list[tuple[Body, Body]]:
+        """(binding, policy) pairs in evaluation order, recomputed only when a policy or binding changed
+        (every request is still evaluated against them; they are read, never changed)."""
+        version = self.store.kinds_version(POLICY_KEY, BINDING_KEY)
+        cached = self._pairs
+        if cached is not None and cached[0] == version:
+            return cached[1]
         registry = self.store.registry
         policy_kind, binding_kind = registry.by_key(POLICY_KEY), registry.by_key(BINDING_KEY)
         if policy_kind is None or binding_kind is None:
-            return
+            return []
         policies = {p["metadata"]["name"]: p for p in self.store.list(policy_kind)[0]}
         bindings = sorted(
             self.store.list(binding_kind)[0],
             key=lambda b: ((b.get("spec") or {}).get("policyName", ""), b["metadata"]["name"]),
         )
+        pairs = [
+            (binding, policies[name])
+            for binding in bindings
+            if (name := (binding.get("spec") or {}).get("policyName", "")) in policies
+        ]
+        self._pairs = (version, pairs)
+        return pairs
+
+    def admit(self, attrs: Attributes, context: RequestContext) -> None:
+        """Return if allowed (warnings added to ``context``); raise the denial :class:`ApiError` if not."""
+        if attrs.kind.key in _EXEMPT:
+            return
+        pairs = self._policy_pairs()
+        if not pairs:
+            return
         namespace = self.store.find("namespaces", None, attrs.namespace) if attrs.namespace else None
         denied: list[tuple[str, str, _Decision]] = []
-        for binding in bindings:
+        for binding, policy in pairs:
             bspec = binding.get("spec") or {}
-            policy = policies.get(bspec.get("policyName", ""))
-            if policy is None:
-                continue
             spec = policy.get("spec") or {}
             if not _matches(spec.get("matchConstraints"), attrs, namespace, rules_required=True):
                 continue

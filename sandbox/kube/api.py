@@ -164,7 +164,8 @@ class ResourceApi:
         as_table = "as=Table" in headers.get("accept", "")
         admit = self._admit(route, context, dry_run)
         if verb == "get":
-            obj = self.store.get(kind, route.namespace, route.name or "", version=route.version)
+            # A read-only view: answers are only serialised, so no copy of the object is made.
+            obj = self.store.get(kind, route.namespace, route.name or "", version=route.version, shared=True)
             if route.subresource == "scale":
                 return Response(200, self._to_scale(obj))
             return Response(200, table(kind, [obj], obj["metadata"]["resourceVersion"]) if as_table else obj)
@@ -266,6 +267,7 @@ class ResourceApi:
             label_selector=query.get("labelSelector"),
             field_selector=query.get("fieldSelector"),
             version=route.version,
+            shared=True,
         )
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         token = query.get("continue")
@@ -317,7 +319,6 @@ class ResourceApi:
             events = self._as_tables(kind, events)
         return Stream(events)
 
-    @staticmethod
     @staticmethod
     def _as_tables(kind: ResourceKind, events: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for event in events:

@@ -51,7 +51,8 @@ class SandboxCluster:
             the store; if False every authenticated request is allowed (uses are still recorded).
         run_controllers: start the controller thread (``controllers.run_once()`` still works if not).
         bookmark_interval: seconds between BOOKMARK events on idle watches that asked for them.
-        controller_options: keyword arguments for :class:`~sandbox.kube.controllers.Controllers`.
+        controller_options: keyword arguments for :class:`~sandbox.kube.controllers.Controllers`
+            (delays, faults; ``full_passes=True`` for the old pass-over-everything controllers).
     """
 
     def __init__(

@@ -4,8 +4,11 @@
 (current context: the first cluster; its user is the worker) and one more per component of deploy/rbac
 next to it (``kubeconfig.watcher``, ``kubeconfig.health-checker``, ``kubeconfig.operator``, the same
 contexts, that component's token: :meth:`SandboxFleet.kubeconfig_for`), and, on exit, stops them
-all and removes a kubeconfig it created in a temporary directory. This module only composes
-clusters; it must not reach into their internals.
+all and removes a kubeconfig it created in a temporary directory. With ``processes=True`` every
+cluster runs in its own process (:class:`~sandbox.kube.process.ProcessCluster`), so the API servers do
+not share the caller's cores; the kubeconfig files are the same, but ``cluster.store`` and
+``cluster.controllers`` are not reachable (knobs: ``set_knob``). This module only composes clusters;
+it must not reach into their internals.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import yaml
 
 from sandbox.kube.cluster import SandboxCluster
 from sandbox.kube.identity import COMPONENTS, WORKER
+from sandbox.kube.process import ProcessCluster
+
+Cluster = SandboxCluster | ProcessCluster
 
 
 def write_kubeconfig(
-    clusters: Sequence[SandboxCluster], path: Path, current: str | None = None, *, user: str = "worker"
+    clusters: Sequence[Cluster], path: Path, current: str | None = None, *, user: str = "worker"
 ) -> Path:
     """Write a kubeconfig for ``clusters`` to ``path``; context names are the cluster names.
 
@@ -52,15 +58,23 @@ class SandboxFleet:
     Args:
         names: cluster names, also the kubeconfig context names.
         kubeconfig_path: where to write the kubeconfig; a temporary file (removed on exit) if None.
-        cluster_options: keyword arguments passed to every :class:`SandboxCluster`.
+        processes: run every cluster in its own process (:class:`ProcessCluster`).
+        cluster_options: keyword arguments passed to every :class:`SandboxCluster` (with
+            ``processes``, also ``sample_groups``/``passive`` of :class:`ProcessCluster`).
     """
 
     def __init__(
-        self, names: Sequence[str], *, kubeconfig_path: Path | str | None = None, **cluster_options: Any
+        self,
+        names: Sequence[str],
+        *,
+        kubeconfig_path: Path | str | None = None,
+        processes: bool = False,
+        **cluster_options: Any,
     ) -> None:
         if len(set(names)) != len(names):
             raise ValueError(f"cluster names must be unique: {list(names)}")
-        self.clusters = {name: SandboxCluster(name, **cluster_options) for name in names}
+        make = ProcessCluster if processes else SandboxCluster
+        self.clusters: dict[str, Any] = {name: make(name, **cluster_options) for name in names}
         self._tmpdir: str | None = None
         self._kubeconfig_path = Path(kubeconfig_path) if kubeconfig_path is not None else None
 
@@ -76,6 +90,9 @@ class SandboxFleet:
             self._tmpdir = tempfile.mkdtemp(prefix="sandbox-kube-")
             self._kubeconfig_path = Path(self._tmpdir) / "kubeconfig"
         try:
+            for cluster in self.clusters.values():
+                if isinstance(cluster, ProcessCluster):
+                    cluster.spawn()  # all children start (and load their samples) side by side
             for cluster in self.clusters.values():
                 cluster.start()
         except BaseException:

@@ -18,7 +18,10 @@ given, like a real API server's RBAC authorizer (plugin/pkg/auth/authorizer/rbac
 Not implemented: aggregationRule, nonResourceURLs (discovery and /version are served to every
 authenticated user), impersonation. The authorizer also records, per username, every request it
 allowed (verb, group, resource, namespace), so tests can compare what a component used with what its
-role grants. This module only authorizes and records; it must not change objects.
+role grants. Every request is authorized, but the rules bound to an identity (per namespace) and the
+decisions are cached until a Role, ClusterRole or binding changes (``ObjectStore.kinds_version``),
+so a request costs a dictionary lookup, not a scan of every binding. This module only authorizes and
+records; it must not change objects.
 """
 
 from __future__ import annotations
@@ -106,6 +109,38 @@ class Authorizer:
         self.enabled = enabled
         self._lock = threading.Lock()
         self._used: dict[str, Counter[Use]] = {}
+        self._cache_version: tuple[int, ...] | None = None
+        self._rules: dict[tuple[str, frozenset[str], str], list[Body]] = {}
+        self._decisions: dict[tuple[str, frozenset[str], Request], bool] = {}
+
+    def _version(self) -> tuple[int, ...]:
+        version: tuple[int, ...] = self.store.kinds_version(*_KEYS.values())
+        with self._lock:
+            if version != self._cache_version:
+                self._cache_version = version
+                self._rules.clear()
+                self._decisions.clear()
+        return version
+
+    def _bound_rules(self, user: UserInfo, namespace: str, version: tuple[int, ...]) -> list[Body]:
+        """Every rule bound to ``user`` at the cluster scope (``""``) or in ``namespace``."""
+        key = (user.username, frozenset(user.groups), namespace)
+        cached = self._rules.get(key)
+        if cached is not None:
+            return cached
+        rules: list[Body] = []
+        if not namespace:
+            for binding in self._objects("ClusterRoleBinding"):
+                if any(_subject_matches(s, user, "") for s in binding.get("subjects") or []):
+                    rules += self._role_rules(binding.get("roleRef") or {}, None)
+        else:
+            for binding in self._objects("RoleBinding", namespace):
+                if any(_subject_matches(s, user, namespace) for s in binding.get("subjects") or []):
+                    rules += self._role_rules(binding.get("roleRef") or {}, namespace)
+        with self._lock:
+            if self._cache_version == version:  # not computed from RBAC objects since replaced
+                self._rules[key] = rules
+        return rules
 
     def _objects(self, kind: str, namespace: str | None = None) -> list[Body]:
         resource = self.store.registry.by_key(_KEYS[kind])
@@ -116,37 +151,32 @@ class Authorizer:
 
     def _role_rules(self, ref: Body, namespace: str | None) -> list[Body]:
         kind, name = ref.get("kind"), ref.get("name")
-        if kind == "ClusterRole":
-            roles = self._objects("ClusterRole")
-        elif kind == "Role" and namespace:
-            roles = self._objects("Role", namespace)
-        else:
+        if kind not in ("ClusterRole", "Role") or (kind == "Role" and not namespace) or not name:
             return []
-        for role in roles:
-            if role["metadata"]["name"] == name:
-                return list(role.get("rules") or [])
-        return []
+        resource = self.store.registry.by_key(_KEYS[kind])
+        if resource is None:
+            return []
+        role = self.store.find(resource, namespace if kind == "Role" else None, name)
+        return list(role.get("rules") or []) if role is not None else []
 
     def allows(self, user: UserInfo, request: Request) -> bool:
         """Whether ``user`` may make ``request`` (RBAC semantics, see the module docstring)."""
         if not self.enabled or SUPERUSER_GROUP in user.groups:
             return True
-        for binding in self._objects("ClusterRoleBinding"):
-            if any(_subject_matches(s, user, "") for s in binding.get("subjects") or []) and any(
-                _rule_allows(rule, request) for rule in self._role_rules(binding.get("roleRef") or {}, None)
-            ):
-                return True
-        if not request.namespace:
-            return False
-        for binding in self._objects("RoleBinding", request.namespace):
-            if any(
-                _subject_matches(s, user, request.namespace) for s in binding.get("subjects") or []
-            ) and any(
-                _rule_allows(rule, request)
-                for rule in self._role_rules(binding.get("roleRef") or {}, request.namespace)
-            ):
-                return True
-        return False
+        version = self._version()
+        key = (user.username, frozenset(user.groups), request)
+        decision = self._decisions.get(key)
+        if decision is None:
+            rules = self._bound_rules(user, "", version)
+            if request.namespace:
+                rules = rules + self._bound_rules(user, request.namespace, version)
+            decision = any(_rule_allows(rule, request) for rule in rules)
+            with self._lock:
+                if self._cache_version == version:  # not computed from RBAC objects since replaced
+                    if len(self._decisions) > 100_000:
+                        self._decisions.clear()
+                    self._decisions[key] = decision
+        return decision
 
     def authorize(self, user: UserInfo, request: Request) -> None:
         """Return if allowed (and record the use); raise the 403 the real authorizer sends if not."""

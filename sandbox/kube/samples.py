@@ -146,6 +146,33 @@ def load_sample_group(
     return stored
 
 
+def copy_to_namespace(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """A copy of a sample object moved to ``namespace`` (the Namespace itself renamed)."""
+    obj = copy.deepcopy(obj)
+    if obj["kind"] == "Namespace":
+        obj["metadata"]["name"] = namespace
+    else:
+        obj["metadata"]["namespace"] = namespace
+    return obj
+
+
+def load_sample_copies(
+    cluster: SandboxCluster, count: int, *, active: bool, prefix: str = "shop-", path: Path = SHOP_MANIFEST
+) -> list[str]:
+    """Put ``count`` copies of the sample group into ``cluster``, one per namespace ``<prefix>NNNN``
+    (a whole site's worth of groups), statuses settled; returns the namespaces."""
+    manifests = sample_manifests(active, path)
+    namespaces = [f"{prefix}{index:04d}" for index in range(count)]
+    for namespace in namespaces:
+        for manifest in manifests:
+            obj = cluster.store.put(copy_to_namespace(manifest, namespace))
+            status = settled_status(obj)
+            if status is not None:
+                obj["status"] = status
+                cluster.store.put(obj)
+    return namespaces
+
+
 def load_sample_fleet(fleet: SandboxFleet, active: str, path: Path = SHOP_MANIFEST) -> None:
     """Load the sample group into every cluster of ``fleet``: ``active`` active, the others passive."""
     if active not in fleet.names:

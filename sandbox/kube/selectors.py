@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from typing import Any
 
 from sandbox.kube.errors import bad_request
@@ -50,10 +51,13 @@ def _label_matches(labels: dict[str, str], key: str, op: str, values: frozenset[
     return key not in labels
 
 
-def parse_label_selector(text: str | None) -> Matcher:
-    """Compile a label selector string; an empty selector matches everything."""
-    requirements: list[tuple[str, str, frozenset[str]]] = []
-    for part in _split_top_level(text or ""):
+Requirement = tuple[str, str, frozenset[str]]
+
+
+@lru_cache(maxsize=4096)
+def _requirements(text: str) -> tuple[Requirement, ...]:
+    requirements: list[Requirement] = []
+    for part in _split_top_level(text):
         if match := _SET_RE.match(part):
             key, op, raw = match.groups()
             requirements.append((key, op, frozenset(v.strip() for v in raw.split(",") if v.strip())))
@@ -65,12 +69,24 @@ def parse_label_selector(text: str | None) -> Matcher:
             requirements.append((key, "!" if negate else "exists", frozenset()))
         else:
             raise bad_request(f"unable to parse requirement: {part.strip()!r}")
+    return tuple(requirements)
+
+
+def parse_label_selector(text: str | None) -> Matcher:
+    """Compile a label selector string; an empty selector matches everything."""
+    requirements = _requirements(text or "")
 
     def matches(obj: dict[str, Any]) -> bool:
         labels = (obj.get("metadata") or {}).get("labels") or {}
         return all(_label_matches(labels, *requirement) for requirement in requirements)
 
     return matches
+
+
+def indexable_requirements(text: str | None) -> list[tuple[str, frozenset[str]]]:
+    """The (key, allowed values) of a selector's ``=``/``==``/``in`` requirements: what a label index
+    can answer (every matching object has one of those values); the rest needs the full matcher."""
+    return [(key, values) for key, op, values in _requirements(text or "") if op in ("=", "in")]
 
 
 def _field_value(obj: dict[str, Any], path: str) -> str:

@@ -125,7 +125,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
     def _send_json(
         self, code: int, body: Any, headers: dict[str, str] | None = None, warnings: list[str] | None = None
     ) -> None:
-        data = json.dumps(body).encode()
+        data = json.dumps(body, separators=(",", ":")).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -152,7 +152,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for event in stream.events:
-                data = json.dumps(event).encode() + b"\n"
+                data = json.dumps(event, separators=(",", ":")).encode() + b"\n"
                 self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
         except OSError:

@@ -7,7 +7,9 @@ it gets BOOKMARK events carrying the latest resourceVersion when idle; a startin
 kept history, or a watcher that falls behind it, gets one ERROR event with a 410 ``Expired`` Status and
 the stream ends. The stream ends on ``timeoutSeconds`` or when the server stops.
 
-This module yields event dicts; it must not write to sockets or change objects.
+Events carry read-only views of the stored objects (shallow copies, see ``ObjectStore.view``): a
+change is copied once into the history, not once per watcher. This module yields event dicts; it must
+not write to sockets or change objects.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def stream_events(
         objects, cursor = store.snapshot(req.kind, req.namespace)
         for obj in objects:
             if req.labels(obj) and req.fields(obj):
-                yield {"type": "ADDED", "object": store.output(req.kind, obj, req.version)}
+                yield {"type": "ADDED", "object": store.view(req.kind, obj, req.version)}
     last_sent = time.monotonic()
     while not stopped():
         remaining = deadline - time.monotonic()
@@ -88,7 +90,7 @@ def stream_events(
             seen = _translate(event, req)
             if seen is not None:
                 last_sent = time.monotonic()
-                yield {"type": seen, "object": store.output(req.kind, event.obj, req.version)}
+                yield {"type": seen, "object": store.view(req.kind, event.obj, req.version)}
         if req.bookmarks and time.monotonic() - last_sent >= req.bookmark_interval:
             last_sent = time.monotonic()
             yield {

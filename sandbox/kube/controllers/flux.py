@@ -26,10 +26,11 @@ class FluxController(ControllerBase):
             for obj in self._list(kind):
                 self._flux_one(kind, obj)
 
-    def _flux_one(self, kind: str, obj: Body) -> None:
+    def _flux_one(self, kind: str, obj: Body) -> float | None:
+        """Move one Flux object's status on; the seconds until it must be looked at again, if ever."""
         meta, spec = obj["metadata"], obj.get("spec") or {}
         if spec.get("suspend"):
-            return  # a suspended object is not reconciled: Ready stays as it was
+            return None  # a suspended object is not reconciled: Ready stays as it was
         fault = self._fault(self.flux_faults, obj)
         generation = meta.get("generation", 1)
         requested = (meta.get("annotations") or {}).get(REQUESTED_AT)
@@ -38,11 +39,12 @@ class FluxController(ControllerBase):
             requested is not None and requested != status.get("lastHandledReconcileAt")
         )
         if not pending or fault == "stuck":
-            return
+            return None
         conditions = status.setdefault("conditions", [])
         key = (kind, meta["namespace"], meta["name"], generation, requested)
         ready = find_condition(status, "Ready")
-        if not self._due(key, self.flux_delay):
+        remaining = self._remaining(key, self.flux_delay)
+        if remaining > 0:
             if not (ready and ready.get("status") == "Unknown"):
                 set_condition(
                     conditions,
@@ -61,7 +63,7 @@ class FluxController(ControllerBase):
                     generation=generation,
                 )
                 self._write_status(kind, obj, status)
-            return
+            return remaining
         helm = kind.startswith("helmreleases")
         if fault == "fail":
             set_condition(
@@ -95,3 +97,4 @@ class FluxController(ControllerBase):
         if requested is not None:
             status["lastHandledReconcileAt"] = requested
         self._write_status(kind, obj, status)
+        return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 
 from sandbox.kube.controllers.base import ControllerBase, set_condition
 from sandbox.kube.store import Body, utcnow
@@ -80,53 +81,65 @@ class JobController(ControllerBase):
             return self.store.find(JOBS, job["metadata"]["namespace"], job["metadata"]["name"])
         return None
 
+    def _affected(self, kind: str, obj: Body) -> list[tuple[str, str, str]]:
+        """A Job's change (its end, its deletion) concerns the CronJob that owns it."""
+        if kind != JOBS:
+            return []
+        namespace = obj["metadata"].get("namespace", "")
+        return [
+            (CRONJOBS, namespace, ref.get("name", ""))
+            for ref in obj["metadata"].get("ownerReferences") or []
+            if ref.get("kind") == "CronJob"
+        ]
+
     def _jobs(self) -> None:
         jobs = {(j["metadata"]["namespace"], j["metadata"]["name"]): j for j in self._list(JOBS)}
         for job in jobs.values():
-            status = job.get("status") or {}
-            if (job.get("spec") or {}).get("suspend") or status.get("completionTime"):
-                continue
-            if not status.get("startTime"):
-                self._run_job(job)
-                continue
-            if self.job_duration is not None and self._due(
-                ("job", job["metadata"]["uid"]), self.job_duration
-            ):
-                now = utcnow()
-                done = {
-                    "succeeded": 1,
-                    "ready": 0,
-                    "startTime": status["startTime"],
-                    "completionTime": now,
-                    "uncountedTerminatedPods": {},
-                    "conditions": [],
-                }
-                set_condition(
-                    done["conditions"],
-                    "SuccessCriteriaMet",
-                    "True",
-                    "CompletionsReached",
-                    "Reached expected number of succeeded pods",
-                )
-                set_condition(
-                    done["conditions"],
-                    "Complete",
-                    "True",
-                    "CompletionsReached",
-                    "Reached expected number of succeeded pods",
-                )
-                self._write_status(JOBS, job, done)
+            self._job(job)
         for cron in self._list(CRONJOBS):
-            self._cronjob(cron, jobs)
+            self._cronjob(cron, lambda ns, name: jobs.get((ns, name)))
 
-    def _cronjob(self, cron: Body, jobs: dict[tuple[str, str], Body]) -> None:
+    def _job(self, job: Body) -> float | None:
+        """Start or finish one Job; the seconds until it must be looked at again, if ever."""
+        status = job.get("status") or {}
+        if (job.get("spec") or {}).get("suspend") or status.get("completionTime"):
+            return None
+        if not status.get("startTime"):
+            self._run_job(job)
+            return None
+        if self.job_duration is None:
+            return None
+        remaining = self._remaining(("job", job["metadata"]["uid"]), self.job_duration)
+        if remaining > 0:
+            return remaining
+        done = {
+            "succeeded": 1,
+            "ready": 0,
+            "startTime": status["startTime"],
+            "completionTime": utcnow(),
+            "uncountedTerminatedPods": {},
+            "conditions": [],
+        }
+        for type_ in ("SuccessCriteriaMet", "Complete"):
+            set_condition(
+                done["conditions"],
+                type_,
+                "True",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+            )
+        self._write_status(JOBS, job, done)
+        return None
+
+    def _cronjob(self, cron: Body, find_job: Callable[[str, str], Body | None]) -> float | None:
+        """Keep one CronJob's active list and start its periodic Jobs; when to look again, if ever."""
         meta = cron["metadata"]
         ns = meta["namespace"]
         status = copy.deepcopy(cron.get("status") or {})
         active = status.get("active") or []
         live, finished = [], []
         for ref in active:
-            job = jobs.get((ns, ref.get("name")))
+            job = find_job(ns, ref.get("name") or "")
             if job is None or job["metadata"]["uid"] != ref.get("uid"):
                 continue  # deleted: it simply leaves the active list
             if (job.get("status") or {}).get("completionTime"):
@@ -143,8 +156,10 @@ class JobController(ControllerBase):
             self._write_status(CRONJOBS, cron, status)
         key = (ns, meta["name"])
         interval = self.cronjob_interval
-        if interval and not (cron.get("spec") or {}).get("suspend"):
-            last = self._last_auto_job.setdefault(key, time.monotonic())
-            if time.monotonic() - last >= interval:
-                self._last_auto_job[key] = time.monotonic()
-                self.start_job(ns, meta["name"])
+        if not interval or (cron.get("spec") or {}).get("suspend"):
+            return None
+        last = self._last_auto_job.setdefault(key, time.monotonic())
+        if time.monotonic() - last >= interval:
+            self._last_auto_job[key] = time.monotonic()
+            self.start_job(ns, meta["name"])
+        return interval - (time.monotonic() - self._last_auto_job[key])

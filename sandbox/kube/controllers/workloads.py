@@ -29,7 +29,8 @@ class WorkloadController(ControllerBase):
             for obj in self._list(kind):
                 self._workload(kind, obj)
 
-    def _workload(self, kind: str, obj: Body) -> None:
+    def _workload(self, kind: str, obj: Body) -> float | None:
+        """Move one workload's status on; the seconds until it must be looked at again, if ever."""
         meta, spec = obj["metadata"], obj.get("spec") or {}
         status = copy.deepcopy(obj.get("status") or {})
         key = (kind, meta["namespace"], meta["name"])
@@ -37,22 +38,24 @@ class WorkloadController(ControllerBase):
         template = hashlib.sha256(json.dumps(spec.get("template"), sort_keys=True).encode()).hexdigest()[:10]
         previous = self._templates.setdefault(key, template)
         if status.get("observedGeneration") != generation:
-            if not self._due((key, "observe", generation), self.workload_delay):
-                return
+            remaining = self._remaining((key, "observe", generation), self.workload_delay)
+            if remaining > 0:
+                return remaining
             status["observedGeneration"] = generation
             if previous != template:
                 status["updatedReplicas"] = 0  # a new template: a rollout starts from zero updated pods
             if self._write_status(kind, obj, self._shape(kind, obj, status, template)):
                 self._templates[key] = template
                 self._last_step[key] = time.monotonic()
-            return
+            return None  # the write (or the one that made it fail) is a change: it comes back
         fields: tuple[str, ...] = ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas")
         if kind == STATEFULSETS:
             fields += ("currentReplicas",)
         if all(int(status.get(f, 0)) == want for f in fields):
-            return
-        if time.monotonic() - self._last_step.get(key, 0.0) < self.replica_step:
-            return
+            return None
+        wait = self.replica_step - (time.monotonic() - self._last_step.get(key, 0.0))
+        if wait > 0:
+            return wait
         for f in fields:
             value = int(status.get(f, 0))
             if self.replica_step > 0:
@@ -61,6 +64,7 @@ class WorkloadController(ControllerBase):
                 status[f] = want
         if self._write_status(kind, obj, self._shape(kind, obj, status, template)):
             self._last_step[key] = time.monotonic()
+        return None
 
     @staticmethod
     def _shape(kind: str, obj: Body, status: dict[str, Any], template: str) -> dict[str, Any]:
