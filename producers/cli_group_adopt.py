@@ -186,6 +186,7 @@ def adopt_command(
         others = [c for c in clusters if c != target]
         if not clean:
             require_run_key(settings)  # the RESOLVE runs need it: refuse before recording anything
+            handle.store.ping()  # and the workers' Redis: down, it is said before anything is recorded
             _confirm_settlement(key, target, decision, others, yes=yes)
         if not _record(handle, key, target, decision, reason):
             return

@@ -61,6 +61,13 @@ ROWS: dict[str, tuple[str, str]] = {
     "group resolve":  ("group resolve {group} --active site-b --reason test --yes {kube}",
                                                                      f"{KUBE_FAULTS} group redis {DYNAMO}"),
     "plan":           ("plan -f {file} {kube}",                      f"{KUBE_FAULTS} group {DYNAMO}"),
+    "group adopt":    ("group adopt {group} --active site-a --reason test --yes {kube}",
+                                                                     f"{KUBE_FAULTS} group {DYNAMO}"),
+    "group show":     ("group show {group} {clusters}",              f"{KUBE_FAULTS} group {DYNAMO}"),
+    "drill":          ("drill {group} --to site-b --yes --report-dir {outdir} {kube}",
+                                                                     f"{KUBE_FAULTS} group redis {DYNAMO}"),
+    "report":         ("report {run} --group {group} -o {out} {kube}",
+                                                                     f"{KUBE_FAULTS} group redis {DYNAMO}"),
     "validate":       ("validate {group} {kube}",                    f"{KUBE_FAULTS} group settings"),
     "submit":         ("submit -f {file} {kube}",                    f"{KUBE_FAULTS} group {DYNAMO}"),
     "watcher":        ("watcher {clusters}",                         f"{KUBE_FAULTS} region settings"),
@@ -195,6 +202,7 @@ def world(
             "failover": "shop/move-shop",
             "run": "0123456789abcdef0123",
             "out": str(tmp / "graph.md"),
+            "outdir": str(tmp / "reports"),
         }
         yield World(values, env, tmp, _unused_port())
     coordination.close()
@@ -297,3 +305,25 @@ def test_a_known_group_is_no_error(name: str, world: World, monkeypatch: pytest.
     args, env = _command(name, world, None)
     code, _stdout, stderr = _run_in_process(args, env, monkeypatch)
     assert (code, stderr) == (0, ""), stderr
+
+
+def test_adopting_with_redis_down_records_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adopting on a cluster that is not active yet needs the workers (Redis) to settle the others:
+    with Redis down it says so before recording any owner (a fresh operatorID: a group with none)."""
+    fault = _fault("redis", world)
+    operator = f"adopt-{uuid.uuid4().hex[:6]}"
+    args, env = _command("group adopt", world, fault)
+    args[args.index("--active") + 1] = "site-b"  # site-a is active: site-b needs RESOLVE runs
+    code, stdout, stderr = _run_in_process([*args, "--operator-id", operator], env, monkeypatch)
+    assert code != 0, stdout
+    assert len(stderr.splitlines()) == 1 and fault.names in stderr, stderr
+    coordination = DynamoCoordination(
+        world.env["FAILOVER_DYNAMODB_TABLE"],
+        client=dynamodb_client(world.env["FAILOVER_DYNAMODB_ENDPOINT_URL"]),
+    )
+    try:
+        assert (
+            coordination.active_cluster(GroupKey(operator_id=operator, namespace="shop", name="shop")) is None
+        )
+    finally:
+        coordination.close()
