@@ -14,8 +14,8 @@ the same refusals as on a cluster. Semantics kept from upstream:
 - ``message``/``messageExpression`` (falling back to ``failed rule: <rule>``), ``fieldPath`` appended
   to the rule's path, and ``reason`` choosing the cause (Invalid, Forbidden, Required, Duplicate).
 
-Only the rules are enforced: types, enums, required fields and defaults of the schema are not (the
-sandbox keeps serving what it is given). This module only checks dicts; it must not store anything.
+Only the rules are enforced: types, enums and required fields of the schema are not (the sandbox keeps
+serving what it is given); its defaults are applied (crd_defaults.py). This module only checks dicts; it must not store anything.
 """
 
 from __future__ import annotations

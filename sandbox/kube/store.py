@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sandbox.kube import crd_rules, errors
+from sandbox.kube import crd_defaults, crd_rules, errors
 from sandbox.kube.errors import ApiError
 from sandbox.kube.kinds import KindRegistry, ResourceKind, kind_from_crd
 from sandbox.kube.selectors import indexable_requirements, parse_field_selector, parse_label_selector
@@ -396,7 +396,7 @@ class ObjectStore:
                 status = initial_status(k, obj)
                 if status is not None:
                     obj["status"] = status
-            apply_defaults(k, obj)
+            self._default(k, obj, version)
             self._check(k, obj, None, version, admit)
             if k.key == _CRD_KEY:
                 self._establish_crd(obj)
@@ -467,7 +467,7 @@ class ObjectStore:
                 meta.pop(field, None)
                 if field in current["metadata"]:
                     meta[field] = current["metadata"][field]
-            apply_defaults(k, new)
+            self._default(k, new, version)
             if k.generation and _spec_part(new) != _spec_part(current):
                 meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
             meta["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -483,7 +483,7 @@ class ObjectStore:
             self._store(k, (ns, name), new)
             self._record("MODIFIED", k, new, current)
             if k.key == _CRD_KEY:
-                self.registry.add(kind_from_crd(new))
+                self._crd_updated(new)
             if meta.get("deletionTimestamp") and not meta.get("finalizers"):
                 return self._remove(k, ns, name, orphan=False, version=version)
             return self.output(k, new, version)
@@ -593,6 +593,35 @@ class ObjectStore:
             "storedVersions": [v["name"] for v in spec["versions"] if v.get("storage")],
         }
 
+    def _schema(self, k: ResourceKind, version: str | None) -> Body | None:
+        """The ``openAPIV3Schema`` of a custom kind at ``version`` (its storage version if None)."""
+        if k.builtin:
+            return None
+        crds = self._objects.get(_CRD_KEY)
+        crd = crds.objects.get(("", k.key)) if crds is not None else None
+        return crd_rules.version_schema(crd, version or k.storage_version) if crd is not None else None
+
+    def _default(self, k: ResourceKind, obj: Body, version: str | None) -> None:
+        """The defaults of a write: the built-in kinds' defaulting, a custom kind's schema defaults."""
+        apply_defaults(k, obj)
+        crd_defaults.apply(self._schema(k, version), obj)
+
+    def _crd_updated(self, crd: Body) -> None:
+        """A CRD changed: its kind is served as it now says, and its stored objects read back with its
+        (new) schema defaults, as upstream defaults on read: nothing is written, so no new
+        resourceVersion and no watch event."""
+        self.registry.add(kind_from_crd(crd))
+        k = self.registry.by_key(crd["metadata"]["name"])
+        bucket = self._objects.get(crd["metadata"]["name"])
+        if k is None or bucket is None:
+            return
+        schema = self._schema(k, None)
+        for key, stored in list(bucket.objects.items()):
+            defaulted = clone(stored)
+            crd_defaults.apply(schema, defaulted)
+            if defaulted != stored:
+                self._store(k, key, defaulted)
+
     def _check(
         self, k: ResourceKind, obj: Body, old: Body | None, version: str | None, admit: Admit | None
     ) -> None:
@@ -602,11 +631,9 @@ class ObjectStore:
         validating admission, all on the final object.
         """
         validate(k, obj, old)
-        if not k.builtin:
-            crds = self._objects.get(_CRD_KEY)
-            crd = crds.objects.get(("", k.key)) if crds is not None else None
-            if crd is not None:
-                crd_rules.check(k, crd_rules.version_schema(crd, version or k.storage_version), obj, old)
+        schema = self._schema(k, version)
+        if schema is not None:
+            crd_rules.check(k, schema, obj, old)
         if admit is not None:
             out_old = self.output(k, old, version) if old is not None else None
             admit("UPDATE" if old is not None else "CREATE", self.output(k, obj, version), out_old)
