@@ -336,9 +336,9 @@ def failover_group_crd() -> dict[str, Any]:
             _column("Health", ".status.health", description="OK, DEGRADED, ERROR or UNKNOWN"),
             _column(
                 "Suspended",
-                ".status.suspended",
+                ".spec.suspended",
                 "boolean",
-                description="No automatic failover while true (spec.suspended, false when omitted)",
+                description="No automatic failover while true (the API server defaults it to false)",
             ),
             _column("Active", ".status.globalState.activeCluster", description="The active cluster"),
         ],

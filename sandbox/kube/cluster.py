@@ -27,7 +27,7 @@ from sandbox.kube.controllers import Controllers
 from sandbox.kube.faults import FaultKnobs
 from sandbox.kube.identity import USERNAMES, WORKER, UserInfo, Users
 from sandbox.kube.kinds import KindRegistry, default_crds
-from sandbox.kube.manifests import fencing_manifests, rbac_manifests
+from sandbox.kube.manifests import fencing_manifests, project_crds, rbac_manifests
 from sandbox.kube.rbac import Authorizer, Use
 from sandbox.kube.server import SandboxHTTPServer
 from sandbox.kube.store import ObjectStore
@@ -45,7 +45,8 @@ class SandboxCluster:
             token (else 401); if None, a random one is made and requests without credentials are
             also served, as ``system:anonymous`` (an unknown token is still a 401).
         history_limit: watch events kept; a watch from an older resourceVersion gets 410 Gone.
-        preinstall_crds: install the Istio, Flux, csi-addons and Failover/FailoverGroup CRDs.
+        preinstall_crds: install the Istio, Flux, csi-addons and Failover/FailoverGroup CRDs (the
+            latter two as shipped in deploy/crds when run from a checkout: their defaults and rules).
         install_fencing: install the ValidatingAdmissionPolicies of the repository's deploy/fencing.
         install_rbac: install deploy/rbac and authorize every request against the RBAC objects in
             the store; if False every authenticated request is allowed (uses are still recorded).
@@ -88,8 +89,9 @@ class SandboxCluster:
         for namespace in _SYSTEM_NAMESPACES:
             self.store.create("namespaces", {"metadata": {"name": namespace}})
         if preinstall_crds:
+            shipped = {crd["metadata"]["name"]: crd for crd in project_crds()}
             for crd in default_crds():
-                self.store.create("customresourcedefinitions", crd)
+                self.store.create("customresourcedefinitions", shipped.get(crd["metadata"]["name"], crd))
         if install_fencing:
             for manifest in fencing_manifests():
                 self.store.put(manifest)

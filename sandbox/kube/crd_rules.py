@@ -15,7 +15,8 @@ the same refusals as on a cluster. Semantics kept from upstream:
   to the rule's path, and ``reason`` choosing the cause (Invalid, Forbidden, Required, Duplicate).
 
 Only the rules are enforced: types, enums and required fields of the schema are not (the sandbox keeps
-serving what it is given); its defaults are applied (crd_defaults.py). This module only checks dicts; it must not store anything.
+serving what it is given); its defaults are applied (crd_defaults.py). This module only checks dicts;
+it must not store anything.
 """
 
 from __future__ import annotations

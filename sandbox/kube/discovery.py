@@ -153,13 +153,15 @@ def _builtin_columns(kind: ResourceKind) -> list[tuple[str, str]]:
     return []
 
 
-def _cell(obj: dict[str, Any], path: str) -> Any:
+def _cell(obj: dict[str, Any], path: str, *, custom: bool) -> Any:
+    """One cell: a built-in column prints a boolean as Go's printers do (``False``); a CRD's printer
+    column serves the JSON value, which kubectl prints as ``false``."""
     if path == "ready":
         status = obj.get("status") or {}
         return f"{status.get('readyReplicas', 0)}/{(obj.get('spec') or {}).get('replicas', 0)}"
     value = _json_path(obj, path)
     if isinstance(value, bool):
-        return str(value)
+        return ("true" if value else "false") if custom else str(value)
     return "<none>" if value is None else value
 
 
@@ -177,7 +179,12 @@ def table(kind: ResourceKind, objects: list[dict[str, Any]], list_rv: str) -> di
     rows = []
     for obj in objects:
         meta = obj["metadata"]
-        cells = [meta["name"], *(_cell(obj, path) for _, path in extra), _age(meta.get("creationTimestamp"))]
+        custom = bool(kind.printer_columns)
+        cells = [
+            meta["name"],
+            *(_cell(obj, path, custom=custom) for _, path in extra),
+            _age(meta.get("creationTimestamp")),
+        ]
         rows.append(
             {
                 "cells": cells,

@@ -345,7 +345,7 @@ def default_crds() -> list[dict[str, Any]]:
             ("fg",),
             (
                 ("Health", ".status.health"),
-                ("Suspended", ".status.suspended"),
+                ("Suspended", ".spec.suspended"),
                 ("Active", ".status.globalState.activeCluster"),
             ),
         ),

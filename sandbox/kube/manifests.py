@@ -49,3 +49,10 @@ def fencing_manifests() -> list[dict[str, Any]]:
 def rbac_manifests(folder: str = "rbac") -> list[dict[str, Any]]:
     """The ServiceAccounts, (Cluster)Roles and bindings of deploy/rbac (or another deploy/ folder)."""
     return kustomization_documents(deploy_dir() / folder)
+
+
+def project_crds() -> list[dict[str, Any]]:
+    """The Failover and FailoverGroup CRDs of deploy/crds as shipped (schema, defaults, CEL rules,
+    printer columns); none outside a checkout (the sandbox then serves its compact open-schema ones)."""
+    folder = DEPLOY / "crds"
+    return kustomization_documents(folder) if (folder / "kustomization.yaml").is_file() else []

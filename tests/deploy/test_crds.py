@@ -124,7 +124,7 @@ def test_printer_columns_and_short_names() -> None:
     ]
     assert columns(failover_group_crd()) == [
         ("Health", ".status.health"),
-        ("Suspended", ".status.suspended"),  # the watcher writes it: false when the spec omits it
+        ("Suspended", ".spec.suspended"),  # the API server defaults it to false: never empty
         ("Active", ".status.globalState.activeCluster"),
         ("Age", ".metadata.creationTimestamp"),
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -66,9 +68,8 @@ def test_get_and_describe(fleet: SandboxFleet, kubectl: Kubectl) -> None:
     assert "3 desired | 3 updated | 3 total | 3 available | 0 unavailable" in described
     _ok(kubectl("describe", "statefulset", "db", "-n", "shop"))
     _ok(kubectl("describe", "cronjob", "report", "-n", "shop"))
-    assert "Operator ID:  failover-orchestrator" in _ok(
-        kubectl("describe", "failovergroup", "shop", "-n", "shop")
-    )
+    described_group = _ok(kubectl("describe", "failovergroup", "shop", "-n", "shop"))
+    assert re.search(r"\n  Operator ID: +failover-orchestrator\n", described_group), described_group
     missing = kubectl("get", "deployment", "nope", "-n", "shop")
     assert missing.returncode == 1 and 'deployments.apps "nope" not found' in missing.stderr
 
