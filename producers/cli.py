@@ -88,7 +88,7 @@ def worker(
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 2,
 ) -> None:
-    """Start a Celery worker for the failover steps (extra arguments go to ``celery worker``)."""
+    """Start a Celery worker for the failover steps (extra arguments go to `celery worker`)."""
     settings = settings_of(ctx)
     command = [
         sys.executable,

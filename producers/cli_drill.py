@@ -183,8 +183,10 @@ def drill_command(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each run")] = 900.0,
 ) -> None:
-    """Rehearse a failover for real: fail GROUP over to --to (and back with --back), marked as a drill
-    in history, then write the report (JSON and HTML) with the timeline, downtime, RTO and verdict.
+    """Rehearse a failover for real, as a drill, and write its report (JSON and HTML).
+
+    Fails GROUP over to --to (and back with --back), marked as a drill in history, then writes the
+    report with the timeline, downtime, RTO and verdict.
 
     Refused while the group is suspended, diverged, locked or unhealthy. Exits 1 when a run failed or
     the RTO missed spec.objectives.rto (the report is still written). The workers must be running."""
@@ -271,8 +273,10 @@ def report_command(
     kubeconfig: KubeconfigOption = None,
     operator_id: OperatorOption = None,
 ) -> None:
-    """Render the report of a finished run (the page a drill writes): from the run while Redis holds it,
-    else from the group's history in DynamoDB (--group; step messages are not kept there)."""
+    """Render the report of a finished run (the page a drill writes), as HTML or JSON.
+
+    From the run while Redis holds it, else from the group's history in DynamoDB (--group; step
+    messages are not kept there)."""
     settings = settings_of(ctx)
     with orchestrator(settings) as handle:
         run = handle.run(run_id)

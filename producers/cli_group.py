@@ -81,8 +81,10 @@ def resolve_command(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each cluster")] = 900.0,
 ) -> None:
-    """Settle a diverged group on one cluster: every other cluster is made passive (and fenced), then
-    ACTIVE is made active and recorded as the owner; the divergence is cleared and history records it.
+    """Settle a diverged group on one cluster, recorded as its owner.
+
+    Every other cluster is made passive (and fenced), then ACTIVE is made active and recorded as the
+    owner; the divergence is cleared and history records it.
 
     Runs through the workers like any failover (they must be running), one cluster at a time."""
     settings = settings_of(ctx)

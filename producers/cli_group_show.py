@@ -139,8 +139,10 @@ def show_command(
     limit: Annotated[int, typer.Option(help="How many history records, newest first")] = 5,
     output: OutputOption = Output.table,
 ) -> None:
-    """The group's owner, lock and fencing token, divergence, what each cluster holds, and its last
-    failovers."""
+    """Show a group: its owner, lock, divergence, what each cluster holds, its last failovers.
+
+    The owner (active cluster) and the lock with its fencing token come from DynamoDB; each cluster's
+    objects are judged active or passive by the rules of their kind, with the fence and heartbeat."""
     settings = settings_of(ctx)
     namespace, name = split_name(group)
     clusters = list(cluster or settings.clusters or kubeconfig_contexts(kubeconfig))

@@ -255,9 +255,10 @@ def submit_command(
     ] = None,
     kubeconfig: KubeconfigOption = None,
 ) -> None:
-    """Create a Failover object in a cluster: the watcher submits it. Validated first (the manifest,
-    each group's grant of its namespace, the target against each group's active cluster); nothing is
-    created when it is invalid."""
+    """Create a Failover object in a cluster: the watcher submits it.
+
+    Validated first (the manifest, each group's grant of its namespace, the target against each
+    group's active cluster); nothing is created when it is invalid."""
     manifest = read_manifest(file)
     failover = _validated(file, manifest)
     settings = settings_of(ctx)

@@ -247,8 +247,10 @@ def run_rebuild(
     ] = None,
     operator_id: OperatorOption = None,
 ) -> None:
-    """Recreate a run Redis lost from its DynamoDB journal and send its message again (workers do this
-    by themselves within seconds for the locks their site holds: see README "Reliability")."""
+    """Recreate a run Redis lost from its DynamoDB journal and send its message again.
+
+    Workers do this by themselves within seconds for the locks their site holds (README
+    "Reliability")."""
     settings = settings_of(ctx)
     key = group_key(group, operator_id, settings) if group else None
     with orchestrator(settings) as handle:

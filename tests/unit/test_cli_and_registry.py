@@ -128,3 +128,32 @@ def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyP
     for name, value in original.to_env().items():
         monkeypatch.setenv(name, value)
     assert Settings() == original
+
+
+def _commands() -> list[list[str]]:
+    """Every command path of failoverctl: ["graph"], ["group", "adopt"], ..."""
+    import typer.main
+
+    def walk(command: object, path: list[str]) -> list[list[str]]:
+        found = [path] if path else []
+        for name, sub in sorted((getattr(command, "commands", None) or {}).items()):
+            found += walk(sub, [*path, name])
+        return found
+
+    return walk(typer.main.get_command(app), [])
+
+
+@pytest.mark.parametrize("path", _commands(), ids=" ".join)
+def test_every_command_has_help_that_says_what_it_does_in_one_line(path: list[str]) -> None:
+    """`--help` renders, and the summary the command list shows is one line (its docstring's first
+    paragraph; a hard line break there shows in the list as a broken sentence)."""
+    import typer.main
+
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    summary = (command.help or "").strip().split("\n\n")[0]
+    assert summary and "\n" not in summary, summary
+    assert summary.split(".")[0] in " ".join(result.output.split())
