@@ -183,13 +183,11 @@ def drill_command(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each run")] = 900.0,
 ) -> None:
-    """Rehearse a failover for real, as a drill, and write its report (JSON and HTML).
+    """Fail GROUP over to --to for real as a drill (and back with --back), then write its report.
 
-    Fails GROUP over to --to (and back with --back), marked as a drill in history, then writes the
-    report with the timeline, downtime, RTO and verdict.
-
-    Refused while the group is suspended, diverged, locked or unhealthy. Exits 1 when a run failed or
-    the RTO missed spec.objectives.rto (the report is still written). The workers must be running."""
+    The report (JSON and HTML) has the timeline, downtime, RTO and verdict. Refused while the group is
+    suspended, diverged, locked or unhealthy; exit 1 when a run failed or the RTO missed
+    spec.objectives.rto (the report is written anyway). The workers must be running."""
     settings = settings_of(ctx)
     clusters = list(cluster or settings.clusters or kubeconfig_contexts(kubeconfig))
     if to not in clusters:
