@@ -283,7 +283,9 @@ def report_command(
         named = group or (str(run.group) if run is not None else None)
         if named is None:
             raise fail(
-                f"run {run_id} is no longer in Redis: give --group NAMESPACE/NAME to read its history", 2
+                f"run {run_id} is not in Redis (an unknown run, or one Redis let go): give --group "
+                "NAMESPACE/NAME to read its group's history",
+                2,
             )
         found = _read_group(named, kubeconfig, context, None)
         objective = objective_of(found)

@@ -327,3 +327,12 @@ def test_adopting_with_redis_down_records_nothing(world: World, monkeypatch: pyt
         )
     finally:
         coordination.close()
+
+
+def test_a_report_of_a_run_redis_does_not_hold_asks_for_its_group(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, env = _command("report", world, None)
+    code, _stdout, stderr = _run_in_process(["report", "nowhere"], env, monkeypatch)
+    assert code == 2 and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("error: run nowhere is not in Redis") and "--group" in stderr, stderr
