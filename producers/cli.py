@@ -21,7 +21,7 @@ import typer
 
 from fsm.graph import dot, mermaid
 from fsm.plan import PlanKind
-from producers import cli_group, cli_plan, cli_producers, cli_runs
+from producers import cli_control, cli_group, cli_plan, cli_producers, cli_runs
 from producers.cli_common import KindChoice, fail, out, settings_of
 
 app = typer.Typer(
@@ -119,6 +119,7 @@ app.command()(cli_runs.history)
 app.add_typer(cli_runs.dynamodb_app, name="dynamodb")
 app.add_typer(cli_runs.lock_app, name="lock")
 app.add_typer(cli_runs.run_app, name="run")
+cli_control.register(cli_runs.run_app)
 app.add_typer(cli_group.group_app, name="group")
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(worker)
 app.command()(demo)

@@ -27,7 +27,7 @@ from producers.views import run_view, summary
 from workers.api import Orchestrator
 
 lock_app = typer.Typer(help="Inspect or release a group's lock.", no_args_is_help=True)
-run_app = typer.Typer(help="Repair a run.", no_args_is_help=True)
+run_app = typer.Typer(help="Control or repair a run.", no_args_is_help=True)
 dynamodb_app = typer.Typer(
     help="The DynamoDB table that holds locks, owners and history.", no_args_is_help=True
 )
