@@ -23,7 +23,7 @@ from producers.cli_common import (
     settings_of,
     when,
 )
-from producers.views import run_view, summary
+from producers.views import run_view, shown_status, summary
 from workers.api import Orchestrator
 
 lock_app = typer.Typer(help="Inspect or release a group's lock.", no_args_is_help=True)
@@ -61,7 +61,7 @@ def status(
             str(run.group),
             run.kind.value,
             f"{run.source_cluster} → {run.target_cluster}",
-            run.status.value,
+            shown_status(run),
             run.state_name,
             when(run.started_at),
             f"{took:.1f}s" if took is not None else "",
@@ -99,7 +99,7 @@ def watch(
                 live.update(Group(*[run_view(r) for r in current]))
     for run in current:
         out().print(summary(run))
-    if any(r.status.value == "FAILED" for r in current):
+    if any(r.status.value in ("FAILED", "CANCELLED") for r in current):
         raise typer.Exit(1)
 
 
@@ -135,6 +135,9 @@ def history(
             r.reason or r.message,
         )
     out().print(table)
+    for r in records:
+        for control in r.controls:
+            out().print(f"run {r.run_id} control: {control}")
 
 
 @lock_app.command("show")

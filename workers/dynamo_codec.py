@@ -220,6 +220,8 @@ def history_item(pk: str, record: HistoryRecord) -> Item:
         "message": s(record.message),
         "skipped": str_list(record.skipped),
     }
+    if record.controls:
+        item["controls"] = str_list(record.controls)
     if record.downtime_seconds is not None:
         item["downtimeSeconds"] = n(record.downtime_seconds)
     if record.failed_step is not None:
@@ -244,6 +246,7 @@ def history_from_item(item: Mapping[str, Any]) -> HistoryRecord:
         failed_step=get_opt_str(item, "failedStep"),
         message=get_str(item, "message"),
         skipped=get_str_list(item, "skipped"),
+        controls=get_str_list(item, "controls"),
     )
 
 

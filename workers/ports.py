@@ -167,6 +167,7 @@ class HistoryRecord:
     failed_step: str | None = None
     message: str = ""
     skipped: tuple[str, ...] = ()
+    controls: tuple[str, ...] = ()  # operators' controls of the run: who, why, when, what became of it
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from fsm.decide import Updates
 from fsm.models import ResourceRef
 from fsm.plan import CATALOGUE, Step, StepInfo, StepType
 from fsm.run import Run, Superseded
+from fsm.status import iso as iso_time
 from workers.errors import (
     ClusterUnreachable,
     CoordinationConflict,
@@ -371,6 +372,7 @@ def history_record(run: Run, *, outcome: str, now: float) -> HistoryRecord:
         failed_step=failure.step.value if failure else None,
         message=failure.describe() if failure else "",
         skipped=tuple(run.skipped()),
+        controls=tuple(f"{iso_time(c.at)} #{c.id} {c.describe()}" for c in run.controls),
     )
 
 
@@ -450,7 +452,10 @@ def _changed_where(run: Run) -> str:
 
 
 def _outcome_of(run: Run) -> str:
-    """History's outcome for a failed run: FENCED when a cluster refused it, else FAILED."""
+    """History's outcome for a failed run: FENCED when a cluster refused it, CANCELLED when an operator
+    cancelled it, else FAILED."""
+    if run.failure and run.failure.cancelled:
+        return "CANCELLED"
     return "FENCED" if run.failure and run.failure.superseded is Superseded.FENCED else "FAILED"
 
 
