@@ -60,7 +60,7 @@ def request_control(
         now = clock()
         why_not = refusal(run, asked.action, now=now, step=asked.step, force=asked.force)
         if why_not is not None:
-            if not record_refusal or run.terminal:
+            if not record_refusal or run.terminal or run.dispatch is None:  # not started: ask again later
                 return ControlRequest(run=run, record=None, refused=why_not)
             new = refused(
                 run, action=asked.action, who=asked.who, why=asked.why, now=now, message=why_not, **options
