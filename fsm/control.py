@@ -15,8 +15,9 @@ refused once that step has been attempted), and recorded as ``applied`` or ``ref
 - **cancel**: before the kind's point of no return, the run fails as a failure would
   (:func:`fsm.decide.compensation_for`) and ends CANCELLED; from the point of no return on it is
   refused with the ``failoverctl group resolve`` hint, and the run continues.
-- **retry-step**: the step the run waits to check or retry is sent again now (its check and error
-  counts start over, so its poll interval and error budget do too; its deadline does not move).
+- **retry-step**: the step the run waits to check or retry (it reported back at least once) is sent
+  again now (its check and error counts start over, so its poll interval and error budget do too; its
+  deadline does not move). The message it was waiting for becomes stale (a new ticket).
 - **skip-step STEP**: only the wait step the run is at; a wait that guards volumes only with force.
 """
 
@@ -119,9 +120,8 @@ def _cancel_refusal(run: Run, _pending: set[ControlAction], _now: float | None) 
 def _retry_refusal(run: Run, _pending: set[ControlAction], now: float | None) -> str | None:
     if run.paused:
         return f"run {run.run_id} is paused: resume it (the held step is tried again at once)"
-    assert run.dispatch is not None
-    if now is not None and run.dispatch.due_at <= now:
-        return f"step {_at(run)} is running or about to run now: nothing to retry"
+    if now is not None and _at(run) not in run.steps:
+        return f"step {_at(run)} has not reported back yet (it runs now): nothing to retry"
     return None
 
 

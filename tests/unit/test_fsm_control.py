@@ -116,7 +116,9 @@ def test_retry_step_resets_the_wait_and_is_refused_when_nothing_waits() -> None:
         retried.dispatch is not None and retried.dispatch.countdown == 0 and retried.dispatch.due_at == 11.0
     )
     assert retried.run.steps["wait_scaled_down"].checks == 0
-    assert "running or about to run now" in str(refusal(retried.run, RETRY, now=11.0))
+    assert retried.run.controls[-1].outcome is ControlOutcome.APPLIED
+    fresh = at(Step.WAIT_VOLUMES_DEMOTED)  # dispatched, never reported back: nothing to retry yet
+    assert "has not reported back yet" in str(refusal(fresh, RETRY, now=11.0))
 
 
 def test_skip_step_only_wait_steps_and_volume_guards_only_with_force() -> None:
