@@ -15,7 +15,7 @@ from fsm.run import RunStatus
 from tests.chaos.checks import active_clusters, assert_only_active, eventually, primaries
 from tests.chaos.conftest import LEASE_SECONDS, SHOP, ChaosStack
 from tests.chaos.monitor import TWO_PRIMARIES, ZERO_SERVING
-from tests.controls.helpers import catch_up, control, explain, lag, submit, waiting_in
+from tests.controls.helpers import catch_up, control, control_process, explain, lag, submit, waiting_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,9 +41,8 @@ def _finish_clean(stack: ChaosStack, mode: str, active: str) -> None:
 
 @pytest.mark.parametrize("mode", ["CONSISTENCY", "UPTIME"])
 def test_past_the_point_of_no_return_cancel_is_refused_and_pause_resume_retry_skip_apply(
-    make_stack: Callable[..., ChaosStack], mode: str, monkeypatch: pytest.MonkeyPatch
+    make_stack: Callable[..., ChaosStack], mode: str
 ) -> None:
-    monkeypatch.setenv("COLUMNS", "300")  # failoverctl's tables, unabridged
     cluster, step = PAST[mode]
     stack = make_stack()
     stack.start_worker("w1")
@@ -53,7 +52,7 @@ def test_past_the_point_of_no_return_cancel_is_refused_and_pause_resume_retry_sk
     waiting_in(stack, run_id, step)
 
     # cancel past the point of no return: refused, with the command that settles a group, nothing changed
-    result = control(stack, "cancel", run_id, "--reason", "changed my mind")
+    result = control_process(stack, "cancel", run_id, "--reason", "changed my mind")
     assert result.returncode == 2, explain(result, stack)
     assert "point of no return" in result.stderr and RESOLVE_HINT in result.stderr, result.stderr
     assert stack.store.load(run_id).controls == []  # type: ignore[union-attr]
