@@ -183,3 +183,30 @@ def test_skipping_a_volume_guard_needs_force_and_is_recorded_loudly(
     eventually(lambda: not primaries(stack.fleet)["site-a"], "site-a's volumes secondary")
     stack.monitor.close(TWO_PRIMARIES, "a volume guard skipped with --force")
     _finish_clean(stack, "CONSISTENCY", "site-b")
+
+
+def test_a_control_asked_mid_step_waits_for_the_step_to_report_back(
+    make_stack: Callable[..., ChaosStack],
+) -> None:
+    stack = make_stack()
+    stack.start_worker("w1")
+    stack.monitor.open(ZERO_SERVING, "the run")
+    gate = stack.gate("site-a", "patch", "deployments")  # scale_down_workloads held at the API server
+    run_id = submit(stack, "CONSISTENCY", "mid-step")
+    assert gate.arrived.wait(30), stack.worker_logs()[-3000:]
+
+    result = control(stack, "pause", run_id, "--reason", "mid-step", "--wait", "1")
+    assert result.returncode == 0 and "not applied yet" in result.stdout, explain(result, stack)
+    during = stack.store.load(run_id)
+    assert during is not None and not during.paused and during.controls[-1].pending
+    assert during.at_step is Step.SCALE_DOWN_WORKLOADS and "scale_down_workloads" not in during.steps
+
+    gate.release()
+    paused = stack.wait_for(run_id, lambda r: r.paused)
+    assert paused.steps["scale_down_workloads"].outcome == "done"  # the step finished, then the pause
+    assert paused.at_step is Step.SUSPEND_FLUX and "suspend_flux" not in paused.steps
+    assert paused.controls[-1].outcome.value == "applied"
+    result = control(stack, "resume", run_id, "--reason", "go on")
+    assert result.returncode == 0 and "resume applied" in result.stdout, explain(result, stack)
+    assert stack.finish(run_id).status is RunStatus.SUCCESS
+    _finish_clean(stack, "CONSISTENCY", "site-b")

@@ -13,6 +13,7 @@ from fsm.status import failover_status, run_events
 from tests.unit.test_plan_and_decide import make_run
 
 PAUSE, RESUME, CANCEL = ControlAction.PAUSE, ControlAction.RESUME, ControlAction.CANCEL
+PAUSE_ACTION, CANCEL_ACTION = PAUSE, CANCEL
 RETRY, SKIP = ControlAction.RETRY_STEP, ControlAction.SKIP_STEP
 
 
@@ -179,3 +180,42 @@ def test_a_cancelled_failover_aggregates_to_cancelled() -> None:
     status = failover_status(obj, [run], 40.0)
     assert status["status"] == "CANCELLED" and status["state"] == "CANCELLED"
     assert any(e["reason"] == "FailoverCancelled" for e in run_events(obj, run, 40.0, instance="t"))
+
+
+def test_annotations_ask_once_and_resume_only_their_own_pause() -> None:
+    from fsm import control_annotations as annotation
+    from fsm.control_annotations import REQUESTED_BY, SKIP_STEP, requested_by, wanted_controls
+
+    run = at(Step.WAIT_SCALED_DOWN)
+    assert [w.action for w in wanted_controls({annotation.PAUSE: "true"}, run)] == [PAUSE_ACTION]
+    by_annotation = request(run, action=PAUSE, who="bot", why="x", now=20.0, source="annotation")
+    assert wanted_controls({annotation.PAUSE: "true"}, by_annotation) == []  # asked already: not again
+    assert [w.action for w in wanted_controls({}, by_annotation)] == [RESUME]
+    assert [w.action for w in wanted_controls({annotation.PAUSE: "false"}, by_annotation)] == [RESUME]
+    by_cli = request(run, action=PAUSE, who="alice", why="x", now=20.0)
+    assert wanted_controls({}, by_cli) == []  # a pause asked with failoverctl is not the annotation's
+    cancel = wanted_controls({annotation.CANCEL: "wrong target"}, run)
+    assert [(w.action, w.why) for w in cancel] == [(CANCEL_ACTION, "wrong target")]
+    [skip] = wanted_controls({SKIP_STEP: "wait_scaled_down"}, run)
+    assert skip.step is Step.WAIT_SCALED_DOWN and not skip.force
+    [unknown] = wanted_controls({SKIP_STEP: "nope"}, run)
+    assert unknown.unknown == "nope"
+    obj = {
+        "metadata": {
+            "managedFields": [
+                {
+                    "manager": "old",
+                    "time": "2026-01-01T00:00:00Z",
+                    "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{annotation.PAUSE}": {}}}},
+                },
+                {
+                    "manager": "argocd",
+                    "time": "2026-02-01T00:00:00Z",
+                    "fieldsV1": {"f:metadata": {"f:annotations": {f"f:{annotation.PAUSE}": {}}}},
+                },
+            ]
+        }
+    }
+    assert requested_by(obj) == "argocd (field manager)"
+    assert requested_by({"metadata": {"annotations": {REQUESTED_BY: "jane"}}}) == "jane"
+    assert requested_by({"metadata": {}}) == "annotation"
