@@ -219,3 +219,10 @@ def test_annotations_ask_once_and_resume_only_their_own_pause() -> None:
     assert requested_by(obj) == "argocd (field manager)"
     assert requested_by({"metadata": {"annotations": {REQUESTED_BY: "jane"}}}) == "jane"
     assert requested_by({"metadata": {}}) == "annotation"
+
+
+def test_a_cancelled_failover_is_finished_for_the_watcher() -> None:
+    from producers.decisions import FailoverAction, decide_failover
+
+    obj = {"metadata": {"name": "move-shop", "namespace": "shop"}, "status": {"status": "CANCELLED"}}
+    assert decide_failover(obj).action is FailoverAction.SKIP
