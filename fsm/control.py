@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fsm.audit import ControlAction, ControlOutcome, ControlRecord
-from fsm.decide import Decision, EventKind, compensation_for, settle
+from fsm.decide import Decision, EventKind, JournalMark, compensation_for, settle
 from fsm.machine import fire
 from fsm.plan import CATALOGUE, POINT_OF_NO_RETURN, Phase, Step, StepType
 from fsm.run import Dispatch, Failure, Run, StepRecord, resolve_command
@@ -191,6 +191,7 @@ def apply_controls(decision: Decision, now: float) -> Decision:
         [decision.reason] if decision.reason else [],
         list(decision.journal),
     )
+    paused_before = run.paused
     for record in run.pending_controls:
         step = Step(record.step) if record.action is ControlAction.SKIP_STEP and record.step else None
         why_not = refusal(run, record.action, now=now, step=step, force=record.force, requesting=False)
@@ -205,6 +206,12 @@ def apply_controls(decision: Decision, now: float) -> Decision:
         reasons.append(f"{record.action.value} by {record.who}: {applied.reason}")
         journal += applied.journal
         dispatch = applied.dispatch or dispatch
+    stage = run.stage
+    if paused_before != run.paused and len(journal) == len(decision.journal) and stage is not None:
+        # A pause (or its end) is journaled, so that a run rebuilt from DynamoDB stays paused.
+        sequence = run.journal_sequence + 1
+        run = run.model_copy(update={"journal_sequence": sequence})
+        journal.append(JournalMark(stage=stage, state=run.state, sequence=sequence))
     if run.paused or run.terminal:
         dispatch = None
     return replace(

@@ -47,6 +47,7 @@ def test_pause_holds_the_next_step_and_resume_sends_it_with_deadlines_moved() ->
     # The step in flight reports back: the pause applies at that boundary and nothing is sent.
     paused = succeed(asked, 20.0)
     assert paused.paused and paused.at_step is Step.SUSPEND_FLUX
+    assert paused.journal_sequence == asked.journal_sequence + 1  # journaled: a rebuilt run stays paused
     assert paused.controls[-1].outcome is ControlOutcome.APPLIED
     assert paused.dispatch is not None and not paused.expects(paused.dispatch.step, paused.dispatch.ticket)
     # A redrive of the held message finds nothing to do.
