@@ -262,6 +262,7 @@ def _cancel(run: Run, record: ControlRecord, now: float) -> Decision:
     failure = Failure(step=step, cause=f"cancelled by {record.who} ({record.why})", cancelled=True)
     new = run.model_copy(
         update={
+            "steps": _interrupted(run, f"cancelled by {record.who} ({record.why})", now),
             "failure": failure,
             "paused_at": None,
             "message": f"cancelled by {record.who} ({record.why}) at step {step.value}; compensated",
@@ -276,6 +277,18 @@ def _cancel(run: Run, record: ControlRecord, now: float) -> Decision:
     )
     decided = settle(run, new, now, f"cancelled at {step.value}; compensating")
     return replace(decided, reason=f"cancelled at {step.value}: undoing what was done, then CANCELLED")
+
+
+def _interrupted(run: Run, message: str, now: float) -> dict[str, StepRecord]:
+    """The run's step records with the step it was at (checked or tried at least once, between two
+    attempts) ended as ``cancelled``: a cancel is a step boundary, so no attempt of it is running."""
+    steps = dict(run.steps)
+    current = steps.get(_at(run))
+    if current is not None and current.outcome is None:
+        steps[_at(run)] = current.model_copy(
+            update={"finished_at": now, "outcome": "cancelled", "message": f"{current.message}; {message}"}
+        )
+    return steps
 
 
 def _retry(run: Run, _record: ControlRecord, now: float) -> Decision:

@@ -356,6 +356,9 @@ def step_events(run: Run, now: float) -> list[StepEvent]:
         elif record.outcome == "failed":
             text = f"{group}: step {key} failed{where}: {record.message}"
             found.append(StepEvent(finished, key, "failed", "StepFailed", text, warning=True))
+        elif record.outcome == "cancelled":
+            text = f"{group}: step {key} interrupted{where}: {record.message}"
+            found.append(StepEvent(finished, key, "cancelled", "StepCancelled", text, warning=True))
     if not run.terminal and run.current_step is not None and run.step_key not in run.steps:
         # Dispatched but not reported back yet: it has started (as far as anyone can tell) by now.
         text = f"{group}: step {run.step_key} started{_where(run, run.step_key)}"

@@ -9,7 +9,7 @@ from fsm.control import apply_controls, decide_at_boundary, refusal, refused, re
 from fsm.decide import Decision, Event, EventKind, decide
 from fsm.plan import Phase, Step
 from fsm.run import Run, RunStatus
-from fsm.status import failover_status, run_events
+from fsm.status import failover_status, run_events, step_events
 from tests.unit.test_plan_and_decide import make_run
 
 PAUSE, RESUME, CANCEL = ControlAction.PAUSE, ControlAction.RESUME, ControlAction.CANCEL
@@ -81,6 +81,23 @@ def test_cancel_before_the_point_of_no_return_compensates_and_ends_cancelled(mod
         cancelled = succeed(cancelled, 30.0)
     assert cancelled.status is RunStatus.CANCELLED and cancelled.state_name == "CANCELLED"
     assert "cancelled by alice (testing)" in cancelled.message
+
+
+@pytest.mark.parametrize("mode", ["CONSISTENCY", "UPTIME"])
+def test_a_cancel_ends_the_wait_it_interrupted_as_cancelled(mode: str) -> None:
+    step = Step.WAIT_SCALED_DOWN if mode == "CONSISTENCY" else Step.WAIT_VOLUMES_PROMOTED
+    run = at(step, mode)
+    waiting = decide(run, Event(kind=EventKind.WAITING, step=step, ticket=run.dispatch.ticket), 15.0).run  # type: ignore[union-attr]
+    assert waiting.steps[step.value].outcome is None and waiting.steps[step.value].checks == 1
+    cancelled = boundary(ask(waiting, CANCEL), 20.0).run
+    record = cancelled.steps[step.value]
+    assert record.outcome == "cancelled" and record.finished_at == 20.0, record
+    assert "cancelled by alice (testing)" in record.message
+    events = [e for e in step_events(cancelled, 21.0) if e.key == step.value]
+    assert [e.reason for e in events] == ["StepStarted", "StepCancelled"] and events[-1].warning
+    while not cancelled.terminal:
+        cancelled = succeed(cancelled, 30.0)
+    assert cancelled.steps[step.value].outcome == "cancelled"  # not overwritten by the undo
 
 
 @pytest.mark.parametrize(
