@@ -331,6 +331,13 @@ _APPLY = {
 }
 
 
+def decided_between(before: Run, after: Run) -> list[ControlRecord]:
+    """The control requests pending in ``before`` that ``after`` applied or refused (what one committed
+    decision did with the operator's requests; metrics and Flower count each once). Pure."""
+    pending = {c.id for c in before.pending_controls}
+    return [c for c in after.controls if c.id in pending and not c.pending]
+
+
 def decide_at_boundary(decision: Decision, now: float, *, outcome: bool) -> Decision:
     """``decision`` with the pending controls applied when it marks a step boundary: a step's outcome
     that changed the run (``outcome``), never a redrive (its step may still be running)."""

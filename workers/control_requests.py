@@ -10,13 +10,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fsm.audit import ControlAction, ControlRecord
-from fsm.control import refusal, refused, request
+import structlog
+
+from fsm.audit import ControlAction, ControlOutcome, ControlRecord
+from fsm.control import decided_between, refusal, refused, request
 from fsm.plan import Step
 from fsm.run import Run
 from workers.errors import PermanentError, TemporaryError
-from workers.messages import CONTROL_TASK, Sender
+from workers.messages import CONTROL_TASK, PAUSED_TASK, RESUMED_TASK, Sender
+from workers.metrics import count_controls
 from workers.store import RunStore
+
+log = structlog.get_logger(__name__)
 
 _ATTEMPTS = 8
 
@@ -80,6 +85,7 @@ def request_control(
         if committed is None:
             continue
         if why_not is not None:
+            count_controls([committed.controls[-1]])
             return ControlRequest(run=committed, record=committed.controls[-1], refused=why_not)
         sender.send(CONTROL_TASK, run_id, 0, countdown=0.0, cluster=None)
         return ControlRequest(run=committed, record=committed.controls[-1])
@@ -101,3 +107,27 @@ def wait_decided(
         if time.monotonic() >= deadline:
             return found
         time.sleep(interval)
+
+
+def controls_decided(sender: Sender, before: Run, run: Run) -> None:
+    """After the engine committed ``run`` (was ``before``): count the controls it decided, and name a
+    pause (or its end) in Flower with a ``failover.paused`` task (shown PAUSED while the run is, see
+    ``workers.tasks.paused``) or a ``failover.resumed`` one; their args are the run and the control id."""
+    decided = decided_between(before, run)
+    if not decided:
+        return
+    count_controls(decided)
+    for record in decided:
+        if record.outcome is not ControlOutcome.APPLIED:
+            continue
+        if record.action is ControlAction.PAUSE:
+            name = PAUSED_TASK
+        elif record.action is ControlAction.RESUME:
+            name = RESUMED_TASK
+        else:
+            continue
+        try:
+            sender.send(name, run.run_id, record.id, countdown=0.0, cluster=None)
+        except Exception:
+            # Only a sign for Flower: the run is paused (or resumed) whether or not it is sent.
+            log.warning("control.flower_sign_not_sent", run_id=run.run_id, task=name, exc_info=True)

@@ -31,6 +31,7 @@ from fsm.plan import Step, state_name
 from fsm.run import Run, Superseded
 from fsm.unreachable import judge_unreachable, needs_heartbeat
 from workers.container import Adapters
+from workers.control_requests import controls_decided
 from workers.errors import (
     ClusterUnreachable,
     Fenced,
@@ -277,7 +278,7 @@ class Engine:
                 decision.run, expected_version=run.version, claimed=claimed
             )
             if committed is not None:
-                self._after_commit(committed, decision)
+                self._after_commit(committed, decision, before=run)
                 return decision
             reloaded = self.store.load(run.run_id)
             if reloaded is None or not reloaded.pending_controls:
@@ -424,7 +425,7 @@ class Engine:
             self._journal(decision)
             committed = self.store.commit(decision.run, expected_version=run.version)
             if committed is not None:
-                self._after_commit(committed, decision)
+                self._after_commit(committed, decision, before=run)
                 return decision
             reloaded = self.store.load(run.run_id)
             if reloaded is None:
@@ -457,7 +458,8 @@ class Engine:
                     "journal.write_failed", run_id=run.run_id, stage=mark.stage.value, error=error.describe()
                 )
 
-    def _after_commit(self, run: Run, decision: Decision) -> None:
+    def _after_commit(self, run: Run, decision: Decision, *, before: Run) -> None:
+        controls_decided(self.sender, before, run)
         log.info(
             "run.decided",
             run_id=run.run_id,

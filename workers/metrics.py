@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fsm.audit import ControlRecord
 from fsm.forecast import Forecast
 from fsm.run import Run, StepRecord
 
@@ -120,6 +121,13 @@ class Metrics:
             "Seconds since the cluster's last heartbeat for the group, as the health checker last saw it.",
             ["group", "cluster"],
             multiprocess_mode="mostrecent",
+            registry=registry,
+        )
+        self.controls = Counter(
+            "failover_controls_total",
+            "Operator controls of runs in flight decided by the engine (or refused and recorded at once, "
+            "for an annotation), by action and outcome (applied or refused).",
+            ["action", "outcome"],
             registry=registry,
         )
         self.predicted_rto = Gauge(
@@ -230,6 +238,14 @@ class MetricsObserver:
             m.lock_held.labels(group=group).set(0)
         elif run.token is not None:
             m.lock_held.labels(group=group).set(1)
+
+
+def count_controls(records: Sequence[ControlRecord], metrics: Metrics | None = None) -> None:
+    """Count the control requests a committed decision applied or refused (each counted once: the
+    decision that decided it is committed once, by compare-and-set)."""
+    counter = (metrics or default_metrics()).controls
+    for record in records:
+        counter.labels(action=record.action.value, outcome=record.outcome.value).inc()
 
 
 def set_heartbeat_age(group: str, cluster: str, seconds: float, metrics: Metrics | None = None) -> None:
