@@ -63,7 +63,7 @@ class Metrics:
         )
         self.runs = Counter(
             "failover_runs_total",
-            "Runs that finished, by mode and outcome (success or failed).",
+            "Runs that finished, by mode and outcome (success, failed or cancelled).",
             ["mode", "outcome"],
             registry=registry,
         )
@@ -76,7 +76,7 @@ class Metrics:
         )
         self.steps = Counter(
             "failover_steps_total",
-            "Steps that finished, by outcome (done, failed or skipped); undo actions as undo:<step>.",
+            "Steps that finished, by outcome (done, failed, skipped or cancelled); undo actions as undo:<step>.",
             ["mode", "step", "outcome"],
             registry=registry,
         )
