@@ -76,7 +76,8 @@ class Metrics:
         )
         self.steps = Counter(
             "failover_steps_total",
-            "Steps that finished, by outcome (done, failed, skipped or cancelled); undo actions as undo:<step>.",
+            "Steps that finished, by outcome (done, failed, skipped or cancelled); undo actions as "
+            "undo:<step>.",
             ["mode", "step", "outcome"],
             registry=registry,
         )
