@@ -179,6 +179,11 @@ def test_skipping_a_volume_guard_needs_force_and_is_recorded_loudly(
     )
     [record] = stack.history(run_id)
     assert any("--force" in line and "FORCED" in line for line in record.controls), record.controls
+    # Nothing outside the run stops it: the fence admission policy (deploy/fencing) refuses only writes
+    # under a stale epoch, and this run's epoch is the newest; no cluster sees the other's volumes. So
+    # site-b was promoted while site-a still reported primary, as the refusal and the README say.
+    assert all(primaries(stack.fleet).values()), primaries(stack.fleet)
+    assert stack.monitor.allowed[TWO_PRIMARIES] > 0, stack.monitor.report()
     catch_up(stack, "site-a", "volume_delay")
     eventually(lambda: not primaries(stack.fleet)["site-a"], "site-a's volumes secondary")
     stack.monitor.close(TWO_PRIMARIES, "a volume guard skipped with --force")
