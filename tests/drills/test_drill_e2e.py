@@ -155,6 +155,8 @@ def test_a_suspended_diverged_or_unhealthy_group_is_refused(world: World, tmp_pa
     _refused(world, tmp_path, "is diverged (a test says so)")
 
 
-def test_an_unhealthy_target_is_refused(world: World, tmp_path: Path) -> None:
+def test_an_unhealthy_target_or_source_is_refused(world: World, tmp_path: Path) -> None:
     world.fleet["site-b"].store.delete("Deployment", "shop", "web")
     _refused(world, tmp_path, "group is ERROR on site-b (standby)")
+    world.fleet["site-a"].store.delete("Deployment", "shop", "web")  # the active cluster is judged first
+    _refused(world, tmp_path, "group is ERROR on site-a (primary)")

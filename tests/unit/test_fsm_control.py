@@ -244,3 +244,25 @@ def test_a_cancelled_failover_is_finished_for_the_watcher() -> None:
 
     obj = {"metadata": {"name": "move-shop", "namespace": "shop"}, "status": {"status": "CANCELLED"}}
     assert decide_failover(obj).action is FailoverAction.SKIP
+
+
+def test_a_cancelled_run_has_a_report_with_the_interrupted_wait_and_its_undo() -> None:
+    from fsm.report import Verdict, drill_report, report_from_run
+    from producers.report_page import render
+
+    run = at(Step.WAIT_SCALED_DOWN)
+    waiting = decide(
+        run, Event(kind=EventKind.WAITING, step=Step.WAIT_SCALED_DOWN, ticket=run.dispatch.ticket), 15.0
+    ).run  # type: ignore[union-attr]
+    cancelled = boundary(ask(waiting, CANCEL), 20.0).run
+    while not cancelled.terminal:
+        cancelled = succeed(cancelled, 30.0)
+    report = report_from_run(cancelled, objective=600.0)
+    assert report.outcome == "CANCELLED" and report.downtime_seconds is None
+    verdict, why = report.verdict
+    assert verdict is Verdict.FAIL and "ended CANCELLED" in why and "cancelled by alice" in why
+    waits = {w.key: w.outcome for w in report.waits}
+    assert waits["wait_scaled_down"] == "cancelled"
+    assert any(s.key.startswith("undo:") for s in report.steps)
+    page = render(drill_report("report", "shop/shop", [report], 600.0, 40.0))
+    assert "CANCELLED" in page and "cancelled" in page and 'data-verdict="FAIL"' in page
