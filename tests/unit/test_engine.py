@@ -610,3 +610,48 @@ def test_a_control_forged_into_the_run_in_redis_is_never_applied(harness: Harnes
     assert harness.store.client.hget(key, "d") == json.dumps(document).encode()  # nothing written over it
     assert harness.deliver(harness.sender.sent.pop(0)) is None  # the held wait does nothing either
     assert all(harness.clusters.role("site-b", ref) == Role.PASSIVE.value for ref in all_refs(group()))
+
+
+def test_a_paused_run_whose_lock_was_taken_never_writes_again(harness: Harness) -> None:
+    """While a run is paused its lock is taken by another run (e.g. an operator released it, or the
+    lease ran out while no sweep ran): the sweep cannot renew it (logged, nothing else), and on resume
+    the held step finds the lease gone: the run ends superseded, nothing undone, no cluster touched."""
+    from fsm.audit import ControlAction
+    from workers.control_requests import Asked, request_control
+
+    g = group()
+    run_id = submit(harness)
+    harness.pump(limit=6)
+    request_control(
+        harness.store,
+        harness.sender,
+        run_id,
+        Asked(ControlAction.PAUSE, "alice", "look"),
+        clock=harness.clock,
+    )
+    _pump_with_controls(harness)
+    paused = harness.store.load(run_id)
+    assert paused is not None and paused.paused
+    info = harness.coordination.lock_info(g.key)
+    assert info is not None
+    harness.coordination.release_lock(g.key, token=info.token)
+    harness.coordination.acquire_lock(
+        g.key, holder="intruder", run_id="other", lease_seconds=600, now=harness.clock()
+    )
+    harness.clock.now += harness.engine.settings.lease_seconds
+    assert harness.engine.redrive() == []  # the paused run's lease cannot be renewed: nothing else happens
+    assert harness.coordination.lock_info(g.key).run_id == "other"  # type: ignore[union-attr]
+    before = len(harness.clusters.timeline())
+    resumed = request_control(
+        harness.store, harness.sender, run_id, Asked(ControlAction.RESUME, "alice", "go"), clock=harness.clock
+    )
+    assert resumed.refused is None
+    _pump_with_controls(harness)
+    done = harness.store.load(run_id)
+    assert done is not None and done.status is RunStatus.FAILED, done.message
+    assert "another run holds the lock" in done.message or "lost" in done.message, done.message
+    assert not any(
+        key.startswith("undo:") and done.steps[key].attempts for key in done.steps if key != "undo:0:abort"
+    )
+    assert len(harness.clusters.timeline()) == before
+    assert harness.coordination.lock_info(g.key).holder == "intruder"  # type: ignore[union-attr]
