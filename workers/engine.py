@@ -40,12 +40,14 @@ from workers.errors import (
 )
 from workers.lease import LeaseGuard
 from workers.messages import START_TASK, Sender, task_name
+from workers.metrics import observe_wake
 from workers.ports import JournalEntry, LockIndex
 from workers.recovery import Claim, Timeouts, resend_reason
 from workers.settings import Settings
 from workers.steps import STEPS, Done, StepContext
 from workers.store import RunStore
 from workers.submission import restore_run, submit_run
+from workers.waits import WaitRegistry, is_object_wait, wait_targets
 
 log = structlog.get_logger(__name__)
 
@@ -74,10 +76,14 @@ class Engine:
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         worker_id: str | None = None,
+        waits: WaitRegistry | None = None,
     ) -> None:
         """``worker_id``: the heartbeating worker this engine runs steps for; each step it starts is
-        recorded as claimed by it (None: no claims, e.g. an engine that only sweeps)."""
+        recorded as claimed by it (None: no claims, e.g. an engine that only sweeps). ``waits``: where
+        a waiting step registers what it waits for, to be woken by a watch event (:mod:`workers.waits`;
+        None: waits are only polled)."""
         self.worker_id = worker_id
+        self.waits = waits
         self.store = store
         self.adapters = adapters
         self.sender = sender
@@ -123,8 +129,11 @@ class Engine:
                 self.store.claim(
                     run_id, claim, ttl=self.settings.start_to_close + self.settings.redrive_after
                 )
+            woken_at = self._woken_at(run_id, step, ticket, started)
             event = self._execute(run, step, ticket, started)
-            return self.apply(run, event)
+            decision = self.apply(run, event)
+            self._note_wait(run, step, event, decision, woken_at)
+            return decision
 
     def redrive(self) -> list[str]:
         """Re-send the message of every due run that no live worker is working on (the rules are in
@@ -230,6 +239,39 @@ class Engine:
         return self.store.load(run_id)
 
     # --- internals -------------------------------------------------------------------------------
+
+    def _woken_at(self, run_id: str, step: Step, ticket: int, started: float) -> float | None:
+        """When this attempt of a wait was woken by a watch event (None: by its countdown)."""
+        if self.waits is None or not is_object_wait(step):
+            return None
+        try:
+            at = self.waits.taken(run_id, ticket, step)
+        except OrchestratorError:
+            return None
+        if at is not None:
+            observe_wake(step.value, max(0.0, started - at))
+            log.info("step.woken", run_id=run_id, ticket=ticket, reaction=round(started - at, 3))
+        return at
+
+    def _note_wait(
+        self, before: Run, step: Step, event: Event, decision: Decision | None, woken_at: float | None
+    ) -> None:
+        """After a wait's attempt committed: register what it waits for if it waits again, else forget
+        what it registered (if it ever did). Best effort: without a registration the step is polled."""
+        if self.waits is None or not is_object_wait(step) or decision is None or not decision.changed:
+            return
+        run_id = before.run_id
+        try:
+            wanted = wait_targets(decision.run, step) if event.kind is EventKind.WAITING else None
+            record = before.steps.get(before.step_key)
+            if wanted is not None and decision.dispatch is not None:
+                registration, targets = wanted
+                ttl = decision.dispatch.countdown + self.settings.redrive_after
+                self.waits.register(run_id, targets, registration, ttl=ttl)
+            elif woken_at is not None or (record is not None and record.checks > 0):
+                self.waits.clear(run_id)
+        except OrchestratorError as error:
+            log.warning("wait.register_failed", run_id=run_id, step=step.value, error=error.describe())
 
     def _execute(self, run: Run, step: Step, ticket: int, started: float) -> Event:
         ctx = StepContext(
