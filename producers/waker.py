@@ -145,8 +145,10 @@ class WaitWaker:
                 stats.failures += 1
                 delay = self._backoff(attempt)
                 detail = error.describe() if isinstance(error, OrchestratorError) else repr(error)
-                # A kind the cluster does not serve (no Istio, no Flux) is looked at again, quietly.
-                level = log.debug if isinstance(error, NotFoundError) else log.warning
+                # Said once per outage; a kind the cluster does not serve (no Istio, no Flux) or may not
+                # be listed cluster-wide (deploy/rbac-namespaced) is looked at again, quietly.
+                quiet = attempt > 1 or isinstance(error, NotFoundError)
+                level = log.debug if quiet else log.warning
                 level("waker.watch_failed", cluster=cluster, kind=kind, attempt=attempt, error=detail)
                 self._stopping.wait(delay)
 
