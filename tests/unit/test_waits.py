@@ -85,7 +85,7 @@ def test_a_waiting_step_registers_its_objects_with_the_ticket_it_was_sent_again(
 def test_the_registration_is_forgotten_when_the_wait_ends_and_nothing_is_left_at_the_end(
     woken_harness: tuple[Harness, RedisWaits], fake_redis: fakeredis.FakeRedis
 ) -> None:
-    h, waits = woken_harness
+    h, _waits = woken_harness
     submit(h)
     deliver_until_waiting(h, Step.WAIT_SCALED_DOWN)
     assert fake_redis.exists("t:waitrun:run-1")
