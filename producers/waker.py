@@ -29,7 +29,7 @@ import structlog
 
 from fsm.kinds import KindError, kind_info
 from producers.kube import ClusterClient, Obj, ResourceGone
-from workers.api import WATCHED_KINDS, Wakes
+from workers.api import WATCHED_KINDS, WaitTarget, Wakes
 from workers.errors import NotFoundError, OrchestratorError
 
 log = structlog.get_logger(__name__)
@@ -183,13 +183,18 @@ class WaitWaker:
         """Hand one object to the wake decision; a failure here (Redis, the broker) is logged, never
         fatal: the runs it would have woken are polled."""
         try:
-            woken = self.wakes.on_object(cluster, kind, obj, at=self._clock())
+            woken = self.wakes.on_object(cluster, kind, obj, at=self._clock(), lookup=self.cached)
         except OrchestratorError as error:
             log.warning("waker.wake_failed", cluster=cluster, kind=kind, error=error.describe())
             return
         except KindError:
             return
         self.stats[(cluster, kind)].wakes += len(woken)
+
+    def cached(self, target: WaitTarget) -> Obj | None:
+        """The object as last listed or watched (None: not seen, or its kind not watched here)."""
+        with self._cache_lock:
+            return self._cache.get((target.cluster, target.kind), {}).get(target.object_key)
 
     # --- resync --------------------------------------------------------------------------------------
 
@@ -211,7 +216,7 @@ class WaitWaker:
         for target in targets:
             obj = cache.get(target.object_key)
             if obj is not None:
-                found = self.wakes.on_object(cluster, kind, obj, at=self._clock())
+                found = self.wakes.on_object(cluster, kind, obj, at=self._clock(), lookup=self.cached)
                 woken += len(found)
         self.stats[(cluster, kind)].wakes += woken
         return woken

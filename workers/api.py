@@ -30,7 +30,7 @@ from workers.settings import Settings
 from workers.store import RunStore
 from workers.submission import Restored, Submission, restore_run, submit_run
 from workers.wait_store import RedisWaits
-from workers.waits import WATCHED_KINDS, Wakes
+from workers.waits import WATCHED_KINDS, WaitTarget, Wakes
 
 __all__ = [
     "WATCHED_KINDS",
@@ -46,6 +46,7 @@ __all__ = [
     "Restored",
     "StepPlan",
     "Submission",
+    "WaitTarget",
     "Wakes",
     "configure_logging",
     "liveness",

@@ -57,6 +57,7 @@ class RedisWaits:
                 "role": registration.role.value,
                 "cluster": registration.cluster,
                 "requested_at": registration.requested_at,
+                "targets": [[t.kind, t.namespace, t.name] for t in registration.targets],
             }
         )
         previous = {_text(k) for k in self.client.smembers(self._run(run_id))}
@@ -98,6 +99,10 @@ class RedisWaits:
                     role=Role(data["role"]),
                     cluster=str(data["cluster"]),
                     requested_at=data.get("requested_at"),
+                    targets=tuple(
+                        WaitTarget(target.cluster, str(k), str(ns), str(n))
+                        for k, ns, n in data.get("targets") or ()
+                    ),
                 )
             except (ValueError, KeyError, TypeError):
                 continue  # not ours to act on: the step's own polling covers that run

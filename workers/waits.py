@@ -23,7 +23,7 @@ The registry is a port (:class:`WaitRegistry`); :mod:`workers.wait_store` is its
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,6 +76,10 @@ class Registration:
     role: Role
     cluster: str
     requested_at: str | None = None
+    targets: tuple[WaitTarget, ...] = ()
+
+
+Lookup = Callable[[WaitTarget], Obj | None]
 
 
 class WaitRegistry(Protocol):
@@ -126,7 +130,12 @@ def wait_targets(run: Run, step: Step) -> tuple[Registration, list[WaitTarget]] 
         return None
     requested_at = run.requested_at if any(run.resources.reconciled(ref) for ref in refs) else None
     registration = Registration(
-        step=step, ticket=dispatch.ticket, role=info.role, cluster=cluster, requested_at=requested_at
+        step=step,
+        ticket=dispatch.ticket,
+        role=info.role,
+        cluster=cluster,
+        requested_at=requested_at,
+        targets=tuple(targets),
     )
     return registration, targets
 
@@ -159,14 +168,20 @@ class Wakes:
         self.sender = sender
         self.claim_ttl = claim_ttl
 
-    def on_object(self, cluster: str, kind: str, obj: Obj, *, at: float) -> list[str]:
-        """Wake the runs waiting for ``obj`` that it now satisfies; returns their ids."""
+    def on_object(
+        self, cluster: str, kind: str, obj: Obj, *, at: float, lookup: Lookup | None = None
+    ) -> list[str]:
+        """Wake the runs waiting for ``obj`` that it now satisfies; returns their ids.
+
+        ``lookup``: the waker's cache of the objects last seen; with it, a run is woken only when every
+        object it waits for holds (a wait on several objects is not woken by the one already there).
+        """
         target = target_of(cluster, kind, obj)
         if target is None:
             return []
         woken = []
         for run_id, registration in self.registry.registrations(target).items():
-            if not ready(kind, obj, registration):
+            if not ready(kind, obj, registration) or not self._all_ready(registration, target, lookup):
                 continue
             if not self.registry.claim(run_id, registration.ticket, at=at, ttl=self.claim_ttl):
                 continue  # this ticket was woken already (another event, another waker)
@@ -187,3 +202,15 @@ class Wakes:
             )
             woken.append(run_id)
         return woken
+
+    @staticmethod
+    def _all_ready(registration: Registration, seen: WaitTarget, lookup: Lookup | None) -> bool:
+        if lookup is None:
+            return True
+        for other in registration.targets:
+            if other == seen:
+                continue
+            obj = lookup(other)
+            if obj is None or not ready(other.kind, obj, registration):
+                return False
+        return True

@@ -44,7 +44,7 @@ from sandbox.stack import stack_settings, worker_env
 from tests.autofailover.conftest import CLUSTERS, CONTROLLERS, OPERATOR, SHOP, shorten_timeouts
 from tests.factories import failover
 from tests.waiting import wait_for_run
-from workers.api import Orchestrator
+from workers.api import Orchestrator, configure_logging
 from workers.dynamo import DynamoCoordination
 
 Seen = dict[tuple[str, str, str, str], list[tuple[float, dict[str, Any]]]]
@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--modes", default="woken,polled", help="woken, polled or both")
     parser.add_argument("--seed", type=int, default=15)
     args = parser.parse_args()
+    configure_logging(json=False, level="WARNING")
     with redis_url() as redis, moto_server() as moto:
         for mode in args.modes.split(","):
             rng = random.Random(args.seed)

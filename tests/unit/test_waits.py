@@ -78,7 +78,11 @@ def test_a_waiting_step_registers_its_objects_with_the_ticket_it_was_sent_again(
     [target, *_] = targets
     registration = waits.registrations(target)["run-1"]
     assert registration == Registration(
-        step=Step.WAIT_SCALED_DOWN, ticket=run.dispatch.ticket, role=Role.PASSIVE, cluster="site-a"
+        step=Step.WAIT_SCALED_DOWN,
+        ticket=run.dispatch.ticket,
+        role=Role.PASSIVE,
+        cluster="site-a",
+        targets=tuple(WaitTarget("site-a", r.kind, r.namespace, r.name) for r in refs),
     )
 
 
@@ -164,3 +168,19 @@ def test_only_waits_on_objects_register_and_readiness_is_the_steps_own_judgement
     assert ready("Deployment", deployment("web", ready_replicas=0), passive)
     assert not ready("Deployment", deployment("web", ready_replicas=1), passive)
     assert not ready("NoSuchKind", {}, passive)
+
+
+def test_a_wait_on_several_objects_is_woken_only_when_all_of_them_hold(waits: RedisWaits) -> None:
+    """With the waker's cache, the object already there does not wake the run over and over."""
+    sender = ListSender()
+    web, api = WaitTarget("c", "Deployment", "shop", "web"), WaitTarget("c", "Deployment", "shop", "api")
+    registration = Registration(
+        step=Step.WAIT_READY, ticket=3, role=Role.ACTIVE, cluster="c", targets=(web, api)
+    )
+    waits.register("run-2", [web, api], registration, ttl=60)
+    cache = {web: deployment("web", ready_replicas=2), api: deployment("api", ready_replicas=0)}
+    wakes = Wakes(waits, sender)
+    assert wakes.on_object("c", "Deployment", cache[web], at=1.0, lookup=cache.get) == []
+    cache[api] = deployment("api", ready_replicas=2)
+    assert wakes.on_object("c", "Deployment", cache[api], at=2.0, lookup=cache.get) == ["run-2"]
+    assert [m.ticket for m in sender.sent] == [3]
