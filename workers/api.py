@@ -16,9 +16,11 @@ import time
 import uuid
 
 from fsm.adoption import OUTCOME_ADOPTED
+from fsm.audit import ControlRecord
 from fsm.models import Failover, FailoverGroup, GroupKey, RequestError, check_request
 from fsm.run import Run, new_resolve_run, new_run, new_standdown_run
 from workers import liveness
+from workers.control_requests import Asked, ControlRequest, request_control, wait_decided
 from workers.errors import PermanentError
 from workers.kube import KubeClients, KubeEffects
 from workers.logging import configure_logging
@@ -34,7 +36,9 @@ from workers.waits import WATCHED_KINDS, WaitTarget, Wakes
 
 __all__ = [
     "WATCHED_KINDS",
+    "Asked",
     "Change",
+    "ControlRequest",
     "Coordination",
     "Divergence",
     "HistoryRecord",
@@ -321,6 +325,16 @@ class Orchestrator:
             if group is None or held.group == group:
                 pairs += [(held.group, run_id) for run_id in held.run_ids()]
         return pairs
+
+    def control(self, run_id: str, asked: Asked, *, record_refusal: bool = False) -> ControlRequest:
+        """Ask for an operator control of a run in flight (:mod:`fsm.control`): refused at once with the
+        reason (nothing stored unless ``record_refusal``), else stored and applied by the engine at the
+        next step boundary."""
+        return request_control(self.store, self.sender, run_id, asked, record_refusal=record_refusal)
+
+    def control_decided(self, run_id: str, record_id: int, *, timeout: float) -> ControlRecord | None:
+        """The control record once applied or refused (None or still pending after ``timeout``)."""
+        return wait_decided(self.store, run_id, record_id, timeout=timeout)
 
     def divergence(self, group: GroupKey) -> Divergence | None:
         return self.coordination.divergence(group)

@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from fsm.control import apply_controls, decide_at_boundary
 from fsm.decide import Decision, Event, EventKind, decide
 from fsm.models import GroupKey
 from fsm.plan import Step, state_name
@@ -40,20 +41,21 @@ from workers.errors import (
 )
 from workers.lease import LeaseGuard
 from workers.messages import START_TASK, Sender, task_name
-from workers.metrics import observe_wake
 from workers.ports import JournalEntry, LockIndex
-from workers.recovery import Claim, Timeouts, resend_reason
+from workers.recovery import Claim, Timeouts, claim_holds, resend_reason
 from workers.settings import Settings
 from workers.steps import STEPS, Done, StepContext
 from workers.store import RunStore
 from workers.submission import restore_run, submit_run
-from workers.waits import WaitRegistry, is_object_wait, wait_targets
+from workers.waits import WaitRegistry, note_outcome, taken_at
 
 log = structlog.get_logger(__name__)
 
 
 _COMMIT_ATTEMPTS = 5
 _ENDS_LEASE = frozenset({Step.ABORT, Step.COMPLETE, Step.RECORD_STANDDOWN, Step.RECORD_RESOLUTION})
+# Events that are not a step boundary: a redrive re-sends a step that may still be running.
+_NOT_BOUNDARIES = frozenset({EventKind.REDRIVE, EventKind.START})
 
 
 def _superseded(error: PermanentError) -> Superseded | None:
@@ -114,26 +116,42 @@ class Engine:
         with structlog.contextvars.bound_contextvars(
             failover=run.failover, group=str(run.group), step=step.value, cluster=run.current_cluster
         ):
+            if run.expects(step, ticket) and run.pending_controls:
+                # A step boundary (this delivery has not started): an operator's controls go first.
+                self._apply_controls(run)
+                run = self.store.load(run_id) or run
+            started = self.clock()
+            if run.expects(step, ticket) and self.worker_id is not None and run.dispatch is not None:
+                claim = Claim(ticket=ticket, attempt=run.dispatch.redriven, worker=self.worker_id, at=started)
+                self.store.claim(
+                    run_id, claim, ttl=self.settings.start_to_close + self.settings.redrive_after
+                )
+                # A control applied between the read and the claim wins (it is committed only while
+                # the step is unclaimed): read again before acting.
+                run = self.store.load(run_id) or run
             if not run.expects(step, ticket):
                 log.info(
                     "message.stale",
                     run_id=run_id,
                     ticket=ticket,
                     state=run.state_name,
+                    paused=run.paused,
                     expected=run.dispatch.model_dump() if run.dispatch else None,
                 )
                 return None
-            started = self.clock()
-            if self.worker_id is not None and run.dispatch is not None:
-                claim = Claim(ticket=ticket, attempt=run.dispatch.redriven, worker=self.worker_id, at=started)
-                self.store.claim(
-                    run_id, claim, ttl=self.settings.start_to_close + self.settings.redrive_after
-                )
-            woken_at = self._woken_at(run_id, step, ticket, started)
+            woken = taken_at(self.waits, run_id, step, ticket, started) is not None
             event = self._execute(run, step, ticket, started)
             decision = self.apply(run, event)
-            self._note_wait(run, step, event, decision, woken_at)
+            note_outcome(self.waits, run, event, decision, woken=woken, margin=self.settings.redrive_after)
             return decision
+
+    def control(self, run_id: str) -> Decision | None:
+        """Apply the run's pending controls now if none of its steps is running (``failover.control``,
+        sent by whoever asked); a running step's outcome applies them when it reports back."""
+        run = self.store.load(run_id)
+        if run is None or not run.pending_controls:
+            return None
+        return self._apply_controls(run)
 
     def redrive(self) -> list[str]:
         """Re-send the message of every due run that no live worker is working on (the rules are in
@@ -157,6 +175,12 @@ class Engine:
             run = runs.get(run_id)
             if run is None or run.terminal:
                 self.store.untrack(run_id)  # expired or finished: never let it crowd out live runs
+                continue
+            if run.pending_controls and not claim_holds(run, claims.get(run_id)):
+                self._apply_controls(run)  # its control message was lost, or it is paused
+                continue
+            if run.paused:
+                self._hold(run, now)
                 continue
             cluster = run.current_cluster
             queue = (
@@ -238,40 +262,67 @@ class Engine:
             self.apply(stored, event)
         return self.store.load(run_id)
 
-    # --- internals -------------------------------------------------------------------------------
+    # --- operator controls (fsm.control) ----------------------------------------------------------
 
-    def _woken_at(self, run_id: str, step: Step, ticket: int, started: float) -> float | None:
-        """When this attempt of a wait was woken by a watch event (None: by its countdown)."""
-        if self.waits is None or not is_object_wait(step):
-            return None
-        try:
-            at = self.waits.taken(run_id, ticket, step)
-        except OrchestratorError:
-            return None
-        if at is not None:
-            observe_wake(step.value, max(0.0, started - at))
-            log.info("step.woken", run_id=run_id, ticket=ticket, reaction=round(started - at, 3))
-        return at
+    def _apply_controls(self, run: Run) -> Decision | None:
+        """Apply the pending controls at this step boundary, under the lease, committed only while the
+        step the run waits for is not claimed by a worker (never mid-step)."""
+        claims = self.store.claims([run.run_id])
+        for _ in range(_COMMIT_ATTEMPTS):
+            if claim_holds(run, claims.get(run.run_id)):
+                log.info("control.deferred", run_id=run.run_id, step=run.step_key, reason="step running")
+                return None
+            self._confirm_lease(run)
+            decision = apply_controls(Decision(run=run, changed=False, reason=""), self.clock())
+            self._journal(decision)
+            dispatch = run.dispatch
+            claimed = (
+                Claim(ticket=dispatch.ticket, attempt=dispatch.redriven, worker="", at=0.0)
+                if dispatch
+                else None
+            )
+            committed = self.store.commit_unclaimed(
+                decision.run, expected_version=run.version, claimed=claimed
+            )
+            if committed is not None:
+                self._after_commit(committed, decision)
+                return decision
+            reloaded = self.store.load(run.run_id)
+            if reloaded is None or not reloaded.pending_controls:
+                return None
+            run, claims = reloaded, self.store.claims([run.run_id])
+        return None
 
-    def _note_wait(
-        self, before: Run, step: Step, event: Event, decision: Decision | None, woken_at: float | None
-    ) -> None:
-        """After a wait's attempt committed: register what it waits for if it waits again, else forget
-        what it registered (if it ever did). Best effort: without a registration the step is polled."""
-        if self.waits is None or not is_object_wait(step) or decision is None or not decision.changed:
+    def _confirm_lease(self, run: Run) -> None:
+        """Renew the run's lease before a control changes it (logged, not fatal: a control changes no
+        cluster, and the next step's own guard refuses to write without the lease)."""
+        if run.token is None:
             return
-        run_id = before.run_id
         try:
-            wanted = wait_targets(decision.run, step) if event.kind is EventKind.WAITING else None
-            record = before.steps.get(before.step_key)
-            if wanted is not None and decision.dispatch is not None:
-                registration, targets = wanted
-                ttl = decision.dispatch.countdown + self.settings.redrive_after
-                self.waits.register(run_id, targets, registration, ttl=ttl)
-            elif woken_at is not None or (record is not None and record.checks > 0):
-                self.waits.clear(run_id)
+            LeaseGuard.after_renewal(
+                self.adapters.coordination,
+                run.group,
+                token=run.token,
+                lease_seconds=self.settings.lease_seconds,
+                margin=self.settings.lease_margin,
+                wall=self.clock,
+            )
         except OrchestratorError as error:
-            log.warning("wait.register_failed", run_id=run_id, step=step.value, error=error.describe())
+            log.warning("control.lease_not_confirmed", run_id=run.run_id, error=error.describe())
+
+    def _hold(self, run: Run, now: float) -> None:
+        """A paused run: renew its lease so that nobody takes the group, and look again in a third of
+        the lease. Never re-sent, never timed out while paused (its deadlines move on resume)."""
+        if run.token is not None:
+            try:
+                self.adapters.coordination.renew_lease(
+                    run.group, token=run.token, lease_seconds=self.settings.lease_seconds, now=now
+                )
+            except OrchestratorError as error:
+                log.error("run.paused_lease_not_renewed", run_id=run.run_id, error=error.describe())
+        self.store.defer(run.run_id, due_at=now + self.settings.lease_seconds / 3)
+
+    # --- internals -------------------------------------------------------------------------------
 
     def _execute(self, run: Run, step: Step, ticket: int, started: float) -> Event:
         ctx = StepContext(
@@ -372,7 +423,9 @@ class Engine:
         """Decide, journal, commit (compare-and-set), send. Re-reads and re-decides on a conflict
         (``retry=False``: gives up instead, returning None)."""
         for _ in range(_COMMIT_ATTEMPTS if retry else 1):
-            decision = decide(run, event, self.clock())
+            now = self.clock()
+            boundary = event.kind not in _NOT_BOUNDARIES
+            decision = decide_at_boundary(decide(run, event, now), now, outcome=boundary)
             if not decision.changed:
                 log.info("event.ignored", run_id=run.run_id, event=event.kind.value, reason=decision.reason)
                 return decision
@@ -421,7 +474,7 @@ class Engine:
             version=run.version,
             reason=decision.reason,
         )
-        if decision.dispatch is not None:
+        if decision.dispatch is not None and not run.paused:
             dispatch = decision.dispatch
             self.sender.send(
                 task_name(dispatch.step),

@@ -19,6 +19,7 @@ from workers.settings import Settings
 
 START_TASK = "failover.start"
 REDRIVE_TASK = "failover.redrive"
+CONTROL_TASK = "failover.control"  # an operator's control was requested: apply it at a step boundary
 
 
 def task_name(step: Step) -> str:

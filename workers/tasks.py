@@ -27,12 +27,12 @@ from workers.app import create_app
 from workers.container import build_adapters
 from workers.engine import Engine
 from workers.logging import configure_logging
-from workers.messages import REDRIVE_TASK, START_TASK, CelerySender, task_name
+from workers.messages import CONTROL_TASK, REDRIVE_TASK, START_TASK, CelerySender, task_name
 from workers.settings import get_settings
 from workers.store import RunStore, queue_lengths
 from workers.wait_store import RedisWaits
 
-__all__ = ["CelerySender", "app", "get_engine", "redrive", "start"]
+__all__ = ["CelerySender", "app", "control", "get_engine", "redrive", "start"]
 
 # The app that registers the tasks: the one `celery -A workers.tasks worker|beat|flower` runs.
 app = create_app()
@@ -67,6 +67,12 @@ def get_engine() -> Engine:
 @app.task(name=START_TASK)
 def start(run_id: str, ticket: int = 0) -> None:
     get_engine().start(run_id)
+
+
+@app.task(name=CONTROL_TASK)
+def control(run_id: str, ticket: int = 0) -> None:
+    """An operator asked for a control of the run: applied now if no step of it is running."""
+    get_engine().control(run_id)
 
 
 @app.task(name=REDRIVE_TASK)

@@ -29,10 +29,13 @@ from typing import Any, Protocol
 
 import structlog
 
+from fsm.decide import Decision, Event, EventKind
 from fsm.kinds import KindError, judge
 from fsm.plan import CATALOGUE, Step, StepType
 from fsm.run import Run
+from workers.errors import OrchestratorError
 from workers.messages import Sender, task_name
+from workers.metrics import observe_wake
 from workers.ports import Role
 
 log = structlog.get_logger(__name__)
@@ -138,6 +141,56 @@ def wait_targets(run: Run, step: Step) -> tuple[Registration, list[WaitTarget]] 
         targets=tuple(targets),
     )
     return registration, targets
+
+
+def taken_at(
+    registry: WaitRegistry | None, run_id: str, step: Step, ticket: int, started: float
+) -> float | None:
+    """When the event that woke this starting attempt of ``step`` came (None: its countdown did, or
+    it is no watched wait); a wake is counted and its reaction latency observed (metrics)."""
+    if registry is None or not is_object_wait(step):
+        return None
+    try:
+        at = registry.taken(run_id, ticket, step)
+    except OrchestratorError:
+        return None
+    if at is not None:
+        observe_wake(step.value, max(0.0, started - at))
+        log.info("step.woken", run_id=run_id, ticket=ticket, reaction=round(started - at, 3))
+    return at
+
+
+def note_outcome(
+    registry: WaitRegistry | None,
+    before: Run,
+    event: Event,
+    decision: Decision | None,
+    *,
+    woken: bool,
+    margin: float,
+) -> None:
+    """After an attempt of a wait committed (``decision``): register what it waits for if it waits
+    again, else forget what it registered, if it ever did. Best effort: without a registration the
+    step is still polled. ``margin``: how long a registration outlives its countdown."""
+    step = event.step
+    if (
+        registry is None
+        or step is None
+        or not is_object_wait(step)
+        or decision is None
+        or not decision.changed
+    ):
+        return
+    try:
+        wanted = wait_targets(decision.run, step) if event.kind is EventKind.WAITING else None
+        record = before.steps.get(before.step_key)
+        if wanted is not None and decision.dispatch is not None:
+            registration, targets = wanted
+            registry.register(before.run_id, targets, registration, ttl=decision.dispatch.countdown + margin)
+        elif woken or (record is not None and record.checks > 0):
+            registry.clear(before.run_id)
+    except OrchestratorError as error:
+        log.warning("wait.register_failed", run_id=before.run_id, step=step.value, error=error.describe())
 
 
 def ready(kind: str, obj: Obj, registration: Registration) -> bool:

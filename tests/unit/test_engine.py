@@ -437,3 +437,54 @@ def test_the_redrive_sweep_forgets_runs_that_are_gone_or_finished(harness: Harne
     harness.clock.now += harness.engine.settings.redrive_after + 1
     assert harness.engine.redrive() == []
     assert harness.store.overdue(before=harness.clock.now + 10_000) == []
+
+
+def _pump_with_controls(h: Harness) -> None:
+    while h.sender.sent:
+        message = h.sender.sent.pop(0)
+        if message.name == "failover.control":
+            h.engine.control(message.run_id)
+        else:
+            h.deliver(message)
+
+
+def test_a_paused_run_keeps_its_lease_and_the_sweep_never_times_it_out(harness: Harness) -> None:
+    from fsm.audit import ControlAction
+    from workers.control_requests import Asked, request_control
+
+    run_id = submit(harness)
+    harness.pump(limit=6)  # lock taken, the source being prepared
+    asked = request_control(
+        harness.store,
+        harness.sender,
+        run_id,
+        Asked(ControlAction.PAUSE, "alice", "look"),
+        clock=harness.clock,
+    )
+    assert asked.record is not None and asked.refused is None
+    _pump_with_controls(harness)  # the pending step reports back, then the pause applies
+    paused = harness.store.load(run_id)
+    assert paused is not None and paused.paused and harness.sender.sent == []
+    key = group().key
+    lock = harness.coordination.lock_info(key)
+    assert lock is not None
+    settings = harness.engine.settings
+    for _ in range(4):  # far past the lease, the step's deadline and the run's transitoryState
+        harness.clock.now += settings.lease_seconds + settings.timing.wait_timeout + 300
+        assert harness.engine.redrive() == []
+        renewed = harness.coordination.lock_info(key)
+        assert renewed is not None and renewed.expires_at > harness.clock.now, "lease renewed by the sweep"
+    assert harness.sender.sent == []  # nothing re-sent while paused
+    held = harness.store.load(run_id)
+    assert held is not None and held.paused and held.failure is None and held.at_step is paused.at_step
+    resumed = request_control(
+        harness.store, harness.sender, run_id, Asked(ControlAction.RESUME, "alice", "go"), clock=harness.clock
+    )
+    assert resumed.record is not None
+    _pump_with_controls(harness)
+    done = harness.store.load(run_id)
+    assert done is not None and done.status is RunStatus.SUCCESS, done.message
+    assert [(c.action.value, c.outcome.value) for c in done.controls] == [
+        ("pause", "applied"),
+        ("resume", "applied"),
+    ]
