@@ -26,6 +26,7 @@ def shown_status(run: Run) -> str:
     """The run's status as ``watch`` and ``status`` show it: PAUSED while an operator holds it."""
     return PAUSED if run.paused and not run.terminal else run.status.value
 
+
 # Width of a console that is not a terminal: lines are never wrapped, tables take their natural width.
 PIPE_WIDTH = 100_000
 

@@ -31,8 +31,11 @@ from workers.ports import Change, Coordination, Divergence, HistoryRecord, LockI
 from workers.settings import Settings
 from workers.store import RunStore
 from workers.submission import Restored, Submission, restore_run, submit_run
+from workers.wait_store import RedisWaits
+from workers.waits import WATCHED_KINDS, WaitTarget, Wakes
 
 __all__ = [
+    "WATCHED_KINDS",
     "Asked",
     "Change",
     "ControlRequest",
@@ -47,6 +50,8 @@ __all__ = [
     "Restored",
     "StepPlan",
     "Submission",
+    "WaitTarget",
+    "Wakes",
     "configure_logging",
     "liveness",
     "run_id_for",
@@ -421,6 +426,12 @@ class Orchestrator:
                 ),
             )
         return info
+
+    # --- waits woken by events (producers.waker) ----------------------------------------------------
+
+    def wakes(self) -> Wakes:
+        """What the waker hands watch events to: it wakes the runs waiting for the object seen."""
+        return Wakes(RedisWaits(self.store.client, prefix=self.store.prefix), self.sender)
 
     # --- dry runs ---------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from workers.settings import Settings
 from workers.steps import STEPS, Done, StepContext
 from workers.store import RunStore
 from workers.submission import restore_run, submit_run
+from workers.waits import WaitRegistry, note_outcome, taken_at
 
 log = structlog.get_logger(__name__)
 
@@ -78,10 +79,14 @@ class Engine:
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         worker_id: str | None = None,
+        waits: WaitRegistry | None = None,
     ) -> None:
         """``worker_id``: the heartbeating worker this engine runs steps for; each step it starts is
-        recorded as claimed by it (None: no claims, e.g. an engine that only sweeps)."""
+        recorded as claimed by it (None: no claims, e.g. an engine that only sweeps). ``waits``: where
+        a waiting step registers what it waits for, to be woken by a watch event (:mod:`workers.waits`;
+        None: waits are only polled)."""
         self.worker_id = worker_id
+        self.waits = waits
         self.store = store
         self.adapters = adapters
         self.sender = sender
@@ -135,8 +140,11 @@ class Engine:
                     expected=run.dispatch.model_dump() if run.dispatch else None,
                 )
                 return None
+            woken = taken_at(self.waits, run_id, step, ticket, started) is not None
             event = self._execute(run, step, ticket, started)
-            return self.apply(run, event)
+            decision = self.apply(run, event)
+            note_outcome(self.waits, run, event, decision, woken=woken, margin=self.settings.redrive_after)
+            return decision
 
     def control(self, run_id: str) -> Decision | None:
         """Apply the run's pending controls now if none of its steps is running (``failover.control``,

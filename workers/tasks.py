@@ -39,6 +39,7 @@ from workers.messages import (
 )
 from workers.settings import get_settings
 from workers.store import RunStore, queue_lengths
+from workers.wait_store import RedisWaits
 
 __all__ = ["CelerySender", "app", "control", "get_engine", "paused", "redrive", "resumed", "start"]
 
@@ -62,7 +63,8 @@ def build_engine(worker_id: str | None = None) -> Engine:
     settings = get_settings()
     store = RunStore.from_settings(settings)
     sender = CelerySender(app, settings)
-    return Engine(store, build_adapters(settings), sender, settings, worker_id=worker_id)
+    waits = RedisWaits(store.client, prefix=store.prefix) if settings.wake_waits else None
+    return Engine(store, build_adapters(settings), sender, settings, worker_id=worker_id, waits=waits)
 
 
 @cache
