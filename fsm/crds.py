@@ -316,8 +316,10 @@ def failover_crd() -> dict[str, Any]:
         short_names=["fo"],
         schema=_object_schema(spec),
         columns=[
-            _column("Status", ".status.status", description="PENDING, IN_PROGRESS, SUCCESS or FAILED"),
-            _column("State", ".status.state", description="The current step"),
+            _column(
+                "Status", ".status.status", description="PENDING, IN_PROGRESS, SUCCESS, FAILED or CANCELLED"
+            ),
+            _column("State", ".status.state", description="The current step, or PAUSED"),
             _column("Target", ".spec.targetCluster"),
             _column("Mode", ".spec.failoverMode"),
         ],

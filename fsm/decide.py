@@ -355,13 +355,22 @@ def _finished(run: Run, now: float) -> Run:
             update["message"] = f"{run.source_cluster} stood down; {run.target_cluster} stays active"
         else:
             update["message"] = f"moved to {run.target_cluster}"
+    elif run.failure is not None and run.failure.cancelled:
+        update["status"] = RunStatus.CANCELLED
     else:
         update["status"] = RunStatus.FAILED
     return run.model_copy(update=update)
 
 
 def _ended(run: Run, reason: str) -> str:
-    return f"{reason}; run succeeded" if run.state is Phase.SUCCEEDED else f"{reason}; run failed"
+    if run.state is Phase.SUCCEEDED:
+        return f"{reason}; run succeeded"
+    return f"{reason}; run cancelled" if run.failure and run.failure.cancelled else f"{reason}; run failed"
+
+
+def settle(old: Run, new: Run, now: float, reason: str) -> Decision:
+    """What :mod:`fsm.control` uses to move a run on after a control (skip, cancel): see ``_settle``."""
+    return _settle(old, new, now, reason)
 
 
 _SUPERSEDED = {

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fsm.audit import ControlRecord
 from fsm.models import Failover, FailoverGroup, GroupKey, ResourceRef
 from fsm.plan import (
     POINT_OF_NO_RETURN,
@@ -41,6 +42,7 @@ class RunStatus(StrEnum):
     IN_PROGRESS = "IN_PROGRESS"
     SUCCESS = "SUCCESS"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"  # an operator cancelled it before its point of no return; compensated
 
 
 class StepRecord(BaseModel):
@@ -89,6 +91,7 @@ class Failure(BaseModel):
     obj: str | None = None
     cause: str
     superseded: Superseded | None = None
+    cancelled: bool = False  # an operator's cancel, compensated like a failure
 
     def describe(self) -> str:
         where = [f"step {self.step.value}"]
@@ -209,6 +212,8 @@ class Run(BaseModel):
     compensation: list[CompensationAction] = Field(default_factory=list)
     compensation_index: int = 0
     journal_sequence: int = 0
+    controls: list[ControlRecord] = Field(default_factory=list)
+    paused_at: float | None = None  # paused by an operator: nothing is sent until resumed
 
     # --- derived views (pure) ----------------------------------------------------------------
 
@@ -223,8 +228,17 @@ class Run(BaseModel):
 
     @property
     def state_name(self) -> str:
-        """``status.state``: the step's label (``DEMOTING_VOLUMES``) or the phase (``COMPENSATING``)."""
-        return state_name(self.state)
+        """``status.state``: the step's label (``DEMOTING_VOLUMES``) or the phase (``COMPENSATING``);
+        ``CANCELLED`` for a run an operator cancelled."""
+        return RunStatus.CANCELLED.value if self.status is RunStatus.CANCELLED else state_name(self.state)
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
+
+    @property
+    def pending_controls(self) -> list[ControlRecord]:
+        return [c for c in self.controls if c.pending]
 
     @property
     def at_step(self) -> Step | None:
@@ -340,6 +354,7 @@ class Run(BaseModel):
         """True when a message for ``step`` with ``ticket`` is the one this run waits for."""
         return (
             not self.terminal
+            and self.paused_at is None
             and self.dispatch is not None
             and self.dispatch.step is step
             and self.dispatch.ticket == ticket

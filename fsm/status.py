@@ -20,15 +20,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from fsm.audit import ControlOutcome, ControlRecord
 from fsm.models import GROUP_VERSION
 from fsm.plan import Phase
 from fsm.run import Run, RunStatus
 
 Obj = dict[str, Any]
 COMPONENT = "failover-orchestrator"
-TERMINAL = frozenset({RunStatus.SUCCESS.value, RunStatus.FAILED.value})
+TERMINAL = frozenset({RunStatus.SUCCESS.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value})
 WAITING_FOR_A_WORKER = "submitted; waiting for a worker"
-_REASONS = {"PENDING": "Pending", "IN_PROGRESS": "InProgress", "SUCCESS": "Succeeded", "FAILED": "Failed"}
+PAUSED = "PAUSED"  # status.state (and ``failoverctl watch``) of a run an operator paused
+_REASONS = {
+    "PENDING": "Pending",
+    "IN_PROGRESS": "InProgress",
+    "SUCCESS": "Succeeded",
+    "FAILED": "Failed",
+    "CANCELLED": "Cancelled",
+}
 
 
 def iso(seconds: float | None) -> str | None:
@@ -55,18 +63,21 @@ def event_name(*parts: str) -> str:
 
 
 def aggregate(statuses: Sequence[str]) -> str:
-    """The Failover's status from its groups': failed only once nothing runs any more."""
+    """The Failover's status from its groups': failed only once nothing runs any more (CANCELLED when
+    none failed and one was cancelled)."""
     if not statuses or all(s == RunStatus.PENDING.value for s in statuses):
         return RunStatus.PENDING.value
     if all(s == RunStatus.SUCCESS.value for s in statuses):
         return RunStatus.SUCCESS.value
     if all(s in TERMINAL for s in statuses):
+        if RunStatus.FAILED.value not in statuses:
+            return RunStatus.CANCELLED.value
         return RunStatus.FAILED.value
     return RunStatus.IN_PROGRESS.value
 
 
 def is_terminal(failover: Mapping[str, Any]) -> bool:
-    """Whether the object's status already says SUCCESS or FAILED (nothing left to reconcile)."""
+    """Whether the object's status already says SUCCESS, FAILED or CANCELLED (nothing left to do)."""
     status = failover.get("status")
     return isinstance(status, Mapping) and status.get("status") in TERMINAL
 
@@ -93,6 +104,8 @@ def _where(run: Run, key: str) -> str:
 
 def progress_message(run: Run) -> str:
     """What a run is doing, from the run alone: its message once it has one, else its current step."""
+    if run.paused:
+        return paused_message(run)
     if run.message:
         return run.message
     if run.status is RunStatus.PENDING or run.dispatch is None:
@@ -101,6 +114,21 @@ def progress_message(run: Run) -> str:
     record = run.steps.get(key)
     text = f"step {key}{_where(run, key)}"
     return f"{text}: {record.message}" if record is not None and record.message else text
+
+
+def display_state(run: Run) -> str:
+    """``status.state`` as people read it: ``PAUSED`` while an operator holds the run, else its state."""
+    return PAUSED if run.paused and not run.terminal else run.state_name
+
+
+def paused_message(run: Run) -> str:
+    pause = next((c for c in reversed(run.controls) if c.action.value == "pause" and not c.pending), None)
+    by = f" by {pause.who} ({pause.why})" if pause is not None else ""
+    return f"paused{by} before step {run.step_key}; `failoverctl run resume {run.run_id} --reason ...`"
+
+
+def last_control(run: Run) -> ControlRecord | None:
+    return run.controls[-1] if run.controls else None
 
 
 def group_entry(run: Run) -> Obj:
@@ -174,7 +202,7 @@ def failover_status(failover: Mapping[str, Any], runs: Sequence[Run], now: float
     running = [r for r in ordered if not r.terminal]
     failed = [r for r in ordered if r.status is RunStatus.FAILED]
     leads = running or failed or ordered
-    state = leads[0].state_name if leads else RunStatus.PENDING.value
+    state = display_state(leads[0]) if leads else RunStatus.PENDING.value
     if len(entries) == 1:
         message = str(entries[0].get("message") or "")
     else:
@@ -187,7 +215,10 @@ def failover_status(failover: Mapping[str, Any], runs: Sequence[Run], now: float
         "message": message,
         "failoverGroups": entries,
         "conditions": conditions(
-            previous, _wanted(overall, state, message, failed), meta.get("generation"), now
+            previous,
+            [*_wanted(overall, state, message, failed), *_control_conditions(ordered)],
+            meta.get("generation"),
+            now,
         ),
     }
     metrics = _metrics(ordered)
@@ -237,6 +268,34 @@ def _wanted(overall: str, state: str, message: str, failed: list[Run]) -> list[t
             bool(diverged),
             "DivergedPastPointOfNoReturn" if diverged else "NoActionNeeded",
             "; ".join(r.message for r in diverged),
+        ),
+    ]
+
+
+def _control_conditions(runs: list[Run]) -> list[tuple[str, bool, str, str]]:
+    """``Paused`` (an operator holds a run) and ``OperatorControl`` (the newest control of each run that
+    has one: who, why, what became of it), so that kubectl and GitOps see controls and refusals. Both
+    appear with the first control of any run (none before)."""
+    several = len(runs) > 1
+    paused = [r for r in runs if r.paused and not r.terminal]
+    controlled = [(r, c) for r in runs if (c := last_control(r)) is not None]
+    if not controlled:
+        return []
+    pause_text = "; ".join(
+        f"{r.group}: {paused_message(r)}" if several else paused_message(r) for r in paused
+    )
+    control_text = "; ".join(f"{r.group}: {c.describe()}" if several else c.describe() for r, c in controlled)
+    newest = max(controlled, key=lambda pair: pair[1].decided_at or pair[1].at)[1] if controlled else None
+    reason = "NoControl"
+    if newest is not None:
+        reason = _camel(newest.action.value.replace("-", "_")) + _camel(newest.outcome.value)
+    return [
+        ("Paused", bool(paused), "PausedByOperator" if paused else "NotPaused", pause_text),
+        (
+            "OperatorControl",
+            newest is not None and newest.outcome is not ControlOutcome.REFUSED,
+            reason,
+            control_text,
         ),
     ]
 
@@ -297,23 +356,51 @@ def step_events(run: Run, now: float) -> list[StepEvent]:
         elif record.outcome == "failed":
             text = f"{group}: step {key} failed{where}: {record.message}"
             found.append(StepEvent(finished, key, "failed", "StepFailed", text, warning=True))
+        elif record.outcome == "cancelled":
+            text = f"{group}: step {key} interrupted{where}: {record.message}"
+            found.append(StepEvent(finished, key, "cancelled", "StepCancelled", text, warning=True))
     if not run.terminal and run.current_step is not None and run.step_key not in run.steps:
         # Dispatched but not reported back yet: it has started (as far as anyone can tell) by now.
         text = f"{group}: step {run.step_key} started{_where(run, run.step_key)}"
         found.append(StepEvent(now, run.step_key, "started", "StepStarted", text))
+    found += control_events(run)
     if run.terminal:
         succeeded = run.state is Phase.SUCCEEDED
+        cancelled = run.status is RunStatus.CANCELLED
         found.append(
             StepEvent(
                 run.finished_at or now,
                 "run",
-                "succeeded" if succeeded else "failed",
-                "FailoverSucceeded" if succeeded else "FailoverFailed",
+                "succeeded" if succeeded else "cancelled" if cancelled else "failed",
+                "FailoverSucceeded" if succeeded else "FailoverCancelled" if cancelled else "FailoverFailed",
                 f"{group}: {run.message}",
                 warning=not succeeded,
             )
         )
     found.sort(key=lambda event: event.at)
+    return found
+
+
+def control_events(run: Run) -> list[StepEvent]:
+    """An Event per control asked and per control applied or refused (a forced skip is a Warning)."""
+    found = []
+    for control in run.controls:
+        key = f"control-{control.id}-{control.action.value}"
+        asked = f"group {run.group}: {control.action.value} requested by {control.who} ({control.why})"
+        found.append(StepEvent(control.at, key, "requested", "ControlRequested", asked))
+        if control.pending:
+            continue
+        refused = control.outcome is ControlOutcome.REFUSED
+        found.append(
+            StepEvent(
+                control.decided_at or control.at,
+                key,
+                control.outcome.value,
+                "ControlRefused" if refused else "ControlApplied",
+                f"group {run.group}: {control.describe()}",
+                warning=refused or control.force,
+            )
+        )
     return found
 
 

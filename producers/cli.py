@@ -21,7 +21,16 @@ import typer
 
 from fsm.graph import dot, mermaid
 from fsm.plan import PlanKind
-from producers import cli_drill, cli_group, cli_group_adopt, cli_group_show, cli_plan, cli_producers, cli_runs
+from producers import (
+    cli_control,
+    cli_drill,
+    cli_group,
+    cli_group_adopt,
+    cli_group_show,
+    cli_plan,
+    cli_producers,
+    cli_runs,
+)
 from producers.cli_common import DEBUG_VARIABLE, FailoverctlGroup, KindChoice, fail, out, settings_of
 from workers.api import configure_logging
 
@@ -145,6 +154,7 @@ app.add_typer(cli_runs.lock_app, name="lock")
 app.add_typer(cli_runs.run_app, name="run")
 cli_group.group_app.command("adopt")(cli_group_adopt.adopt_command)
 cli_group.group_app.command("show")(cli_group_show.show_command)
+cli_control.register(cli_runs.run_app)
 app.add_typer(cli_group.group_app, name="group")
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(worker)
 app.command()(demo)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -51,6 +52,8 @@ from workers.errors import OrchestratorError
 
 # How far back in a group's history ``failoverctl report`` looks for a run Redis no longer holds.
 HISTORY_DEPTH = 200
+# How long the failback of a drill waits for the group to be healthy again after the first run.
+FAILBACK_SETTLE_SECONDS = 30.0
 
 
 def _read_group(
@@ -210,10 +213,11 @@ def drill_command(
                 f"Fail {key} over from {owner} to {to}{back_text} for real, as a drill?", abort=True
             )
         runs = [_run_leg(handle, found, to, mode=failover_mode, name=name, timeout=timeout)]
-        if back and runs[0].status.value == "SUCCESS":
-            runs.append(
-                _run_leg(handle, found, owner, mode=failover_mode, name=f"{name}-back", timeout=timeout)
-            )
+        refused_back = ""
+        if back and runs[0].status.value == "SUCCESS":  # the group read again: suspended meanwhile?
+            again = _read_group(group, kubeconfig, context, to)
+            leg = Leg(failover_mode, name, timeout, kubeconfig)
+            refused_back = _failback(handle, again, key, owner, runs=runs, leg=leg)
     objective = objective_of(found)
     report = drill_report(
         f"Drill of {key}: {owner} → {to}" + (f" → {owner}" if back else ""),
@@ -222,20 +226,66 @@ def drill_command(
         objective,
         time.time(),
     )
-    _conclude(report, report_dir, name, no_failback=back and len(runs) == 1)
+    _conclude(report, report_dir, name, no_failback=back and len(runs) == 1, refused_back=refused_back)
 
 
-def _conclude(report: DrillReport, report_dir: Path, name: str, *, no_failback: bool) -> None:
-    """Write the report, say each run's verdict, exit 1 unless the drill passed."""
+@dataclass(frozen=True)
+class Leg:
+    """How the drill's runs are made: their mode, the drill's name, the wait for each, the kubeconfig."""
+
+    mode: FailoverMode
+    name: str
+    timeout: float
+    kubeconfig: Path | None
+
+
+def _failback(
+    handle: Orchestrator,
+    found: FailoverGroup,
+    key: GroupKey,
+    owner: str,
+    *,
+    runs: list[Run],
+    leg: Leg,
+) -> str:
+    """The failback leg, run (appended to ``runs``) unless the drill's checks refuse it: then why."""
+    refusal = _refusal_settled(handle, found, key, owner, leg.kubeconfig)
+    if not refusal:
+        runs.append(
+            _run_leg(handle, found, owner, mode=leg.mode, name=f"{leg.name}-back", timeout=leg.timeout)
+        )
+    return refusal
+
+
+def _refusal_settled(
+    handle: Orchestrator, found: FailoverGroup, key: GroupKey, to: str, kubeconfig: Path | None
+) -> str:
+    """:func:`_refusal` of the failback, given a moment (the clusters' controllers settle after the first
+    run): "" as soon as the group may go back, else the last reason."""
+    deadline = time.monotonic() + FAILBACK_SETTLE_SECONDS
+    while True:
+        refusal = _refusal(handle, found, key, to, kubeconfig)
+        if not refusal or time.monotonic() > deadline:
+            return refusal
+        time.sleep(1.0)
+
+
+def _conclude(
+    report: DrillReport, report_dir: Path, name: str, *, no_failback: bool, refused_back: str = ""
+) -> None:
+    """Write the report, say each run's verdict, exit 1 unless the drill passed (a failback refused by
+    the drill's own checks fails the drill: the group stays on the drill's target)."""
     json_path, html_path = write_report(report, report_dir, name)
     out().print(f"report: {html_path} and {json_path}")
     for run_report in report.runs:
         verdict, why = run_report.verdict
         out().print(f"run {run_report.run_id}: {verdict.value}: {why}")
-    if no_failback:
+    if refused_back:
+        out().print(f"no failback: refused: {refused_back}")
+    elif no_failback:
         out().print("no failback: the failover did not succeed")
-    out().print(f"drill verdict: {report.verdict.value}")
-    if not report.passed:
+    out().print(f"drill verdict: {'FAIL' if refused_back else report.verdict.value}")
+    if refused_back or not report.passed:
         raise typer.Exit(1)
 
 

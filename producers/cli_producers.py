@@ -30,6 +30,7 @@ from producers.cli_common import (
 from producers.decisions import first_error
 from producers.health import HealthChecker
 from producers.kube import FAILOVERS, ClusterClient, connect, current_context, kubeconfig_contexts
+from producers.waker import WaitWaker
 from producers.watcher import FailoverWatcher
 from workers.api import configure_logging, liveness, start_metrics_server
 from workers.errors import ConflictError, OrchestratorError
@@ -40,6 +41,22 @@ class _Background(Protocol):
     def start(self) -> object: ...
 
     def stop(self, timeout: float = ...) -> None: ...
+
+
+class _Together:
+    """Components started and stopped as one (the watcher and its waker)."""
+
+    def __init__(self, *parts: _Background) -> None:
+        self.parts = parts
+
+    def start(self) -> _Together:
+        for part in self.parts:
+            part.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        for part in reversed(self.parts):
+            part.stop(timeout)
 
 
 @contextmanager
@@ -106,13 +123,19 @@ def watcher_command(
     ):
         require_run_key(settings)
         handle.open_coordination()
-        component = FailoverWatcher(
+        component: _Background = FailoverWatcher(
             handle,
             clients,
             operator_id=settings.operator_id,
             group_status_interval=group_status_interval,
             status_interval=settings.status_interval,
         )
+        if settings.wake_waits:
+            # Waits woken by watch events (producers.waker): a client per cluster and kind.
+            waker = WaitWaker(
+                handle.wakes(), list(clients), lambda name: ClusterClient.from_kubeconfig(kubeconfig, name)
+            )
+            component = _Together(component, waker)
         _in_foreground(component, "watcher", list(clients), settings)
 
 

@@ -26,11 +26,11 @@ from producers.cli_common import (
     split_name,
     when,
 )
-from producers.views import live_view, run_view, summary
+from producers.views import live_view, run_view, shown_status, summary
 from workers.api import Orchestrator
 
 lock_app = typer.Typer(help="Inspect or release a group's lock.", no_args_is_help=True)
-run_app = typer.Typer(help="Repair a run.", no_args_is_help=True)
+run_app = typer.Typer(help="Control or repair a run.", no_args_is_help=True)
 dynamodb_app = typer.Typer(
     help="The DynamoDB table that holds locks, owners and history.", no_args_is_help=True
 )
@@ -73,7 +73,7 @@ def status(
             str(run.group),
             run.kind.value,
             f"{run.source_cluster} → {run.target_cluster}",
-            run.status.value,
+            shown_status(run),
             run.state_name,
             when(run.started_at),
             f"{took:.1f}s" if took is not None else "",
@@ -134,7 +134,7 @@ def watch(
                 live.update(Group(*[run_view(r) for r in current]))
     for run in current:
         console.print(summary(run))
-    if any(r.status.value == "FAILED" for r in current):
+    if any(r.status.value in ("FAILED", "CANCELLED") for r in current):
         raise typer.Exit(1)
 
 
@@ -172,6 +172,9 @@ def history(
             r.reason or r.message,
         )
     out().print(table)
+    for r in records:
+        for control in r.controls:
+            out().print(f"run {r.run_id} control: {control}")
 
 
 @lock_app.command("show")

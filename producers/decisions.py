@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 Obj = Mapping[str, Any]
 
-TERMINAL = frozenset({"SUCCESS", "FAILED"})
+TERMINAL = frozenset({"SUCCESS", "FAILED", "CANCELLED"})
 REASON_INVALID = "InvalidSpec"
 DRY_RUN_MESSAGE = "dry run: nothing was submitted; `failoverctl plan` shows what this Failover would change"
 

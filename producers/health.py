@@ -344,7 +344,7 @@ class HealthChecker(StandingDown):
         for obj in automatic:
             meta = obj.get("metadata") or {}
             phase = (obj.get("status") or {}).get("status")
-            if phase not in ("SUCCESS", "FAILED"):
+            if phase not in ("SUCCESS", "FAILED", "CANCELLED"):
                 in_flight = in_flight or f"{meta.get('namespace')}/{meta.get('name')}"
             created = parse_timestamp(meta.get("creationTimestamp"))
             if created is not None:

@@ -19,6 +19,13 @@ from rich.text import Text
 
 from fsm.plan import Phase
 from fsm.run import Run, StepRecord
+from fsm.status import PAUSED, paused_message
+
+
+def shown_status(run: Run) -> str:
+    """The run's status as ``watch`` and ``status`` show it: PAUSED while an operator holds it."""
+    return PAUSED if run.paused and not run.terminal else run.status.value
+
 
 # Width of a console that is not a terminal: lines are never wrapped, tables take their natural width.
 PIPE_WIDTH = 100_000
@@ -89,7 +96,7 @@ def run_view(run: Run) -> Group:
     """The run's plan with each step's outcome, time and message; the current step highlighted."""
     title = (
         f"{run.failover} · group {run.group} · {run.kind.value} · {run.source_cluster} → "
-        f"{run.target_cluster} · {run.status.value} ({run.state_name})"
+        f"{run.target_cluster} · {shown_status(run)} ({run.state_name})"
     )
     table = Table(title=title, title_justify="left", expand=False, show_lines=False)
     for column in ("", "step", "cluster", "took", "detail"):
@@ -115,15 +122,19 @@ def run_view(run: Run) -> Group:
             current,
         )
     lines: list[Table | Text] = [table]
-    if run.message:
-        lines.append(Text(run.message, style="red" if run.status.value == "FAILED" else "green"))
+    for control in run.controls:
+        lines.append(Text(f"control #{control.id}: {control.describe()}", style="magenta"))
+    if run.paused and not run.terminal:
+        lines.append(Text(paused_message(run), style="bold yellow"))
+    elif run.message:
+        lines.append(Text(run.message, style="green" if run.status.value == "SUCCESS" else "red"))
     return Group(*lines)
 
 
 def summary(run: Run) -> str:
     total = run.total_seconds()
     downtime = run.downtime_seconds()
-    parts = [f"{run.kind.value} {run.source_cluster}→{run.target_cluster}: {run.status.value}"]
+    parts = [f"{run.kind.value} {run.source_cluster}→{run.target_cluster}: {shown_status(run)}"]
     if total is not None:
         parts.append(f"total {total:.2f}s")
     parts.append(f"downtime {downtime:.2f}s" if downtime is not None else "downtime n/a")

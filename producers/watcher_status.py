@@ -18,10 +18,12 @@ from producers.decisions import describe, needs_write
 from producers.failover_status import FailoverStatusReconciler
 from producers.group_status import GroupStatusWriter
 from producers.kube import FAILOVERS, ClusterClient, Obj
+from producers.watcher_controls import apply_annotation_controls
 from workers.errors import ConflictError, NotFoundError, OrchestratorError
 
 if TYPE_CHECKING:
     from producers.watcher import ClusterStats
+    from workers.api import Orchestrator
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +31,7 @@ log = structlog.get_logger(__name__)
 class StatusReconciliation:
     """The part of the watcher that owns Failover statuses (its state is set up by the watcher)."""
 
+    orchestrator: Orchestrator
     clusters: dict[str, ClusterClient]
     stats: Mapping[str, ClusterStats]
     statuses: FailoverStatusReconciler
@@ -64,6 +67,9 @@ class StatusReconciliation:
     def handle(self, cluster: str, obj: Obj) -> object:
         raise NotImplementedError  # the watcher's: decide what a Failover needs and do it
 
+    def _log_once(self, cluster: str, obj: Obj, action: str, reason: str) -> None:
+        raise NotImplementedError  # the watcher's
+
     def _remember(self, cluster: str, obj: Obj, *, gone: bool = False) -> None:
         """Keep the newest copy of each Failover that is not finished yet (the reconciler's work)."""
         meta = obj.get("metadata") or {}
@@ -80,8 +86,15 @@ class StatusReconciliation:
     def reconcile_status(self, cluster: str, obj: Obj) -> Obj:
         """Bring one Failover's status in line with its runs now; on a 409 read it again and retry once.
 
-        Failures are left to the next pass of the reconciler (the object stays on its list).
+        Failures are left to the next pass of the reconciler (the object stays on its list). The control
+        annotations are turned into requests first (:mod:`producers.watcher_controls`).
         """
+        try:
+            apply_annotation_controls(
+                self.orchestrator, obj, warn_once=lambda text: self._log_once(cluster, obj, "control", text)
+            )
+        except OrchestratorError as error:
+            log.warning("failover_control_not_requested", failover=describe(obj), error=error.describe())
         current = obj
         for attempt in (1, 2):
             try:

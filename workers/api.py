@@ -16,9 +16,11 @@ import time
 import uuid
 
 from fsm.adoption import OUTCOME_ADOPTED
+from fsm.audit import ControlRecord
 from fsm.models import Failover, FailoverGroup, GroupKey, RequestError, check_request
 from fsm.run import Run, new_resolve_run, new_run, new_standdown_run
 from workers import liveness
+from workers.control_requests import Asked, ControlRequest, request_control, wait_decided
 from workers.errors import PermanentError
 from workers.kube import KubeClients, KubeEffects
 from workers.logging import configure_logging
@@ -29,9 +31,14 @@ from workers.ports import Change, Coordination, Divergence, HistoryRecord, LockI
 from workers.settings import Settings
 from workers.store import RunStore
 from workers.submission import Restored, Submission, restore_run, submit_run
+from workers.wait_store import RedisWaits
+from workers.waits import WATCHED_KINDS, WaitTarget, Wakes
 
 __all__ = [
+    "WATCHED_KINDS",
+    "Asked",
     "Change",
+    "ControlRequest",
     "Coordination",
     "Divergence",
     "HistoryRecord",
@@ -43,6 +50,8 @@ __all__ = [
     "Restored",
     "StepPlan",
     "Submission",
+    "WaitTarget",
+    "Wakes",
     "configure_logging",
     "liveness",
     "run_id_for",
@@ -317,6 +326,16 @@ class Orchestrator:
                 pairs += [(held.group, run_id) for run_id in held.run_ids()]
         return pairs
 
+    def control(self, run_id: str, asked: Asked, *, record_refusal: bool = False) -> ControlRequest:
+        """Ask for an operator control of a run in flight (:mod:`fsm.control`): refused at once with the
+        reason (nothing stored unless ``record_refusal``), else stored and applied by the engine at the
+        next step boundary."""
+        return request_control(self.store, self.sender, run_id, asked, record_refusal=record_refusal)
+
+    def control_decided(self, run_id: str, record_id: int, *, timeout: float) -> ControlRecord | None:
+        """The control record once applied or refused (None or still pending after ``timeout``)."""
+        return wait_decided(self.store, run_id, record_id, timeout=timeout)
+
     def divergence(self, group: GroupKey) -> Divergence | None:
         return self.coordination.divergence(group)
 
@@ -407,6 +426,12 @@ class Orchestrator:
                 ),
             )
         return info
+
+    # --- waits woken by events (producers.waker) ----------------------------------------------------
+
+    def wakes(self) -> Wakes:
+        """What the waker hands watch events to: it wakes the runs waiting for the object seen."""
+        return Wakes(RedisWaits(self.store.client, prefix=self.store.prefix), self.sender)
 
     # --- dry runs ---------------------------------------------------------------------------------
 

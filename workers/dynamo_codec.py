@@ -219,6 +219,8 @@ def history_item(pk: str, record: HistoryRecord) -> Item:
         "message": s(record.message),
         "skipped": str_list(record.skipped),
     }
+    if record.controls:
+        item["controls"] = str_list(record.controls)
     if record.downtime_seconds is not None:
         item["downtimeSeconds"] = n(record.downtime_seconds)
     if record.failed_step is not None:
@@ -252,6 +254,7 @@ def history_from_item(item: Mapping[str, Any]) -> HistoryRecord:
         actor=get_str(item, "actor"),
         drill=get_bool(item, "drill"),
         timeline=timeline.decode(get_str(item, "timeline")),
+        controls=get_str_list(item, "controls"),
     )
 
 

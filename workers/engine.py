@@ -24,12 +24,14 @@ from typing import Any
 
 import structlog
 
+from fsm.control import apply_controls, decide_at_boundary
 from fsm.decide import Decision, Event, EventKind, decide
 from fsm.models import GroupKey
 from fsm.plan import Step, state_name
 from fsm.run import Run, Superseded
 from fsm.unreachable import judge_unreachable, needs_heartbeat
 from workers.container import Adapters
+from workers.control_requests import controls_decided
 from workers.errors import (
     ClusterUnreachable,
     Fenced,
@@ -41,17 +43,20 @@ from workers.errors import (
 from workers.lease import LeaseGuard
 from workers.messages import START_TASK, Sender, task_name
 from workers.ports import JournalEntry, LockIndex
-from workers.recovery import Claim, Timeouts, resend_reason
+from workers.recovery import Claim, Timeouts, claim_holds, resend_reason
 from workers.settings import Settings
 from workers.steps import STEPS, Done, StepContext
 from workers.store import RunStore
 from workers.submission import restore_run, submit_run
+from workers.waits import WaitRegistry, note_outcome, taken_at
 
 log = structlog.get_logger(__name__)
 
 
 _COMMIT_ATTEMPTS = 5
 _ENDS_LEASE = frozenset({Step.ABORT, Step.COMPLETE, Step.RECORD_STANDDOWN, Step.RECORD_RESOLUTION})
+# Events that are not a step boundary: a redrive re-sends a step that may still be running.
+_NOT_BOUNDARIES = frozenset({EventKind.REDRIVE, EventKind.START})
 
 
 def _superseded(error: PermanentError) -> Superseded | None:
@@ -74,10 +79,14 @@ class Engine:
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
         worker_id: str | None = None,
+        waits: WaitRegistry | None = None,
     ) -> None:
         """``worker_id``: the heartbeating worker this engine runs steps for; each step it starts is
-        recorded as claimed by it (None: no claims, e.g. an engine that only sweeps)."""
+        recorded as claimed by it (None: no claims, e.g. an engine that only sweeps). ``waits``: where
+        a waiting step registers what it waits for, to be woken by a watch event (:mod:`workers.waits`;
+        None: waits are only polled)."""
         self.worker_id = worker_id
+        self.waits = waits
         self.store = store
         self.adapters = adapters
         self.sender = sender
@@ -108,23 +117,42 @@ class Engine:
         with structlog.contextvars.bound_contextvars(
             failover=run.failover, group=str(run.group), step=step.value, cluster=run.current_cluster
         ):
+            if run.expects(step, ticket) and run.pending_controls:
+                # A step boundary (this delivery has not started): an operator's controls go first.
+                self._apply_controls(run)
+                run = self.store.load(run_id) or run
+            started = self.clock()
+            if run.expects(step, ticket) and self.worker_id is not None and run.dispatch is not None:
+                claim = Claim(ticket=ticket, attempt=run.dispatch.redriven, worker=self.worker_id, at=started)
+                self.store.claim(
+                    run_id, claim, ttl=self.settings.start_to_close + self.settings.redrive_after
+                )
+                # A control applied between the read and the claim wins (it is committed only while
+                # the step is unclaimed): read again before acting.
+                run = self.store.load(run_id) or run
             if not run.expects(step, ticket):
                 log.info(
                     "message.stale",
                     run_id=run_id,
                     ticket=ticket,
                     state=run.state_name,
+                    paused=run.paused,
                     expected=run.dispatch.model_dump() if run.dispatch else None,
                 )
                 return None
-            started = self.clock()
-            if self.worker_id is not None and run.dispatch is not None:
-                claim = Claim(ticket=ticket, attempt=run.dispatch.redriven, worker=self.worker_id, at=started)
-                self.store.claim(
-                    run_id, claim, ttl=self.settings.start_to_close + self.settings.redrive_after
-                )
+            woken = taken_at(self.waits, run_id, step, ticket, started) is not None
             event = self._execute(run, step, ticket, started)
-            return self.apply(run, event)
+            decision = self.apply(run, event)
+            note_outcome(self.waits, run, event, decision, woken=woken, margin=self.settings.redrive_after)
+            return decision
+
+    def control(self, run_id: str) -> Decision | None:
+        """Apply the run's pending controls now if none of its steps is running (``failover.control``,
+        sent by whoever asked); a running step's outcome applies them when it reports back."""
+        run = self.store.load(run_id)
+        if run is None or not run.pending_controls:
+            return None
+        return self._apply_controls(run)
 
     def redrive(self) -> list[str]:
         """Re-send the message of every due run that no live worker is working on (the rules are in
@@ -148,6 +176,12 @@ class Engine:
             run = runs.get(run_id)
             if run is None or run.terminal:
                 self.store.untrack(run_id)  # expired or finished: never let it crowd out live runs
+                continue
+            if run.pending_controls and not claim_holds(run, claims.get(run_id)):
+                self._apply_controls(run)  # its control message was lost, or it is paused
+                continue
+            if run.paused:
+                self._hold(run, now)
                 continue
             cluster = run.current_cluster
             queue = (
@@ -228,6 +262,66 @@ class Engine:
             event = Event(kind=EventKind.REDRIVE, step=stored.dispatch.step, ticket=stored.dispatch.ticket)
             self.apply(stored, event)
         return self.store.load(run_id)
+
+    # --- operator controls (fsm.control) ----------------------------------------------------------
+
+    def _apply_controls(self, run: Run) -> Decision | None:
+        """Apply the pending controls at this step boundary, under the lease, committed only while the
+        step the run waits for is not claimed by a worker (never mid-step)."""
+        claims = self.store.claims([run.run_id])
+        for _ in range(_COMMIT_ATTEMPTS):
+            if claim_holds(run, claims.get(run.run_id)):
+                log.info("control.deferred", run_id=run.run_id, step=run.step_key, reason="step running")
+                return None
+            self._confirm_lease(run)
+            decision = apply_controls(Decision(run=run, changed=False, reason=""), self.clock())
+            self._journal(decision)
+            dispatch = run.dispatch
+            claimed = (
+                Claim(ticket=dispatch.ticket, attempt=dispatch.redriven, worker="", at=0.0)
+                if dispatch
+                else None
+            )
+            committed = self.store.commit_unclaimed(
+                decision.run, expected_version=run.version, claimed=claimed
+            )
+            if committed is not None:
+                self._after_commit(committed, decision, before=run)
+                return decision
+            reloaded = self.store.load(run.run_id)
+            if reloaded is None or not reloaded.pending_controls:
+                return None
+            run, claims = reloaded, self.store.claims([run.run_id])
+        return None
+
+    def _confirm_lease(self, run: Run) -> None:
+        """Renew the run's lease before a control changes it (logged, not fatal: a control changes no
+        cluster, and the next step's own guard refuses to write without the lease)."""
+        if run.token is None:
+            return
+        try:
+            LeaseGuard.after_renewal(
+                self.adapters.coordination,
+                run.group,
+                token=run.token,
+                lease_seconds=self.settings.lease_seconds,
+                margin=self.settings.lease_margin,
+                wall=self.clock,
+            )
+        except OrchestratorError as error:
+            log.warning("control.lease_not_confirmed", run_id=run.run_id, error=error.describe())
+
+    def _hold(self, run: Run, now: float) -> None:
+        """A paused run: renew its lease so that nobody takes the group, and look again in a third of
+        the lease. Never re-sent, never timed out while paused (its deadlines move on resume)."""
+        if run.token is not None:
+            try:
+                self.adapters.coordination.renew_lease(
+                    run.group, token=run.token, lease_seconds=self.settings.lease_seconds, now=now
+                )
+            except OrchestratorError as error:
+                log.error("run.paused_lease_not_renewed", run_id=run.run_id, error=error.describe())
+        self.store.defer(run.run_id, due_at=now + self.settings.lease_seconds / 3)
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -330,14 +424,16 @@ class Engine:
         """Decide, journal, commit (compare-and-set), send. Re-reads and re-decides on a conflict
         (``retry=False``: gives up instead, returning None)."""
         for _ in range(_COMMIT_ATTEMPTS if retry else 1):
-            decision = decide(run, event, self.clock())
+            now = self.clock()
+            boundary = event.kind not in _NOT_BOUNDARIES
+            decision = decide_at_boundary(decide(run, event, now), now, outcome=boundary)
             if not decision.changed:
                 log.info("event.ignored", run_id=run.run_id, event=event.kind.value, reason=decision.reason)
                 return decision
             self._journal(decision)
             committed = self.store.commit(decision.run, expected_version=run.version)
             if committed is not None:
-                self._after_commit(committed, decision)
+                self._after_commit(committed, decision, before=run)
                 return decision
             reloaded = self.store.load(run.run_id)
             if reloaded is None:
@@ -370,7 +466,8 @@ class Engine:
                     "journal.write_failed", run_id=run.run_id, stage=mark.stage.value, error=error.describe()
                 )
 
-    def _after_commit(self, run: Run, decision: Decision) -> None:
+    def _after_commit(self, run: Run, decision: Decision, *, before: Run) -> None:
+        controls_decided(self.sender, before, run)
         log.info(
             "run.decided",
             run_id=run.run_id,
@@ -379,7 +476,7 @@ class Engine:
             version=run.version,
             reason=decision.reason,
         )
-        if decision.dispatch is not None:
+        if decision.dispatch is not None and not run.paused:
             dispatch = decision.dispatch
             self.sender.send(
                 task_name(dispatch.step),

@@ -19,6 +19,10 @@ from workers.settings import Settings
 
 START_TASK = "failover.start"
 REDRIVE_TASK = "failover.redrive"
+CONTROL_TASK = "failover.control"  # an operator's control was requested: apply it at a step boundary
+# A pause was applied: shows the run in Flower as PAUSED (its args name the run and the pause request).
+PAUSED_TASK = "failover.paused"
+RESUMED_TASK = "failover.resumed"  # ... and a resume as a task of its own, SUCCESS, naming the run
 
 
 def task_name(step: Step) -> str:

@@ -174,6 +174,7 @@ class HistoryRecord:
     drill: bool = False
     # The run's steps (fsm.timeline, at most 64 entries): what reports draw and forecasts sum.
     timeline: tuple[StepTiming, ...] = ()
+    controls: tuple[str, ...] = ()  # operators' controls of the run: who, why, when, what became of it
 
 
 @dataclass(frozen=True)

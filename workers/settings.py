@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         description="Seconds between two passes of the watcher over the unfinished Failovers, writing "
         "each one's status when its runs say something else (a failed write is made on the next pass).",
     )
+    wake_waits: bool = Field(
+        default=True,
+        description="Wait steps register what they wait for and the watcher wakes them on a watch event "
+        "(their polling countdown stays as the fallback); off: waits are only polled.",
+    )
     heartbeat_interval: float = Field(
         gt=0,
         default=1.0,

@@ -20,6 +20,7 @@ from fsm.decide import Updates
 from fsm.models import ResourceRef
 from fsm.plan import CATALOGUE, Step, StepInfo, StepType
 from fsm.run import Run, Superseded
+from fsm.status import iso as iso_time
 from fsm.timeline import timeline_of
 from workers.errors import (
     ClusterUnreachable,
@@ -374,6 +375,7 @@ def history_record(run: Run, *, outcome: str, now: float) -> HistoryRecord:
         skipped=tuple(run.skipped()),
         drill=run.drill,
         timeline=timeline_of(run),
+        controls=tuple(f"{iso_time(c.at)} #{c.id} {c.describe()}" for c in run.controls),
     )
 
 
@@ -453,7 +455,10 @@ def _changed_where(run: Run) -> str:
 
 
 def _outcome_of(run: Run) -> str:
-    """History's outcome for a failed run: FENCED when a cluster refused it, else FAILED."""
+    """History's outcome for a failed run: FENCED when a cluster refused it, CANCELLED when an operator
+    cancelled it, else FAILED."""
+    if run.failure and run.failure.cancelled:
+        return "CANCELLED"
     return "FENCED" if run.failure and run.failure.superseded is Superseded.FENCED else "FAILED"
 
 

@@ -57,6 +57,24 @@ end
 return 1
 """
 
+# A commit that must not land while the step the run waits for is claimed by a worker (a control is
+# applied only between steps): KEYS[3] is the run's claim, ARGV[7..8] the ticket and resend count.
+_COMMIT_UNCLAIMED = """
+local current = redis.call('HGET', KEYS[1], 'v')
+if not current then return -1 end
+if current ~= ARGV[1] then return 0 end
+if ARGV[7] ~= '' and redis.call('HGET', KEYS[3], 't') == ARGV[7]
+   and redis.call('HGET', KEYS[3], 'a') == ARGV[8] then return 2 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+if ARGV[5] == '' then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
+else
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+end
+return 1
+"""
+
 _RESEAL = """
 if redis.call('HGET', KEYS[1], 'd') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'd', ARGV[2])
@@ -122,6 +140,7 @@ class RunStore:
         self.index_limit = index_limit
         self.where = "Redis"  # how errors name it (from_settings: the URL and its variable)
         self._commit = client.register_script(_COMMIT)
+        self._commit_unclaimed = client.register_script(_COMMIT_UNCLAIMED)
         self._create = client.register_script(_CREATE)
         self._reseal = client.register_script(_RESEAL)
 
@@ -229,6 +248,28 @@ class RunStore:
             args=[expected_version, stored.version, self.signer.seal(stored), run.run_id, due, self.ttl],
         )
         return stored if result == 1 else None
+
+    @_translated
+    def commit_unclaimed(self, run: Run, *, expected_version: int, claimed: Claim | None) -> Run | None:
+        """:meth:`commit`, unless the run's claim still names ``claimed``'s ticket and resend count (the
+        step the run waited for was started by a worker meanwhile): then None, nothing written."""
+        stored = run.model_copy(update={"version": expected_version + 1})
+        due = "" if run.terminal else repr(run.dispatch.due_at if run.dispatch else run.created_at)
+        ticket, attempt = (str(claimed.ticket), str(claimed.attempt)) if claimed else ("", "")
+        result = self._commit_unclaimed(
+            keys=[self._run_key(run.run_id), self._inflight, self._claim_key(run.run_id)],
+            args=[
+                *(expected_version, stored.version, self.signer.seal(stored), run.run_id, due, self.ttl),
+                *(ticket, attempt),
+            ],
+        )
+        return stored if result == 1 else None
+
+    @_translated
+    def defer(self, run_id: str, *, due_at: float) -> None:
+        """Move an in-flight run's due time (a paused run: when the sweep next renews its lease); the
+        run itself is not touched. A run no longer in flight stays out (ZADD XX)."""
+        self.client.zadd(self._inflight, {run_id: due_at}, xx=True)
 
     @_translated
     def untrack(self, run_id: str) -> None:

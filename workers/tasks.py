@@ -18,7 +18,8 @@ from typing import Any
 
 import celery.apps.worker as celery_worker
 import structlog
-from celery import bootsteps
+from celery import Task, bootsteps
+from celery.exceptions import Ignore
 from celery.signals import celeryd_after_setup, setup_logging, task_postrun, task_prerun
 
 from fsm.plan import Step
@@ -27,11 +28,20 @@ from workers.app import create_app
 from workers.container import build_adapters
 from workers.engine import Engine
 from workers.logging import configure_logging
-from workers.messages import REDRIVE_TASK, START_TASK, CelerySender, task_name
+from workers.messages import (
+    CONTROL_TASK,
+    PAUSED_TASK,
+    REDRIVE_TASK,
+    RESUMED_TASK,
+    START_TASK,
+    CelerySender,
+    task_name,
+)
 from workers.settings import get_settings
 from workers.store import RunStore, queue_lengths
+from workers.wait_store import RedisWaits
 
-__all__ = ["CelerySender", "app", "get_engine", "redrive", "start"]
+__all__ = ["CelerySender", "app", "control", "get_engine", "paused", "redrive", "resumed", "start"]
 
 # The app that registers the tasks: the one `celery -A workers.tasks worker|beat|flower` runs.
 app = create_app()
@@ -53,7 +63,8 @@ def build_engine(worker_id: str | None = None) -> Engine:
     settings = get_settings()
     store = RunStore.from_settings(settings)
     sender = CelerySender(app, settings)
-    return Engine(store, build_adapters(settings), sender, settings, worker_id=worker_id)
+    waits = RedisWaits(store.client, prefix=store.prefix) if settings.wake_waits else None
+    return Engine(store, build_adapters(settings), sender, settings, worker_id=worker_id, waits=waits)
 
 
 @cache
@@ -65,6 +76,39 @@ def get_engine() -> Engine:
 @app.task(name=START_TASK)
 def start(run_id: str, ticket: int = 0) -> None:
     get_engine().start(run_id)
+
+
+@app.task(name=CONTROL_TASK)
+def control(run_id: str, ticket: int = 0) -> None:
+    """An operator asked for a control of the run: applied now if no step of it is running."""
+    get_engine().control(run_id)
+
+
+@app.task(name=PAUSED_TASK, bind=True)
+def paused(self: Task, run_id: str, control: int = 0) -> str:  # type: ignore[type-arg]
+    """A pause was applied (sent by the engine): while the run is still paused, this task's state in
+    Flower is ``PAUSED`` (a custom task event; the task is then acknowledged without a result, so no
+    later event overrides the state). If it was resumed meanwhile, it ends SUCCESS saying so."""
+    run = get_engine().store.load(run_id)
+    if run is None or not run.paused:
+        return f"run {run_id} is no longer paused"
+    record = next((c for c in run.controls if c.id == control), None)
+    who = f" by {record.who} ({record.why})" if record is not None else ""
+    self.send_event(
+        "task-paused",
+        result=f"PAUSED: run {run_id} ({run.failover}) holds before {run.step_key}{who}; "
+        f"resume with `failoverctl run resume {run_id} --reason ...`",
+    )
+    raise Ignore()
+
+
+@app.task(name=RESUMED_TASK)
+def resumed(run_id: str, control: int = 0) -> str:
+    """A paused run was resumed (sent by the engine): shown in Flower as a task naming the run."""
+    run = get_engine().store.load(run_id)
+    record = next((c for c in run.controls if c.id == control), None) if run is not None else None
+    who = f" by {record.who} ({record.why})" if record is not None else ""
+    return f"RESUMED: run {run_id}{who}"
 
 
 @app.task(name=REDRIVE_TASK)

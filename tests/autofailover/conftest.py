@@ -18,6 +18,7 @@ from fsm.models import FailoverGroup, GroupKey
 from fsm.plan import Timing
 from producers.health import HealthChecker
 from producers.kube import ClusterClient, connect
+from producers.waker import WaitWaker
 from producers.watcher import FailoverWatcher
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, dynamodb_client
@@ -62,6 +63,7 @@ class World:
     checker: HealthChecker
     watcher: FailoverWatcher
     worker: WorkerProcess
+    waker: WaitWaker
     tmp_path: Path
     started: list[Callable[[], None]] = field(default_factory=list)
 
@@ -89,8 +91,22 @@ def group_spec() -> dict[str, Any]:
 
 
 @pytest.fixture
+def timing() -> Timing:
+    """The runs' timing; a test module overrides this fixture (e.g. a long polling countdown)."""
+    return TIMING
+
+
+@pytest.fixture
+def controllers() -> dict[str, Any]:
+    """The sandbox controllers' knobs; a test module overrides this fixture (e.g. realistic delays)."""
+    return CONTROLLERS
+
+
+@pytest.fixture
 def world(
     *,
+    timing: Timing,
+    controllers: dict[str, Any],
     redis_server_url: str,
     real_redis: redis.Redis,
     prefix: str,
@@ -99,7 +115,8 @@ def world(
     group_spec: dict[str, Any],
 ) -> Iterator[World]:
     table = f"autofailover-{uuid.uuid4().hex[:10]}"
-    with SandboxFleet(CLUSTERS, kubeconfig_path=tmp_path / "kubeconfig", **CONTROLLERS) as fleet:
+    started: list[Callable[[], None]] = []
+    with SandboxFleet(CLUSTERS, kubeconfig_path=tmp_path / "kubeconfig", **controllers) as fleet:
         load_sample_fleet(fleet, active="site-a")
         shorten_timeouts(fleet, **group_spec)
         client = dynamodb_client(dynamodb_endpoint)
@@ -109,8 +126,8 @@ def world(
         settings = stack_settings(
             redis_server_url,
             prefix,
-            timing=TIMING,
-            visibility_timeout=30,
+            timing=timing,
+            visibility_timeout=max(30, 4 * max(timing.poll_max, timing.retry_max)),
             kubeconfig=str(fleet.kubeconfig_path),
             clusters=CLUSTERS,
             operator_id=OPERATOR,
@@ -138,8 +155,22 @@ def world(
         )
         try:
             worker.wait_ready()
-            yield World(fleet, orchestrator, coordination, clients, checker, watcher, worker, tmp_path)
+            # The watcher process's waker, as its ServiceAccount: running from the start, as deployed.
+            waker = WaitWaker(
+                orchestrator.wakes(),
+                CLUSTERS,
+                lambda name: ClusterClient.from_kubeconfig(
+                    fleet.kubeconfig_for("watcher"), name, request_timeout=2.0
+                ),
+                watch_timeout=5,
+                backoff_initial=0.05,
+                backoff_max=0.4,
+            ).start()
+            started.append(waker.stop)
+            yield World(fleet, orchestrator, coordination, clients, checker, watcher, worker, waker, tmp_path)
         finally:
+            for stop in started:
+                stop()
             checker.stop()
             watcher.stop()
             worker.stop()

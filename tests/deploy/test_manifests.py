@@ -136,7 +136,8 @@ RULES = {
         ("crd.hahomelabs.com", "failovers/status"): {"patch"},
         ("crd.hahomelabs.com", "failovergroups/status"): {"patch"},
         ("", "events"): {"create"},
-        **{key: {"get"} for key in WORKLOAD_KINDS},  # the FailoverGroup's health in its status
+        # get: the FailoverGroup's health in its status; list, watch: the waker (producers.waker)
+        **{key: {"get", "list", "watch"} for key in WORKLOAD_KINDS},
     },
     "failover-orchestrator-health-checker": {
         ("crd.hahomelabs.com", "failovergroups"): {"list"},

@@ -155,6 +155,43 @@ def test_a_suspended_diverged_or_unhealthy_group_is_refused(world: World, tmp_pa
     _refused(world, tmp_path, "is diverged (a test says so)")
 
 
-def test_an_unhealthy_target_is_refused(world: World, tmp_path: Path) -> None:
+def test_an_unhealthy_target_or_source_is_refused(world: World, tmp_path: Path) -> None:
     world.fleet["site-b"].store.delete("Deployment", "shop", "web")
     _refused(world, tmp_path, "group is ERROR on site-b (standby)")
+    world.fleet["site-a"].store.delete("Deployment", "shop", "web")  # the active cluster is judged first
+    _refused(world, tmp_path, "group is ERROR on site-a (primary)")
+
+
+def test_the_failback_is_refused_when_the_group_was_suspended_meanwhile(world: World, tmp_path: Path) -> None:
+    """The checks of a drill hold for its failback too: a group suspended while the first run moved it
+    is not moved back; the drill fails (exit 1) with its report, and says the group stays on site-b."""
+    import threading
+
+    stores = [world.fleet[c].store for c in ("site-a", "site-b")]
+    done = threading.Event()
+
+    def suspend_once_running() -> None:
+        while not done.is_set():
+            if any(not run.terminal and run.token is not None for run in world.orchestrator.runs()):
+                for store in stores:
+                    group = store.get("FailoverGroup", "shop", "shop")
+                    spec = {**group["spec"], "suspended": True, "suspensionReason": "freeze"}
+                    store.put({**group, "spec": spec})
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=suspend_once_running, daemon=True)
+    thread.start()
+    try:
+        result = drill(world, tmp_path / "out", "--back")
+    finally:
+        done.set()
+        thread.join(5)
+    assert result.exit_code == 1, result.output + world.worker_log()
+    assert "no failback: refused: group shop/shop is suspended (freeze)" in result.output, result.output
+    assert "drill verdict: FAIL" in result.output
+    report, _ = reports(tmp_path / "out")
+    [there] = report["runs"]
+    assert there["outcome"] == "SUCCESS" and there["targetCluster"] == "site-b"
+    assert world.coordination.active_cluster(SHOP) == "site-b"
+    assert [h.outcome for h in world.coordination.history(SHOP)] == ["SUCCESS"]

@@ -121,3 +121,45 @@ def test_flower_finds_a_runs_steps_by_name_and_wants_its_login(stack: Stack, flo
     refused, _ = _get(f"{url}/api/tasks?taskname=failover.promote_volumes")
     wrong, _ = _get(f"{url}/api/tasks", "admin:wrong")
     assert (refused, wrong) == (401, 401)
+
+
+def test_flower_shows_a_paused_run_as_paused_by_its_run_id(stack: Stack, flower: tuple[str, str]) -> None:
+    """An operator searching Flower for the run finds a ``failover.paused`` task naming it, in state
+    PAUSED while the run is paused; its resume shows as ``failover.resumed``, SUCCESS."""
+    from fsm.audit import ControlAction
+    from workers.control_requests import Asked, request_control
+
+    url, login = flower
+    log = Path(stack.tmp_path / "flower.log")
+    run_id = stack.submit("CONSISTENCY", run_id="run-paused")
+    stack.wait_for(run_id, lambda r: r.dispatch is not None and r.started_at is not None)
+    asked = request_control(
+        stack.store, stack.engine.sender, run_id, Asked(ControlAction.PAUSE, "alice", "look first")
+    )
+    assert asked.refused is None, asked.refused
+    paused = stack.wait_for(run_id, lambda r: r.paused)
+
+    def search(state: str) -> list[dict[str, Any]]:
+        code, body = _get(f"{url}/api/tasks?search={run_id}&limit=100", login)
+        assert code == 200, body[:300]
+        return [
+            t for t in json.loads(body).values() if t.get("state") == state and run_id in str(t.get("args"))
+        ]
+
+    shown = _until(
+        lambda: [t for t in search("PAUSED") if t["name"] == "failover.paused"], "no PAUSED task", log
+    )
+    assert len(shown) == 1 and shown[0]["worker"], shown
+    assert f"failoverctl run resume {run_id}" in str(shown[0].get("result")), shown  # what to do next
+    assert str(asked.record.id) in str(shown[0]["args"])  # type: ignore[union-attr]
+    assert stack.store.load(run_id).paused and paused.at_step is stack.store.load(run_id).at_step  # type: ignore[union-attr]
+
+    resumed = request_control(
+        stack.store, stack.engine.sender, run_id, Asked(ControlAction.RESUME, "alice", "go")
+    )
+    assert resumed.refused is None, resumed.refused
+    assert stack.wait_finished(run_id).status.value == "SUCCESS"
+    done = _until(
+        lambda: [t for t in search("SUCCESS") if t["name"] == "failover.resumed"], "no resumed task", log
+    )
+    assert "RESUMED" in str(done[0].get("result")), done

@@ -437,3 +437,219 @@ def test_the_redrive_sweep_forgets_runs_that_are_gone_or_finished(harness: Harne
     harness.clock.now += harness.engine.settings.redrive_after + 1
     assert harness.engine.redrive() == []
     assert harness.store.overdue(before=harness.clock.now + 10_000) == []
+
+
+def _pump_with_controls(h: Harness) -> list[Message]:
+    """Deliver messages until none is left; the signs for Flower (``failover.paused``/``resumed``,
+    run by workers.tasks, not the engine) are returned in order."""
+    signs = []
+    while h.sender.sent:
+        message = h.sender.sent.pop(0)
+        if message.name == "failover.control":
+            h.engine.control(message.run_id)
+        elif message.name in ("failover.paused", "failover.resumed"):
+            signs.append(message)
+        else:
+            h.deliver(message)
+    return signs
+
+
+def _controls_counted(action: str, outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    found = REGISTRY.get_sample_value("failover_controls_total", {"action": action, "outcome": outcome})
+    return found or 0.0
+
+
+def test_a_paused_run_keeps_its_lease_and_the_sweep_never_times_it_out(harness: Harness) -> None:
+    from fsm.audit import ControlAction
+    from workers.control_requests import Asked, request_control
+
+    run_id = submit(harness)
+    harness.pump(limit=6)  # lock taken, the source being prepared
+    asked = request_control(
+        harness.store,
+        harness.sender,
+        run_id,
+        Asked(ControlAction.PAUSE, "alice", "look"),
+        clock=harness.clock,
+    )
+    assert asked.record is not None and asked.refused is None
+    counted = {(a, o): _controls_counted(a, o) for a in ("pause", "resume") for o in ("applied", "refused")}
+    signs = _pump_with_controls(harness)  # the pending step reports back, then the pause applies
+    paused = harness.store.load(run_id)
+    assert paused is not None and paused.paused and harness.sender.sent == []
+    # Flower is told, by a task whose args name the run and the pause; the counter counts it once.
+    assert [(m.name, m.run_id, m.ticket) for m in signs] == [("failover.paused", run_id, asked.record.id)]
+    assert _controls_counted("pause", "applied") == counted["pause", "applied"] + 1
+    again = request_control(
+        harness.store, harness.sender, run_id, Asked(ControlAction.PAUSE, "bob", "twice"), clock=harness.clock
+    )
+    assert again.refused is not None and "already paused" in again.refused and again.record is None
+    key = group().key
+    lock = harness.coordination.lock_info(key)
+    assert lock is not None
+    settings = harness.engine.settings
+    for _ in range(4):  # far past the lease, the step's deadline and the run's transitoryState
+        harness.clock.now += settings.lease_seconds + settings.timing.wait_timeout + 300
+        assert harness.engine.redrive() == []
+        renewed = harness.coordination.lock_info(key)
+        assert renewed is not None and renewed.expires_at > harness.clock.now, "lease renewed by the sweep"
+    assert harness.sender.sent == []  # nothing re-sent while paused
+    held = harness.store.load(run_id)
+    assert held is not None and held.paused and held.failure is None and held.at_step is paused.at_step
+    resumed = request_control(
+        harness.store, harness.sender, run_id, Asked(ControlAction.RESUME, "alice", "go"), clock=harness.clock
+    )
+    assert resumed.record is not None
+    signs = _pump_with_controls(harness)
+    assert [(m.name, m.ticket) for m in signs] == [("failover.resumed", resumed.record.id)]
+    assert _controls_counted("resume", "applied") == counted["resume", "applied"] + 1
+    assert _controls_counted("pause", "applied") == counted["pause", "applied"] + 1  # never twice
+    done = harness.store.load(run_id)
+    assert done is not None and done.status is RunStatus.SUCCESS, done.message
+    assert [(c.action.value, c.outcome.value) for c in done.controls] == [
+        ("pause", "applied"),
+        ("resume", "applied"),
+    ]
+
+
+def _deliver_until(h: Harness, name: str) -> None:
+    """Deliver messages (controls included) until the next one is ``name`` (not delivered)."""
+    for _ in range(500):
+        assert h.sender.sent, f"no message {name} came"
+        if h.sender.sent[0].name == name:
+            return
+        message = h.sender.sent.pop(0)
+        if message.name == "failover.control":
+            h.engine.control(message.run_id)
+        elif message.name not in ("failover.paused", "failover.resumed"):
+            h.deliver(message)
+    raise AssertionError(f"no message {name} within 500")
+
+
+def test_a_cancel_racing_the_promotion_waits_for_it_then_is_refused(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The point of no return (CONSISTENCY: promote_volumes) is crossed while a cancel is asked: the
+    control message finds the step claimed by a worker and leaves it alone; once the step reported
+    back the cancel is refused (past the point), nothing is undone and the run succeeds."""
+    from fsm.audit import ControlAction, ControlOutcome
+    from workers.control_requests import Asked, request_control
+
+    harness.engine.worker_id = "w1"  # a worker's engine claims the steps it starts
+    run_id = submit(harness)
+    _deliver_until(harness, "failover.promote_volumes")
+    promote = harness.sender.sent.pop(0)
+    seen: list[object] = []
+    make_active = harness.clusters.make_active
+
+    def promoting(*args: object, **kwargs: object) -> object:
+        if not seen:  # mid-step: the operator cancels and the control message is handled at once
+            asked = request_control(
+                harness.store,
+                harness.sender,
+                run_id,
+                Asked(ControlAction.CANCEL, "alice", "stop"),
+                clock=harness.clock,
+            )
+            seen.append(asked)
+            seen.append(harness.engine.control(run_id))  # deferred: the step is claimed
+            seen.append(harness.store.load(run_id))
+        return make_active(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(harness.clusters, "make_active", promoting)
+    harness.deliver(promote)
+    asked, deferred, during = seen
+    assert asked.record is not None and asked.refused is None  # type: ignore[attr-defined]
+    assert deferred is None and during.controls[-1].pending and during.failure is None  # type: ignore[attr-defined]
+    after = harness.store.load(run_id)
+    assert after is not None and after.failure is None and after.at_step is Step.WAIT_VOLUMES_PROMOTED
+    assert after.controls[-1].outcome is ControlOutcome.REFUSED
+    assert "point of no return" in after.controls[-1].message
+    monkeypatch.undo()
+    _pump_with_controls(harness)  # the control message again (a duplicate too) changes nothing
+    harness.engine.control(run_id)
+    done = harness.store.load(run_id)
+    assert done is not None and done.status is RunStatus.SUCCESS, done.message
+    assert not any(key.startswith("undo:") for key in done.steps)
+    assert [(c.action.value, c.outcome.value) for c in done.controls] == [("cancel", "refused")]
+    assert harness.coordination.active_cluster(group().key) == "site-b"
+
+
+def test_a_control_forged_into_the_run_in_redis_is_never_applied(harness: Harness) -> None:
+    """Someone with Redis access writes a forced skip of wait_volumes_demoted into the run (the MAC
+    cannot be updated without the run key) and sends the control message: nothing is decided."""
+    import json
+
+    from workers.messages import CONTROL_TASK
+
+    run_id = submit(harness)
+    _deliver_until(harness, "failover.wait_volumes_demoted")
+    before = harness.store.load(run_id)
+    assert before is not None
+    key = f"t:run:{run_id}"
+    raw = harness.store.client.hget(key, "d")
+    document = json.loads(raw)
+    document["controls"] = [
+        {
+            "id": 1,
+            "action": "skip-step",
+            "who": "mallory",
+            "why": "x",
+            "at": 0.0,
+            "step": "wait_volumes_demoted",
+            "force": True,
+            "source": "cli",
+        }
+    ]
+    harness.store.client.hset(key, "d", json.dumps(document))
+    harness.sender.send(CONTROL_TASK, run_id, 0, countdown=0.0, cluster=None)
+    assert harness.engine.control(run_id) is None
+    assert harness.engine.redrive() == []
+    assert harness.store.client.hget(key, "d") == json.dumps(document).encode()  # nothing written over it
+    assert harness.deliver(harness.sender.sent.pop(0)) is None  # the held wait does nothing either
+    assert all(harness.clusters.role("site-b", ref) == Role.PASSIVE.value for ref in all_refs(group()))
+
+
+def test_a_paused_run_whose_lock_was_taken_never_writes_again(harness: Harness) -> None:
+    """While a run is paused its lock is taken by another run (e.g. an operator released it, or the
+    lease ran out while no sweep ran): the sweep cannot renew it (logged, nothing else), and on resume
+    the held step finds the lease gone: the run ends superseded, nothing undone, no cluster touched."""
+    from fsm.audit import ControlAction
+    from workers.control_requests import Asked, request_control
+
+    g = group()
+    run_id = submit(harness)
+    harness.pump(limit=6)
+    request_control(
+        harness.store,
+        harness.sender,
+        run_id,
+        Asked(ControlAction.PAUSE, "alice", "look"),
+        clock=harness.clock,
+    )
+    _pump_with_controls(harness)
+    paused = harness.store.load(run_id)
+    assert paused is not None and paused.paused
+    info = harness.coordination.lock_info(g.key)
+    assert info is not None
+    harness.coordination.release_lock(g.key, token=info.token)
+    harness.coordination.acquire_lock(
+        g.key, holder="intruder", run_id="other", lease_seconds=600, now=harness.clock()
+    )
+    harness.clock.now += harness.engine.settings.lease_seconds
+    assert harness.engine.redrive() == []  # the paused run's lease cannot be renewed: nothing else happens
+    assert harness.coordination.lock_info(g.key).run_id == "other"  # type: ignore[union-attr]
+    before = len(harness.clusters.timeline())
+    resumed = request_control(
+        harness.store, harness.sender, run_id, Asked(ControlAction.RESUME, "alice", "go"), clock=harness.clock
+    )
+    assert resumed.refused is None
+    _pump_with_controls(harness)
+    done = harness.store.load(run_id)
+    assert done is not None and done.status is RunStatus.FAILED, done.message
+    assert "another run holds the lock" in done.message or "lost" in done.message, done.message
+    assert [a.step.value for a in done.compensation] == ["abort"]  # superseded: nothing undone
+    assert len(harness.clusters.timeline()) == before
+    assert harness.coordination.lock_info(g.key).holder == "intruder"  # type: ignore[union-attr]
