@@ -78,8 +78,9 @@ def _control(ctx: typer.Context, target: str, asked: Asked, wait: float) -> None
 
 
 def pause(ctx: typer.Context, target: TargetArgument, reason: ReasonOption, wait: WaitOption = 10.0) -> None:
-    """Pause a run: it finishes the step it is in and waits, still holding its lock (the sweep renews
-    its lease); its deadlines do not run while paused."""
+    """Pause a run: it finishes the step it is in and waits, still holding its lock.
+
+    The sweep renews its lease; its deadlines do not run while paused."""
     _control(ctx, target, Asked(ControlAction.PAUSE, _who(), reason), wait)
 
 
@@ -90,6 +91,7 @@ def resume(ctx: typer.Context, target: TargetArgument, reason: ReasonOption, wai
 
 def cancel(ctx: typer.Context, target: TargetArgument, reason: ReasonOption, wait: WaitOption = 10.0) -> None:
     """Cancel a run before its point of no return: what it did is undone and it ends CANCELLED.
+
     Past that point it is refused (the run continues) with the `group resolve` command to use."""
     _control(ctx, target, Asked(ControlAction.CANCEL, _who(), reason), wait)
 
