@@ -12,8 +12,8 @@ import typer
 from pydantic import ValidationError
 
 from fsm.adoption import ClusterEvidence, judge_cluster, unreachable_cluster
-from fsm.health import ClusterRole
-from fsm.models import ANNOTATION_FENCE, FailoverGroup, GroupKey
+from fsm.health import ClusterRole, GroupHealth, judge_group
+from fsm.models import ANNOTATION_FENCE, FailoverGroup, GroupKey, ResourceRef
 from producers.cli_common import (
     ClusterOption,
     KubeconfigOption,
@@ -30,7 +30,7 @@ from producers.cli_common import (
 )
 from producers.decisions import first_error
 from producers.health import read_and_judge
-from producers.kube import FAILOVER_GROUPS, ClusterClient, connect, kubeconfig_contexts
+from producers.kube import FAILOVER_GROUPS, ClusterClient, Obj, connect, kubeconfig_contexts
 from workers.api import Orchestrator
 from workers.errors import OrchestratorError
 
@@ -44,10 +44,14 @@ def _read_cluster(client: ClusterClient, namespace: str, name: str) -> tuple[dic
     return (dict(raw), "") if raw is not None else (None, "the FailoverGroup is not there")
 
 
+# The objects read on a cluster (None: they could not all be read).
+Read = dict[ResourceRef, Obj | None] | None
+
+
 def _clusters(
     kubeconfig: Path | None, clusters: list[str], namespace: str, name: str, label: str
-) -> tuple[FailoverGroup, list[ClusterEvidence], dict[str, str]]:
-    """The group (from the first cluster that has it), each cluster's evidence and fence."""
+) -> tuple[FailoverGroup, list[ClusterEvidence], dict[str, str], dict[str, Read]]:
+    """The group (from the first cluster that has it), each cluster's evidence, fence and objects."""
     try:
         clients = connect(kubeconfig, clusters)
     except OrchestratorError as error:
@@ -63,20 +67,43 @@ def _clusters(
         except ValidationError as error:
             field, message = first_error(error)
             raise fail(f"{label}: FailoverGroup {namespace}/{name} is invalid: {field}: {message}") from error
-        evidence, fences = [], {}
+        evidence: list[ClusterEvidence] = []
+        fences: dict[str, str] = {}
+        read: dict[str, Read] = {}
         for n, client in clients.items():
             raw, why = raws[n]
+            read[n] = None
             if raw is None:
                 evidence.append(unreachable_cluster(n, why))
                 continue
             fences[n] = str(((raw.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_FENCE, ""))
             health, objects = read_and_judge(client, group, ClusterRole.STANDBY)
+            read[n] = dict(objects) if objects is not None else None
             seen = judge_cluster(n, group, objects) if objects is not None else None
             evidence.append(seen or unreachable_cluster(n, health.detail))
-        return group, evidence, fences
+        return group, evidence, fences, read
     finally:
         for client in clients.values():
             client.close()
+
+
+def _health(group: FailoverGroup, owner: str | None, read: dict[str, Read]) -> dict[str, GroupHealth]:
+    """Each readable cluster's health, judged against the role the owner gives it (the owner PRIMARY,
+    the others STANDBY), as the health checker judges it; none without an owner."""
+    if owner is None:
+        return {}
+    return {
+        n: judge_group(n, group, objects, ClusterRole.PRIMARY if n == owner else ClusterRole.STANDBY)
+        for n, objects in read.items()
+        if objects is not None
+    }
+
+
+def _health_text(health: GroupHealth | None) -> str:
+    if health is None:
+        return ""
+    detail = f": {health.detail}" if health.detail and health.health.value != "OK" else ""
+    return f", health {health.health.value} as {health.role.value}{detail}"
 
 
 def _state(handle: Orchestrator, key: GroupKey, limit: int) -> dict[str, Any]:
@@ -95,7 +122,11 @@ def _state(handle: Orchestrator, key: GroupKey, limit: int) -> dict[str, Any]:
 
 
 def _print(
-    key: GroupKey, state: dict[str, Any], evidence: list[ClusterEvidence], fences: dict[str, str]
+    key: GroupKey,
+    state: dict[str, Any],
+    evidence: list[ClusterEvidence],
+    fences: dict[str, str],
+    health: dict[str, GroupHealth],
 ) -> None:
     say = typer.echo
     owner = state["owner"]
@@ -118,7 +149,7 @@ def _print(
         beat = state["heartbeats"].get(seen.cluster)
         beat_text = f", heartbeat {beat['health']} at {when(beat['at'])}" if beat else ""
         fence = f", fence {fences[seen.cluster]}" if fences.get(seen.cluster) else ""
-        say(f"    {seen.describe()}{fence}{beat_text}")
+        say(f"    {seen.describe()}{fence}{_health_text(health.get(seen.cluster))}{beat_text}")
     say("  last failovers:")
     for record in state["history"] or []:
         moved = " → ".join(c for c in (record["source_cluster"], record["target_cluster"]) if c)
@@ -146,16 +177,18 @@ def show_command(
     settings = settings_of(ctx)
     namespace, name = split_name(group)
     clusters = list(cluster or settings.clusters or kubeconfig_contexts(kubeconfig))
-    found, evidence, fences = _clusters(kubeconfig, clusters, namespace, name, group)
+    found, evidence, fences, read = _clusters(kubeconfig, clusters, namespace, name, group)
     key = group_key(group, operator_id or found.spec.operator_id, settings)
     with orchestrator(settings) as handle:
         state = _state(handle, key, limit)
+    health = _health(found, state["owner"], read)
     if output is Output.json:
         clusters_json = [
             {
                 **seen.as_dict(),
                 "fence": fences.get(seen.cluster) or None,
                 "heartbeat": state["heartbeats"].get(seen.cluster),
+                "health": _health_json(health.get(seen.cluster)),
             }
             for seen in evidence
         ]
@@ -168,4 +201,10 @@ def show_command(
             }
         )
         return
-    _print(key, state, evidence, fences)
+    _print(key, state, evidence, fences, health)
+
+
+def _health_json(health: GroupHealth | None) -> dict[str, str] | None:
+    if health is None:
+        return None
+    return {"health": health.health.value, "role": health.role.value, "detail": health.detail}

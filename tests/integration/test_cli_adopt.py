@@ -178,12 +178,18 @@ def test_group_show_prints_owner_lock_clusters_and_history(
     assert "owner:      site-a" in out
     assert f"held by site-x for run run-7, fencing token {grant.token}" in out
     assert "site-a: ACTIVE (active: Deployment/api" in out and "site-b: PASSIVE" in out
+    # Health per cluster, judged against the role the owner gives each (as the health checker judges).
+    assert "health OK as PRIMARY" in out and "health OK as STANDBY" in out, out
     assert "ADOPTED" in out and "site-a" in out
     code, out = invoke("group", "show", "payments/payments", "--output", "json")
     shown = json.loads(out)
     assert shown["owner"] == "site-a" and shown["operatorID"] == payments.OPERATOR
     assert shown["lock"]["token"] == grant.token and shown["divergence"] is None
     assert [c["verdict"] for c in shown["clusters"]] == ["ACTIVE", "PASSIVE"]
+    assert [(c["health"]["health"], c["health"]["role"]) for c in shown["clusters"]] == [
+        ("OK", "PRIMARY"),
+        ("OK", "STANDBY"),
+    ]
     assert [h["outcome"] for h in shown["history"]] == ["ADOPTED"]
     code, out = invoke("group", "show", "payments/nope")
     assert code == 1 and "no FailoverGroup payments/nope on any cluster" in out
