@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from sandbox.kube import SandboxFleet
-from workers.kube import KubeClients, KubeEffects
 from workers.errors import ClusterUnreachable
+from workers.kube import KubeClients, KubeEffects
 from workers.kube_limits import RateLimits
 from workers.ports import observe_all
 
