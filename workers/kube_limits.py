@@ -7,6 +7,14 @@ So a whole site failing over at once (1,000 groups, a dozen requests each) reach
 ``qps`` requests per second on average from each worker process, in bursts of at most ``burst``,
 instead of all at once. ``qps <= 0`` turns the limit off.
 
+The defaults (``FAILOVER_KUBE_QPS=100``, ``FAILOVER_KUBE_BURST=200``, per cluster and worker process)
+are above client-go's (5/10 for controllers, 50/100 in newer clients) on purpose: a whole site's
+failover is ~36,000 requests per surviving cluster at today's ~73 per group, and the product aims at
+two minutes for it; at 100/s per process two workers need three minutes for those alone, so lower
+limits would make the limiter, not the API server, the bottleneck. An API server serves 400
+concurrent reads and 200 writes by default (``--max-requests-inflight``); 100/s per worker process is
+far below what it protects itself from with Priority and Fairness.
+
 Waiting is by reservation (like Go's ``rate.Limiter.Wait``): under the lock a caller takes its token
 even when that drives the bucket below zero, computes how long until the token exists, releases the
 lock and sleeps that long. Callers are served in arrival order, nobody spins, and the lock is never
