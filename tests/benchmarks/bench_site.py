@@ -179,23 +179,16 @@ def _settings(url: str, prefix: str, fleet: SandboxFleet, dynamo: DynamoStandIn)
     )
 
 
-def _wait_all(handle: Orchestrator, run_ids: list[str], timeout: float) -> dict[str, Run]:
-    pending = set(run_ids)
-    done: dict[str, Run] = {}
+def _wait_all(
+    handle: Orchestrator, client: redis.Redis, prefix: str, run_ids: list[str], timeout: float
+) -> dict[str, Run]:
+    """Every run once none is in flight (the store's in-flight index is empty) or at the timeout.
+    Polling the index, not the runs, keeps this process off the cores the workers need."""
     deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for run_id in list(pending):
-            run = handle.run(run_id)
-            if run is not None and run.terminal:
-                done[run_id] = run
-                pending.discard(run_id)
-        if pending:
-            time.sleep(1.0)
-    for run_id in pending:  # unfinished at the timeout: counted as such
-        run = handle.run(run_id)
-        if run is not None:
-            done[run_id] = run
-    return done
+    while client.zcard(f"{prefix}inflight") and time.monotonic() < deadline:
+        time.sleep(1.0)
+    runs = {run_id: handle.run(run_id) for run_id in run_ids}
+    return {run_id: run for run_id, run in runs.items() if run is not None}
 
 
 def _redis_bytes(client: redis.Redis, prefix: str, runs: dict[str, Run]) -> float:
@@ -250,6 +243,8 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path) -> dict[str, A
         prefix = f"bench-{uuid.uuid4().hex[:8]}:"
         settings = _settings(url, prefix, fleet, dynamo)
         prom_dir = tmp / f"prom-{prefix[:-1]}"
+        logs = args.logs or tmp
+        logs.mkdir(parents=True, exist_ok=True)
         prom_dir.mkdir()
         env = worker_env(settings, **AWS_DUMMY_ENV, PROMETHEUS_MULTIPROC_DIR=str(prom_dir))
         os.environ.update(AWS_DUMMY_ENV)
@@ -262,7 +257,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path) -> dict[str, A
         for g in groups:
             handle.coordination.set_initial_owner(g.key, "site-a")
         procs = [
-            WorkerProcess(env, name=f"w{i}", queues=settings.queue, log_path=tmp / f"{prefix[:-1]}-w{i}.log")
+            WorkerProcess(env, name=f"w{i}", queues=settings.queue, log_path=logs / f"{prefix[:-1]}-w{i}.log")
             for i in range(workers)
         ]
         for worker in procs:
@@ -282,7 +277,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path) -> dict[str, A
             handle.submit(f, g, failover_cluster="site-a", source="site-a").run.run_id for f, g in pairs
         ]
         submitted = time.time() - t0
-        runs = _wait_all(handle, run_ids, args.timeout)
+        runs = _wait_all(handle, client, prefix, run_ids, args.timeout)
         wall = max((r.finished_at or time.time()) for r in runs.values()) - t0
         load_after = os.getloadavg()
         k8s_by: dict[str, int] = {}
@@ -359,6 +354,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="worker process counts to compare")
     parser.add_argument("--dynamo", choices=("patched", "stock"), default="patched")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the runs")
+    parser.add_argument("--logs", type=Path, default=None, help="keep the workers' logs in this directory")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     print(
