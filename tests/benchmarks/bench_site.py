@@ -287,6 +287,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path) -> dict[str, A
         k8s = sum(k8s_by.values()) - sum(k8s_before.values())
         dynamo_after = dynamo.calls()
         calls, seconds = dynamo_before["calls"], dynamo_before["seconds"]
+        redriven = sum(w.log_path.read_text(errors="replace").count("run.redriven") for w in procs)
         assert run_ids == [run_id_for(f, g) for f, g in pairs]
         return {
             "setup": setup,
@@ -295,6 +296,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path) -> dict[str, A
             "runs": runs,
             "k8s": k8s,
             "k8s_by": k8s_by,
+            "redriven": redriven,
             "dynamo": {k: v - calls.get(k, 0) for k, v in dynamo_after["calls"].items()},
             "dynamo_s": {k: v - seconds.get(k, 0) for k, v in dynamo_after["seconds"].items()},
             "rss": sampler.peak,
@@ -332,7 +334,7 @@ def report(workers: int, r: dict[str, Any], groups: int) -> str:
             f"{messages / wall:.1f} step messages/s; "
             f"run time p50 {_pct(times, 0.5):.1f} s, p95 {_pct(times, 0.95):.1f} s",
             f"  wait steps (upper bound of reaction latency): p50 {_pct(waits, 0.5):.2f} s, "
-            f"p95 {_pct(waits, 0.95):.2f} s",
+            f"p95 {_pct(waits, 0.95):.2f} s; messages sent again by the overdue sweep: {r['redriven']}",
             f"  Kubernetes requests per group {r['k8s'] / groups:.1f} "
             f"({r['k8s'] / max(messages, 1):.2f} per step message); "
             f"rate-limit waits {throttled:.0f} requests, {waited:.1f} s",
