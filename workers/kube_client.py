@@ -205,8 +205,8 @@ class _Attempts:
 
 # --- clients ---------------------------------------------------------------------------------------
 
-DEFAULT_QPS = 100.0
-DEFAULT_BURST = 200
+DEFAULT_QPS = 200.0
+DEFAULT_BURST = 400
 
 
 def _count_throttle(cluster: str, seconds: float) -> None:
@@ -234,7 +234,7 @@ class KubeClients:
         discovery_ttl: how long the served API versions of a cluster are trusted.
         retry: how each request is retried (:class:`RetryPolicy`; ``RetryPolicy().off`` for none).
         limits: the client-side rate limits per cluster (:mod:`workers.kube_limits`); every attempt
-            of every request takes a token first. Default: 100 requests/s, bursts of 200.
+            of every request takes a token first. Default: 200 requests/s, bursts of 400.
     """
 
     def __init__(

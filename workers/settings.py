@@ -146,14 +146,14 @@ class Settings(BaseSettings):
     )
     kube_qps: float = Field(
         ge=0,
-        default=100.0,
+        default=200.0,
         description="Client-side rate limit per cluster and worker process: Kubernetes requests per "
         "second on average (a token bucket, as client-go's QPS; 0 turns it off). Waits are counted in "
         "failover_kube_throttle_seconds_total.",
     )
     kube_burst: int = Field(
         ge=1,
-        default=200,
+        default=400,
         description="Client-side rate limit per cluster and worker process: requests sent at once "
         "before FAILOVER_KUBE_QPS paces them (client-go's Burst).",
     )
