@@ -58,6 +58,7 @@ from workers.errors import (
     TemporaryError,
 )
 from workers.kube_errors import Target, _retry_after, _status_body, api_error, unreachable
+from workers.kube_limits import RateLimits
 
 __all__ = ["KubeClients", "Obj", "RetryPolicy", "Target", "api_error", "unreachable"]
 
@@ -202,7 +203,19 @@ class _Attempts:
         return f" (after {self.attempts} attempts in {time.monotonic() - self.started:.1f}s)"
 
 
-# --- clients -------------------------------------------------------------------------------------
+# --- clients ---------------------------------------------------------------------------------------
+
+DEFAULT_QPS = 200.0
+DEFAULT_BURST = 400
+
+
+def _count_throttle(cluster: str, seconds: float) -> None:
+    """The Prometheus counters of the client-side rate limit (imported late: metrics are optional)."""
+    from workers.metrics import default_metrics
+
+    metrics = default_metrics()
+    metrics.kube_throttled.labels(cluster=cluster).inc()
+    metrics.kube_throttle_seconds.labels(cluster=cluster).inc(seconds)
 
 
 def _obj(value: Any) -> Obj:
@@ -220,6 +233,8 @@ class KubeClients:
         connect_timeout/read_timeout: seconds, per attempt of a request.
         discovery_ttl: how long the served API versions of a cluster are trusted.
         retry: how each request is retried (:class:`RetryPolicy`; ``RetryPolicy().off`` for none).
+        limits: the client-side rate limits per cluster (:mod:`workers.kube_limits`); every attempt
+            of every request takes a token first. Default: 200 requests/s, bursts of 400.
     """
 
     def __init__(
@@ -230,8 +245,10 @@ class KubeClients:
         read_timeout: float = 15.0,
         discovery_ttl: float = 300.0,
         retry: RetryPolicy | None = None,
+        limits: RateLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.limits = limits if limits is not None else RateLimits(DEFAULT_QPS, DEFAULT_BURST)
         self.kubeconfig = str(kubeconfig) if kubeconfig is not None else None
         self.timeout: Timeout = (connect_timeout, read_timeout)
         self.retry = retry if retry is not None else RetryPolicy()
@@ -251,6 +268,7 @@ class KubeClients:
             connect_timeout=settings.kube_connect_timeout,
             read_timeout=settings.kube_read_timeout,
             retry=RetryPolicy(seconds=settings.kube_retry_seconds),
+            limits=RateLimits(settings.kube_qps, settings.kube_burst, on_wait=_count_throttle),
         )
 
     def api_client(self, cluster: str) -> Any:
@@ -294,8 +312,13 @@ class KubeClients:
         """``request(timeout)`` with the per-request retries; the last failure translated (see the
         module docstring). Only this method talks to the API server."""
         attempts = _Attempts(self.retry, target, verb, self.timeout)
+
+        def limited(timeout: Timeout) -> T:
+            self.limits.take(target.cluster)  # every attempt is a request the server sees
+            return request(timeout)
+
         try:
-            return attempts.run(request)
+            return attempts.run(limited)
         except ApiException as error:
             mapped = api_error(error, target, verb)
             mapped.message += attempts.note()

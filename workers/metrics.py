@@ -120,6 +120,19 @@ class Metrics:
             ["step"],
             registry=registry,
         )
+        self.kube_throttled = Counter(
+            "failover_kube_throttled_requests_total",
+            "Kubernetes requests that waited for the client-side rate limit of their cluster "
+            "(FAILOVER_KUBE_QPS, FAILOVER_KUBE_BURST).",
+            ["cluster"],
+            registry=registry,
+        )
+        self.kube_throttle_seconds = Counter(
+            "failover_kube_throttle_seconds_total",
+            "Seconds Kubernetes requests waited for the client-side rate limit of their cluster.",
+            ["cluster"],
+            registry=registry,
+        )
         self.forged_runs = Counter(
             "failover_forged_runs_total",
             "Run values refused because their MAC did not verify (security.forged_run); nothing was done.",

@@ -39,7 +39,7 @@ Adapters raise only :mod:`workers.errors` exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -75,6 +75,19 @@ class Change:
     action: str
     changed: bool
     detail: str = ""
+
+
+def observe_all(
+    effects: ClusterEffects, cluster: str, refs: Sequence[ResourceRef]
+) -> dict[ResourceRef, Observation]:
+    """``effects.observe`` of every ref on ``cluster``, in parallel where the adapter can
+    (``observe_many``, as :class:`workers.kube.KubeEffects` has), else one by one; the first error (in
+    the order of ``refs``) is raised."""
+    many = getattr(effects, "observe_many", None)
+    if many is not None:
+        found: dict[ResourceRef, Observation] = many(cluster, refs)
+        return found
+    return {ref: effects.observe(cluster, ref) for ref in refs}
 
 
 class ClusterEffects(Protocol):

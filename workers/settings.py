@@ -149,6 +149,19 @@ class Settings(BaseSettings):
         "with backoff and jitter (at most 8 attempts) until it is spent; keep it well below the step "
         "deadlines of timing.",
     )
+    kube_qps: float = Field(
+        ge=0,
+        default=200.0,
+        description="Client-side rate limit per cluster and worker process: Kubernetes requests per "
+        "second on average (a token bucket, as client-go's QPS; 0 turns it off). Waits are counted in "
+        "failover_kube_throttle_seconds_total.",
+    )
+    kube_burst: int = Field(
+        ge=1,
+        default=400,
+        description="Client-side rate limit per cluster and worker process: requests sent at once "
+        "before FAILOVER_KUBE_QPS paces them (client-go's Burst).",
+    )
     failover_cluster: str | None = Field(
         default=None,
         description="Unused (kept for older configurations): the watcher writes each Failover's status "

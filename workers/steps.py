@@ -31,7 +31,7 @@ from workers.errors import (
     PermanentError,
 )
 from workers.lease import LeaseGuard
-from workers.ports import Change, ClusterEffects, Coordination, Divergence, HistoryRecord, Role
+from workers.ports import Change, ClusterEffects, Coordination, Divergence, HistoryRecord, Role, observe_all
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ def validate(ctx: StepContext) -> Outcome:
     notes = []
     for cluster in (run.target_cluster, run.source_cluster):
         try:
-            seen = {ref: ctx.effects.observe(cluster, ref) for ref in refs}
+            seen = observe_all(ctx.effects, cluster, refs)  # in parallel where the adapter can
         except ClusterUnreachable:
             if cluster != run.source_cluster or not run.force:
                 raise

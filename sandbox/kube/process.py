@@ -10,7 +10,8 @@ unless ``--passive``.
 
 While it runs it reads JSON commands, one per line, on standard input and answers each with one JSON
 line: ``{"op": "down"}``/``{"op": "up"}`` (the "down" switch), ``{"op": "set", "target": "controllers"
-or "faults", "name": ..., "value": ...}`` (a knob), ``{"op": "ping"}``.
+or "faults", "name": ..., "value": ...}`` (a knob), ``{"op": "used", "user": "worker"}`` (the requests
+an identity was allowed, counted by RBAC), ``{"op": "ping"}``.
 
 :class:`ProcessCluster` is the parent's handle (what ``SandboxFleet(..., processes=True)`` holds): the
 same ``name``/``url``/``token``/``kubeconfig()``/``api_client()``/``set_down()`` as a SandboxCluster,
@@ -43,6 +44,15 @@ _KNOB_TARGETS = ("controllers", "faults")
 # --- the child ------------------------------------------------------------------------------------
 
 
+def _used(cluster: Any, user: str) -> list[list[Any]]:
+    """``user``'s allowed requests summed over namespaces: ``[verb, group, resource[/sub], count]``."""
+    totals: dict[tuple[str, str, str], int] = {}
+    for use, count in cluster.used(user).items():
+        key = (use.verb, use.group, use.resource)
+        totals[key] = totals.get(key, 0) + count
+    return [[*key, count] for key, count in sorted(totals.items())]
+
+
 def _serve_commands(cluster: Any, stdin: IO[str], stdout: IO[str]) -> None:
     """Answer commands until standard input closes."""
     for line in stdin:
@@ -55,9 +65,12 @@ def _serve_commands(cluster: Any, stdin: IO[str], stdout: IO[str]) -> None:
                 cluster.set_down(op == "down")
             elif op == "set" and command.get("target") in _KNOB_TARGETS:
                 setattr(getattr(cluster, command["target"]), command["name"], command["value"])
+            elif op == "used":
+                answer: dict[str, Any] = {"ok": True, "used": _used(cluster, command["user"])}
             elif op != "ping":
                 raise ValueError(f"unknown command {line.strip()!r}")
-            answer: dict[str, Any] = {"ok": True}
+            if op != "used":
+                answer = {"ok": True}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             answer = {"ok": False, "error": str(exc)}
         stdout.write(json.dumps(answer) + "\n")
@@ -198,7 +211,7 @@ class ProcessCluster:
         answer: dict[str, Any] = json.loads(result[0])
         return answer
 
-    def _command(self, **command: Any) -> None:
+    def _command(self, **command: Any) -> dict[str, Any]:
         with self._lock:
             process = self._process
             if process is None or process.stdin is None:
@@ -208,6 +221,7 @@ class ProcessCluster:
             answer = self._read_line(30.0)
         if answer is None or not answer.get("ok"):
             raise RuntimeError(f"sandbox cluster {self.name!r} refused {command}: {answer}")
+        return answer
 
     def stop(self) -> None:
         """Close the child's standard input (it stops its server and exits); kill it if it hangs."""
@@ -310,6 +324,12 @@ class ProcessCluster:
         )
 
     # --- measurements ---------------------------------------------------------------------------
+
+    def requests_used(self, user: str = WORKER) -> dict[tuple[str, str, str], int]:
+        """The requests ``user`` was allowed so far, by (verb, API group, resource), as
+        ``SandboxCluster.used`` counts them in the child."""
+        answer = self._command(op="used", user=user)
+        return {(verb, group, resource): int(n) for verb, group, resource, n in answer["used"]}
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the child has used so far."""

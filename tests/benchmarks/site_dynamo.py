@@ -1,0 +1,174 @@
+"""The benchmark's DynamoDB stand-in: moto's server in a process of its own, counting calls.
+
+``python -m tests.benchmarks.site_dynamo [--stock]`` serves moto's DynamoDB on a free port of
+127.0.0.1 (one request at a time, as :mod:`sandbox.dynamo` does, so each call is atomic), prints one
+JSON line ``{"port": ...}`` and serves until its standard input closes. ``GET /__calls`` answers the
+calls served so far by operation, with the seconds the backend spent on them.
+
+moto's ``TransactWriteItems`` deep-copies every table it touches before it runs, to restore it if the
+transaction is cancelled: with a site's worth of groups that is tens of milliseconds per call (the
+issue measured 58 ms), and the benchmark would measure moto. Unless ``--stock``, the backend is
+patched here, in this process only: a transaction first evaluates every condition without writing
+(moto serves one request at a time, so nothing changes in between), then applies its writes, keeping
+copies of only the items it writes to put them back should a write fail. Same outcome for every
+transaction, the cost of the items it names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from moto.dynamodb.comparisons import get_filter_expression
+from moto.dynamodb.exceptions import (
+    ConditionalCheckFailed,
+    MultipleTransactionsException,
+    TooManyTransactionsException,
+    TransactionCanceledException,
+    TransactWriteSingleOpException,
+)
+from moto.dynamodb.models import DynamoDBBackend
+from werkzeug.serving import make_server
+
+from sandbox.dynamo import _Dispatcher, _QuietRequestHandler
+
+
+def _key_of(backend: DynamoDBBackend, op_type: str, op: dict[str, Any]) -> dict[str, Any]:
+    if op_type != "Put":
+        return dict(op["Key"])
+    table = backend.get_table(op["TableName"])
+    attrs = op["Item"]
+    key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+    if table.range_key_attr is not None:
+        key[table.range_key_attr] = attrs[table.range_key_attr]
+    return key
+
+
+def _check(backend: DynamoDBBackend, items: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every item's condition against the table as it is: the (operation, key) pairs, or cancelled."""
+    seen: set[tuple[str, str]] = set()
+    errors: list[tuple[str | None, str | None, Any]] = []
+    planned = []
+    for item in items:
+        if len(item) > 1:
+            raise TransactWriteSingleOpException
+        op_type, op = next(iter(item.items()))
+        if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+            raise ValueError("Unsupported transaction operation")
+        key = _key_of(backend, op_type, op)
+        unique = (str(op["TableName"]), str(dict(sorted(key.items()))))
+        if unique in seen:
+            raise MultipleTransactionsException()
+        seen.add(unique)
+        current = backend.get_item(op["TableName"], key)
+        condition = op.get("ConditionExpression")
+        failed = False
+        if condition is not None:
+            expr = get_filter_expression(
+                condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+            )
+            failed = not expr.expr(current)
+        if failed:
+            old = None
+            if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+                old = current.to_json()["Attributes"]
+            errors.append(("ConditionalCheckFailed", str(ConditionalCheckFailed(item=old).message), old))
+        else:
+            errors.append((None, None, None))
+        planned.append((op_type, op, key))
+    if any(code is not None for code, _, _ in errors):
+        raise TransactionCanceledException(errors)
+    return planned
+
+
+def _apply(backend: DynamoDBBackend, planned: list[Any]) -> None:
+    saved = []
+    try:
+        for op_type, op, key in planned:
+            name = op["TableName"]
+            before = backend.get_item(name, key)
+            saved.append((name, key, copy.deepcopy(before.to_json()["Attributes"]) if before else None))
+            names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+            if op_type == "Put":
+                backend.put_item(name, op["Item"], expression_attribute_names=names)
+            elif op_type == "Delete":
+                backend.delete_item(name, key)
+            elif op_type == "Update":
+                backend.update_item(
+                    name,
+                    key,
+                    update_expression=op["UpdateExpression"],
+                    expression_attribute_names=names,
+                    expression_attribute_values=values,
+                )
+    except Exception:
+        for name, key, attrs in reversed(saved):
+            if attrs is None:
+                backend.delete_item(name, key)
+            else:
+                backend.put_item(name, attrs)
+        raise
+
+
+def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+    if len(transact_items) > 100:
+        raise TooManyTransactionsException()
+    _apply(self, _check(self, transact_items))
+
+
+class _Counted:
+    """One request at a time; calls and backend seconds counted by operation; ``GET /__calls``."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/__calls":
+            with self._lock:
+                body = json.dumps({"calls": dict(self.calls), "seconds": dict(self.seconds)}).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        with self._lock:
+            target = str(environ.get("HTTP_X_AMZ_TARGET", "")).rsplit(".", 1)[-1]
+            started = time.perf_counter()
+            result = self._app(environ, start_response)
+            try:
+                return list(result)
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+                if target:
+                    self.calls[target] += 1
+                    self.seconds[target] += time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stock", action="store_true", help="moto's own TransactWriteItems")
+    args = parser.parse_args()
+    if not args.stock:
+        DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    server = make_server(
+        "127.0.0.1", 0, _Counted(_Dispatcher()), threaded=True, request_handler=_QuietRequestHandler
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(json.dumps({"port": server.server_port}), flush=True)
+    sys.stdin.read()  # until the parent closes it
+    sys.stdout.flush()
+    os._exit(0)  # a stand-in: nothing to save, and no waiting for clients' keep-alive connections
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Round trips against a real (sandbox) API server: the client-side rate limit paces a burst and
+loses nothing; validate's reads go out in parallel and see what one-by-one reads see."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox.kube import SandboxFleet
+from workers.errors import ClusterUnreachable
+from workers.kube import KubeClients, KubeEffects
+from workers.kube_limits import RateLimits
+from workers.ports import observe_all
+
+from .conftest import NAMESPACE, ref
+
+
+def test_a_burst_past_the_limit_waits_and_every_request_reaches_the_server(fleet: SandboxFleet) -> None:
+    site_a = fleet["site-a"]
+    limits = RateLimits(20, 2)  # past 2 at once, one request per 50 ms
+    clients = KubeClients(fleet.kubeconfig_path, connect_timeout=1.0, read_timeout=3.0, limits=limits)
+    try:
+        effects = KubeEffects(clients)
+        target = effects.target("site-a", ref("Deployment", "web"))
+        before = site_a.used("worker").total()
+        for _ in range(12):
+            assert clients.get(target)["metadata"]["namespace"] == NAMESPACE
+        seen = site_a.used("worker").total() - before
+    finally:
+        clients.close()
+    assert seen == 12  # every request reached the server, none was dropped by the limiter
+    # Past the burst, requests waited for their tokens (unless each took 50 ms on its own anyway).
+    assert limits.waits["site-a"] > 0
+    assert limits.waited["site-a"] > 0
+    assert "site-b" not in limits.waits  # a cluster nobody talked to has not waited
+
+
+# --- validate's reads in parallel (KubeEffects.observe_many) -------------------------------------------
+
+SAMPLE = [
+    ref("StatefulSet", "db"),
+    ref("StatefulSet", "cache"),
+    ref("Deployment", "web"),
+    ref("CronJob", "report"),
+    ref("VolumeReplication", "db-data"),
+    ref("HelmRelease", "shop"),
+    ref("Deployment", "missing"),
+]
+
+
+def test_observe_many_sees_what_observe_sees_one_by_one(fleet: SandboxFleet, effects: KubeEffects) -> None:
+    site_a = fleet["site-a"]
+    before = site_a.used("worker").total()
+    together = observe_all(effects, "site-a", SAMPLE)
+    sent = site_a.used("worker").total() - before
+    one_by_one = {r: effects.observe("site-a", r) for r in SAMPLE}
+    assert list(together) == SAMPLE
+    assert together == one_by_one
+    assert not together[ref("Deployment", "missing")].exists
+    assert sent == len(SAMPLE)  # one read per object: parallel, not more
+
+
+def test_observe_many_raises_the_first_error_of_an_unreachable_cluster(
+    fleet: SandboxFleet, effects: KubeEffects
+) -> None:
+    fleet["site-b"].set_down(True)
+    try:
+        with pytest.raises(ClusterUnreachable) as caught:
+            observe_all(effects, "site-b", SAMPLE)
+    finally:
+        fleet["site-b"].set_down(False)
+    assert (caught.value.cluster, caught.value.obj) == ("site-b", str(SAMPLE[0]))  # in the order of refs
+    assert observe_all(effects, "site-b", SAMPLE[:2])[SAMPLE[0]].exists  # the pool is still usable
