@@ -404,9 +404,8 @@ def control_events(run: Run) -> list[StepEvent]:
     return found
 
 
-def run_events(failover: Mapping[str, Any], run: Run, now: float, *, instance: str) -> list[Obj]:
-    """The core/v1 Events that describe ``run`` on ``failover``, oldest first, deterministically named
-    (Failover, run, step, outcome): creating one that exists answers 409, which means "done"."""
+def _involved(failover: Mapping[str, Any]) -> Obj:
+    """The ``involvedObject`` of an Event about ``failover`` (its uid when it has one)."""
     meta = failover.get("metadata") or {}
     involved: Obj = {
         "apiVersion": GROUP_VERSION,
@@ -416,30 +415,61 @@ def run_events(failover: Mapping[str, Any], run: Run, now: float, *, instance: s
     }
     if meta.get("uid"):
         involved["uid"] = meta["uid"]
-    events = []
-    for event in step_events(run, now):
-        stamp = iso(event.at)
-        events.append(
-            {
-                "metadata": {
-                    "name": event_name(str(meta.get("name")), run.run_id, event.key, event.outcome),
-                    "namespace": meta.get("namespace"),
-                    "labels": {"failover.hahomelabs.com/run-id": _label(run.run_id)[:63].strip("-")},
-                },
-                "involvedObject": dict(involved),
-                "reason": event.reason,
-                "message": event.message[:1024],
-                "type": "Warning" if event.warning else "Normal",
-                "firstTimestamp": stamp,
-                "lastTimestamp": stamp,
-                "count": 1,
-                "source": {"component": COMPONENT},
-                "reportingComponent": COMPONENT,
-                "reportingInstance": instance,
-                "action": event.key,
-            }
+    return involved
+
+
+def _event(
+    failover: Mapping[str, Any],
+    *,
+    name: str,
+    reason: str,
+    message: str,
+    warning: bool,
+    at: float,
+    action: str,
+    instance: str,
+    labels: Mapping[str, str] | None = None,
+) -> Obj:
+    """A core/v1 Event about ``failover``, as every Event of this module is written."""
+    metadata: Obj = {"name": name, "namespace": (failover.get("metadata") or {}).get("namespace")}
+    if labels:
+        metadata["labels"] = dict(labels)
+    stamp = iso(at)
+    return {
+        "metadata": metadata,
+        "involvedObject": _involved(failover),
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Warning" if warning else "Normal",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": instance,
+        "action": action,
+    }
+
+
+def run_events(failover: Mapping[str, Any], run: Run, now: float, *, instance: str) -> list[Obj]:
+    """The core/v1 Events that describe ``run`` on ``failover``, oldest first, deterministically named
+    (Failover, run, step, outcome): creating one that exists answers 409, which means "done"."""
+    name = str((failover.get("metadata") or {}).get("name"))
+    labels = {"failover.hahomelabs.com/run-id": _label(run.run_id)[:63].strip("-")}
+    return [
+        _event(
+            failover,
+            name=event_name(name, run.run_id, event.key, event.outcome),
+            reason=event.reason,
+            message=event.message,
+            warning=event.warning,
+            at=event.at,
+            action=event.key,
+            instance=instance,
+            labels=labels,
         )
-    return events
+        for event in step_events(run, now)
+    ]
 
 
 def invalid_event(failover: Mapping[str, Any], text: str, now: float, *, instance: str) -> Obj:
@@ -447,29 +477,13 @@ def invalid_event(failover: Mapping[str, Any], text: str, now: float, *, instanc
     after the object and its uid: creating it again answers 409 (done); a Failover deleted and created
     again under the same name gets its own."""
     meta = failover.get("metadata") or {}
-    involved: Obj = {
-        "apiVersion": GROUP_VERSION,
-        "kind": "Failover",
-        "name": meta.get("name"),
-        "namespace": meta.get("namespace"),
-    }
-    if meta.get("uid"):
-        involved["uid"] = meta["uid"]
-    stamp = iso(now)
-    return {
-        "metadata": {
-            "name": event_name(str(meta.get("name")), "invalid", str(meta.get("uid") or "-")),
-            "namespace": meta.get("namespace"),
-        },
-        "involvedObject": involved,
-        "reason": "InvalidSpec",
-        "message": f"invalid: {text}; nothing was started"[:1024],
-        "type": "Warning",
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT,
-        "reportingInstance": instance,
-        "action": "Validate",
-    }
+    return _event(
+        failover,
+        name=event_name(str(meta.get("name")), "invalid", str(meta.get("uid") or "-")),
+        reason="InvalidSpec",
+        message=f"invalid: {text}; nothing was started",
+        warning=True,
+        at=now,
+        action="Validate",
+        instance=instance,
+    )

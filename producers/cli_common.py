@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from fsm.models import FailoverGroup, GroupKey, excerpt
+from fsm.run import Run
 from producers.decisions import field_path, first_error
 from producers.kube import FAILOVER_GROUPS, ClusterClient, current_context, kubeconfig_contexts
 from producers.views import console
@@ -364,3 +366,40 @@ def context_for(kubeconfig: Path | None, context: str | None, fallback: str | No
             f"--context {excerpt(where)}: no such context in the kubeconfig ({', '.join(contexts)})", 2
         )
     return where
+
+
+def read_group(
+    group: str, kubeconfig: Path | None, context: str | None, fallback: str | None
+) -> FailoverGroup:
+    """The FailoverGroup ``group`` (NS/NAME) read from --context (else the current context, else
+    ``fallback``); every problem is one line."""
+    namespace, name = split_name(group)
+    try:
+        where = context_for(kubeconfig, context, fallback)
+        client = ClusterClient.from_kubeconfig(kubeconfig, where)
+        try:
+            return fetch_group(client, where, namespace, name, group)
+        finally:
+            client.close()
+    except OrchestratorError as error:
+        raise fail(error.describe()) from error
+
+
+def wait_run(
+    handle: Orchestrator, run_id: str, timeout: float, *, records: str = "`failoverctl history`"
+) -> Run:
+    """Poll Redis until run ``run_id`` ends; one line when it vanishes (see ``records``) or outlasts
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = handle.run(run_id)
+        if run is None:
+            raise fail(f"run {run_id} vanished from Redis; see {records}")
+        if run.terminal:
+            return run
+        if time.monotonic() > deadline:
+            raise fail(
+                f"run {run_id} still {run.state_name} after {timeout:g}s; "
+                f"follow it with `failoverctl watch {run_id}`"
+            )
+        time.sleep(0.5)

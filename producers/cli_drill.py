@@ -33,15 +33,14 @@ from producers.cli_common import (
     KubeconfigOption,
     ModeChoice,
     OperatorOption,
-    context_for,
     fail,
-    fetch_group,
     group_key,
     orchestrator,
     out,
+    read_group,
     require_run_key,
     settings_of,
-    split_name,
+    wait_run,
 )
 from producers.health import read_and_judge
 from producers.kube import ClusterClient, kubeconfig_contexts
@@ -54,21 +53,6 @@ from workers.errors import OrchestratorError
 HISTORY_DEPTH = 200
 # How long the failback of a drill waits for the group to be healthy again after the first run.
 FAILBACK_SETTLE_SECONDS = 30.0
-
-
-def _read_group(
-    group: str, kubeconfig: Path | None, context: str | None, fallback: str | None
-) -> FailoverGroup:
-    namespace, name = split_name(group)
-    try:
-        where = context_for(kubeconfig, context, fallback)
-        client = ClusterClient.from_kubeconfig(kubeconfig, where)
-        try:
-            return fetch_group(client, where, namespace, name, group)
-        finally:
-            client.close()
-    except OrchestratorError as error:
-        raise fail(error.describe()) from error
 
 
 def _health_problem(
@@ -141,22 +125,9 @@ def _run_leg(
         raise fail(f"drill refused: {error}") from error
     run_id = submission.run.run_id
     out().print(f"run {run_id}: {mode.value} drill of {found.key} to {to}")
-    deadline = time.monotonic() + timeout
-    while True:
-        run = handle.run(run_id)
-        if run is None:
-            raise fail(
-                f"run {run_id} vanished from Redis; see `failoverctl history` and `failoverctl report`"
-            )
-        if run.terminal:
-            out().print(summary(run))
-            return run
-        if time.monotonic() > deadline:
-            raise fail(
-                f"run {run_id} still {run.state_name} after {timeout:g}s; "
-                f"follow it with `failoverctl watch {run_id}`"
-            )
-        time.sleep(0.5)
+    run = wait_run(handle, run_id, timeout, records="`failoverctl history` and `failoverctl report`")
+    out().print(summary(run))
+    return run
 
 
 def write_report(report: DrillReport, directory: Path, stem: str) -> tuple[Path, Path]:
@@ -195,7 +166,7 @@ def drill_command(
     clusters = list(cluster or settings.clusters or kubeconfig_contexts(kubeconfig))
     if to not in clusters:
         raise fail(f"--to {to!r} is not one of the clusters ({', '.join(clusters)})", 2)
-    found = _read_group(group, kubeconfig, context, to)
+    found = read_group(group, kubeconfig, context, to)
     key = group_key(group, operator_id or found.spec.operator_id, settings)
     failover_mode = FailoverMode(mode.value.upper())
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
@@ -215,7 +186,7 @@ def drill_command(
         runs = [_run_leg(handle, found, to, mode=failover_mode, name=name, timeout=timeout)]
         refused_back = ""
         if back and runs[0].status.value == "SUCCESS":  # the group read again: suspended meanwhile?
-            again = _read_group(group, kubeconfig, context, to)
+            again = read_group(group, kubeconfig, context, to)
             leg = Leg(failover_mode, name, timeout, kubeconfig)
             refused_back = _failback(handle, again, key, owner, runs=runs, leg=leg)
     objective = objective_of(found)
@@ -337,7 +308,7 @@ def report_command(
                 "NAMESPACE/NAME to read its group's history",
                 2,
             )
-        found = _read_group(named, kubeconfig, context, None)
+        found = read_group(named, kubeconfig, context, None)
         objective = objective_of(found)
         if run is not None:
             run_report = report_from_run(run, objective)

@@ -5,64 +5,27 @@ group (a run that failed past its point of no return, or clusters that contradic
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fsm.models import FailoverGroup
-from fsm.run import Run
 from producers.cli_common import (
     ClusterOption,
     KubeconfigOption,
     OperatorOption,
-    context_for,
     fail,
-    fetch_group,
     group_key,
     orchestrator,
     out,
+    read_group,
     settings_of,
-    split_name,
+    wait_run,
 )
-from producers.kube import ClusterClient, kubeconfig_contexts
+from producers.kube import kubeconfig_contexts
 from producers.views import summary
-from workers.api import Orchestrator, RequestError
-from workers.errors import OrchestratorError
+from workers.api import RequestError
 
 group_app = typer.Typer(help="Commands on a FailoverGroup as a whole.", no_args_is_help=True)
-
-
-def read_group(
-    group: str, kubeconfig: Path | None, context: str | None, clusters: list[str]
-) -> FailoverGroup:
-    namespace, name = split_name(group)
-    try:
-        where = context_for(kubeconfig, context, clusters[0] if clusters else None)
-        client = ClusterClient.from_kubeconfig(kubeconfig, where)
-        try:
-            return fetch_group(client, where, namespace, name, group)
-        finally:
-            client.close()
-    except OrchestratorError as error:
-        raise fail(error.describe()) from error
-
-
-def wait_run(handle: Orchestrator, run_id: str, timeout: float) -> Run:
-    deadline = time.monotonic() + timeout
-    while True:
-        run = handle.run(run_id)
-        if run is None:
-            raise fail(f"run {run_id} vanished from Redis; see `failoverctl history`")
-        if run.terminal:
-            return run
-        if time.monotonic() > deadline:
-            raise fail(
-                f"run {run_id} still {run.state_name} after {timeout:g}s; "
-                f"follow it with `failoverctl watch {run_id}`"
-            )
-        time.sleep(0.5)
 
 
 @group_app.command("resolve")
@@ -91,7 +54,7 @@ def resolve_command(
     clusters = list(cluster or settings.clusters or kubeconfig_contexts(kubeconfig))
     if active not in clusters:
         raise fail(f"--active {active!r} is not one of the clusters ({', '.join(clusters)})", 2)
-    found = read_group(group, kubeconfig, context, clusters)
+    found = read_group(group, kubeconfig, context, clusters[0] if clusters else None)
     key = group_key(group, operator_id or found.spec.operator_id, settings)
     others = [c for c in clusters if c != active]
     with orchestrator(settings) as handle:

@@ -29,10 +29,11 @@ from producers.cli_common import (
     fail,
     group_key,
     orchestrator,
+    read_group,
     require_run_key,
     settings_of,
+    wait_run,
 )
-from producers.cli_group import read_group, wait_run
 from producers.kube import connect, kubeconfig_contexts
 from producers.views import summary
 from workers.api import Orchestrator, RequestError
@@ -170,7 +171,7 @@ def adopt_command(
     clusters = list(cluster or settings.clusters or kubeconfig_contexts(kubeconfig))
     if active is not None and active not in clusters:
         raise fail(f"--active {active!r} is not one of the clusters ({', '.join(clusters)})", 2)
-    found = read_group(group, kubeconfig, context, clusters)
+    found = read_group(group, kubeconfig, context, clusters[0] if clusters else None)
     key = group_key(group, operator_id or found.spec.operator_id, settings)
     with orchestrator(settings) as handle:
         owner = handle.owner(key)
