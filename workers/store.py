@@ -43,23 +43,10 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 T = TypeVar("T")
 
+# Compare-and-set of a run (ARGV[1] the expected version) and its place in the in-flight index. With a
+# ticket (ARGV[7..8]: ticket and resend count, KEYS[3] the run's claim) the commit must not land while
+# the step the run waits for is claimed by a worker (a control is applied only between steps): 2.
 _COMMIT = """
-local current = redis.call('HGET', KEYS[1], 'v')
-if not current then return -1 end
-if current ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
-if ARGV[5] == '' then
-  redis.call('ZREM', KEYS[2], ARGV[4])
-  if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
-else
-  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
-end
-return 1
-"""
-
-# A commit that must not land while the step the run waits for is claimed by a worker (a control is
-# applied only between steps): KEYS[3] is the run's claim, ARGV[7..8] the ticket and resend count.
-_COMMIT_UNCLAIMED = """
 local current = redis.call('HGET', KEYS[1], 'v')
 if not current then return -1 end
 if current ~= ARGV[1] then return 0 end
@@ -140,7 +127,6 @@ class RunStore:
         self.index_limit = index_limit
         self.where = "Redis"  # how errors name it (from_settings: the URL and its variable)
         self._commit = client.register_script(_COMMIT)
-        self._commit_unclaimed = client.register_script(_COMMIT_UNCLAIMED)
         self._create = client.register_script(_CREATE)
         self._reseal = client.register_script(_RESEAL)
 
@@ -241,13 +227,7 @@ class RunStore:
         Returns the stored run (version ``expected_version + 1``) or None when someone else committed
         first (or the run is gone): the caller re-reads and decides again.
         """
-        stored = run.model_copy(update={"version": expected_version + 1})
-        due = "" if run.terminal else repr(run.dispatch.due_at if run.dispatch else run.created_at)
-        result = self._commit(
-            keys=[self._run_key(run.run_id), self._inflight],
-            args=[expected_version, stored.version, self.signer.seal(stored), run.run_id, due, self.ttl],
-        )
-        return stored if result == 1 else None
+        return self.commit_unclaimed(run, expected_version=expected_version, claimed=None)
 
     @_translated
     def commit_unclaimed(self, run: Run, *, expected_version: int, claimed: Claim | None) -> Run | None:
@@ -256,7 +236,7 @@ class RunStore:
         stored = run.model_copy(update={"version": expected_version + 1})
         due = "" if run.terminal else repr(run.dispatch.due_at if run.dispatch else run.created_at)
         ticket, attempt = (str(claimed.ticket), str(claimed.attempt)) if claimed else ("", "")
-        result = self._commit_unclaimed(
+        result = self._commit(
             keys=[self._run_key(run.run_id), self._inflight, self._claim_key(run.run_id)],
             args=[
                 *(expected_version, stored.version, self.signer.seal(stored), run.run_id, due, self.ttl),
