@@ -300,14 +300,7 @@ class Engine:
         if run.token is None:
             return
         try:
-            LeaseGuard.after_renewal(
-                self.adapters.coordination,
-                run.group,
-                token=run.token,
-                lease_seconds=self.settings.lease_seconds,
-                margin=self.settings.lease_margin,
-                wall=self.clock,
-            )
+            self._renew(run, run.token)
         except OrchestratorError as error:
             log.warning("control.lease_not_confirmed", run_id=run.run_id, error=error.describe())
 
@@ -325,6 +318,17 @@ class Engine:
 
     # --- internals -------------------------------------------------------------------------------
 
+    def _renew(self, run: Run, token: int) -> LeaseGuard:
+        """Renew the run's lease now; the guard that says until when writes are safe."""
+        return LeaseGuard.after_renewal(
+            self.adapters.coordination,
+            run.group,
+            token=token,
+            lease_seconds=self.settings.lease_seconds,
+            margin=self.settings.lease_margin,
+            wall=self.clock,
+        )
+
     def _execute(self, run: Run, step: Step, ticket: int, started: float) -> Event:
         ctx = StepContext(
             run=run,
@@ -341,14 +345,7 @@ class Engine:
             # The steps that end the lease themselves (conditioned on the token) are not renewed: a
             # redelivery after they committed must reach their own "already done" checks.
             if run.token is not None and step not in _ENDS_LEASE:
-                ctx.lease = LeaseGuard.after_renewal(
-                    self.adapters.coordination,
-                    run.group,
-                    token=run.token,
-                    lease_seconds=self.settings.lease_seconds,
-                    margin=self.settings.lease_margin,
-                    wall=self.clock,
-                )
+                ctx.lease = self._renew(run, run.token)
             outcome = STEPS[step](ctx)
         except Exception as error:
             return self._failed(run, error, started, base)
