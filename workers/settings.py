@@ -76,6 +76,25 @@ class Settings(BaseSettings):
         description="Wait steps register what they wait for and the watcher wakes them on a watch event "
         "(their polling countdown stays as the fallback); off: waits are only polled.",
     )
+    admission: bool = Field(
+        default=True,
+        description="Submitted runs wait in an admission queue and start while the site has room "
+        '(README "Admission"); off: every run starts at once.',
+    )
+    admission_per_slot: int = Field(
+        ge=1,
+        default=8,
+        description="Runs are admitted while the in-flight runs with a message due now (queued or "
+        "running) are fewer than this per live worker slot.",
+    )
+    max_runs_in_flight: int = Field(
+        ge=1, default=2000, description="Runs admitted and not finished, at most (the whole site)."
+    )
+    bulk_admission_rate: float = Field(
+        gt=0,
+        default=20.0,
+        description="Runs per second a Failover listing several groups is admitted at, at most.",
+    )
     heartbeat_interval: float = Field(
         gt=0,
         default=1.0,

@@ -28,10 +28,12 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import redis
 
+from fsm.plan import Phase
 from fsm.run import Run
 from workers.errors import PermanentError, TemporaryError
 from workers.recovery import Claim, WorkerInfo
@@ -45,7 +47,9 @@ T = TypeVar("T")
 
 # Compare-and-set of a run (ARGV[1] the expected version) and its place in the in-flight index. With a
 # ticket (ARGV[7..8]: ticket and resend count, KEYS[3] the run's claim) the commit must not land while
-# the step the run waits for is claimed by a worker (a control is applied only between steps): 2.
+# the step the run waits for is claimed by a worker (a control is applied only between steps): 2. A
+# finished run leaves the admitted runs (KEYS[4]); a run not yet started (ARGV[9] '1') enters the
+# in-flight index only once admitted (a control on a run queued for admission leaves it queued).
 _COMMIT = """
 local current = redis.call('HGET', KEYS[1], 'v')
 if not current then return -1 end
@@ -55,8 +59,9 @@ if ARGV[7] ~= '' and redis.call('HGET', KEYS[3], 't') == ARGV[7]
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
 if ARGV[5] == '' then
   redis.call('ZREM', KEYS[2], ARGV[4])
+  redis.call('ZREM', KEYS[4], ARGV[4])
   if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
-else
+elseif ARGV[9] == '0' or redis.call('ZSCORE', KEYS[4], ARGV[4]) then
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 end
 return 1
@@ -73,8 +78,13 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
 if ARGV[8] == '1' then
   redis.call('EXPIRE', KEYS[1], ARGV[7])
+elseif ARGV[8] == '2' then
+  redis.call('RPUSH', KEYS[7], ARGV[1])
+  redis.call('HSET', KEYS[8], ARGV[9], ARGV[10])
+  redis.call('ZADD', KEYS[6], 'NX', ARGV[5], ARGV[9])
 else
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[6]) - 1)
@@ -82,6 +92,27 @@ redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('EXPIRE', KEYS[4], ARGV[7])
 return 1
 """
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Where a submitted run waits for admission (:mod:`workers.admission`): its lane (0 an operator's,
+    1 automatic), its flow (``lane:failover``) and the flow's seconds between two admissions (0 for a
+    Failover of one group)."""
+
+    lane: int
+    flow: str
+    step: float = 0.0
+
+
+def admitted_key(prefix: str) -> str:
+    """The runs admitted and not finished (:mod:`workers.admission`)."""
+    return f"{prefix}admitted"
+
+
+def flows_key(prefix: str, lane: int) -> str:
+    """The flows of one admission lane with runs queued, scored by their next turn."""
+    return f"{prefix}flows:{lane}"
 
 
 def _text(value: object) -> str:
@@ -197,20 +228,23 @@ class RunStore:
     # --- operations --------------------------------------------------------------------------
 
     @_translated
-    def create(self, run: Run) -> bool:
-        """Store a new run at version 1; False if a run with that id already exists."""
+    def create(self, run: Run, *, queued: Queued | None = None) -> bool:
+        """Store a new run at version 1; False if a run with that id already exists. ``queued``: the
+        run waits for admission there (:mod:`workers.admission`) instead of being in flight at once."""
         stored = run.model_copy(update={"version": 1})
+        mode = "1" if run.terminal else ("2" if queued is not None else "0")
+        flow = queued.flow if queued is not None else ""
         created = self._create(
-            keys=[self._run_key(run.run_id), self._inflight, self._index, self._failover_key(run.failover)],
+            keys=[
+                *(self._run_key(run.run_id), self._inflight, self._index, self._failover_key(run.failover)),
+                admitted_key(self.prefix),
+                flows_key(self.prefix, queued.lane if queued is not None else 0),
+                f"{self.prefix}flow:{flow}",
+                f"{self.prefix}flowstep",
+            ],
             args=[
-                run.run_id,
-                1,
-                self.signer.seal(stored),
-                run.created_at,
-                run.created_at,
-                self.index_limit,
-                self.ttl,
-                "1" if run.terminal else "0",
+                *(run.run_id, 1, self.signer.seal(stored), run.created_at, run.created_at),
+                *(self.index_limit, self.ttl, mode, flow, queued.step if queued is not None else 0),
             ],
         )
         return bool(created)
@@ -237,10 +271,13 @@ class RunStore:
         due = "" if run.terminal else repr(run.dispatch.due_at if run.dispatch else run.created_at)
         ticket, attempt = (str(claimed.ticket), str(claimed.attempt)) if claimed else ("", "")
         result = self._commit(
-            keys=[self._run_key(run.run_id), self._inflight, self._claim_key(run.run_id)],
+            keys=[
+                *(self._run_key(run.run_id), self._inflight, self._claim_key(run.run_id)),
+                admitted_key(self.prefix),
+            ],
             args=[
                 *(expected_version, stored.version, self.signer.seal(stored), run.run_id, due, self.ttl),
-                *(ticket, attempt),
+                *(ticket, attempt, "1" if run.state is Phase.PENDING else "0"),
             ],
         )
         return stored if result == 1 else None
@@ -253,8 +290,11 @@ class RunStore:
 
     @_translated
     def untrack(self, run_id: str) -> None:
-        """Drop a run from the in-flight index (it finished, or its key expired)."""
-        self.client.zrem(self._inflight, run_id)
+        """Drop a run from the in-flight index and the admitted runs (it finished, or its key expired)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(self._inflight, run_id)
+        pipe.zrem(admitted_key(self.prefix), run_id)
+        pipe.execute()
 
     @_translated
     def overdue(self, *, before: float, limit: int = 100) -> list[str]:
@@ -385,6 +425,7 @@ class RunStore:
         pipe = self.client.pipeline()
         pipe.delete(self._run_key(run_id))
         pipe.zrem(self._inflight, run_id)
+        pipe.zrem(admitted_key(self.prefix), run_id)
         pipe.zrem(self._index, run_id)
         pipe.delete(self._claim_key(run_id))
         if run is not None:
