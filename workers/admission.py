@@ -88,6 +88,19 @@ def queued_for(run: Run, *, automatic: bool, groups: int, rate: float) -> Queued
     return Queued(lane=lane, flow=f"{lane}:{run.failover}", step=1.0 / rate if groups > 1 else 0.0)
 
 
+# KEYS: admitted; ARGV: the run keys' prefix. Drops the admitted runs whose key is gone.
+_PRUNE = """
+local gone = 0
+for _, run in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', ARGV[1] .. run) == 0 then
+    redis.call('ZREM', KEYS[1], run)
+    gone = gone + 1
+  end
+end
+return gone
+"""
+
+
 @dataclass(frozen=True)
 class Bounds:
     """How much may be admitted: ready work per live worker slot, and admitted runs in all."""
@@ -112,6 +125,7 @@ class Admission:
         self.clock = clock
         self.slots_ttl = slots_ttl
         self._script = store.client.register_script(_ADMIT)
+        self._prune = store.client.register_script(_PRUNE)
         self._slots: tuple[float, int] | None = None
 
     def _slots_now(self) -> int:
@@ -176,15 +190,10 @@ class Admission:
 
     @_translated
     def prune(self) -> int:
-        """Forget admitted runs that ended without saying so (their key expired, or a crash between
-        their last commit and the index): O(admitted), bounded by ``max_in_flight``."""
-        key = admitted_key(self.store.prefix)
-        ids = [_text(i) for i in self.store.client.zrange(key, 0, -1)]
-        runs = self.store.load_many(ids)
-        gone = [i for i in ids if i not in runs or runs[i].terminal]
-        if gone:
-            self.store.client.zrem(key, *gone)
-        return len(gone)
+        """Forget admitted runs whose key is gone (expired, or removed by hand) without a finishing
+        commit; a finished run leaves at its last commit. One script, no run read: O(admitted)."""
+        prefix = self.store.prefix
+        return int(self._prune(keys=[admitted_key(prefix)], args=[f"{prefix}run:"]))
 
 
 def admission_for(store: RunStore, settings: Settings) -> Admission:
