@@ -39,6 +39,7 @@ import structlog
 
 from fsm.run import Run
 from workers.messages import START_TASK, Sender
+from workers.metrics import observe_admission
 from workers.settings import Settings
 from workers.store import Queued, RunStore, _text, _translated, admitted_key, flows_key
 
@@ -170,6 +171,7 @@ class Admission:
             sender.send(START_TASK, run_id, 0, countdown=0.0, cluster=None)
             started.append(run_id)
         if started:
+            observe_admission([now - runs[i].created_at for i in started])
             log.info("runs.admitted", runs=len(started), first=started[0])
         return started
 

@@ -160,6 +160,9 @@ class Orchestrator:
     def _submit(self, run: Run, *, automatic: bool, groups: int = 1) -> Submission:
         """Store ``run`` and start it, or queue it for admission (:mod:`workers.admission`)."""
         queued = queued_for(run, automatic=automatic, groups=groups, rate=self.settings.bulk_admission_rate)
+        if self.admission is not None:
+            lane = "automatic runs" if automatic else "operator runs"
+            run = run.model_copy(update={"message": f"queued for admission ({lane})"})
         return submit_run(self.store, self.sender, run, admission=self.admission, queued=queued)
 
     def open_coordination(self) -> Coordination:
