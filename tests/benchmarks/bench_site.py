@@ -27,7 +27,8 @@ runs have started (judged on 40 of them), the fairness probe submits one operato
 automatic label) for the extra group and times it from submission to start (its ``started_at``) and
 to finish (:mod:`tests.benchmarks.site_measure`). With ``--profile SECONDS``, on the largest worker
 count, py-spy records a worker's main process, its pool child and site-a's sandbox process for
-SECONDS from the moment every run is submitted (:mod:`tests.benchmarks.site_profile`).
+SECONDS from the moment the probe is submitted, the busiest phase: every run in flight
+(:mod:`tests.benchmarks.site_profile`).
 
 It prints, per worker count (:mod:`tests.benchmarks.site_targets`): wall time, runs/s, steps/s
 (finished step records) and step messages/s; p50/p95/max run time from admission (``started_at``) and
@@ -88,7 +89,7 @@ BULK = 100  # groups per Failover in the bulk layout
 # (fsm.autofailover.decide_automatic_failover); the figures in it are the sample group's defaults.
 AUTOMATIC_REASON = (
     f"{AUTOMATIC_REASON_PREFIX} by the health checker: the active cluster site-a has reported ERROR for "
-    "5m (timeouts.unhealthyPrimary is 5m); site-b is the healthiest standby (OK, heartbeat 5s old)"
+    "120s (timeouts.unhealthyPrimary is 120s); site-b is the healthiest standby (OK, heartbeat 5s old)"
 )
 
 
@@ -226,7 +227,9 @@ def _start(stack: ExitStack, args: argparse.Namespace, tmp: Path) -> tuple[Sandb
     return fleet, dynamo, url
 
 
-def _profiler(args: argparse.Namespace, procs: list[WorkerProcess], fleet: SandboxFleet, out: Path) -> Any:
+def _profiler(
+    args: argparse.Namespace, procs: list[WorkerProcess], fleet: SandboxFleet, out: Path
+) -> site_profile.Profiler:
     """py-spy on the first worker (main process and pool child) and site-a's sandbox process."""
     main = procs[0].process.pid
     targets = {"worker-main": main}
@@ -298,8 +301,15 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
             handle.submit(f, g, failover_cluster="site-a", source="site-a").run.run_id for f, g in pairs
         ]
         submitted = time.time() - t0
-        profiler = _profiler(args, procs, fleet, args.profile_dir) if profile else None
-        probe = FairnessProbe(settings, probe_pair, run_ids, fraction=args.probe_at, timeout=args.timeout)
+        profiler: list[site_profile.Profiler] = []
+
+        def fire() -> None:
+            if profile:
+                profiler.append(_profiler(args, procs, fleet, args.profile_dir))
+
+        probe = FairnessProbe(
+            settings, probe_pair, run_ids, fraction=args.probe_at, timeout=args.timeout, on_fire=fire
+        )
         probe.start()
         runs = wait_all(handle.store, client, prefix, run_ids, args.timeout)
         wall = max((r.finished_at or time.time()) for r in runs.values()) - t0
@@ -329,7 +339,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
             "load": (load_before, load_after),
             "sandbox_cpu": cpu,
             "probe": probe.figures(),
-            "profile": profiler.collect() if profiler is not None else None,
+            "profile": profiler[0].collect() if profiler else None,
         }
 
 
@@ -414,7 +424,13 @@ def main() -> None:
     rows = site_targets.targets(configs, args.layout, waits)
     print(site_targets.table(rows), flush=True)
     if args.json is not None:
-        document = {"args": {k: str(v) for k, v in vars(args).items()}, "configs": configs, "waits": waits}
+        document = {
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cores": os.cpu_count(),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "configs": configs,
+            "waits": waits,
+        }
         args.json.write_text(json.dumps({**document, "targets": rows}, indent=2, default=str))
         print(f"figures written to {args.json}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,8 @@ class FairnessProbe(threading.Thread):
     """One operator Failover for one more group, submitted once ``fraction`` of the site's runs have
     started (judged on up to 40 of them, evenly spread over the submission order), then timed.
 
-    It uses an Orchestrator of its own, so that nothing is shared with the benchmark's thread.
+    ``on_fire`` is called just before (the benchmark starts its profile then: the busiest phase, every
+    run in flight). It uses an Orchestrator of its own, so that nothing is shared with the benchmark's thread.
     Figures (``figures()``): seconds from submission (the run's ``created_at``) to its ``started_at``
     and to its finish, its status, and how far the site's runs were when it was submitted."""
 
@@ -99,6 +101,7 @@ class FairnessProbe(threading.Thread):
         *,
         fraction: float,
         timeout: float,
+        on_fire: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(daemon=True)
         self.settings = settings
@@ -107,6 +110,7 @@ class FairnessProbe(threading.Thread):
         self.sample = run_ids[::step][:40]
         self.fraction = fraction
         self.timeout = timeout
+        self.on_fire = on_fire
         self.result: dict[str, Any] = {}
 
     def _progress(self, handle: Orchestrator) -> tuple[float, float]:
@@ -124,6 +128,8 @@ class FairnessProbe(threading.Thread):
             while started < self.fraction and finished < 1.0 and time.monotonic() < deadline:
                 time.sleep(0.5)
                 started, finished = self._progress(handle)
+            if self.on_fire is not None:
+                self.on_fire()
             failover, group = self.pair
             run_id = handle.submit(failover, group, failover_cluster="site-a", source="site-a").run.run_id
             run = handle.run(run_id)

@@ -202,7 +202,7 @@ def _cost_rows(out: Rows, configs: list[dict[str, Any]], scale: str) -> None:
     k8s, dynamo = top["k8s_per_group"], top["dynamo_per_message"]
     out.add("k8s requests per group", "<= 50 (half of 101)", f"{k8s:.1f}", k8s <= 50)
     # Per step message, as the issue measured its 1.47; per finished step record beside.
-    figure = f"{dynamo:.2f} (per step record {top['dynamo_per_step']:.2f})"
+    figure = f"{dynamo:.3f} (per step record {top['dynamo_per_step']:.3f})"
     out.add("DynamoDB calls per step message", "<= 1.5", figure, dynamo <= 1.5)
     writes = sum(c["failover_writes"] for c in configs)
     out.add(
