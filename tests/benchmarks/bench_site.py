@@ -264,18 +264,26 @@ def _k8s(fleet: SandboxFleet) -> dict[str, int]:
     return by
 
 
+def _environment(
+    settings: Settings, args: argparse.Namespace, tmp: Path
+) -> tuple[dict[str, str], Path, Path]:
+    """The workers' environment, their metrics directory and where their logs go."""
+    prom_dir = tmp / f"prom-{settings.key_prefix.rstrip(':')}"
+    prom_dir.mkdir()
+    logs: Path = args.logs or tmp
+    logs.mkdir(parents=True, exist_ok=True)
+    os.environ.update(AWS_DUMMY_ENV)
+    return worker_env(settings, **AWS_DUMMY_ENV, PROMETHEUS_MULTIPROC_DIR=str(prom_dir)), prom_dir, logs
+
+
 def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool) -> dict[str, Any]:
+    """One worker count from scratch: the stack, the site's runs and the probe, the raw figures."""
     started = time.monotonic()
     with ExitStack() as stack:
         fleet, dynamo, url = _start(stack, args, tmp)
         prefix = f"bench-{uuid.uuid4().hex[:8]}:"
         settings = _settings(url, prefix, fleet, dynamo)
-        prom_dir = tmp / f"prom-{prefix[:-1]}"
-        logs = args.logs or tmp
-        logs.mkdir(parents=True, exist_ok=True)
-        prom_dir.mkdir()
-        env = worker_env(settings, **AWS_DUMMY_ENV, PROMETHEUS_MULTIPROC_DIR=str(prom_dir))
-        os.environ.update(AWS_DUMMY_ENV)
+        env, prom_dir, logs = _environment(settings, args, tmp)
         client = redis.Redis.from_url(url)
         stack.callback(client.close)
         stack.callback(lambda: [client.delete(k) for k in client.scan_iter(match=f"{prefix}*", count=1000)])
