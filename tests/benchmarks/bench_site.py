@@ -242,11 +242,25 @@ def _profiler(
 
 
 def _workers(
-    stack: ExitStack, settings: Settings, env: dict[str, str], count: int, logs: Path
+    stack: ExitStack,
+    settings: Settings,
+    env: dict[str, str],
+    count: int,
+    logs: Path,
+    *,
+    pool: str = "prefork",
+    concurrency: int = 1,
 ) -> list[WorkerProcess]:
     name = settings.key_prefix.rstrip(":")
     procs = [
-        WorkerProcess(env, name=f"w{i}", queues=settings.queue, log_path=logs / f"{name}-w{i}.log")
+        WorkerProcess(
+            env,
+            name=f"w{i}",
+            queues=settings.queue,
+            log_path=logs / f"{name}-w{i}.log",
+            pool=pool,
+            concurrency=concurrency,
+        )
         for i in range(count)
     ]
     for worker in procs:
@@ -292,7 +306,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
         groups = groups_of(args.groups + 1)
         for g in groups:
             handle.coordination.set_initial_owner(g.key, "site-a")
-        procs = _workers(stack, settings, env, workers, logs)
+        procs = _workers(stack, settings, env, workers, logs, pool=args.pool, concurrency=args.concurrency)
         sampler = RssSampler(procs)
         sampler.start()
         stack.callback(sampler.stop.set)
@@ -377,6 +391,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--layout", choices=("single", "bulk"), default="single")
     parser.add_argument("--workers", default="1,2", help="worker process counts to compare")
     parser.add_argument("--dynamo", choices=("patched", "stock"), default="patched")
+    parser.add_argument(
+        "--pool", choices=("prefork", "threads"), default="prefork", help="each worker's pool"
+    )
+    parser.add_argument("--concurrency", type=int, default=1, help="each worker's pool size")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the runs")
     parser.add_argument("--logs", type=Path, default=None, help="keep the workers' logs in this directory")
     parser.add_argument(
@@ -402,7 +420,8 @@ def main() -> None:
     args = _arguments()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     print(
-        f"{args.groups} groups, layout {args.layout}, DynamoDB stand-in: moto ({args.dynamo}); "
+        f"{args.groups} groups, layout {args.layout}, workers' pool {args.pool} x {args.concurrency}, "
+        f"DynamoDB stand-in: moto ({args.dynamo}); "
         f"{os.cpu_count()} cores shared by everything",
         flush=True,
     )
