@@ -225,7 +225,7 @@ class Orchestrator:
             nonce=uuid.uuid4().hex[:12],
             drill=drill,
         )
-        automatic = is_automatic("", failover.metadata.labels)
+        automatic = is_automatic(failover.spec.reason, failover.metadata.labels)
         return self._submit(run, automatic=automatic, groups=len(failover.spec.failover_groups))
 
     def stand_down(self, group: FailoverGroup, cluster: str, *, reason: str) -> Submission:
