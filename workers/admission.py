@@ -12,9 +12,11 @@ submission. ``max_runs_in_flight`` caps the runs admitted and not finished, what
 
 Which run goes next (one Lua script, atomic with the bound):
 
-- two **lanes**: runs an operator asked for (lane 0) go before the automatic ones of a health checker
-  (lane 1, the Failovers labelled as automatic): an operator's single Failover is not queued behind a
-  thousand automatic ones;
+- two **lanes**: the *interactive* lane (0: an operator's Failover of one group, a group resolve)
+  goes before the *bulk* lane (1: the health checker's automatic Failovers and stand-downs, and
+  Failovers listing several groups), and may fill the site up to ``INTERACTIVE_HEADROOM`` times the
+  bound: an operator's Failover is admitted at once even while a thousand automatic ones keep the
+  site at its bound, instead of waiting for one of them to finish;
 - in a lane, **flows** (one per Failover) take turns: the flow whose turn is earliest goes next, and
   after each admission its next turn is ``now + 1/bulk_admission_rate`` (a Failover of one group has
   no next turn). So a Failover listing many groups is admitted at that rate at most, Failovers
@@ -45,19 +47,24 @@ from workers.store import Queued, RunStore, _text, _translated, admitted_key, fl
 
 log = structlog.get_logger(__name__)
 
-OPERATOR_LANE = 0
-AUTOMATIC_LANE = 1
-LANES = (OPERATOR_LANE, AUTOMATIC_LANE)
+INTERACTIVE_LANE = 0  # an operator's Failover of one group, a group resolve
+BULK_LANE = 1  # the health checker's automatic Failovers and stand-downs, Failovers of several groups
+LANES = (INTERACTIVE_LANE, BULK_LANE)
+# The interactive lane may fill the site this many times more than the bulk lane: an operator's
+# Failover is admitted at once even while a thousand automatic ones keep the site at its bound.
+INTERACTIVE_HEADROOM = 2
 
 # KEYS: in-flight index, admitted, flows of lane 0, flows of lane 1, flow steps.
-# ARGV: now, ready bound, admitted bound, most to admit now, the flow queues' key prefix.
+# ARGV: now, ready bound of lane 1, admitted bound, most to admit now, the flow queues' key prefix,
+# ready bound of lane 0.
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local ready = redis.call('ZCOUNT', KEYS[1], '-inf', now)
 local admitted = redis.call('ZCARD', KEYS[2])
 local out = {}
 for lane = 3, 4 do
-  while ready < tonumber(ARGV[2]) and admitted < tonumber(ARGV[3]) and #out < tonumber(ARGV[4]) do
+  local bound = tonumber(lane == 3 and ARGV[6] or ARGV[2])
+  while ready < bound and admitted < tonumber(ARGV[3]) and #out < tonumber(ARGV[4]) do
     local head = redis.call('ZRANGE', KEYS[lane], 0, 0, 'WITHSCORES')
     if #head == 0 or tonumber(head[2]) > now then break end
     local flow = head[1]
@@ -85,7 +92,7 @@ return out
 
 def queued_for(run: Run, *, automatic: bool, groups: int, rate: float) -> Queued:
     """Where ``run``, one of the ``groups`` runs of its Failover, waits for admission."""
-    lane = AUTOMATIC_LANE if automatic else OPERATOR_LANE
+    lane = BULK_LANE if automatic or groups > 1 else INTERACTIVE_LANE
     return Queued(lane=lane, flow=f"{lane}:{run.failover}", step=1.0 / rate if groups > 1 else 0.0)
 
 
@@ -143,6 +150,7 @@ class Admission:
         """Admit the runs that fit now, in turn, and send their start messages; their ids."""
         prefix = self.store.prefix
         now = self.clock()
+        ready = self.bounds.per_slot * self._slots_now()
         ids = self._script(
             keys=[
                 f"{prefix}inflight",
@@ -152,10 +160,11 @@ class Admission:
             ],
             args=[
                 now,
-                self.bounds.per_slot * self._slots_now(),
+                ready,
                 self.bounds.max_in_flight,
                 most,
                 f"{prefix}flow:",
+                ready * INTERACTIVE_HEADROOM,
             ],
         )
         admitted = [_text(i) for i in ids]

@@ -14,7 +14,7 @@ from fsm.plan import Phase
 from fsm.run import Run, RunStatus, new_run
 from sandbox.stack import sandbox_signer
 from tests.factories import failover, group
-from workers.admission import AUTOMATIC_LANE, OPERATOR_LANE, Admission, Bounds, queued_for
+from workers.admission import BULK_LANE, INTERACTIVE_LANE, Admission, Bounds, queued_for
 from workers.messages import START_TASK
 from workers.recovery import WorkerInfo
 from workers.store import RunStore
@@ -42,12 +42,10 @@ class Clock:
 
 
 def queue(
-    store: RunStore, run_id: str, flow: str, *, at: float, lane: int = AUTOMATIC_LANE, groups: int = 1
+    store: RunStore, run_id: str, flow: str, *, at: float, lane: int = BULK_LANE, groups: int = 1
 ) -> Run:
     run = new_run(run_id=run_id, failover=failover(name=flow), group=group(), source_cluster="site-a", now=at)
-    assert store.create(
-        run, queued=queued_for(run, automatic=lane == AUTOMATIC_LANE, groups=groups, rate=10.0)
-    )
+    assert store.create(run, queued=queued_for(run, automatic=lane == BULK_LANE, groups=groups, rate=10.0))
     return run
 
 
@@ -79,27 +77,35 @@ def test_runs_are_admitted_while_ready_work_is_under_the_bound(store: RunStore) 
     assert sent.starts == ["r0", "r1", "r2"]
 
 
-def test_operators_go_before_automatic_runs_and_single_failovers_first_come_first_served(
+def test_an_operators_failover_goes_first_and_may_exceed_the_bulk_bound(
     store: RunStore,
 ) -> None:
     clock, sent = Clock(), Sent()
     admission = Admission(store, Bounds(per_slot=3, max_in_flight=100), clock=clock)
     for i in range(4):
         queue(store, f"auto{i}", f"auto{i}", at=clock.now + i)
-    queue(store, "op", "by-hand", at=clock.now + 10, lane=OPERATOR_LANE)
+    queue(store, "op", "by-hand", at=clock.now + 10, lane=INTERACTIVE_LANE)
     clock.now += 10
     assert admission.admit(sent) == ["op", "auto0", "auto1"]
+    # The site is at its bound for automatic runs; an operator's Failover still starts at once.
+    queue(store, "op2", "by-hand-2", at=clock.now, lane=INTERACTIVE_LANE)
+    queue(store, "op3", "by-hand-3", at=clock.now, lane=INTERACTIVE_LANE)
+    assert admission.admit(sent) == ["op2", "op3"]
+    queue(store, "op4", "by-hand-4", at=clock.now, lane=INTERACTIVE_LANE)
+    assert admission.admit(sent) == ["op4"]  # up to twice the bound (6 ready), no further
+    queue(store, "op5", "by-hand-5", at=clock.now, lane=INTERACTIVE_LANE)
+    assert admission.admit(sent) == []
 
 
 def test_bulk_failovers_take_turns_at_their_rate_and_a_new_failover_waits_one_turn(store: RunStore) -> None:
     clock, sent = Clock(), Sent()
     admission = Admission(store, Bounds(per_slot=100, max_in_flight=100), clock=clock)
     for i in range(4):
-        queue(store, f"a{i}", "bulk-a", at=clock.now, lane=OPERATOR_LANE, groups=4)
-        queue(store, f"b{i}", "bulk-b", at=clock.now, lane=OPERATOR_LANE, groups=4)
+        queue(store, f"a{i}", "bulk-a", at=clock.now, lane=BULK_LANE, groups=4)
+        queue(store, f"b{i}", "bulk-b", at=clock.now, lane=BULK_LANE, groups=4)
     assert sorted(admission.admit(sent)) == ["a0", "b0"]  # one each; the next turn is 1/10 s later
     clock.now += 0.05
-    queue(store, "single", "one-group", at=clock.now, lane=OPERATOR_LANE)
+    queue(store, "single", "one-group", at=clock.now, lane=BULK_LANE)  # another automatic one
     assert admission.admit(sent) == ["single"]
     assert admission.admit(sent) == []
     clock.now = 1_000.0 + 0.1
@@ -148,3 +154,11 @@ def test_concurrent_admitters_never_admit_past_the_bound(store: RunStore) -> Non
         thread.join()
     assert sorted(sent.starts) == [f"r{i:02d}" for i in range(7)]  # exactly the bound, oldest first
     assert admitters[0].waiting() == 53
+
+
+def test_which_lane_a_run_waits_in() -> None:
+    run = new_run(run_id="r", failover=failover(name="f"), group=group(), source_cluster="site-a", now=1.0)
+    assert queued_for(run, automatic=False, groups=1, rate=20.0).lane == INTERACTIVE_LANE
+    assert queued_for(run, automatic=True, groups=1, rate=20.0).lane == BULK_LANE
+    bulk = queued_for(run, automatic=False, groups=100, rate=20.0)
+    assert (bulk.lane, bulk.step) == (BULK_LANE, 0.05)
