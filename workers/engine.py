@@ -125,12 +125,10 @@ class Engine:
             started = self.clock()
             if run.expects(step, ticket) and self.worker_id is not None and run.dispatch is not None:
                 claim = Claim(ticket=ticket, attempt=run.dispatch.redriven, worker=self.worker_id, at=started)
-                self.store.claim(
-                    run_id, claim, ttl=self.settings.start_to_close + self.settings.redrive_after
-                )
                 # A control applied between the read and the claim wins (it is committed only while
-                # the step is unclaimed): read again before acting.
-                run = self.store.load(run_id) or run
+                # the step is unclaimed): the claim reads the run again before acting.
+                ttl = self.settings.start_to_close + self.settings.redrive_after
+                run = self.store.claim(run_id, claim, ttl=ttl) or run
             if not run.expects(step, ticket):
                 log.info(
                     "message.stale",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -66,6 +67,9 @@ elseif ARGV[9] == '0' or redis.call('ZSCORE', KEYS[4], ARGV[4]) then
 end
 return 1
 """
+
+# How many runs a store remembers with the bytes they were opened from (see RunStore._open).
+_OPENED = 64
 
 _RESEAL = """
 if redis.call('HGET', KEYS[1], 'd') ~= ARGV[1] then return 0 end
@@ -157,6 +161,8 @@ class RunStore:
         self.ttl = ttl
         self.index_limit = index_limit
         self.where = "Redis"  # how errors name it (from_settings: the URL and its variable)
+        self._opened: dict[str, tuple[bytes, Run]] = {}
+        self._opened_lock = threading.Lock()
         self._commit = client.register_script(_COMMIT)
         self._create = client.register_script(_CREATE)
         self._reseal = client.register_script(_RESEAL)
@@ -190,7 +196,13 @@ class RunStore:
         return bool(self.client.set(f"{self.prefix}refused:{tag}", "1", nx=True, ex=24 * 3600))
 
     def _open(self, run_id: str, raw: bytes | str) -> Run | None:
-        """The verified run, or None (reported once) when it does not verify."""
+        """The verified run, or None (reported once) when it does not verify. The same bytes read
+        again (a step reads its run before and after claiming it) are not verified and parsed twice:
+        the last few runs opened are remembered with the exact bytes they came from."""
+        value = raw.encode() if isinstance(raw, str) else raw
+        seen = self._opened.get(run_id)
+        if seen is not None and seen[0] == value:
+            return seen[1]
         try:
             opened = self.signer.open(raw, run_id)
         except ForgedRun as refused:
@@ -200,7 +212,15 @@ class RunStore:
         if opened.stale_key:
             # Sealed with the previous key: seal it again with the current one, unless it changed since.
             self._reseal(keys=[self._run_key(run_id)], args=[raw, self.signer.seal(opened.run)])
+        else:
+            self._remember(run_id, value, opened.run)
         return opened.run
+
+    def _remember(self, run_id: str, raw: bytes, run: Run) -> None:
+        with self._opened_lock:
+            self._opened[run_id] = (raw, run)
+            while len(self._opened) > _OPENED:
+                self._opened.pop(next(iter(self._opened)))
 
     def close(self) -> None:
         self.client.close()
@@ -352,8 +372,9 @@ class RunStore:
         return {i: WorkerInfo.from_json(raw) for i, raw in zip(ids, values, strict=True) if raw is not None}
 
     @_translated
-    def claim(self, run_id: str, claim: Claim, *, ttl: float) -> None:
-        """Record that ``claim.worker`` started the step the run waits for."""
+    def claim(self, run_id: str, claim: Claim, *, ttl: float) -> Run | None:
+        """Record that ``claim.worker`` started the step the run waits for; the run as it stands
+        after the claim (read in the same round trip), or None if it is gone."""
         key = self._claim_key(run_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(
@@ -361,7 +382,9 @@ class RunStore:
             mapping={"t": claim.ticket, "a": claim.attempt, "w": claim.worker, "at": repr(claim.at)},
         )
         pipe.expire(key, max(1, int(ttl)))
-        pipe.execute()
+        pipe.hget(self._run_key(run_id), "d")
+        raw = pipe.execute()[-1]
+        return self._open(run_id, raw) if raw is not None else None
 
     @_translated
     def claims(self, run_ids: Iterable[str]) -> dict[str, Claim]:
