@@ -32,6 +32,7 @@ _Entry = tuple[Any, frozenset[str], dict[str, Selection | None]]
 _cache: dict[str, _Entry] = {}
 _cache_lock = threading.Lock()
 _VARIABLE_REF = re.compile(r"\bvariables\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
+_variable_names: dict[str, tuple[str, ...]] = {}
 # The name admission policies read their own ``variables`` under (see Bindings.evaluate).
 POLICY_VARIABLES = "variables"
 
@@ -188,5 +189,9 @@ def references(text: str) -> set[str]:
 
 
 def variable_names(text: str) -> list[str]:
-    """The ``variables.<name>`` a policy expression uses, in order of first mention."""
-    return list(dict.fromkeys(_VARIABLE_REF.findall(text)))
+    """The ``variables.<name>`` a policy expression uses, in order of first mention (cached: a policy
+    reads them for every expression of every write it admits)."""
+    names = _variable_names.get(text)
+    if names is None:
+        names = _variable_names.setdefault(text, tuple(dict.fromkeys(_VARIABLE_REF.findall(text))))
+    return list(names)

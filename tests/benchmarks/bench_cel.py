@@ -35,7 +35,7 @@ import cel
 
 from sandbox.kube import SandboxCluster, expressions
 from sandbox.kube.admission import Attributes
-from sandbox.kube.api import ResourceApi, Route
+from sandbox.kube.api import ResourceApi, Response, Route
 from sandbox.kube.errors import ApiError
 from sandbox.kube.identity import WORKER_GROUPS, WORKER_USERNAME, RequestContext, UserInfo
 from sandbox.kube.samples import sample_manifests
@@ -125,9 +125,14 @@ def run(count: int, fence: int) -> dict[str, tuple[float, list[Any]]]:
 
         def patch(route: Route, body: Callable[[int], Any]) -> Callable[[int], Any]:
             headers = {"content-type": "application/merge-patch+json"}
-            return lambda i: api.handle(
-                "PATCH", route, {}, headers, json.dumps(body(i)).encode(), context=RequestContext(WORKER)
-            ).body["metadata"]["annotations"]
+
+            def call(i: int) -> Any:
+                raw = json.dumps(body(i)).encode()
+                answer = api.handle("PATCH", route, {}, headers, raw, context=RequestContext(WORKER))
+                assert isinstance(answer, Response)
+                return answer.body["metadata"]["annotations"]
+
+            return call
 
         def scale(i: int) -> Any:
             return {"metadata": {"annotations": {EPOCH: str(fence + i)}}, "spec": {"replicas": i % 3}}
@@ -154,7 +159,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("naive", "bindings", "both"), default="both")
     args = parser.parse_args()
     modes = ("naive", "bindings") if args.mode == "both" else (args.mode,)
-    current = getattr(expressions, "Bindings", None)  # absent on a tree from before it
+    current: Any = getattr(expressions, "Bindings", None)  # absent on a tree from before it
     results: dict[str, dict[str, tuple[float, list[Any]]]] = {}
     for mode in modes:
         expressions.Bindings = NaiveBindings if mode == "naive" else current  # type: ignore[misc,assignment]
