@@ -89,6 +89,15 @@ def _failure(text: str, exc: Exception) -> EvaluationError:
     return EvaluationError(f"expression '{text}' resulted in error: {detail}")
 
 
+def _resolver(variables: list[dict[str, Any] | None]) -> Any:
+    """The binding asks here first for every name; None falls through to the converted values."""
+
+    def resolve(name: str) -> Any:
+        return variables[0] if name == POLICY_VARIABLES else None
+
+    return resolve
+
+
 class Bindings:
     """The CEL context of a series of evaluations over the same values (one admission request, one
     CRD rule), each value converted to CEL once, on the first expression that names it, and only
@@ -106,13 +115,12 @@ class Bindings:
     def __init__(self, values: dict[str, Any]) -> None:
         self._values = dict(values)
         self._loaded: dict[str, Selection | None] = {}  # name -> what the context holds (None: all)
-        self._variables: dict[str, Any] | None = None
+        # What the running expression reads as ``variables``. The resolver must not hold ``self``: the
+        # binding's Context is not tracked by Python's garbage collector, so a cycle through it would
+        # never be freed (every admitted write would leak its objects).
+        self._variables: list[dict[str, Any] | None] = [None]
         self._context = cel.Context(functions=_FUNCTIONS)
-        self._context.set_variable_resolver(self._resolve)
-
-    def _resolve(self, name: str) -> Any:
-        """The binding asks here first for every name; None falls through to the converted values."""
-        return self._variables if name == POLICY_VARIABLES else None
+        self._context.set_variable_resolver(_resolver(self._variables))
 
     def bind(self, name: str, value: Any) -> None:
         """Give ``name`` a new value (the next param of a policy); converted again when next named."""
@@ -158,7 +166,7 @@ class Bindings:
             compiled, names, selected = _compiled(text)
         except CompileError as exc:
             raise EvaluationError(f"expression '{text}' resulted in error: {exc}") from exc
-        self._variables = variables
+        self._variables[0] = variables
         try:
             for name in names:
                 if name in self._values:
@@ -167,7 +175,7 @@ class Bindings:
         except Exception as exc:  # the binding raises KeyError, TypeError, RuntimeError, ValueError...
             raise _failure(text, exc) from exc
         finally:
-            self._variables = None
+            self._variables[0] = None
 
 
 def evaluate(text: str, context: dict[str, Any]) -> Any:

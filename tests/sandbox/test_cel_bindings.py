@@ -6,6 +6,8 @@ Bindings, must give the same result or the same error as the plain evaluation.""
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 from typing import Any
 
 import cel
@@ -132,6 +134,17 @@ def test_the_values_given_are_not_changed() -> None:
     for text in EXPRESSIONS:
         shared(bindings, text)
     assert before == VALUES
+
+
+def test_a_bindings_is_freed_once_unused() -> None:
+    """The binding's Context is invisible to the garbage collector: a cycle through its resolver
+    would keep every admitted write's objects forever."""
+    bindings = expressions.Bindings(VALUES)
+    assert bindings.evaluate("variables.epoch == 7 && object.metadata.name == 'web'", VARIABLES) is True
+    ref = weakref.ref(bindings)
+    del bindings
+    gc.collect()
+    assert ref() is None
 
 
 @pytest.mark.parametrize(
