@@ -23,10 +23,11 @@ A whole site: ``load_sample_copies(cluster, 1000, active=True)`` loads 1,000 cop
 Modules: ``cluster`` (one cluster), ``process`` (one cluster in a child process), ``fleet`` (several
 + kubeconfig), ``store`` (objects, indexes, versions, history), ``api`` (REST verbs), ``server``
 (HTTP), ``identity`` (tokens -> users), ``admission`` (ValidatingAdmissionPolicy), ``crd_rules`` (CRD
-``x-kubernetes-validations``), ``expressions`` (CEL), ``manifests`` (deploy/ files every cluster
-installs), ``watch``, ``discovery``, ``patch``, ``selectors``, ``validation``, ``kinds``,
-``controllers`` (event-driven), ``faults``, ``samples``. This package stands in for the outside world:
-it must never be imported by the product (``fsm``, ``workers``, ``producers``).
+``x-kubernetes-validations``), ``expressions`` (CEL, each value converted once per request),
+``cel_paths`` (the fields an expression selects, so only those are converted), ``manifests``
+(deploy/ files every cluster installs), ``watch``, ``discovery``, ``patch``, ``selectors``,
+``validation``, ``kinds``, ``controllers`` (event-driven), ``faults``, ``samples``. This package stands
+in for the outside world: it must never be imported by the product (``fsm``, ``workers``, ``producers``).
 """
 
 from sandbox.kube.cluster import SandboxCluster

@@ -136,6 +136,7 @@ class PolicyAdmission:
             return
         namespace = self.store.find("namespaces", None, attrs.namespace) if attrs.namespace else None
         denied: list[tuple[str, str, _Decision]] = []
+        bindings: expressions.Bindings | None = None  # built on the first match, shared by all pairs
         for binding, policy in pairs:
             bspec = binding.get("spec") or {}
             spec = policy.get("spec") or {}
@@ -147,7 +148,16 @@ class PolicyAdmission:
                 continue
             actions = bspec.get("validationActions") or []
             pname, bname = policy["metadata"]["name"], binding["metadata"]["name"]
-            for decision in self._decide(spec, bspec, attrs, namespace):
+            if bindings is None:
+                bindings = expressions.Bindings(
+                    {
+                        "object": attrs.obj,
+                        "oldObject": attrs.old,
+                        "request": attrs.request(),
+                        "namespaceObject": namespace,
+                    }
+                )
+            for decision in self._decide(spec, bspec, attrs, bindings):
                 if "Deny" in actions:
                     denied.append((pname, bname, decision))
                 if "Warn" in actions:
@@ -160,22 +170,23 @@ class PolicyAdmission:
 
     # --- evaluation -----------------------------------------------------------------------------
 
-    def _decide(self, spec: Body, bspec: Body, attrs: Attributes, namespace: Body | None) -> list[_Decision]:
-        """The failing validations of one (policy, binding) pair; errors already through failurePolicy."""
+    def _decide(
+        self, spec: Body, bspec: Body, attrs: Attributes, bindings: expressions.Bindings
+    ) -> list[_Decision]:
+        """The failing validations of one (policy, binding) pair; errors already through failurePolicy.
+
+        ``bindings`` holds the request's object, oldObject, request and namespaceObject, converted to
+        CEL once for every pair and param (the costly part of an evaluation); ``params`` is rebound.
+        """
         ignore = spec.get("failurePolicy") == "Ignore"
         try:
             params = self._params(spec, bspec, attrs)
         except _Refused as exc:
             return [] if ignore else [_Decision(str(exc), error=True)]
         decisions: list[_Decision] = []
-        base = {
-            "object": attrs.obj,
-            "oldObject": attrs.old,
-            "request": attrs.request(),
-            "namespaceObject": namespace,
-        }
         for param in params:
-            scope = _Scope({**base, "params": param}, spec.get("variables") or [])
+            bindings.bind("params", param)
+            scope = _Scope(bindings, spec.get("variables") or [])
             found = _validate(spec, scope)
             decisions += [d for d in found if not (d.error and ignore)]
         return decisions
@@ -218,15 +229,15 @@ class PolicyAdmission:
 
 
 class _Scope:
-    """The CEL context of one evaluation, with ``variables`` computed on first use, in order.
+    """One (pair, param) evaluation over the request's bindings, ``variables`` computed on first use.
 
     Upstream evaluates a variable only when an expression reads it (and once per request), so an
     error in a variable nobody reads does not fail the request; an expression reading a failed
     variable fails with that variable's error. A variable sees only the variables defined before it.
     """
 
-    def __init__(self, context: Body, variables: list[Body]) -> None:
-        self.context = context
+    def __init__(self, bindings: expressions.Bindings, variables: list[Body]) -> None:
+        self.bindings = bindings
         self.order = [v.get("name", "") for v in variables]
         self.definitions = {v.get("name", ""): v.get("expression", "") for v in variables}
         self.values: dict[str, Any] = {}
@@ -245,7 +256,11 @@ class _Scope:
                     f"evaluate: {self.failures[name]}"
                 )
             values[name] = self.values[name]
-        return expressions.evaluate(text, {**self.context, "variables": values})
+        return self.bindings.evaluate(text, values)
+
+    def prepare(self, validations: list[str]) -> None:
+        """Convert at once what the variables and ``validations`` read (see Bindings.prepare)."""
+        self.bindings.prepare([*self.definitions.values(), *validations])
 
     def _compute(self, name: str) -> None:
         if name in self.values or name in self.failures:
@@ -269,6 +284,7 @@ def _validate(spec: Body, scope: _Scope) -> list[_Decision]:
             return []  # a false condition skips the policy, whatever the others say
     if errored:
         return [_Decision("; ".join(errored), error=True)]
+    scope.prepare([v.get("expression", "") for v in spec.get("validations") or []])
     decisions: list[_Decision] = []
     for validation in spec.get("validations") or []:
         text = validation.get("expression", "")

@@ -107,12 +107,13 @@ def _check_rule(
     context: dict[str, Any] = {"self": value}
     if old is not _MISSING:
         context["oldSelf"] = old
+    bindings = expressions.Bindings(context)  # the rule and its messageExpression convert them once
     field = path
     if rule.get("fieldPath"):
         field = _join(path, str(rule["fieldPath"]).lstrip("."))
     shown = json.dumps(schema.get("type", ""))
     try:
-        passed = expressions.evaluate(text, context)
+        passed = bindings.evaluate(text)
     except expressions.EvaluationError as exc:
         return _cause("FieldValueInvalid", field, f"Invalid value: {shown}: {exc}")
     if passed is True:
@@ -120,7 +121,7 @@ def _check_rule(
     message = rule.get("message") or f"failed rule: {text}"
     if rule.get("messageExpression"):
         try:
-            result = expressions.evaluate(rule["messageExpression"], context)
+            result = bindings.evaluate(rule["messageExpression"])
             if isinstance(result, str) and result.strip() and "\n" not in result:
                 message = result
         except expressions.EvaluationError:
