@@ -1,28 +1,29 @@
 """Benchmark: the resident memory of a worker (its main process and its prefork child), idle and after runs.
 
 Not a test: it prints figures measured in one run on this machine. Run it with
-``.venv/bin/python -m tests.benchmarks.bench_rss [--runs 100] [--baseline /work/main] [--idle 12]``.
+``.venv/bin/python -m tests.benchmarks.bench_rss [--runs 100] [--baseline DIR] [--no-cli] [--idle 12]``.
 
 It starts, once: two sandbox clusters, each in its own process (site-a holding the active copies of
 the sample group, site-b the passive ones), the DynamoDB stand-in of :mod:`tests.benchmarks.site_dynamo`
-in its own process and real Redis (``REDIS_URL`` or 127.0.0.1:6379). Then, for each variant, a real
-worker (``celery -A workers.tasks worker``, prefork, one child, the production adapters and default
-timing, as :mod:`tests.benchmarks.bench_site` starts them) under a fresh key prefix and DynamoDB table,
-with groups of its own, and prints the RSS, PSS and USS (``/proc/<pid>/smaps_rollup``) of the main
-process and of the pool child:
+in its own process and real Redis (``REDIS_URL`` or 127.0.0.1:6379). Then, one after the other, a real
+worker per variant (prefork, one child, the production adapters and the default timing, as
+:mod:`tests.benchmarks.bench_site` starts them) under a fresh key prefix and DynamoDB table, with
+groups of its own, and prints the RSS, PSS and USS (``/proc/<pid>/smaps_rollup``) of its main
+process and of its pool child:
 
-- ``idle``: ``--idle`` seconds after the worker said ready (the main process has run its heartbeats,
-  overdue sweeps and one recovery pass: everything it ever does);
+- ``idle``: ``--idle`` seconds after the worker said ready (the main process has sent heartbeats, run
+  overdue sweeps and a recovery pass: all it ever does);
 - ``peak``: the largest figures sampled every 0.5 s while ``--runs`` CONSISTENCY runs (one Failover per
   group) fail over from site-a to site-b;
 - ``after``: once every run has finished.
 
-The variants: ``current`` (this checkout) and, with ``--baseline DIR``, a worker running the code of
-another checkout (e.g. the main branch before a change): same stack, same settings, same number of
-runs, each on its own groups, and the ratios current / baseline. RSS counts the pages the child
-shares with its parent (copy-on-write after the fork) in both; PSS splits them between the two, so
-the sum of the PSS is the memory the worker costs the machine. ``bench_site`` reports the peak of
-the sum of the two RSS.
+The variants: ``before`` (with ``--baseline DIR``: the code of another checkout, e.g. one of the main
+branch before a change, started as ``celery -A workers.tasks worker``), ``celery-cli`` (this checkout,
+started the same way; ``--no-cli`` skips it) and ``run-worker`` (this checkout, started as
+production starts it: ``python -m workers.run_worker``), then the ratios of each to the first. RSS
+counts the pages the child shares with its parent (copy-on-write after the fork) in both processes;
+PSS splits them between the two, so the sum of the PSS is what the worker costs the machine.
+``bench_site`` reports the peak of the sum of the two RSS (printed here too).
 """
 
 from __future__ import annotations
@@ -182,6 +183,17 @@ def _settings(url: str, prefix: str, fleet: SandboxFleet, dynamo: DynamoStandIn)
 # --- one variant ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    code: Path | None  # None: this checkout
+    celery_cli: bool  # started as ``celery -A workers.tasks worker`` (else ``python -m workers.run_worker``)
+
+    def label(self) -> str:
+        how = "celery -A workers.tasks worker" if self.celery_cli else "python -m workers.run_worker"
+        return f"{self.name} ({self.code or 'this checkout'}; {how})"
+
+
 @dataclass
 class Stack:
     """What every variant shares: the clusters, the DynamoDB stand-in, Redis and a scratch directory."""
@@ -193,9 +205,10 @@ class Stack:
 
 
 def measure(
-    stack: Stack, name: str, code: Path | None, groups: list[FailoverGroup], args: argparse.Namespace
+    stack: Stack, variant: Variant, groups: list[FailoverGroup], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Start a worker running ``code`` (None: this checkout), measure it idle, through the runs and after."""
+    """Start the variant's worker, measure it idle, through the runs and after."""
+    code = variant.code
     url, tmp = stack.url, stack.tmp
     prefix = f"rss-{uuid.uuid4().hex[:8]}:"
     settings = _settings(url, prefix, stack.fleet, stack.dynamo)
@@ -213,9 +226,15 @@ def measure(
         handle.init_table()
         for g in groups:
             handle.coordination.set_initial_owner(g.key, "site-a")
-        # ``python -m celery`` puts its working directory first on sys.path: start it in the code's.
+        # ``python -m`` puts its working directory first on sys.path: start it in the code's.
         with contextlib.chdir(code or Path.cwd()):
-            worker = WorkerProcess(env, name=name, queues=settings.queue, log_path=tmp / f"{prefix[:-1]}.log")
+            worker = WorkerProcess(
+                env,
+                name=variant.name,
+                queues=settings.queue,
+                log_path=tmp / f"{prefix[:-1]}.log",
+                celery_cli=variant.celery_cli,
+            )
         cleanup.callback(worker.stop)
         worker.wait_ready(120)
         time.sleep(args.idle)
@@ -267,34 +286,44 @@ def report(name: str, r: dict[str, Any], runs: int) -> str:
     return "\n".join(lines)
 
 
-def ratios(current: dict[str, Any], baseline: dict[str, Any]) -> str:
-    out = []
-    for label in ("idle", "peak", "after"):
-        parts = []
+def ratios(name: str, current: dict[str, Any], base: str, baseline: dict[str, Any]) -> str:
+    parts = []
+    for label in ("idle", "peak"):
         for process in ("main", "child"):
             for figure in ("rss", "pss"):
                 b = baseline[label][process][figure]
-                parts.append(
-                    f"{process} {figure.upper()} {current[label][process][figure] / b:.2f}" if b else ""
-                )
-        out.append(f"  {label:5s} current/baseline: " + ", ".join(p for p in parts if p))
+                if b:
+                    parts.append(
+                        f"{label} {process} {figure.upper()} {current[label][process][figure] / b:.2f}"
+                    )
     b = baseline["peak_sum"]
-    out.append(f"  peak RSS sum current/baseline: {current['peak_sum'] / b:.2f}" if b else "")
-    return "\n".join(out)
+    parts.append(f"peak RSS main + child {current['peak_sum'] / b:.2f}" if b else "")
+    return f"  {name} / {base}: " + ", ".join(p for p in parts if p)
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    found = [] if args.baseline is None else [Variant("before", args.baseline.resolve(), True)]
+    if not args.no_cli:
+        found.append(Variant("celery-cli", None, True))
+    found.append(Variant("run-worker", None, False))
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100, help="runs (one group each) per worker")
-    parser.add_argument("--baseline", type=Path, default=None, help="a checkout whose worker to measure too")
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="a checkout whose worker to measure first"
+    )
+    parser.add_argument(
+        "--no-cli", action="store_true", help="skip this checkout's worker under celery's CLI"
+    )
     parser.add_argument("--idle", type=float, default=12.0, help="seconds idle before the first figures")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the runs")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    variants: list[tuple[str, Path | None]] = [("current", None)]
-    if args.baseline is not None:
-        variants.insert(0, ("baseline", args.baseline.resolve()))
-    total = args.runs * len(variants)
+    chosen = variants(args)
+    total = args.runs * len(chosen)
     print(
         f"{args.runs} runs per worker (one CONSISTENCY Failover per group), {os.cpu_count()} cores",
         flush=True,
@@ -310,12 +339,13 @@ def main() -> None:
         stack.callback(dynamo.stop)
         os.environ.update(AWS_DUMMY_ENV)
         url = stack.enter_context(redis_url())
-        for i, (name, code) in enumerate(variants):
+        for i, variant in enumerate(chosen):
             groups = groups_from(i * args.runs, args.runs)
-            results[name] = measure(Stack(fleet, dynamo, url, Path(tmp)), name, code, groups, args)
-            print(report(name + (f" ({code})" if code else ""), results[name], args.runs), flush=True)
-    if "baseline" in results:
-        print(ratios(results["current"], results["baseline"]))
+            results[variant.name] = measure(Stack(fleet, dynamo, url, Path(tmp)), variant, groups, args)
+            print(report(variant.label(), results[variant.name], args.runs), flush=True)
+    first = chosen[0].name
+    for variant in chosen[1:]:
+        print(ratios(variant.name, results[variant.name], first, results[first]))
 
 
 if __name__ == "__main__":
