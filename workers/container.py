@@ -67,7 +67,7 @@ class LazyKubeEffects:
     imported) on first use.
 
     Why: a worker's main process builds an engine for its heartbeats and sweeps, which never act on a
-    cluster; importing the Kubernetes client there cost ~12 MiB of resident memory for nothing (see
+    cluster; importing the Kubernetes client there cost 9 MiB of resident memory for nothing (see
     ``tests/benchmarks/bench_rss.py``). A pool process builds it with its first step, as before. Every
     attribute (``observe_many``, ``clients``, ``close``...) is the built adapter's.
     """
@@ -76,11 +76,6 @@ class LazyKubeEffects:
         self._settings = settings
         self._built: KubeEffects | None = None
         self._lock = threading.Lock()
-
-    @property
-    def built(self) -> bool:
-        """Whether the adapter (and the Kubernetes client) has been loaded in this process."""
-        return self._built is not None
 
     def effects(self) -> KubeEffects:
         with self._lock:
@@ -91,7 +86,7 @@ class LazyKubeEffects:
             return self._built
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # copy, pickle and friends probe dunders: never build for them
+        if name.startswith("_"):  # dunders probed by copy or pickle, or this object before __init__
             raise AttributeError(name)
         return getattr(self.effects(), name)
 
