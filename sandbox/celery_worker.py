@@ -1,8 +1,10 @@
 """Start and stop real Celery worker processes for tests and the demo (127.0.0.1 only).
 
-A worker is ``celery -A workers.tasks worker`` in a subprocess of its own process group, so that a
-test can SIGKILL it whole (the main process and its prefork child) to play a lost worker, or SIGSTOP
-and SIGCONT it whole to play a frozen one (a VM paused, a long GC pause).
+A worker is ``celery -A workers.tasks worker`` started as production starts it (``failoverctl
+worker``: ``python -m workers.run_worker``, Celery's worker command without the rest of its CLI), in a
+subprocess of its own process group, so that a test can SIGKILL it whole (the main process and its
+prefork child) to play a lost worker, or SIGSTOP and SIGCONT it whole to play a frozen one (a VM
+paused, a long GC pause).
 """
 
 from __future__ import annotations
@@ -26,18 +28,19 @@ class WorkerProcess:
         concurrency: int = 1,
         pool: str = "prefork",
         app: str = "workers.tasks",
+        celery_cli: bool = False,
     ) -> None:
+        """``celery_cli``: start it as ``python -m celery -A <app> worker`` instead (how workers were
+        started before ``workers.run_worker``; for benchmarks that compare the two)."""
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.name = name
+        launcher = ["celery", "-A", app, "worker"] if celery_cli else ["workers.run_worker", "-A", app]
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "celery",
-                "-A",
-                app,
-                "worker",
+                *launcher,
                 f"--loglevel={env.get('FAILOVER_LOG_LEVEL', 'INFO')}",
                 f"--pool={pool}",
                 f"--concurrency={concurrency}",

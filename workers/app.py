@@ -45,6 +45,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A safety net, not the memory budget (tests/benchmarks/bench_rss.py measures that): Celery
+        # replaces a pool process whose peak RSS passed it, after its current task (so no step is cut).
+        "worker_max_memory_per_child": settings.max_memory_per_child * 1024 or None,
         "beat_schedule": {
             "redrive-overdue-runs": {"task": REDRIVE_TASK, "schedule": settings.redrive_interval},
         },

@@ -9,14 +9,18 @@ can be wired to anything without the product importing the sandbox.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from fsm.run import Run
 from workers.errors import PermanentError
 from workers.ports import ClusterEffects, Coordination
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from workers.kube import KubeEffects
 
 
 class RunObserver(Protocol):
@@ -58,18 +62,54 @@ def dynamo_coordination(settings: Settings) -> Coordination:
     return DynamoCoordination.from_settings(settings)
 
 
+class LazyKubeEffects:
+    """:class:`workers.kube.KubeEffects` on the settings' clusters, built (and the Kubernetes client
+    imported) on first use.
+
+    Why: a worker's main process builds an engine for its heartbeats and sweeps, which never act on a
+    cluster; importing the Kubernetes client there cost 9 MiB of resident memory for nothing (see
+    ``tests/benchmarks/bench_rss.py``). A pool process builds it with its first step, as before. Every
+    attribute (``observe_many``, ``clients``, ``close``...) is the built adapter's.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._built: KubeEffects | None = None
+        self._lock = threading.Lock()
+
+    def effects(self) -> KubeEffects:
+        with self._lock:
+            if self._built is None:
+                from workers.kube import KubeClients, KubeEffects
+
+                self._built = KubeEffects(KubeClients.from_settings(self._settings))
+            return self._built
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # dunders probed by copy or pickle, or this object before __init__
+            raise AttributeError(name)
+        return getattr(self.effects(), name)
+
+    def close(self) -> None:
+        """Close the adapter if it was built (closing never builds it)."""
+        with self._lock:
+            built, self._built = self._built, None
+        if built is not None:
+            built.close()
+
+
 def production_adapters(settings: Settings) -> Adapters:
     """Kubernetes through kubeconfig contexts (or in-cluster), DynamoDB, and the metrics observer.
 
     No Failover status writer: a step never waits on a status write. The watcher owns the Failover
     objects' status and Events and keeps them in line with the runs (``producers.failover_status``).
+    The Kubernetes adapter is built on first use (:class:`LazyKubeEffects`).
     """
-    from workers.kube import KubeClients, KubeEffects
     from workers.metrics import MetricsObserver
 
     observers: list[RunObserver] = [MetricsObserver()]
     return Adapters(
-        effects=KubeEffects(KubeClients.from_settings(settings)),
+        effects=LazyKubeEffects(settings),
         coordination=dynamo_coordination(settings),
         observers=observers,
     )

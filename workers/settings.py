@@ -197,6 +197,13 @@ class Settings(BaseSettings):
         default="workers.container:production_adapters",
         description="'module:function' returning the Adapters (effects, coordination) workers use.",
     )
+    max_memory_per_child: int = Field(
+        ge=0,
+        default=400,
+        description="MiB of resident memory after which a worker's pool process is replaced once its "
+        "current task ends (Celery's worker_max_memory_per_child): a safety net against a leak, far "
+        "above the ~110 MiB a pool process uses; 0 turns it off.",
+    )
     metrics_port: int = Field(
         ge=0,
         le=65535,
