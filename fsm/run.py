@@ -69,6 +69,10 @@ class Dispatch(BaseModel):
     countdown: float = 0.0
     due_at: float = 0.0
     redriven: int = 0
+    # The worker whose engine committed this dispatch and sends its message (None: a producer, a
+    # sweeper or an engine outside a worker): if it stops heartbeating before any worker claims the
+    # message, the message may never have been sent.
+    sender: str | None = None
 
 
 def resolve_command(group: GroupKey) -> str:

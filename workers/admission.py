@@ -6,7 +6,10 @@ the end, past its group's deadline, and the overdue sweep cannot tell a queued m
 one. So a submitted run is stored PENDING and *queued for admission*; it is admitted (put in flight,
 its start message sent) only while the site's **ready work** is below a bound: the in-flight runs
 whose message is due now (queued or running; a run waiting on a countdown holds no message) must be
-fewer than ``admission_per_slot`` per live worker slot (each worker's heartbeat says its slots). A
+fewer than ``admission_per_slot`` per live worker slot (each worker's heartbeat says its slots), and
+the runs admitted and not finished fewer than ``admitted_per_slot`` per slot (the runs waiting on a
+countdown come due again: without this bound a site of slow waits would all be admitted, and its
+polls would come due together in one long queue). A
 run's deadlines count from its start, that is from its admission (``fsm.decide``), never from its
 submission. ``max_runs_in_flight`` caps the runs admitted and not finished, whatever the work.
 
@@ -55,8 +58,8 @@ LANES = (INTERACTIVE_LANE, BULK_LANE)
 INTERACTIVE_HEADROOM = 2
 
 # KEYS: in-flight index, admitted, flows of lane 0, flows of lane 1, flow steps.
-# ARGV: now, ready bound of lane 1, admitted bound, most to admit now, the flow queues' key prefix,
-# ready bound of lane 0.
+# ARGV: now, ready bound of lane 1, admitted bound of lane 1, most to admit now, the flow queues' key
+# prefix, ready bound of lane 0, admitted bound of lane 0.
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local ready = redis.call('ZCOUNT', KEYS[1], '-inf', now)
@@ -64,7 +67,8 @@ local admitted = redis.call('ZCARD', KEYS[2])
 local out = {}
 for lane = 3, 4 do
   local bound = tonumber(lane == 3 and ARGV[6] or ARGV[2])
-  while ready < bound and admitted < tonumber(ARGV[3]) and #out < tonumber(ARGV[4]) do
+  local most = tonumber(lane == 3 and ARGV[7] or ARGV[3])
+  while ready < bound and admitted < most and #out < tonumber(ARGV[4]) do
     local head = redis.call('ZRANGE', KEYS[lane], 0, 0, 'WITHSCORES')
     if #head == 0 or tonumber(head[2]) > now then break end
     local flow = head[1]
@@ -115,6 +119,7 @@ class Bounds:
 
     per_slot: int
     max_in_flight: int
+    admitted_per_slot: int = 50
 
 
 class Admission:
@@ -150,7 +155,9 @@ class Admission:
         """Admit the runs that fit now, in turn, and send their start messages; their ids."""
         prefix = self.store.prefix
         now = self.clock()
-        ready = self.bounds.per_slot * self._slots_now()
+        slots = self._slots_now()
+        ready = self.bounds.per_slot * slots
+        admitted_bound = min(self.bounds.max_in_flight, self.bounds.admitted_per_slot * slots)
         ids = self._script(
             keys=[
                 f"{prefix}inflight",
@@ -159,12 +166,8 @@ class Admission:
                 f"{prefix}flowstep",
             ],
             args=[
-                now,
-                ready,
-                self.bounds.max_in_flight,
-                most,
-                f"{prefix}flow:",
-                ready * INTERACTIVE_HEADROOM,
+                *(now, ready, admitted_bound, most, f"{prefix}flow:", ready * INTERACTIVE_HEADROOM),
+                min(self.bounds.max_in_flight, admitted_bound * INTERACTIVE_HEADROOM),
             ],
         )
         admitted = [_text(i) for i in ids]
@@ -209,5 +212,9 @@ class Admission:
 
 def admission_for(store: RunStore, settings: Settings) -> Admission:
     """The admission queue of ``store`` bounded as ``settings`` say."""
-    bounds = Bounds(per_slot=settings.admission_per_slot, max_in_flight=settings.max_runs_in_flight)
+    bounds = Bounds(
+        per_slot=settings.admission_per_slot,
+        max_in_flight=settings.max_runs_in_flight,
+        admitted_per_slot=settings.admitted_per_slot,
+    )
     return Admission(store, bounds, slots_ttl=settings.heartbeat_interval)

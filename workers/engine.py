@@ -39,7 +39,7 @@ from workers.lease import LeaseGuard
 from workers.messages import START_TASK, Sender, task_name
 from workers.outcomes import failed_event
 from workers.ports import JournalEntry, LockIndex
-from workers.recovery import Claim, Timeouts, claim_holds, resend_reason
+from workers.recovery import Claim, Timeouts, WorkerInfo, claim_holds, resend_reason
 from workers.settings import Settings
 from workers.steps import STEPS, Done, StepContext
 from workers.store import RunStore
@@ -50,6 +50,7 @@ log = structlog.get_logger(__name__)
 
 
 _COMMIT_ATTEMPTS = 5
+_SWEEP_CHUNK = 100  # due runs read at once by the sweep
 _ENDS_LEASE = frozenset({Step.ABORT, Step.COMPLETE, Step.RECORD_STANDDOWN, Step.RECORD_RESOLUTION})
 # Events that are not a step boundary: a redrive re-sends a step that may still be running.
 _NOT_BOUNDARIES = frozenset({EventKind.REDRIVE, EventKind.START})
@@ -155,17 +156,16 @@ class Engine:
 
     def redrive(self) -> list[str]:
         """Re-send the message of every due run that no live worker is working on (the rules are in
-        :mod:`workers.recovery`). Reads only the runs due by now: O(overdue), never all runs."""
+        :mod:`workers.recovery`). Reads only the runs due by now: O(overdue), never all runs, and
+        those ``_SWEEP_CHUNK`` at a time, so that a sweep's memory does not grow with a backlog."""
         now = self.clock()
         settings = self.settings
         if self.admission is not None and self.store.take_turn("prune", seconds=settings.recovery_interval):
             self.admission.prune()
         self._admit()
-        due = dict(self.store.due(before=now))
+        due = self.store.due(before=now)
         if not due:
             return []
-        runs = self.store.load_many(due)
-        claims = self.store.claims(due)
         workers = self.store.live_workers()
         timeouts = Timeouts(
             heartbeat_interval=settings.heartbeat_interval,
@@ -174,42 +174,53 @@ class Engine:
             redrive_after=settings.redrive_after,
         )
         sent = []
-        for run_id, due_at in due.items():
-            run = runs.get(run_id)
-            if run is None or run.terminal:
-                self.store.untrack(run_id)  # expired or finished: never let it crowd out live runs
-                continue
-            if run.pending_controls and not claim_holds(run, claims.get(run_id)):
-                self._apply_controls(run)  # its control message was lost, or it is paused
-                continue
-            if run.paused:
-                self._hold(run, now)
-                continue
-            cluster = run.current_cluster
-            queue = (
-                f"{settings.queue}.{cluster}" if settings.per_cluster_queues and cluster else settings.queue
-            )
-            why = resend_reason(
-                run,
-                due_at=due_at,
-                queue=queue,
-                claim=claims.get(run_id),
-                workers=workers,
-                now=now,
-                timeouts=timeouts,
-            )
-            if why is None:
-                continue
-            if run.dispatch is None:
-                event = Event(kind=EventKind.START)
-            else:
-                event = Event(kind=EventKind.REDRIVE, step=run.dispatch.step, ticket=run.dispatch.ticket)
-            # One attempt: if another sweeper or the step itself committed first, the next sweep looks again.
-            decision = self.apply(run, event, retry=False)
-            if decision is not None and decision.changed:
-                sent.append(run_id)
-                log.warning("run.redriven", run_id=run_id, why=why, reason=decision.reason)
+        for start in range(0, len(due), _SWEEP_CHUNK):
+            chunk = dict(due[start : start + _SWEEP_CHUNK])
+            runs, claims = self.store.load_many(chunk), self.store.claims(chunk)
+            for run_id, due_at in chunk.items():
+                run = runs.get(run_id)
+                if run is None or run.terminal:
+                    self.store.untrack(run_id)  # expired or finished: never let it crowd out live runs
+                elif self._sweep_one(
+                    run, due_at=due_at, claim=claims.get(run_id), workers=workers, now=now, timeouts=timeouts
+                ):
+                    sent.append(run_id)
         return sent
+
+    def _sweep_one(
+        self,
+        run: Run,
+        *,
+        due_at: float,
+        claim: Claim | None,
+        workers: dict[str, WorkerInfo],
+        now: float,
+        timeouts: Timeouts,
+    ) -> bool:
+        """One due run of the sweep: its controls, its pause, or its message sent again (True)."""
+        if run.pending_controls and not claim_holds(run, claim):
+            self._apply_controls(run)  # its control message was lost, or it is paused
+            return False
+        if run.paused:
+            self._hold(run, now)
+            return False
+        settings, cluster = self.settings, run.current_cluster
+        queue = f"{settings.queue}.{cluster}" if settings.per_cluster_queues and cluster else settings.queue
+        why = resend_reason(
+            run, due_at=due_at, queue=queue, claim=claim, workers=workers, now=now, timeouts=timeouts
+        )
+        if why is None:
+            return False
+        if run.dispatch is None:
+            event = Event(kind=EventKind.START)
+        else:
+            event = Event(kind=EventKind.REDRIVE, step=run.dispatch.step, ticket=run.dispatch.ticket)
+        # One attempt: if another sweeper or the step itself committed first, the next sweep looks again.
+        decision = self.apply(run, event, retry=False)
+        if decision is None or not decision.changed:
+            return False
+        log.warning("run.redriven", run_id=run.run_id, why=why, reason=decision.reason)
+        return True
 
     def recover(self) -> list[str]:
         """Rebuild from the journal every run whose group's lock this site holds (``settings.holder``)
@@ -379,7 +390,7 @@ class Engine:
                 log.info("event.ignored", run_id=run.run_id, event=event.kind.value, reason=decision.reason)
                 return decision
             self._journal(decision)
-            committed = self.store.commit(decision.run, expected_version=run.version)
+            committed = self.store.commit(self._signed_by_sender(decision.run), expected_version=run.version)
             if committed is not None:
                 self._after_commit(committed, decision, before=run)
                 return decision
@@ -393,6 +404,15 @@ class Engine:
             "run.commit_contended", run_id=run.run_id, event=event.kind.value, attempts=_COMMIT_ATTEMPTS
         )
         return None
+
+    def _signed_by_sender(self, run: Run) -> Run:
+        """``run`` with its dispatch naming this engine's worker as the one that sends its message."""
+        dispatch = run.dispatch
+        if dispatch is None or self.worker_id is None or not self.settings.recovery_thread:
+            return run  # only a heartbeating worker can be found dead by the sweep
+        if dispatch.sender == self.worker_id:
+            return run
+        return run.model_copy(update={"dispatch": dispatch.model_copy(update={"sender": self.worker_id})})
 
     def _journal(self, decision: Decision) -> None:
         run = decision.run

@@ -13,6 +13,10 @@ has had a free slot). For each it decides, without I/O, whether to send the mess
   live worker consuming its queue had a free slot for a whole heartbeat interval (so the message is
   not waiting in the queue behind busy workers: it is lost, or held by a dead worker as a countdown).
   The wait doubles with each resend of the same message, up to ``redrive_after``;
+- **lost sender**: unclaimed, and the worker that committed the dispatch (and so sends its message,
+  ``Dispatch.sender``) stopped heartbeating: it may have died between its commit and its send, so
+  the message is sent again at once rather than when the site next goes idle (a copy that was sent
+  after all is a harmless duplicate);
 - **backstop**: unclaimed ``redrive_after`` after it was due while no live worker says it consumes
   the queue (workers without the heartbeat thread, or none at all: nothing tells a queued message
   from a lost one, so it is sent again, at most every ``redrive_after``).
@@ -112,6 +116,9 @@ def resend_reason(
             )
         return None
     late = now - due_at
+    sender = run.dispatch.sender if run.dispatch else None
+    if sender is not None and sender not in workers and late >= 0:
+        return f"the worker {sender} that committed it stopped heartbeating before any worker took it"
     if late >= timeouts.redrive_after and not any(queue in info.queues for info in workers.values()):
         return f"not started {late:.1f}s after it was due, and no live worker says it consumes {queue}"
     redriven = run.dispatch.redriven if run.dispatch else 0

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         description="Runs are admitted while the in-flight runs with a message due now (queued or "
         "running) are fewer than this per live worker slot.",
     )
+    admitted_per_slot: int = Field(
+        ge=1,
+        default=50,
+        description="Runs admitted and not finished, at most, per live worker slot (waiting ones included).",
+    )
     max_runs_in_flight: int = Field(
         ge=1, default=2000, description="Runs admitted and not finished, at most (the whole site)."
     )

@@ -22,9 +22,18 @@ T = Timeouts(heartbeat_interval=1.0, schedule_to_start=2.0, start_to_close=120.0
 Q = "failover"
 
 
-def _run(run_id: str = "r", *, due_at: float = NOW - 10, ticket: int = 3, redriven: int = 0) -> Run:
+def _run(
+    run_id: str = "r",
+    *,
+    due_at: float = NOW - 10,
+    ticket: int = 3,
+    redriven: int = 0,
+    sender: str | None = None,
+) -> Run:
     run = new_run(run_id=run_id, failover=failover(), group=group(), source_cluster="site-a", now=NOW - 100)
-    dispatch = Dispatch(step=Step.SCALE_DOWN_WORKLOADS, ticket=ticket, due_at=due_at, redriven=redriven)
+    dispatch = Dispatch(
+        step=Step.SCALE_DOWN_WORKLOADS, ticket=ticket, due_at=due_at, redriven=redriven, sender=sender
+    )
     return run.model_copy(update={"dispatch": dispatch, "tickets": ticket})
 
 
@@ -137,3 +146,13 @@ def test_the_sweep_reads_only_the_due_runs(engine: Engine, monkeypatch: pytest.M
     assert engine.redrive() == []
     dead = store.load("dead")
     assert dead is not None and dead.dispatch is not None and dead.dispatch.redriven == 1
+
+
+def test_a_message_whose_sender_died_unclaimed_is_sent_again_at_once_even_on_a_busy_site() -> None:
+    """The worker that committed the dispatch may have died between its commit and its send: a busy
+    site would otherwise never have an idle worker to notice (the whole-site chaos test found it)."""
+    assert "w-gone" in (_why(_run(sender="w-gone"), workers=BUSY, late=0.1) or "")
+    assert _why(_run(sender="w-busy"), workers=BUSY, late=30) is None  # its sender lives: merely queued
+    assert _why(_run(sender="w-gone"), workers=BUSY, late=-1) is None  # not due yet
+    claimed = Claim(ticket=3, attempt=0, worker="w-busy", at=NOW - 1)
+    assert _why(_run(sender="w-gone"), claim=claimed, workers=BUSY, late=1) is None  # a live worker took it

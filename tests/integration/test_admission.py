@@ -162,3 +162,20 @@ def test_which_lane_a_run_waits_in() -> None:
     assert queued_for(run, automatic=True, groups=1, rate=20.0).lane == BULK_LANE
     bulk = queued_for(run, automatic=False, groups=100, rate=20.0)
     assert (bulk.lane, bulk.step) == (BULK_LANE, 0.05)
+
+
+def test_runs_waiting_on_a_countdown_count_towards_the_admitted_bound(store: RunStore) -> None:
+    """Ready work alone would admit a whole site of slow waits, whose polls then come due together."""
+    clock, sent = Clock(), Sent()
+    admission = Admission(store, Bounds(per_slot=2, max_in_flight=100, admitted_per_slot=3), clock=clock)
+    for i in range(6):
+        queue(store, f"r{i}", f"f{i}", at=clock.now)
+    assert admission.admit(sent) == ["r0", "r1"]
+    for run_id in ("r0", "r1"):  # both go to wait on a countdown: no ready work left
+        run = store.load(run_id)
+        assert run is not None
+        started = decide(run, Event(kind=EventKind.START), clock.now).run
+        dispatch = started.dispatch.model_copy(update={"due_at": clock.now + 30})  # type: ignore[union-attr]
+        assert store.commit(started.model_copy(update={"dispatch": dispatch}), expected_version=run.version)
+    assert admission.admit(sent) == ["r2"]  # three admitted per slot, one slot
+    assert admission.admit(sent) == []
