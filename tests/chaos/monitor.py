@@ -171,3 +171,55 @@ def _two_primaries(read: dict[str, Objects]) -> list[str]:
         for name, clusters in sorted(where.items())
         if len(clusters) > 1
     ]
+
+
+class SiteMonitor(threading.Thread):
+    """Samples "never two writers" across a whole site: every namespace of two or more clusters at
+    once (one list of VolumeReplications per cluster, straight from the stores) and records each
+    namespace that has a primary volume (asked for or reported, :func:`primary_volumes`) on two
+    clusters. For CONSISTENCY runs, where every source volume is demoted before any target volume
+    is promoted, the namespace is the unit: two primaries of different volumes are two writers too.
+    As :class:`FleetMonitor`, each sample reads the clusters twice in opposite orders and reports a
+    namespace only if both reads show it."""
+
+    def __init__(self, clusters: Sequence[SandboxCluster], *, interval: float = 0.02) -> None:
+        super().__init__(name="chaos-site-monitor", daemon=True)
+        self.clusters = list(clusters)
+        self.interval = interval
+        self.samples = 0
+        self.violations: list[Violation] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.sample()
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+    def read(self, order: Sequence[SandboxCluster]) -> dict[str, set[str]]:
+        """Namespace -> the clusters (read in ``order``) with a primary volume there."""
+        where: dict[str, set[str]] = {}
+        for cluster in order:
+            items, _ = cluster.store.list("VolumeReplication", None)
+            by_namespace: dict[str, Objects] = {}
+            for obj in items:
+                meta = obj["metadata"]
+                by_namespace.setdefault(meta["namespace"], {})[("VolumeReplication", meta["name"])] = obj
+            for namespace, objects in by_namespace.items():
+                if primary_volumes(objects):
+                    where.setdefault(namespace, set()).add(cluster.name)
+        return where
+
+    def sample(self) -> None:
+        forward = self.read(self.clusters)
+        backward = self.read(list(reversed(self.clusters)))
+        self.samples += 1
+        for namespace in sorted(set(forward) & set(backward)):
+            if len(forward[namespace]) > 1 and len(backward[namespace]) > 1:
+                on = " and ".join(sorted(forward[namespace]))
+                self.violations.append(
+                    Violation(TWO_PRIMARIES, f"namespace {namespace}: primary volumes on {on}", time.time())
+                )
