@@ -31,6 +31,8 @@ class LeaseGuard:
     wall: Callable[[], float] = field(default=time.time)
     renewals: int = 0
     expires_at: float | None = None  # the expiry written by this guard's latest renewal (None: none)
+    # Whether this step has confirmed the lease in DynamoDB yet: a step's first write waits for one.
+    confirmed: bool = True
 
     @classmethod
     def after_renewal(
@@ -64,24 +66,43 @@ class LeaseGuard:
     ) -> LeaseGuard:
         """A guard for a lease last known to expire at ``expires_at`` (the run's record of its latest
         renewal, in ``wall``'s clock): renewed now only when half of it or more has gone, or when the
-        expiry is unknown. Saves a DynamoDB write on most steps; a clock skew between the workers of a
-        site shifts the estimate by that skew, which the safety margin absorbs."""
+        expiry is unknown; otherwise at the step's first write (:meth:`check`), so that a step that
+        only reads (a wait, ``validate``) makes no DynamoDB call, while no cluster is ever written
+        without the lease confirmed in that very step (a lock taken from the run by hand, or
+        DynamoDB unreachable, stops the write). A clock skew between the workers of a site shifts the
+        estimate by that skew, which the safety margin absorbs."""
         left = None if expires_at is None else expires_at - wall()
         if left is None or left <= lease_seconds / 2:
             return cls.after_renewal(
                 coordination, group, token=token, lease_seconds=lease_seconds, margin=margin, wall=wall
             )
         confirmed = time.monotonic() - (lease_seconds - min(left, lease_seconds))
-        return cls(
-            coordination, group, token, lease_seconds, min(margin, lease_seconds / 4), confirmed, wall=wall
-        )
+        margin = min(margin, lease_seconds / 4)
+        return cls(coordination, group, token, lease_seconds, margin, confirmed, wall=wall, confirmed=False)
+
+    def _confirm(self) -> None:
+        sent = self.monotonic()
+        try:
+            self.expires_at = self.coordination.renew_lease(
+                self.group, token=self.token, lease_seconds=self.lease_seconds, now=self.wall()
+            )
+        except TemporaryError as error:
+            raise TemporaryError(
+                f"lease of group {self.group} (token {self.token}) cannot be confirmed before this "
+                f"step's first write: not writing ({error.describe()})"
+            ) from error
+        self.confirmed, self.confirmed_at = True, sent
+        self.renewals += 1
 
     def left(self) -> float:
         """Seconds of lease left by this process's reckoning."""
         return self.lease_seconds - (self.monotonic() - self.confirmed_at)
 
     def check(self) -> None:
-        """Raise instead of letting a write go out on a lease that may have run out."""
+        """Raise instead of letting a write go out on a lease that may have run out, or that this step
+        has not confirmed yet and cannot (DynamoDB unreachable, the lock taken)."""
+        if not self.confirmed:
+            self._confirm()
         if self.left() <= self.lease_seconds / 2:
             sent = self.monotonic()
             try:

@@ -654,21 +654,44 @@ def test_a_paused_run_whose_lock_was_taken_never_writes_again(harness: Harness) 
     assert harness.coordination.lock_info(g.key).holder == "intruder"  # type: ignore[union-attr]
 
 
-def test_steps_renew_the_lease_only_once_half_of_it_has_gone(harness: Harness) -> None:
-    """The lock's grant says when it expires; a step renews only when half the lease or more has gone
-    (one DynamoDB write saved on most steps), and the run records each renewal's expiry."""
+def test_steps_renew_the_lease_at_their_first_write_or_once_half_of_it_has_gone(harness: Harness) -> None:
+    """A step that only reads (validate, the waits) makes no DynamoDB call while more than half the
+    lease is left; a step that writes confirms the lease once, before its first write; and once half
+    has gone every step renews. The run records each renewal's expiry."""
     run_id = submit(harness)
-    harness.pump(limit=6)  # start, validate, acquire_lock and three steps under a fresh lease
-    assert harness.coordination.calls().get("renew_lease", 0) == 0
-    granted = harness.store.load(run_id)
-    assert granted is not None and granted.lease_expires_at is not None
-    harness.clock.now += harness.engine.settings.lease_seconds / 2 + 1  # a slow queue: half has gone
-    harness.pump(limit=1)
-    assert harness.coordination.calls()["renew_lease"] == 1
-    renewed = harness.store.load(run_id)
-    assert renewed is not None and renewed.lease_expires_at is not None
-    assert renewed.lease_expires_at > granted.lease_expires_at + harness.engine.settings.lease_seconds / 2
-    harness.pump()
+    renewals: list[tuple[str, int]] = []
+    while harness.sender.sent:
+        message = harness.sender.sent.pop(0)
+        before = harness.coordination.calls().get("renew_lease", 0)
+        writes = [e for e in harness.clusters.timeline() if e.get("op") != "reached"]
+        harness.deliver(message)
+        renewed = harness.coordination.calls().get("renew_lease", 0) - before
+        wrote = len([e for e in harness.clusters.timeline() if e.get("op") != "reached"]) - len(writes)
+        renewals.append((message.name, renewed))
+        assert renewed == (1 if wrote else 0), (message.name, renewed, wrote)
     done = harness.store.load(run_id)
     assert done is not None and done.status is RunStatus.SUCCESS
-    assert harness.coordination.calls()["renew_lease"] == 1
+    assert any(r == 0 for _, r in renewals) and any(r == 1 for _, r in renewals)
+    assert done.lease_expires_at is not None
+
+    # A slow queue: half the lease has gone since the last renewal; the next step renews at its start.
+    back = new_run(
+        run_id="run-2",
+        failover=failover(target="site-a", name="move-back"),
+        group=group(),
+        source_cluster="site-b",
+        now=harness.clock(),
+        timing=harness.engine.settings.timing,
+    )
+    assert harness.engine.submit(back)
+    second = back.run_id
+    harness.pump(limit=3)  # start, validate, acquire_lock
+    granted = harness.store.load(second)
+    assert granted is not None and granted.lease_expires_at is not None
+    harness.clock.now += harness.engine.settings.lease_seconds / 2 + 1
+    before = harness.coordination.calls().get("renew_lease", 0)
+    harness.pump(limit=1)
+    assert harness.coordination.calls()["renew_lease"] == before + 1
+    renewed = harness.store.load(second)
+    assert renewed is not None and renewed.lease_expires_at is not None
+    assert renewed.lease_expires_at > granted.lease_expires_at + harness.engine.settings.lease_seconds / 2
