@@ -30,10 +30,20 @@ KINDS = (
 )
 # Granted but not used by this run, each with its reason.
 FLUX_KUSTOMIZATION = "the sample group names no Flux Kustomization; groups may (docs/API.md)"
+ONE_OF_A_KIND = (
+    "a step lists a kind only where the group names two or more of it in one namespace; the sample "
+    "group names one of this kind (two StatefulSets and two VolumeReplications)"
+)
 EXTRAS: dict[str, dict[Grant, str]] = {
     WORKER: {
         ("get", "kustomize.toolkit.fluxcd.io", "kustomizations"): FLUX_KUSTOMIZATION,
         ("patch", "kustomize.toolkit.fluxcd.io", "kustomizations"): FLUX_KUSTOMIZATION,
+        ("list", "kustomize.toolkit.fluxcd.io", "kustomizations"): FLUX_KUSTOMIZATION,
+        **{
+            ("list", group, resource): ONE_OF_A_KIND
+            for group, resource in KINDS
+            if resource not in ("statefulsets", "volumereplications", "kustomizations")
+        },
         ("list", "batch", "jobs"): "only when a suspended CronJob's Jobs outlive the step deadline",
         ("delete", "batch", "jobs"): "only when a suspended CronJob's Jobs outlive the step deadline",
     },

@@ -1,0 +1,222 @@
+"""The objects of one step, read and written in the fewest requests that keep :mod:`workers.kube`'s
+guarantees: what a step costs the API server, per object, is what a site-wide failover multiplies.
+
+- **Reads.** The step's objects of one kind in one namespace are read with one LIST when there are two
+  or more of them, with one GET otherwise; the requests go out in parallel over the cluster's pooled
+  connections. A LIST without ``resourceVersion`` is a quorum read like a GET, and each item carries
+  its own ``resourceVersion``: a patch computed from an item is conditioned exactly as one computed from
+  a GET (RBAC: list on the managed kinds, deploy/rbac).
+- **Writes that do not depend on the object** (:func:`fsm.kinds.blind_edit`: ``suspend``,
+  ``replicationState``, the external-dns annotation, the Flux reconcile request) are sent without a
+  read. They set the same fields as the read-modify-write would, so a redelivered step sends the same
+  patch and the server changes nothing the second time; they carry the epoch and the group label like
+  every write, so the clusters' fence policy (deploy/fencing) refuses them from a stale run. No
+  concurrent writer can be overwritten by them that a read-modify-write would have spared: on 409 it
+  would re-read and set the same fields anyway.
+- **Writes that do** (workloads: the replica count is read, remembered, restored) keep the
+  read-modify-write: patched conditioned on the ``resourceVersion`` read (from the LIST or GET above),
+  and on 409 that object alone is read again and the edit recomputed (:meth:`KubeEffects._apply`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import wait
+from dataclasses import replace
+from typing import TYPE_CHECKING, cast
+
+import structlog
+
+from fsm.kinds import Edit, KindError, active_edit, blind_edit, passive_edit
+from fsm.models import ANNOTATION_EPOCH, LABEL_GROUP, ResourceRef
+from workers.errors import ConflictError, NotFoundError, OrchestratorError, PermanentError
+from workers.kube_client import Obj, Target
+from workers.ports import Change, Role
+
+if TYPE_CHECKING:
+    from workers.kube import KubeEffects
+
+log = structlog.get_logger(__name__)
+
+Seen = tuple[Target, Obj] | None  # where an object is served and the object; None: not found
+
+
+@contextlib.contextmanager
+def located(cluster: str, ref: ResourceRef) -> Iterator[None]:
+    """Make sure every error leaving the adapter is ours and says which cluster and object it is about."""
+    try:
+        yield
+    except KindError as error:
+        raise PermanentError(str(error), cluster=cluster, obj=str(ref)) from error
+    except OrchestratorError as error:
+        error.cluster = error.cluster or cluster
+        error.obj = error.obj or str(ref)
+        raise
+
+
+def fenced(edit: Edit, obj: Obj | None, epoch: int, group: str) -> Obj:
+    """``edit``'s merge patch stamped with the epoch and labelled with the group (what the clusters'
+    fence policy, deploy/fencing, checks), conditioned on ``obj``'s resourceVersion when the edit was
+    computed from ``obj`` (None: a blind edit, :func:`fsm.kinds.blind_edit`, is not conditioned)."""
+    patch = json.loads(json.dumps(edit.patch))
+    metadata = patch.setdefault("metadata", {})
+    if obj is not None:
+        metadata["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion")
+    metadata.setdefault("annotations", {})[ANNOTATION_EPOCH] = str(epoch)
+    if group:
+        metadata.setdefault("labels", {})[LABEL_GROUP] = group
+    return cast(Obj, patch)
+
+
+def not_found(cluster: str, ref: ResourceRef) -> NotFoundError:
+    """The error a GET of a missing ``ref`` gives (same message), for one missing from a LIST."""
+    return NotFoundError(f"{ref} not found on cluster {cluster!r}", cluster=cluster, obj=str(ref))
+
+
+def batches(refs: Sequence[ResourceRef]) -> list[list[ResourceRef]]:
+    """``refs`` by kind and namespace, in the order each first appears: one request per batch."""
+    by: dict[tuple[str, str], list[ResourceRef]] = {}
+    for ref in dict.fromkeys(refs):
+        by.setdefault((ref.kind, ref.namespace), []).append(ref)
+    return list(by.values())
+
+
+def _listed(effects: KubeEffects, cluster: str, ref: ResourceRef) -> tuple[Target, list[Obj]]:
+    """The collection ``ref``'s kind is served at in its namespace, and its items (one LIST). As in
+    :meth:`KubeEffects.read`, a version found gone is looked up again once through discovery. Its
+    errors name ``ref``, the first object of the step the LIST was for."""
+    for attempt in (1, 2):
+        collection = replace(effects.target(cluster, ref), name=None)
+        try:
+            return collection, effects.clients.list(collection)
+        except PermanentError as error:
+            if attempt == 2 or not effects.retarget(cluster, ref, error):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_batch(effects: KubeEffects, cluster: str, batch: Sequence[ResourceRef]) -> dict[ResourceRef, Seen]:
+    """One request for ``batch`` (refs of one kind and namespace): a GET for one, else a LIST."""
+    first = batch[0]
+    with located(cluster, first):
+        if len(batch) == 1:
+            try:
+                return {first: effects.read(cluster, first)}
+            except NotFoundError:
+                return {first: None}
+        collection, items = _listed(effects, cluster, first)
+    by_name = {str((item.get("metadata") or {}).get("name")): item for item in items}
+    return {
+        ref: (collection.named(ref.name, str(ref)), by_name[ref.name]) if ref.name in by_name else None
+        for ref in batch
+    }
+
+
+def read_many(effects: KubeEffects, cluster: str, refs: Sequence[ResourceRef]) -> dict[ResourceRef, Seen]:
+    """Every ref of ``refs`` as it is now (None: not found), one request per kind and namespace, the
+    requests in parallel; once all have ended, the first error (in the order of ``refs``) is raised."""
+    groups = batches(refs)
+    if len(groups) <= 1:
+        found = read_batch(effects, cluster, groups[0]) if groups else {}
+        return {ref: found[ref] for ref in refs}
+    pool = effects.read_pool()
+    futures = [pool.submit(read_batch, effects, cluster, batch) for batch in groups]
+    wait(futures)
+    merged: dict[ResourceRef, Seen] = {}
+    for future in futures:
+        merged.update(future.result())
+    return {ref: merged[ref] for ref in refs}
+
+
+def make_many(
+    effects: KubeEffects,
+    cluster: str,
+    refs: Sequence[ResourceRef],
+    role: Role,
+    *,
+    stamp: tuple[int, str],
+    replicas: Mapping[str, int],
+    requested_at: Mapping[ResourceRef, str | None],
+    before_write: Callable[[], None] | None = None,
+) -> list[Change]:
+    """Move every ref to ``role``: blind patches where the edit does not depend on the object, the
+    others read together (:func:`read_many`) and patched conditioned on what was read."""
+    blind: dict[ResourceRef, Edit | None] = {}
+    for ref in refs:
+        with located(cluster, ref):
+            blind[ref] = blind_edit(ref.kind, role, requested_at=requested_at.get(ref))
+    seen = read_many(effects, cluster, [ref for ref in refs if blind[ref] is None])
+    changes = []
+    for ref in refs:
+        with located(cluster, ref):
+            edit = blind[ref]
+            if edit is not None:
+                changes.append(
+                    write_blind(
+                        effects, cluster, ref, edit, role=role, stamp=stamp, before_write=before_write
+                    )
+                )
+                continue
+            first = seen[ref]
+            if first is None:
+                raise not_found(cluster, ref)
+            edit_of = _edit_of(ref, role, replicas, requested_at)
+            changes.append(
+                effects.apply(cluster, ref, role, stamp, edit_of, first=first, before_write=before_write)
+            )
+    return changes
+
+
+def _edit_of(
+    ref: ResourceRef, role: Role, replicas: Mapping[str, int], requested_at: Mapping[ResourceRef, str | None]
+) -> Callable[[Obj], Edit | None]:
+    if role is Role.PASSIVE:
+        return lambda obj: passive_edit(ref.kind, obj)
+    return lambda obj: active_edit(
+        ref.kind, obj, replicas=replicas.get(ref.name), requested_at=requested_at.get(ref)
+    )
+
+
+def write_blind(
+    effects: KubeEffects,
+    cluster: str,
+    ref: ResourceRef,
+    edit: Edit,
+    *,
+    role: Role,
+    stamp: tuple[int, str],
+    before_write: Callable[[], None] | None,
+) -> Change:
+    """Send ``edit`` (stamped with the epoch and the group, no ``resourceVersion``) without reading
+    ``ref`` first. ``changed`` says a write went out: the server changes nothing if it was there.
+
+    A merge patch without ``resourceVersion`` is not conditioned, so a 409 is the server's own (or an
+    injected fault): sent again, up to ``conflict_attempts`` times, the lease guard before each."""
+    action, target = f"make_{role.value}", effects.target(cluster, ref)
+    patch = fenced(edit, None, *stamp)
+    conflict: ConflictError | None = None
+    for attempt in range(1, effects.conflict_attempts + 1):
+        if before_write is not None:
+            before_write()
+        try:
+            effects.clients.patch(target, patch)
+        except ConflictError as error:
+            conflict = error
+            log.info("kube.patch_conflict", cluster=cluster, obj=str(ref), action=action, attempt=attempt)
+            continue
+        except PermanentError as error:
+            if attempt == effects.conflict_attempts or not effects.retarget(cluster, ref, error):
+                raise
+            target = effects.target(cluster, ref)
+            continue
+        log.info(
+            "kube.changed", cluster=cluster, obj=str(ref), action=action, detail=edit.detail, epoch=stamp[0]
+        )
+        return Change(cluster=cluster, ref=ref, action=action, changed=True, detail=edit.detail)
+    raise ConflictError(
+        f"{ref}: {effects.conflict_attempts} patches in a row got 409 Conflict",
+        cluster=cluster,
+        obj=str(ref),
+    ) from conflict
