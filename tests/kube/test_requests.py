@@ -18,7 +18,7 @@ from fsm.run import Run, new_run
 from sandbox.kube import SandboxFleet
 from tests.factories import all_refs, failover, group
 from tests.kube.conftest import ref, stored, wait_for
-from workers.errors import Fenced
+from workers.errors import Fenced, NotFoundError
 from workers.kube import KubeEffects
 from workers.ports import Coordination, Role
 from workers.steps import STEPS, Done, StepContext
@@ -244,3 +244,5 @@ def test_the_fence_is_raised_in_one_patch_and_never_lowered(
     assert (caught.value.cluster, caught.value.obj) == ("site-a", "FailoverGroup shop/shop")
     assert stored(site_a, shop)["metadata"]["annotations"][ANNOTATION_FENCE] == "5"
     assert _sent(fleet, before) == {("site-a", "patch", "failovergroups"): 1}
+    with pytest.raises(NotFoundError):  # raise_fence notes a cluster without the group and goes on
+        effects.raise_fence("site-a", key.model_copy(update={"name": "other"}), token=5)
