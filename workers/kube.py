@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -53,7 +54,6 @@ from kubernetes.client.exceptions import ApiException
 
 from fsm.kinds import (
     CRON_JOB,
-    FAILOVER_GROUPS,
     JOBS,
     Edit,
     KindInfo,
@@ -67,10 +67,19 @@ from fsm.kinds import (
     passive_edit,
     replica_count,
 )
-from fsm.models import ANNOTATION_EPOCH, ANNOTATION_FENCE, GroupKey, ResourceRef
+from fsm.models import ANNOTATION_EPOCH, GroupKey, ResourceRef
 from workers.errors import ConflictError, NotFoundError, PermanentError
 from workers.kube_client import KubeClients, Obj, Target
-from workers.kube_many import Seen, fenced, located, make_many, not_found, read_many
+from workers.kube_many import (
+    Seen,
+    fence_enforced,
+    fenced,
+    located,
+    make_many,
+    not_found,
+    raise_fence,
+    read_many,
+)
 from workers.ports import Change, Check, Observation, Role
 
 # The clients and their targets are part of this adapter's surface (workers.api, workers.status).
@@ -159,10 +168,13 @@ class KubeEffects:
         kubeconfig: str | Path | None = None,
         conflict_attempts: int = 5,
         read_threads: int = 8,
+        fence_ttl: float = 300.0,
     ) -> None:
         self.clients = clients if clients is not None else KubeClients(kubeconfig)
         self.conflict_attempts = conflict_attempts
         self.read_threads = read_threads
+        self.fence_ttl = fence_ttl
+        self._fence: dict[str, tuple[float, bool]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -210,6 +222,19 @@ class KubeEffects:
         """Whether ``error`` is the 404 of a version of ``ref``'s kind that has gone, with another to
         look for: the caller asks :meth:`target` again (the discovery cache was dropped)."""
         return len(self._info(cluster, ref).versions) > 1 and _not_served(error)
+
+    def fence_enforced(self, cluster: str) -> bool:
+        """Whether ``cluster`` enforces deploy/fencing (:func:`workers.kube_many.fence_enforced`),
+        looked up again after ``fence_ttl`` seconds."""
+        now = time.monotonic()
+        with self._pool_lock:
+            cached = self._fence.get(cluster)
+        if cached is not None and now - cached[0] <= self.fence_ttl:
+            return cached[1]
+        enforced = fence_enforced(self.clients, cluster)
+        with self._pool_lock:
+            self._fence[cluster] = (now, enforced)
+        return enforced
 
     def read_pool(self) -> ThreadPoolExecutor:
         """The threads that send a step's reads in parallel (at most ``read_threads`` at once)."""
@@ -261,25 +286,9 @@ class KubeEffects:
             )
 
     def raise_fence(self, cluster: str, group: GroupKey, *, token: int) -> Change:
-        """Raise the group's fence annotation on ``cluster`` to ``token``: one merge patch, no read.
-
-        The cluster decides, atomically: deploy/fencing's policy refuses a patch that would lower the
-        fence (a newer run owns the group: 403 ``fenced:``, raised as :class:`Fenced`), and a patch to
-        the fence already there changes nothing (a redelivered step). ``changed`` says it was sent.
-        """
-        ref = ResourceRef(kind=FAILOVER_GROUPS.kind, namespace=group.namespace, name=group.name)
-        info = FAILOVER_GROUPS
-        target = Target(cluster, info.group, info.versions[0], info.plural, ref.namespace, ref.name, str(ref))
-        patch = {"metadata": {"annotations": {ANNOTATION_FENCE: str(token)}}}
-        with located(cluster, ref):
-            for _attempt in range(self.conflict_attempts):
-                try:
-                    self.clients.patch(target, patch)
-                except ConflictError:
-                    continue  # not conditioned: only the server's own conflict, sent again
-                log.info("kube.fence_raised", cluster=cluster, group=str(group), fence=token)
-                return Change(cluster, ref, "raise_fence", changed=True, detail=f"fence {token}")
-        raise ConflictError(f"the fence of {ref} kept conflicting", cluster=cluster, obj=str(ref))
+        """Raise the group's fence annotation on ``cluster`` to ``token``, never lower it
+        (:func:`workers.kube_many.raise_fence`: one patch where deploy/fencing is enforced)."""
+        return raise_fence(self, cluster, group, token)
 
     def check(self, cluster: str, ref: ResourceRef, role: Role, *, requested_at: str | None = None) -> Check:
         with located(cluster, ref):

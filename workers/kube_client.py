@@ -391,6 +391,18 @@ class KubeClients:
             )
         )
 
+    def list_cluster(self, target: Target) -> list[Obj]:
+        """The items of a cluster-scoped collection (``target.namespace`` unused)."""
+        api = k8s.CustomObjectsApi(self.api_client(target.cluster))
+        found = self.send(
+            target,
+            "list",
+            lambda timeout: api.list_cluster_custom_object(
+                target.group, target.version, target.plural, _request_timeout=timeout
+            ),
+        )
+        return [_obj(item) for item in _obj(found).get("items") or []]
+
     def list(self, target: Target, *, field_selector: str | None = None) -> list[Obj]:
         found = self._call(target, "list", "list_namespaced_custom_object", field_selector=field_selector)
         return [_obj(item) for item in _obj(found).get("items") or []]

@@ -8,11 +8,13 @@ guarantees: what a step costs the API server, per object, is what a site-wide fa
   a GET (RBAC: list on the managed kinds, deploy/rbac).
 - **Writes that do not depend on the object** (:func:`fsm.kinds.blind_edit`: ``suspend``,
   ``replicationState``, the external-dns annotation, the Flux reconcile request) are sent without a
-  read. They set the same fields as the read-modify-write would, so a redelivered step sends the same
-  patch and the server changes nothing the second time; they carry the epoch and the group label like
-  every write, so the clusters' fence policy (deploy/fencing) refuses them from a stale run. No
-  concurrent writer can be overwritten by them that a read-modify-write would have spared: on 409 it
-  would re-read and set the same fields anyway.
+  read, **on a cluster that enforces deploy/fencing's policies** (:func:`fence_enforced`). They set
+  the same fields as the read-modify-write would, so a redelivered step sends the same patch and the
+  server changes nothing the second time; they carry the epoch and the group label like every write,
+  so the policy refuses them from a stale run: a write held on the way while its run was paused and
+  a newer run took the group lands below the fence. Without the policy, the ``resourceVersion`` is
+  that defence (the held write answers 409 once a newer run changed the object, and the re-read
+  meets the lost lease), so there every object is read-modify-write.
 - **Writes that do** (workloads: the replica count is read, remembered, restored) keep the
   read-modify-write: patched conditioned on the ``resourceVersion`` read (from the LIST or GET above),
   and on 409 that object alone is read again and the edit recomputed (:meth:`KubeEffects._apply`).
@@ -29,16 +31,35 @@ from typing import TYPE_CHECKING, cast
 
 import structlog
 
-from fsm.kinds import Edit, KindError, active_edit, blind_edit, passive_edit
-from fsm.models import ANNOTATION_EPOCH, LABEL_GROUP, ResourceRef
-from workers.errors import ConflictError, NotFoundError, OrchestratorError, PermanentError
-from workers.kube_client import Obj, Target
+from fsm.kinds import (
+    FAILOVER_GROUPS,
+    Edit,
+    KindError,
+    active_edit,
+    annotations_of,
+    as_int,
+    blind_edit,
+    passive_edit,
+)
+from fsm.models import ANNOTATION_EPOCH, ANNOTATION_FENCE, LABEL_GROUP, GroupKey, ResourceRef
+from workers.errors import (
+    ConflictError,
+    Fenced,
+    NotFoundError,
+    OrchestratorError,
+    PermanentError,
+)
+from workers.kube_client import KubeClients, Obj, Target
 from workers.ports import Change, Role
 
 if TYPE_CHECKING:
     from workers.kube import KubeEffects
 
 log = structlog.get_logger(__name__)
+
+# deploy/fencing: the policy on the groups' objects, the one that keeps a fence from going down.
+FENCE_POLICIES = ("failover-fence.hahomelabs.com", "failover-fence-grows.hahomelabs.com")
+ADMISSION = "admissionregistration.k8s.io"
 
 Seen = tuple[Target, Obj] | None  # where an object is served and the object; None: not found
 
@@ -130,6 +151,36 @@ def read_many(effects: KubeEffects, cluster: str, refs: Sequence[ResourceRef]) -
     return {ref: merged[ref] for ref in refs}
 
 
+def fence_enforced(clients: KubeClients, cluster: str) -> bool:
+    """Whether ``cluster`` holds deploy/fencing's two policies, each bound with ``Deny`` (two LISTs of
+    cluster-scoped objects; RBAC: list on both). False when the cluster says it cannot tell (forbidden,
+    as with deploy/rbac-namespaced; not served): every object is then read-modify-write. A cluster
+    that does not answer raises (TemporaryError, ClusterUnreachable): it is asked again next time."""
+    listed = {}
+    for plural in ("validatingadmissionpolicies", "validatingadmissionpolicybindings"):
+        target = Target(cluster, ADMISSION, "v1", plural, "", None, "")  # errors name the step's object
+        try:
+            listed[plural] = {
+                str((item.get("metadata") or {}).get("name")): item for item in clients.list_cluster(target)
+            }
+        except PermanentError as error:
+            log.info("kube.fence_unknown", cluster=cluster, reason=error.message)
+            return False
+    policies, bindings = listed["validatingadmissionpolicies"], listed["validatingadmissionpolicybindings"]
+    for name in FENCE_POLICIES:
+        spec = (bindings.get(name) or {}).get("spec") or {}
+        if (
+            name not in policies
+            or spec.get("policyName") != name
+            or "Deny" not in (spec.get("validationActions") or [])
+        ):
+            log.info(
+                "kube.fence_unknown", cluster=cluster, reason=f"policy {name} missing or not bound with Deny"
+            )
+            return False
+    return True
+
+
 def make_many(
     effects: KubeEffects,
     cluster: str,
@@ -141,12 +192,16 @@ def make_many(
     requested_at: Mapping[ResourceRef, str | None],
     before_write: Callable[[], None] | None = None,
 ) -> list[Change]:
-    """Move every ref to ``role``: blind patches where the edit does not depend on the object, the
-    others read together (:func:`read_many`) and patched conditioned on what was read."""
+    """Move every ref to ``role``: blind patches where the edit does not depend on the object and the
+    cluster enforces the fence, the others read together (:func:`read_many`) and patched conditioned
+    on what was read."""
     blind: dict[ResourceRef, Edit | None] = {}
+    with located(cluster, refs[0]) if refs else contextlib.nullcontext():
+        fenced_here = effects.fence_enforced(cluster)
     for ref in refs:
         with located(cluster, ref):
-            blind[ref] = blind_edit(ref.kind, role, requested_at=requested_at.get(ref))
+            edit = blind_edit(ref.kind, role, requested_at=requested_at.get(ref))
+            blind[ref] = edit if fenced_here else None
     seen = read_many(effects, cluster, [ref for ref in refs if blind[ref] is None])
     changes = []
     for ref in refs:
@@ -220,3 +275,37 @@ def write_blind(
         cluster=cluster,
         obj=str(ref),
     ) from conflict
+
+
+def raise_fence(effects: KubeEffects, cluster: str, group: GroupKey, token: int) -> Change:
+    """Raise ``group``'s fence annotation on ``cluster`` to ``token``; :class:`Fenced` if it is higher.
+
+    Where deploy/fencing is enforced, one merge patch and no read: the cluster decides atomically (its
+    policy refuses to lower a fence: 403 ``fenced:``, raised as Fenced; the same fence again changes
+    nothing). Elsewhere, read it, refuse here, and patch conditioned on the resourceVersion read.
+    """
+    ref = ResourceRef(kind=FAILOVER_GROUPS.kind, namespace=group.namespace, name=group.name)
+    info = FAILOVER_GROUPS
+    target = Target(cluster, info.group, info.versions[0], info.plural, ref.namespace, ref.name, str(ref))
+    with located(cluster, ref):
+        blind = effects.fence_enforced(cluster)
+        for _attempt in range(effects.conflict_attempts):
+            patch: Obj = {"metadata": {"annotations": {ANNOTATION_FENCE: str(token)}}}
+            if not blind:
+                obj = effects.clients.get(target)
+                current = as_int(annotations_of(obj).get(ANNOTATION_FENCE), 0)
+                if current > token:
+                    raise Fenced(
+                        f"fenced: the fence of {ref} on {cluster!r} is {current}, above this run's "
+                        f"token {token}: a newer run owns the group"
+                    )
+                if current == token:
+                    return Change(cluster, ref, "raise_fence", changed=False, detail=f"fence already {token}")
+                patch["metadata"]["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion")
+            try:
+                effects.clients.patch(target, patch)
+            except ConflictError:
+                continue
+            log.info("kube.fence_raised", cluster=cluster, group=str(group), fence=token, read=not blind)
+            return Change(cluster, ref, "raise_fence", changed=True, detail=f"fence {token}")
+    raise ConflictError(f"the fence of {ref} kept changing under us", cluster=cluster, obj=str(ref))

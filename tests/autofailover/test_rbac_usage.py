@@ -48,6 +48,8 @@ EXTRAS: dict[str, dict[Grant, str]] = {
             for group, resource in KINDS
             if resource not in ("statefulsets", "volumereplications", "kustomizations")
         },
+        ("get", "crd.hahomelabs.com", "failovergroups"): "the fence is read first only on a cluster "
+        "that does not enforce deploy/fencing (these do: one patch raises it)",
         ("get", "apps", "statefulsets"): TWO_OF_A_KIND,
         ("get", "replication.storage.openshift.io", "volumereplications"): TWO_OF_A_KIND,
         ("list", "batch", "jobs"): "only when a suspended CronJob's Jobs outlive the step deadline",

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any, cast
 
 import pytest
+from kubernetes import client
 
 from fsm.models import ANNOTATION_FENCE, ANNOTATION_REPLICAS
 from fsm.plan import CATALOGUE, Step, StepType
@@ -143,6 +144,14 @@ def test_each_step_sends_one_request_per_kind_read_and_one_per_write(
 ) -> None:
     run = _run()
     assert _kube_steps(run) == list(EXPECTED)
+    before = _used(fleet)
+    assert effects.fence_enforced("site-a") and effects.fence_enforced("site-b")
+    # Looked up once per cluster and worker process (again after fence_ttl), not per run.
+    assert _sent(fleet, before) == {
+        (c, "list", plural): 1
+        for c in ("site-a", "site-b")
+        for plural in ("validatingadmissionpolicies", "validatingadmissionpolicybindings")
+    }
     total = 0
     for step, expected in EXPECTED.items():
         before = _used(fleet)
@@ -203,6 +212,7 @@ def test_a_write_between_the_read_and_the_patch_is_re_read_not_overwritten(
             obj["spec"]["replicas"] = 5
             scaled.append(site_a.store.put(obj)["metadata"]["resourceVersion"])
 
+    assert effects.fence_enforced("site-a")  # looked up before counting (once per process)
     before = _used(fleet)
     changes = effects.make_many(
         "site-a",
@@ -246,3 +256,35 @@ def test_the_fence_is_raised_in_one_patch_and_never_lowered(
     assert _sent(fleet, before) == {("site-a", "patch", "failovergroups"): 1}
     with pytest.raises(NotFoundError):  # raise_fence notes a cluster without the group and goes on
         effects.raise_fence("site-a", key.model_copy(update={"name": "other"}), token=5)
+
+
+def test_without_the_fence_policies_every_write_is_read_modify_write(
+    fleet: SandboxFleet, clients: Any
+) -> None:
+    """On a cluster that does not enforce deploy/fencing, the resourceVersion is what stops a stale
+    write held on its way (tests/chaos/test_paused_worker.py): every object is read before its patch,
+    the fence too, and a fence above the run's token is refused before anything is sent."""
+    site_a, run = fleet["site-a"], _run()
+    admin = site_a.api_client("admin")
+    try:
+        admission = client.AdmissionregistrationV1Api(admin)
+        admission.delete_validating_admission_policy_binding("failover-fence.hahomelabs.com")
+    finally:
+        admin.close()
+    effects = KubeEffects(clients)
+    assert not effects.fence_enforced("site-a") and effects.fence_enforced("site-b")
+    before = _used(fleet)
+    assert isinstance(STEPS[Step.DISABLE_NETWORK](_context(run, effects, Step.DISABLE_NETWORK)), Done)
+    assert _sent(fleet, before) == {
+        **_each("site-a", "get", "virtualservices", "ingresses"),
+        **_each("site-a", "patch", "virtualservices", "ingresses"),
+    }
+    before = _used(fleet)
+    assert effects.raise_fence("site-a", group().key, token=TOKEN).changed
+    assert not effects.raise_fence("site-a", group().key, token=TOKEN).changed  # read: already there
+    with pytest.raises(Fenced, match="above this run's token"):
+        effects.raise_fence("site-a", group().key, token=TOKEN - 1)
+    assert _sent(fleet, before) == {
+        ("site-a", "get", "failovergroups"): 3,
+        ("site-a", "patch", "failovergroups"): 1,
+    }
