@@ -124,6 +124,9 @@ def _outcome(run: Run, event: Event, step: Step, now: float) -> Decision:
         # Even a success that came too late changed something (a lock taken, replicas counted):
         # the run must know, or its compensation would not release what it holds.
         new = _apply(new, event.updates)
+    elif event.updates is not None and event.updates.lease_expires_at is not None:
+        # A lease renewed by a step that did not succeed is renewed all the same.
+        new = new.model_copy(update={"lease_expires_at": event.updates.lease_expires_at})
     kind, message = _overdue(run, event, now)
     deadline = new.step_deadline
     assert deadline is not None  # the record has just been started

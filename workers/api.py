@@ -17,9 +17,11 @@ import uuid
 
 from fsm.adoption import OUTCOME_ADOPTED
 from fsm.audit import ControlRecord
+from fsm.autofailover import is_automatic
 from fsm.models import Failover, FailoverGroup, GroupKey, RequestError, check_request
 from fsm.run import Run, new_resolve_run, new_run, new_standdown_run
 from workers import liveness
+from workers.admission import INTERACTIVE_LANE, Admission, admission_for, queued_for
 from workers.control_requests import Asked, ControlRequest, request_control, wait_decided
 from workers.errors import PermanentError
 from workers.kube import KubeClients, KubeEffects
@@ -106,6 +108,7 @@ class Orchestrator:
         self.settings = settings
         self._coordination = coordination
         self._store: RunStore | None = None
+        self._admission: Admission | None = None
         self.sender = CelerySender.from_settings(settings)
         self._lock = threading.Lock()
         self._effects: KubeEffects | None = None
@@ -142,6 +145,25 @@ class Orchestrator:
             if self._store is None:
                 self._store = RunStore.from_settings(self.settings)
             return self._store
+
+    @property
+    def admission(self) -> Admission | None:
+        """The site's admission queue (None when ``settings.admission`` is off)."""
+        if not self.settings.admission:
+            return None
+        store = self.store
+        with self._lock:
+            if self._admission is None:
+                self._admission = admission_for(store, self.settings)
+            return self._admission
+
+    def _submit(self, run: Run, *, automatic: bool, groups: int = 1) -> Submission:
+        """Store ``run`` and start it, or queue it for admission (:mod:`workers.admission`)."""
+        queued = queued_for(run, automatic=automatic, groups=groups, rate=self.settings.bulk_admission_rate)
+        if self.admission is not None:
+            lane = "interactive" if queued.lane == INTERACTIVE_LANE else "bulk"
+            run = run.model_copy(update={"message": f"queued for admission ({lane} lane)"})
+        return submit_run(self.store, self.sender, run, admission=self.admission, queued=queued)
 
     def open_coordination(self) -> Coordination:
         """Build the coordination store now, so that a long-running producer with no AWS region or
@@ -203,7 +225,8 @@ class Orchestrator:
             nonce=uuid.uuid4().hex[:12],
             drill=drill,
         )
-        return submit_run(self.store, self.sender, run)
+        automatic = is_automatic(failover.spec.reason, failover.metadata.labels)
+        return self._submit(run, automatic=automatic, groups=len(failover.spec.failover_groups))
 
     def stand_down(self, group: FailoverGroup, cluster: str, *, reason: str) -> Submission:
         """Make ``cluster`` passive for ``group``, which it no longer owns (a site that came back).
@@ -242,7 +265,7 @@ class Orchestrator:
             now=time.time(),
             timing=self.settings.timing,
         )
-        return submit_run(self.store, self.sender, run)
+        return self._submit(run, automatic=True)
 
     def resolve(self, group: FailoverGroup, *, active: str, passive: str, reason: str) -> Submission:
         """Settle a diverged group: a RESOLVE run makes ``passive`` passive, then ``active`` active,
@@ -266,7 +289,7 @@ class Orchestrator:
             now=time.time(),
             timing=self.settings.timing,
         )
-        return submit_run(self.store, self.sender, run)
+        return self._submit(run, automatic=False)
 
     def rebuild(self, target: str, *, group: GroupKey | None = None) -> list[Restored]:
         """Recreate from the DynamoDB journal the run ``target`` (a run id, or every run of the Failover

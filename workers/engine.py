@@ -25,23 +25,19 @@ from typing import Any
 import structlog
 
 from fsm.control import apply_controls, decide_at_boundary
-from fsm.decide import Decision, Event, EventKind, decide
+from fsm.decide import Decision, Event, EventKind, Updates, decide
 from fsm.models import GroupKey
 from fsm.plan import Step, state_name
-from fsm.run import Run, Superseded
-from fsm.unreachable import judge_unreachable, needs_heartbeat
+from fsm.run import Run
+from workers.admission import admission_for
 from workers.container import Adapters
 from workers.control_requests import controls_decided
 from workers.errors import (
-    ClusterUnreachable,
-    Fenced,
-    LeaseLost,
     OrchestratorError,
-    PermanentError,
-    TemporaryError,
 )
 from workers.lease import LeaseGuard
 from workers.messages import START_TASK, Sender, task_name
+from workers.outcomes import failed_event
 from workers.ports import JournalEntry, LockIndex
 from workers.recovery import Claim, Timeouts, claim_holds, resend_reason
 from workers.settings import Settings
@@ -59,13 +55,17 @@ _ENDS_LEASE = frozenset({Step.ABORT, Step.COMPLETE, Step.RECORD_STANDDOWN, Step.
 _NOT_BOUNDARIES = frozenset({EventKind.REDRIVE, EventKind.START})
 
 
-def _superseded(error: PermanentError) -> Superseded | None:
-    """Whether the error says the run no longer owns its group (so that nothing is undone)."""
-    if isinstance(error, Fenced):
-        return Superseded.FENCED
-    if isinstance(error, LeaseLost):
-        return Superseded.LEASE_LOST
-    return None
+def _renewed(event: Event, lease: LeaseGuard | None) -> Event:
+    """``event`` carrying the lease expiry its step renewed, so that the run knows when the next step
+    must renew again (only once half the lease has gone)."""
+    if lease is None or lease.expires_at is None:
+        return event
+    updates = event.updates or Updates()
+    if updates.lease_expires_at is not None:
+        return event
+    return event.model_copy(
+        update={"updates": updates.model_copy(update={"lease_expires_at": lease.expires_at})}
+    )
 
 
 class Engine:
@@ -93,6 +93,7 @@ class Engine:
         self.settings = settings
         self.clock = clock
         self.jitter = jitter
+        self.admission = admission_for(store, settings) if settings.admission else None
 
     # --- entry points (one per task) -------------------------------------------------------------
 
@@ -124,12 +125,10 @@ class Engine:
             started = self.clock()
             if run.expects(step, ticket) and self.worker_id is not None and run.dispatch is not None:
                 claim = Claim(ticket=ticket, attempt=run.dispatch.redriven, worker=self.worker_id, at=started)
-                self.store.claim(
-                    run_id, claim, ttl=self.settings.start_to_close + self.settings.redrive_after
-                )
                 # A control applied between the read and the claim wins (it is committed only while
-                # the step is unclaimed): read again before acting.
-                run = self.store.load(run_id) or run
+                # the step is unclaimed): the claim reads the run again before acting.
+                ttl = self.settings.start_to_close + self.settings.redrive_after
+                run = self.store.claim(run_id, claim, ttl=ttl) or run
             if not run.expects(step, ticket):
                 log.info(
                     "message.stale",
@@ -159,6 +158,9 @@ class Engine:
         :mod:`workers.recovery`). Reads only the runs due by now: O(overdue), never all runs."""
         now = self.clock()
         settings = self.settings
+        if self.admission is not None and self.store.take_turn("prune", seconds=settings.recovery_interval):
+            self.admission.prune()
+        self._admit()
         due = dict(self.store.due(before=now))
         if not due:
             return []
@@ -345,77 +347,26 @@ class Engine:
             # The steps that end the lease themselves (conditioned on the token) are not renewed: a
             # redelivery after they committed must reach their own "already done" checks.
             if run.token is not None and step not in _ENDS_LEASE:
-                ctx.lease = self._renew(run, run.token)
+                ctx.lease = LeaseGuard.renewed_if_half_gone(
+                    self.adapters.coordination,
+                    run.group,
+                    token=run.token,
+                    lease_seconds=self.settings.lease_seconds,
+                    margin=self.settings.lease_margin,
+                    expires_at=run.lease_expires_at,
+                    wall=self.clock,
+                )
             outcome = STEPS[step](ctx)
         except Exception as error:
-            return self._failed(run, error, started, base)
+            failed = failed_event(
+                run, error, started, base, jitter=self.jitter, coordination=self.adapters.coordination
+            )
+            return _renewed(failed, ctx.lease)
         if isinstance(outcome, Done):
-            return Event(kind=EventKind.SUCCEEDED, message=outcome.message, updates=outcome.updates, **base)
-        return Event(kind=EventKind.WAITING, message=outcome.message, **base)
-
-    def _failed(self, run: Run, error: Exception, now: float, base: dict[str, Any]) -> Event:
-        """The event for a step that raised: our errors say whether to retry; anything else is a bug
-        or an unexpected fault, retried within the step's budget (effects are idempotent)."""
-        cluster = run.current_cluster
-        where = {"run_id": run.run_id, "step": base["step"].value, "cluster": cluster}
-        if isinstance(error, ClusterUnreachable):
-            return self._unreachable(run, error, now, base)
-        if isinstance(error, TemporaryError):
-            log.warning(
-                "step.temporary_failure", **where, error=error.describe(), retry_after=error.retry_after
-            )
-            return Event(
-                kind=EventKind.TEMPORARY_FAILURE,
-                message=error.describe(),
-                cluster=error.cluster,
-                obj=error.obj,
-                retry_after=error.retry_after,
-                jitter=self.jitter(),
-                **base,
-            )
-        if isinstance(error, PermanentError):
-            log.error("step.failed", **where, error=error.describe())
-            return Event(
-                kind=EventKind.PERMANENT_FAILURE,
-                message=error.describe(),
-                cluster=error.cluster or cluster,
-                obj=error.obj,
-                superseded=_superseded(error),
-                **base,
-            )
-        if isinstance(error, OrchestratorError):
-            return Event(kind=EventKind.PERMANENT_FAILURE, message=error.describe(), cluster=cluster, **base)
-        log.error("step.unexpected_error", **where, exc_info=error)
-        message = f"{type(error).__name__}: {error}"
-        return Event(
-            kind=EventKind.TEMPORARY_FAILURE, message=message, cluster=cluster, jitter=self.jitter(), **base
-        )
-
-    def _unreachable(self, run: Run, error: ClusterUnreachable, now: float, base: dict[str, Any]) -> Event:
-        """A cluster that does not answer: :func:`fsm.unreachable.judge_unreachable` decides; this only
-        reads the heartbeat it needs and logs what it decided."""
-        cluster = error.cluster or run.current_cluster
-        heartbeat_at = None
-        if needs_heartbeat(run, cluster):
-            beats = {beat.cluster: beat.at for beat in self.adapters.coordination.heartbeats(run.group)}
-            heartbeat_at = beats.get(cluster) if cluster else None
-        verdict = judge_unreachable(
-            run, cluster, error.describe(), detail=error.message, now=now, heartbeat_at=heartbeat_at
-        )
-        where = {"run_id": run.run_id, "step": base["step"].value, "cluster": cluster}
-        if verdict.skipped_source:
-            log.warning("step.skipped_lost_source", **where, reason=verdict.message)
-        elif cluster == run.source_cluster and not run.force:
-            log.error("step.source_unreachable", **where, reason=verdict.message)
-        return Event(
-            kind=verdict.kind,
-            message=verdict.message,
-            cluster=cluster,
-            retry_after=verdict.retry_after,
-            max_attempts=verdict.max_attempts,
-            jitter=self.jitter(),
-            **base,
-        )
+            event = Event(kind=EventKind.SUCCEEDED, message=outcome.message, updates=outcome.updates, **base)
+        else:
+            event = Event(kind=EventKind.WAITING, message=outcome.message, **base)
+        return _renewed(event, ctx.lease)
 
     def apply(self, run: Run, event: Event, *, retry: bool = True) -> Decision | None:
         """Decide, journal, commit (compare-and-set), send. Re-reads and re-decides on a conflict
@@ -487,3 +438,14 @@ class Engine:
                 observer.observe(run, decision.reason)
             except Exception:
                 log.exception("observer.failed", run_id=run.run_id, observer=type(observer).__name__)
+        if run.terminal or (decision.dispatch is not None and decision.dispatch.countdown > 0):
+            self._admit()  # the run freed ready work: admit the next ones now, not at the next sweep
+
+    def _admit(self) -> None:
+        """Admit the queued runs that fit now (logged, not fatal: the next sweep admits them)."""
+        if self.admission is None:
+            return
+        try:
+            self.admission.admit(self.sender)
+        except OrchestratorError as error:
+            log.warning("admission.failed", error=error.describe())

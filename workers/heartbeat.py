@@ -135,13 +135,25 @@ class Recovery:
 
 
 class CeleryStatus:
-    """How busy a Celery worker is, read from its main process's request bookkeeping."""
+    """How busy a Celery worker is, read from its main process's request bookkeeping.
+
+    "Free" means a free slot *and* no message received since: a heartbeat that samples a slot free
+    between two messages of a long queue must not call the worker idle (the sweep would then take
+    every queued message for lost). Every message the worker's consumer receives (``task_received``,
+    in the main process, countdown messages included) restarts the free time."""
 
     def __init__(self, consumer: Any, default_queue: str) -> None:
+        from celery.signals import task_received
+
         self.consumer = consumer
         self.default_queue = default_queue
         self.slots = max(1, int(getattr(consumer.controller, "concurrency", 1) or 1))
         self._free_since: float | None = time.monotonic()
+        self._received_at = 0.0
+        task_received.connect(self.received, weak=False)
+
+    def received(self, **_: Any) -> None:
+        self._received_at = time.monotonic()
 
     def queues(self) -> tuple[str, ...]:
         try:
@@ -154,13 +166,17 @@ class CeleryStatus:
         from celery.worker import state
 
         busy = len(set(state.reserved_requests) | set(state.active_requests))
-        now = time.monotonic()
+        return WorkerInfo(queues=self.queues(), slots=self.slots, busy=busy, free_for=self.free_for(busy))
+
+    def free_for(self, busy: int, now: float | None = None) -> float:
+        """Seconds with a free slot and no message received (0 while busy)."""
+        now = time.monotonic() if now is None else now
         if busy >= self.slots:
             self._free_since = None
-        elif self._free_since is None:
+            return 0.0
+        if self._free_since is None:
             self._free_since = now
-        free_for = now - self._free_since if self._free_since is not None else 0.0
-        return WorkerInfo(queues=self.queues(), slots=self.slots, busy=busy, free_for=round(free_for, 3))
+        return round(max(0.0, now - max(self._free_since, self._received_at)), 3)
 
 
 def connect_celery_signals(settings: Callable[[], Settings], engine: Callable[[], Engine]) -> None:

@@ -30,6 +30,7 @@ class LeaseGuard:
     monotonic: Callable[[], float] = field(default=time.monotonic)
     wall: Callable[[], float] = field(default=time.time)
     renewals: int = 0
+    expires_at: float | None = None  # the expiry written by this guard's latest renewal (None: none)
 
     @classmethod
     def after_renewal(
@@ -45,8 +46,35 @@ class LeaseGuard:
         """Renew now and guard from the moment the renewal was sent (the conservative end).
         ``wall`` is the clock the lease's expiry is written in (the engine's)."""
         sent = time.monotonic()
-        coordination.renew_lease(group, token=token, lease_seconds=lease_seconds, now=wall())
-        return cls(coordination, group, token, lease_seconds, min(margin, lease_seconds / 4), sent, wall=wall)
+        expires = coordination.renew_lease(group, token=token, lease_seconds=lease_seconds, now=wall())
+        margin = min(margin, lease_seconds / 4)
+        return cls(coordination, group, token, lease_seconds, margin, sent, wall=wall, expires_at=expires)
+
+    @classmethod
+    def renewed_if_half_gone(
+        cls,
+        coordination: Coordination,
+        group: GroupKey,
+        *,
+        token: int,
+        lease_seconds: float,
+        margin: float,
+        expires_at: float | None,
+        wall: Callable[[], float] = time.time,
+    ) -> LeaseGuard:
+        """A guard for a lease last known to expire at ``expires_at`` (the run's record of its latest
+        renewal, in ``wall``'s clock): renewed now only when half of it or more has gone, or when the
+        expiry is unknown. Saves a DynamoDB write on most steps; a clock skew between the workers of a
+        site shifts the estimate by that skew, which the safety margin absorbs."""
+        left = None if expires_at is None else expires_at - wall()
+        if left is None or left <= lease_seconds / 2:
+            return cls.after_renewal(
+                coordination, group, token=token, lease_seconds=lease_seconds, margin=margin, wall=wall
+            )
+        confirmed = time.monotonic() - (lease_seconds - min(left, lease_seconds))
+        return cls(
+            coordination, group, token, lease_seconds, min(margin, lease_seconds / 4), confirmed, wall=wall
+        )
 
     def left(self) -> float:
         """Seconds of lease left by this process's reckoning."""
@@ -57,7 +85,7 @@ class LeaseGuard:
         if self.left() <= self.lease_seconds / 2:
             sent = self.monotonic()
             try:
-                self.coordination.renew_lease(
+                self.expires_at = self.coordination.renew_lease(
                     self.group, token=self.token, lease_seconds=self.lease_seconds, now=self.wall()
                 )
             except TemporaryError as error:

@@ -110,6 +110,12 @@ class Metrics:
             buckets=WAKE_BUCKETS,
             registry=registry,
         )
+        self.admission_wait = Histogram(
+            "failover_admission_wait_seconds",
+            "From a run's submission to its admission (workers.admission): how long it was queued.",
+            buckets=RUN_BUCKETS,
+            registry=registry,
+        )
         self._health_and_safety(registry)
 
     def _health_and_safety(self, registry: CollectorRegistry) -> None:
@@ -275,6 +281,13 @@ def count_controls(records: Sequence[ControlRecord], metrics: Metrics | None = N
     counter = (metrics or default_metrics()).controls
     for record in records:
         counter.labels(action=record.action.value, outcome=record.outcome.value).inc()
+
+
+def observe_admission(waits: Sequence[float], metrics: Metrics | None = None) -> None:
+    """Runs just admitted, each after waiting that many seconds in the admission queue."""
+    histogram = (metrics or default_metrics()).admission_wait
+    for seconds in waits:
+        histogram.observe(max(0.0, seconds))
 
 
 def observe_wake(step: str, latency: float, metrics: Metrics | None = None) -> None:

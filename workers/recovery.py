@@ -13,12 +13,17 @@ has had a free slot). For each it decides, without I/O, whether to send the mess
   live worker consuming its queue had a free slot for a whole heartbeat interval (so the message is
   not waiting in the queue behind busy workers: it is lost, or held by a dead worker as a countdown).
   The wait doubles with each resend of the same message, up to ``redrive_after``;
-- **backstop**: unclaimed ``redrive_after`` after it was due, whatever the workers say (as before).
+- **backstop**: unclaimed ``redrive_after`` after it was due while no live worker says it consumes
+  the queue (workers without the heartbeat thread, or none at all: nothing tells a queued message
+  from a lost one, so it is sent again, at most every ``redrive_after``).
 
-A message queued behind busy workers is therefore not sent again before ``redrive_after``, and then
-only every ``redrive_after``: no floods, and ``MAX_REDRIVES`` (``fsm.decide``) keeps its meaning of
-"resent that many times and no worker acted on it". Duplicates stay harmless: a message carries the
-run's ticket, and only the one the run waits for does anything.
+"Overdue" therefore means due and not claimed by a live worker, never merely queued: a message
+queued behind busy workers is not sent again however long the queue (a worker that received a
+message within the interval is not free: the queue is moving), and a lost one is sent again as soon
+as a worker of its queue is idle. ``MAX_REDRIVES`` (``fsm.decide``) keeps its meaning of "resent
+that many times and no worker acted on it". Duplicates stay harmless: a message carries the run's
+ticket, and only the one the run waits for does anything. Admission (:mod:`workers.admission`) keeps
+the queue short, so that a queued message is also never late for its run's deadlines.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from fsm.run import Run
 @dataclass(frozen=True)
 class WorkerInfo:
     """What a worker's heartbeat says: the queues it consumes and for how long it has had a free slot
-    (0 while every slot is busy)."""
+    and received no message (0 while every slot is busy, or when a message came in: the queue moves)."""
 
     queues: tuple[str, ...]
     slots: int = 1
@@ -107,8 +112,8 @@ def resend_reason(
             )
         return None
     late = now - due_at
-    if late >= timeouts.redrive_after:
-        return f"not started {late:.1f}s after it was due"
+    if late >= timeouts.redrive_after and not any(queue in info.queues for info in workers.values()):
+        return f"not started {late:.1f}s after it was due, and no live worker says it consumes {queue}"
     redriven = run.dispatch.redriven if run.dispatch else 0
     wait = min(timeouts.schedule_to_start * 2**redriven, timeouts.redrive_after)
     if late < wait:

@@ -54,7 +54,9 @@ class Settings(BaseSettings):
         description="More kombu Redis transport options, e.g. unacked_restore_interval (JSON).",
     )
     run_ttl: int = Field(gt=0, default=7 * 24 * 3600, description="Seconds a finished run stays in Redis.")
-    lease_seconds: float = Field(gt=0, default=90.0, description="Lock lease; renewed by every step.")
+    lease_seconds: float = Field(
+        gt=0, default=90.0, description="Lock lease; a step renews it once half has gone."
+    )
     lease_margin: float = Field(
         ge=0,
         default=10.0,
@@ -62,7 +64,10 @@ class Settings(BaseSettings):
         "(at most a quarter of the lease); it renews once half has passed.",
     )
     redrive_after: float = Field(
-        gt=0, default=45.0, description="A run whose message is this many seconds overdue is sent again."
+        gt=0,
+        default=45.0,
+        description="A run whose message is this many seconds overdue and unclaimed is sent again when no "
+        "live worker says it consumes its queue (the backstop).",
     )
     redrive_interval: float = Field(gt=0, default=30.0, description="How often beat runs the overdue sweep.")
     status_interval: float = Field(
@@ -75,6 +80,25 @@ class Settings(BaseSettings):
         default=True,
         description="Wait steps register what they wait for and the watcher wakes them on a watch event "
         "(their polling countdown stays as the fallback); off: waits are only polled.",
+    )
+    admission: bool = Field(
+        default=True,
+        description="Submitted runs wait in an admission queue and start while the site has room "
+        '(README "Admission"); off: every run starts at once.',
+    )
+    admission_per_slot: int = Field(
+        ge=1,
+        default=8,
+        description="Runs are admitted while the in-flight runs with a message due now (queued or "
+        "running) are fewer than this per live worker slot.",
+    )
+    max_runs_in_flight: int = Field(
+        ge=1, default=2000, description="Runs admitted and not finished, at most (the whole site)."
+    )
+    bulk_admission_rate: float = Field(
+        gt=0,
+        default=20.0,
+        description="Runs per second a Failover listing several groups is admitted at, at most.",
     )
     heartbeat_interval: float = Field(
         gt=0,
@@ -91,7 +115,8 @@ class Settings(BaseSettings):
         gt=0,
         default=2.0,
         description="A message due this long and not started, while a worker of its queue had a free "
-        "slot, is sent again (the wait doubles with each resend, up to redrive_after).",
+        "slot and received no message for an interval, is sent again (the wait doubles with each "
+        "resend, up to redrive_after).",
     )
     start_to_close: float = Field(
         gt=0,

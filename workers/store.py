@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import redis
 
+from fsm.plan import Phase
 from fsm.run import Run
 from workers.errors import PermanentError, TemporaryError
 from workers.recovery import Claim, WorkerInfo
@@ -45,7 +48,9 @@ T = TypeVar("T")
 
 # Compare-and-set of a run (ARGV[1] the expected version) and its place in the in-flight index. With a
 # ticket (ARGV[7..8]: ticket and resend count, KEYS[3] the run's claim) the commit must not land while
-# the step the run waits for is claimed by a worker (a control is applied only between steps): 2.
+# the step the run waits for is claimed by a worker (a control is applied only between steps): 2. A
+# finished run leaves the admitted runs (KEYS[4]); a run not yet started (ARGV[9] '1') enters the
+# in-flight index only once admitted (a control on a run queued for admission leaves it queued).
 _COMMIT = """
 local current = redis.call('HGET', KEYS[1], 'v')
 if not current then return -1 end
@@ -55,12 +60,16 @@ if ARGV[7] ~= '' and redis.call('HGET', KEYS[3], 't') == ARGV[7]
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
 if ARGV[5] == '' then
   redis.call('ZREM', KEYS[2], ARGV[4])
+  redis.call('ZREM', KEYS[4], ARGV[4])
   if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
-else
+elseif ARGV[9] == '0' or redis.call('ZSCORE', KEYS[4], ARGV[4]) then
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 end
 return 1
 """
+
+# How many runs a store remembers with the bytes they were opened from (see RunStore._open).
+_OPENED = 64
 
 _RESEAL = """
 if redis.call('HGET', KEYS[1], 'd') ~= ARGV[1] then return 0 end
@@ -73,8 +82,13 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
 if ARGV[8] == '1' then
   redis.call('EXPIRE', KEYS[1], ARGV[7])
+elseif ARGV[8] == '2' then
+  redis.call('RPUSH', KEYS[7], ARGV[1])
+  redis.call('HSET', KEYS[8], ARGV[9], ARGV[10])
+  redis.call('ZADD', KEYS[6], 'NX', ARGV[5], ARGV[9])
 else
   redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[6]) - 1)
@@ -82,6 +96,27 @@ redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('EXPIRE', KEYS[4], ARGV[7])
 return 1
 """
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Where a submitted run waits for admission (:mod:`workers.admission`): its lane (0 an operator's,
+    1 automatic), its flow (``lane:failover``) and the flow's seconds between two admissions (0 for a
+    Failover of one group)."""
+
+    lane: int
+    flow: str
+    step: float = 0.0
+
+
+def admitted_key(prefix: str) -> str:
+    """The runs admitted and not finished (:mod:`workers.admission`)."""
+    return f"{prefix}admitted"
+
+
+def flows_key(prefix: str, lane: int) -> str:
+    """The flows of one admission lane with runs queued, scored by their next turn."""
+    return f"{prefix}flows:{lane}"
 
 
 def _text(value: object) -> str:
@@ -126,6 +161,8 @@ class RunStore:
         self.ttl = ttl
         self.index_limit = index_limit
         self.where = "Redis"  # how errors name it (from_settings: the URL and its variable)
+        self._opened: dict[str, tuple[bytes, Run]] = {}
+        self._opened_lock = threading.Lock()
         self._commit = client.register_script(_COMMIT)
         self._create = client.register_script(_CREATE)
         self._reseal = client.register_script(_RESEAL)
@@ -159,7 +196,13 @@ class RunStore:
         return bool(self.client.set(f"{self.prefix}refused:{tag}", "1", nx=True, ex=24 * 3600))
 
     def _open(self, run_id: str, raw: bytes | str) -> Run | None:
-        """The verified run, or None (reported once) when it does not verify."""
+        """The verified run, or None (reported once) when it does not verify. The same bytes read
+        again (a step reads its run before and after claiming it) are not verified and parsed twice:
+        the last few runs opened are remembered with the exact bytes they came from."""
+        value = raw.encode() if isinstance(raw, str) else raw
+        seen = self._opened.get(run_id)
+        if seen is not None and seen[0] == value:
+            return seen[1]
         try:
             opened = self.signer.open(raw, run_id)
         except ForgedRun as refused:
@@ -169,7 +212,15 @@ class RunStore:
         if opened.stale_key:
             # Sealed with the previous key: seal it again with the current one, unless it changed since.
             self._reseal(keys=[self._run_key(run_id)], args=[raw, self.signer.seal(opened.run)])
+        else:
+            self._remember(run_id, value, opened.run)
         return opened.run
+
+    def _remember(self, run_id: str, raw: bytes, run: Run) -> None:
+        with self._opened_lock:
+            self._opened[run_id] = (raw, run)
+            while len(self._opened) > _OPENED:
+                self._opened.pop(next(iter(self._opened)))
 
     def close(self) -> None:
         self.client.close()
@@ -197,20 +248,23 @@ class RunStore:
     # --- operations --------------------------------------------------------------------------
 
     @_translated
-    def create(self, run: Run) -> bool:
-        """Store a new run at version 1; False if a run with that id already exists."""
+    def create(self, run: Run, *, queued: Queued | None = None) -> bool:
+        """Store a new run at version 1; False if a run with that id already exists. ``queued``: the
+        run waits for admission there (:mod:`workers.admission`) instead of being in flight at once."""
         stored = run.model_copy(update={"version": 1})
+        mode = "1" if run.terminal else ("2" if queued is not None else "0")
+        flow = queued.flow if queued is not None else ""
         created = self._create(
-            keys=[self._run_key(run.run_id), self._inflight, self._index, self._failover_key(run.failover)],
+            keys=[
+                *(self._run_key(run.run_id), self._inflight, self._index, self._failover_key(run.failover)),
+                admitted_key(self.prefix),
+                flows_key(self.prefix, queued.lane if queued is not None else 0),
+                f"{self.prefix}flow:{flow}",
+                f"{self.prefix}flowstep",
+            ],
             args=[
-                run.run_id,
-                1,
-                self.signer.seal(stored),
-                run.created_at,
-                run.created_at,
-                self.index_limit,
-                self.ttl,
-                "1" if run.terminal else "0",
+                *(run.run_id, 1, self.signer.seal(stored), run.created_at, run.created_at),
+                *(self.index_limit, self.ttl, mode, flow, queued.step if queued is not None else 0),
             ],
         )
         return bool(created)
@@ -237,10 +291,13 @@ class RunStore:
         due = "" if run.terminal else repr(run.dispatch.due_at if run.dispatch else run.created_at)
         ticket, attempt = (str(claimed.ticket), str(claimed.attempt)) if claimed else ("", "")
         result = self._commit(
-            keys=[self._run_key(run.run_id), self._inflight, self._claim_key(run.run_id)],
+            keys=[
+                *(self._run_key(run.run_id), self._inflight, self._claim_key(run.run_id)),
+                admitted_key(self.prefix),
+            ],
             args=[
                 *(expected_version, stored.version, self.signer.seal(stored), run.run_id, due, self.ttl),
-                *(ticket, attempt),
+                *(ticket, attempt, "1" if run.state is Phase.PENDING else "0"),
             ],
         )
         return stored if result == 1 else None
@@ -253,8 +310,11 @@ class RunStore:
 
     @_translated
     def untrack(self, run_id: str) -> None:
-        """Drop a run from the in-flight index (it finished, or its key expired)."""
-        self.client.zrem(self._inflight, run_id)
+        """Drop a run from the in-flight index and the admitted runs (it finished, or its key expired)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(self._inflight, run_id)
+        pipe.zrem(admitted_key(self.prefix), run_id)
+        pipe.execute()
 
     @_translated
     def overdue(self, *, before: float, limit: int = 100) -> list[str]:
@@ -312,8 +372,9 @@ class RunStore:
         return {i: WorkerInfo.from_json(raw) for i, raw in zip(ids, values, strict=True) if raw is not None}
 
     @_translated
-    def claim(self, run_id: str, claim: Claim, *, ttl: float) -> None:
-        """Record that ``claim.worker`` started the step the run waits for."""
+    def claim(self, run_id: str, claim: Claim, *, ttl: float) -> Run | None:
+        """Record that ``claim.worker`` started the step the run waits for; the run as it stands
+        after the claim (read in the same round trip), or None if it is gone."""
         key = self._claim_key(run_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(
@@ -321,7 +382,9 @@ class RunStore:
             mapping={"t": claim.ticket, "a": claim.attempt, "w": claim.worker, "at": repr(claim.at)},
         )
         pipe.expire(key, max(1, int(ttl)))
-        pipe.execute()
+        pipe.hget(self._run_key(run_id), "d")
+        raw = pipe.execute()[-1]
+        return self._open(run_id, raw) if raw is not None else None
 
     @_translated
     def claims(self, run_ids: Iterable[str]) -> dict[str, Claim]:
@@ -385,6 +448,7 @@ class RunStore:
         pipe = self.client.pipeline()
         pipe.delete(self._run_key(run_id))
         pipe.zrem(self._inflight, run_id)
+        pipe.zrem(admitted_key(self.prefix), run_id)
         pipe.zrem(self._index, run_id)
         pipe.delete(self._claim_key(run_id))
         if run is not None:

@@ -14,9 +14,10 @@ import structlog
 
 from fsm.models import GroupKey
 from fsm.run import Run
+from workers.admission import Admission
 from workers.messages import START_TASK, Sender
 from workers.ports import Coordination
-from workers.store import RunStore
+from workers.store import Queued, RunStore
 
 log = structlog.get_logger(__name__)
 
@@ -29,11 +30,24 @@ class Submission:
     created: bool
 
 
-def submit_run(store: RunStore, sender: Sender, run: Run) -> Submission:
-    """Store ``run`` as new and send its start message; the stored run if its id exists already."""
-    if not store.create(run):
+def submit_run(
+    store: RunStore,
+    sender: Sender,
+    run: Run,
+    *,
+    admission: Admission | None = None,
+    queued: Queued | None = None,
+) -> Submission:
+    """Store ``run`` as new and send its start message; the stored run if its id exists already.
+
+    With ``admission`` and ``queued`` the run is queued for admission instead (:mod:`workers.admission`)
+    and started as soon as the site has room, which may be at once."""
+    if not store.create(run, queued=queued if admission is not None else None):
         return Submission(run=store.load(run.run_id) or run, created=False)
-    sender.send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
+    if admission is not None and queued is not None:
+        admission.admit(sender)
+    else:
+        sender.send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
     log.info(
         "run.submitted",
         run_id=run.run_id,
@@ -42,6 +56,7 @@ def submit_run(store: RunStore, sender: Sender, run: Run) -> Submission:
         kind=run.kind.value,
         source=run.source_cluster,
         target=run.target_cluster,
+        queued=queued.flow if queued is not None and admission is not None else None,
     )
     return Submission(run=run, created=True)
 

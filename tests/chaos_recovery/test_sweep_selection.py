@@ -77,9 +77,17 @@ def test_the_schedule_to_start_wait_doubles_with_each_resend_up_to_the_backstop(
     assert "after it was due" in (_why(_run(redriven=9), workers={}, late=45.5) or "")
 
 
-def test_the_backstop_resends_whatever_the_workers_say() -> None:
-    assert _why(_run(), workers=BUSY, late=46) is not None
-    assert _why(_run(), workers={}, late=46) is not None
+def test_a_message_queued_behind_busy_workers_is_never_sent_again_however_late() -> None:
+    """Overdue means due and not claimed by a live worker, never merely queued (issue 15)."""
+    assert _why(_run(), workers=BUSY, late=46) is None
+    assert _why(_run(), workers=BUSY, late=3600) is None
+
+
+def test_the_backstop_resends_when_no_live_worker_consumes_the_queue() -> None:
+    assert "no live worker" in (_why(_run(), workers={}, late=46) or "")
+    other = {"w-other": WorkerInfo(queues=("failover.site-b",), slots=1, busy=1, free_for=0.0)}
+    assert _why(_run(), workers=other, late=46) is not None
+    assert _why(_run(), workers={}, late=44) is None
 
 
 class Clock:

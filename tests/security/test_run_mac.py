@@ -278,3 +278,16 @@ def test_completion_is_conditioned_on_the_digest_kept_with_the_lock(fake_redis: 
             g.key, token=grant.token, expected_owner="site-a", new_owner="site-b", record=record, digest="d2"
         )
     assert coordination.active_cluster(g.key) == "site-a" and coordination.history(g.key) == []
+
+
+def test_a_run_read_before_it_was_altered_is_refused_after(store: RunStore) -> None:
+    """The store remembers the runs it verified with their exact bytes (a step reads its run twice):
+    other bytes under the same id are verified again, never taken from that memory."""
+    run = a_run()
+    assert store.create(run)
+    first = store.load(run.run_id)
+    assert first is not None and store.load(run.run_id) is first  # the same bytes: not parsed twice
+    document = raw_of(store, run.run_id)
+    document["reason"] = "altered after it was read"
+    overwrite(store, run.run_id, document)
+    assert store.load(run.run_id) is None

@@ -207,9 +207,8 @@ def test_a_lost_lease_stops_the_run_without_touching_clusters(harness: Harness) 
     g = group()
     run_id = submit(harness)
     harness.pump(limit=5)  # start, validate, acquire_lock, raise_fence, disable_network
-    info = harness.coordination.lock_info(g.key)
-    assert info is not None
-    harness.coordination.release_lock(g.key, token=info.token)
+    # The worker stalls past its lease (a paused process, a long GC) and another run takes the group.
+    harness.clock.now += harness.engine.settings.lease_seconds + 1
     harness.coordination.acquire_lock(
         g.key, holder="intruder", run_id="other", lease_seconds=600, now=harness.clock()
     )
@@ -653,3 +652,23 @@ def test_a_paused_run_whose_lock_was_taken_never_writes_again(harness: Harness) 
     assert [a.step.value for a in done.compensation] == ["abort"]  # superseded: nothing undone
     assert len(harness.clusters.timeline()) == before
     assert harness.coordination.lock_info(g.key).holder == "intruder"  # type: ignore[union-attr]
+
+
+def test_steps_renew_the_lease_only_once_half_of_it_has_gone(harness: Harness) -> None:
+    """The lock's grant says when it expires; a step renews only when half the lease or more has gone
+    (one DynamoDB write saved on most steps), and the run records each renewal's expiry."""
+    run_id = submit(harness)
+    harness.pump(limit=6)  # start, validate, acquire_lock and three steps under a fresh lease
+    assert harness.coordination.calls().get("renew_lease", 0) == 0
+    granted = harness.store.load(run_id)
+    assert granted is not None and granted.lease_expires_at is not None
+    harness.clock.now += harness.engine.settings.lease_seconds / 2 + 1  # a slow queue: half has gone
+    harness.pump(limit=1)
+    assert harness.coordination.calls()["renew_lease"] == 1
+    renewed = harness.store.load(run_id)
+    assert renewed is not None and renewed.lease_expires_at is not None
+    assert renewed.lease_expires_at > granted.lease_expires_at + harness.engine.settings.lease_seconds / 2
+    harness.pump()
+    done = harness.store.load(run_id)
+    assert done is not None and done.status is RunStatus.SUCCESS
+    assert harness.coordination.calls()["renew_lease"] == 1

@@ -1,0 +1,164 @@
+"""The admission queue on a real Redis: the bound on ready work, lanes, flows taking turns at their
+rate, runs cancelled while queued, and concurrent admitters that never overshoot."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import pytest
+import redis
+
+from fsm.decide import Event, EventKind, decide
+from fsm.plan import Phase
+from fsm.run import Run, RunStatus, new_run
+from sandbox.stack import sandbox_signer
+from tests.factories import failover, group
+from workers.admission import BULK_LANE, INTERACTIVE_LANE, Admission, Bounds, queued_for
+from workers.messages import START_TASK
+from workers.recovery import WorkerInfo
+from workers.store import RunStore
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Sent:
+    starts: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, name: str, run_id: str, ticket: int, *, countdown: float, cluster: str | None) -> None:
+        assert name == START_TASK and ticket == 0 and countdown == 0.0
+        with self.lock:
+            self.starts.append(run_id)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def queue(
+    store: RunStore, run_id: str, flow: str, *, at: float, lane: int = BULK_LANE, groups: int = 1
+) -> Run:
+    run = new_run(run_id=run_id, failover=failover(name=flow), group=group(), source_cluster="site-a", now=at)
+    assert store.create(run, queued=queued_for(run, automatic=lane == BULK_LANE, groups=groups, rate=10.0))
+    return run
+
+
+@pytest.fixture
+def store(real_redis: redis.Redis, prefix: str) -> RunStore:
+    store = RunStore(real_redis, signer=sandbox_signer(), prefix=prefix)
+    store.heartbeat("w1", WorkerInfo(queues=("failover",), slots=1), ttl=60)
+    return store
+
+
+def test_runs_are_admitted_while_ready_work_is_under_the_bound(store: RunStore) -> None:
+    clock, sent = Clock(), Sent()
+    admission = Admission(store, Bounds(per_slot=2, max_in_flight=100), clock=clock)
+    for i in range(5):
+        queue(store, f"r{i}", f"f{i}", at=clock.now)
+    assert store.due(before=clock.now + 1) == []  # queued runs are not in flight: the sweep ignores them
+    assert admission.admit(sent) == ["r0", "r1"]
+    assert admission.admit(sent) == []  # two ready runs per slot, one slot
+    assert admission.waiting() == 3
+    # r0 starts and goes to wait on a countdown: it holds no message now, so one more fits.
+    r0 = store.load("r0")
+    assert r0 is not None
+    started = decide(r0, Event(kind=EventKind.START), clock.now).run
+    waiting = started.model_copy(
+        update={"dispatch": started.dispatch.model_copy(update={"due_at": clock.now + 5})}
+    )  # type: ignore[union-attr]
+    assert store.commit(waiting, expected_version=r0.version) is not None
+    assert admission.admit(sent) == ["r2"]
+    assert sent.starts == ["r0", "r1", "r2"]
+
+
+def test_an_operators_failover_goes_first_and_may_exceed_the_bulk_bound(
+    store: RunStore,
+) -> None:
+    clock, sent = Clock(), Sent()
+    admission = Admission(store, Bounds(per_slot=3, max_in_flight=100), clock=clock)
+    for i in range(4):
+        queue(store, f"auto{i}", f"auto{i}", at=clock.now + i)
+    queue(store, "op", "by-hand", at=clock.now + 10, lane=INTERACTIVE_LANE)
+    clock.now += 10
+    assert admission.admit(sent) == ["op", "auto0", "auto1"]
+    # The site is at its bound for automatic runs; an operator's Failover still starts at once.
+    queue(store, "op2", "by-hand-2", at=clock.now, lane=INTERACTIVE_LANE)
+    queue(store, "op3", "by-hand-3", at=clock.now, lane=INTERACTIVE_LANE)
+    assert admission.admit(sent) == ["op2", "op3"]
+    queue(store, "op4", "by-hand-4", at=clock.now, lane=INTERACTIVE_LANE)
+    assert admission.admit(sent) == ["op4"]  # up to twice the bound (6 ready), no further
+    queue(store, "op5", "by-hand-5", at=clock.now, lane=INTERACTIVE_LANE)
+    assert admission.admit(sent) == []
+
+
+def test_bulk_failovers_take_turns_at_their_rate_and_a_new_failover_waits_one_turn(store: RunStore) -> None:
+    clock, sent = Clock(), Sent()
+    admission = Admission(store, Bounds(per_slot=100, max_in_flight=100), clock=clock)
+    for i in range(4):
+        queue(store, f"a{i}", "bulk-a", at=clock.now, lane=BULK_LANE, groups=4)
+        queue(store, f"b{i}", "bulk-b", at=clock.now, lane=BULK_LANE, groups=4)
+    assert sorted(admission.admit(sent)) == ["a0", "b0"]  # one each; the next turn is 1/10 s later
+    clock.now += 0.05
+    queue(store, "single", "one-group", at=clock.now, lane=BULK_LANE)  # another automatic one
+    assert admission.admit(sent) == ["single"]
+    assert admission.admit(sent) == []
+    clock.now = 1_000.0 + 0.1
+    assert sorted(admission.admit(sent)) == ["a1", "b1"]
+
+
+def test_a_run_cancelled_while_queued_is_never_started(store: RunStore) -> None:
+    clock, sent = Clock(), Sent()
+    admission = Admission(store, Bounds(per_slot=5, max_in_flight=100), clock=clock)
+    queue(store, "gone", "gone", at=clock.now)
+    queued = store.load("gone")
+    assert queued is not None
+    # A control on a queued run (here: its end) is committed without putting it in flight.
+    paused = queued.model_copy(update={"message": "paused while queued"})
+    assert store.commit(paused, expected_version=queued.version) is not None
+    assert store.due(before=clock.now + 1) == []
+    cancelled = store.load("gone")
+    assert cancelled is not None
+    ended = cancelled.model_copy(update={"status": RunStatus.CANCELLED, "state": Phase.FAILED})
+    assert ended.terminal
+    assert store.commit(ended, expected_version=cancelled.version) is not None
+    queue(store, "next", "next", at=clock.now + 1)
+    clock.now += 1
+    assert admission.admit(sent) == ["next"]
+    assert sent.starts == ["next"]
+    assert admission.prune() == 0  # the cancelled one left the admitted runs at once
+    assert admission.waiting() == 0
+
+
+def test_concurrent_admitters_never_admit_past_the_bound(store: RunStore) -> None:
+    clock, sent = Clock(), Sent()
+    for i in range(60):
+        queue(store, f"r{i:02d}", f"f{i:02d}", at=clock.now)
+    admitters = [Admission(store, Bounds(per_slot=7, max_in_flight=100), clock=clock) for _ in range(8)]
+    barrier = threading.Barrier(len(admitters))
+
+    def admit(admission: Admission) -> None:
+        barrier.wait()
+        for _ in range(5):
+            admission.admit(sent, most=3)
+
+    threads = [threading.Thread(target=admit, args=(a,)) for a in admitters]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(sent.starts) == [f"r{i:02d}" for i in range(7)]  # exactly the bound, oldest first
+    assert admitters[0].waiting() == 53
+
+
+def test_which_lane_a_run_waits_in() -> None:
+    run = new_run(run_id="r", failover=failover(name="f"), group=group(), source_cluster="site-a", now=1.0)
+    assert queued_for(run, automatic=False, groups=1, rate=20.0).lane == INTERACTIVE_LANE
+    assert queued_for(run, automatic=True, groups=1, rate=20.0).lane == BULK_LANE
+    bulk = queued_for(run, automatic=False, groups=100, rate=20.0)
+    assert (bulk.lane, bulk.step) == (BULK_LANE, 0.05)
