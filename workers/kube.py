@@ -71,6 +71,7 @@ from fsm.models import ANNOTATION_EPOCH, GroupKey, ResourceRef
 from workers.errors import ConflictError, NotFoundError, PermanentError
 from workers.kube_client import KubeClients, Obj, Target
 from workers.kube_many import (
+    Recall,
     Seen,
     fence_enforced,
     fenced,
@@ -174,6 +175,7 @@ class KubeEffects:
         self.conflict_attempts = conflict_attempts
         self.read_threads = read_threads
         self.fence_ttl = fence_ttl
+        self.recall = Recall()
         self._fence: dict[str, tuple[float, bool]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -465,7 +467,7 @@ class KubeEffects:
             if before_write is not None:
                 before_write()
             try:
-                self.clients.patch(target, fenced(edit, obj, *stamp))
+                self.recall.remember(cluster, ref, self.clients.patch(target, fenced(edit, obj, *stamp)))
             except ConflictError as error:
                 conflict = error
                 log.info(

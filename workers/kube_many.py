@@ -16,14 +16,18 @@ guarantees: what a step costs the API server, per object, is what a site-wide fa
   that defence (the held write answers 409 once a newer run changed the object, and the re-read
   meets the lost lease), so there every object is read-modify-write.
 - **Writes that do** (workloads: the replica count is read, remembered, restored) keep the
-  read-modify-write: patched conditioned on the ``resourceVersion`` read (from the LIST or GET above),
-  and on 409 that object alone is read again and the edit recomputed (:meth:`KubeEffects._apply`).
+  read-modify-write: patched conditioned on the ``resourceVersion`` read (from the LIST or GET above,
+  or as this process last read or wrote it moments ago: :class:`Recall`), and on 409 that object
+  alone is read again and the edit recomputed (:meth:`KubeEffects.apply`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import wait
 from dataclasses import replace
@@ -91,6 +95,53 @@ def fenced(edit: Edit, obj: Obj | None, epoch: int, group: str) -> Obj:
     return cast(Obj, patch)
 
 
+# What fsm.kinds' edits read of an object (passive_edit, active_edit): the rest is not kept.
+EDITED_SPEC = ("replicas", "suspend", "replicationState")
+
+
+def trimmed(obj: Obj) -> Obj:
+    """``obj`` cut to its resourceVersion, annotations and the spec fields the edits read."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "annotations": dict(meta.get("annotations") or {}),
+        },
+        "spec": {key: spec[key] for key in EDITED_SPEC if key in spec},
+    }
+
+
+class Recall:
+    """The objects this worker process read or wrote last (:func:`trimmed`), for ``ttl`` seconds.
+
+    An effect that must read its objects (workloads: the replica count) computes its patch from the one
+    recalled, e.g. as ``validate`` read it a moment before, and sends it conditioned on that
+    resourceVersion: if the object changed since, the patch gets 409 and the object is read afresh
+    (:meth:`KubeEffects.apply`), so a recalled object is exactly as good as one just read, or costs
+    one request more. One whose edit would be nothing is not used (no write would check it).
+    """
+
+    def __init__(self, ttl: float = 60.0, size: int = 4096) -> None:
+        self.ttl, self.size = ttl, size
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[tuple[str, ResourceRef], tuple[float, Obj]] = OrderedDict()
+
+    def remember(self, cluster: str, ref: ResourceRef, obj: Obj) -> None:
+        with self._lock:
+            self._seen[(cluster, ref)] = (time.monotonic(), trimmed(obj))
+            self._seen.move_to_end((cluster, ref))
+            while len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+
+    def recall(self, cluster: str, ref: ResourceRef) -> Obj | None:
+        with self._lock:
+            found = self._seen.get((cluster, ref))
+        if found is None or time.monotonic() - found[0] > self.ttl:
+            return None
+        return found[1]
+
+
 def not_found(cluster: str, ref: ResourceRef) -> NotFoundError:
     """The error a GET of a missing ``ref`` gives (same message), for one missing from a LIST."""
     return NotFoundError(f"{ref} not found on cluster {cluster!r}", cluster=cluster, obj=str(ref))
@@ -124,11 +175,16 @@ def read_batch(effects: KubeEffects, cluster: str, batch: Sequence[ResourceRef])
     with located(cluster, first):
         if len(batch) == 1:
             try:
-                return {first: effects.read(cluster, first)}
+                target, obj = effects.read(cluster, first)
             except NotFoundError:
                 return {first: None}
+            effects.recall.remember(cluster, first, obj)
+            return {first: (target, obj)}
         collection, items = _listed(effects, cluster, first)
     by_name = {str((item.get("metadata") or {}).get("name")): item for item in items}
+    for ref in batch:
+        if ref.name in by_name:
+            effects.recall.remember(cluster, ref, by_name[ref.name])
     return {
         ref: (collection.named(ref.name, str(ref)), by_name[ref.name]) if ref.name in by_name else None
         for ref in batch
@@ -202,7 +258,10 @@ def make_many(
         with located(cluster, ref):
             edit = blind_edit(ref.kind, role, requested_at=requested_at.get(ref))
             blind[ref] = edit if fenced_here else None
-    seen = read_many(effects, cluster, [ref for ref in refs if blind[ref] is None])
+    rmw = [ref for ref in refs if blind[ref] is None]
+    recalled = _recalled(effects, cluster, rmw, _edits(role, replicas, requested_at))
+    seen = read_many(effects, cluster, [ref for ref in rmw if ref not in recalled])
+    seen.update(recalled)
     changes = []
     for ref in refs:
         with located(cluster, ref):
@@ -222,6 +281,30 @@ def make_many(
                 effects.apply(cluster, ref, role, stamp, edit_of, first=first, before_write=before_write)
             )
     return changes
+
+
+def _edits(
+    role: Role, replicas: Mapping[str, int], requested_at: Mapping[ResourceRef, str | None]
+) -> Callable[[ResourceRef], Callable[[Obj], Edit | None]]:
+    return lambda ref: _edit_of(ref, role, replicas, requested_at)
+
+
+def _recalled(
+    effects: KubeEffects,
+    cluster: str,
+    refs: Sequence[ResourceRef],
+    edits: Callable[[ResourceRef], Callable[[Obj], Edit | None]],
+) -> dict[ResourceRef, Seen]:
+    """The refs whose recalled object (:class:`Recall`) gives a write: no need to read them first."""
+    found: dict[ResourceRef, Seen] = {}
+    for ref in refs:
+        obj = effects.recall.recall(cluster, ref)
+        try:
+            if obj is not None and edits(ref)(obj) is not None:
+                found[ref] = (effects.target(cluster, ref), obj)
+        except (KindError, OrchestratorError):
+            continue  # read it: the read says it with the object as it is now
+    return found
 
 
 def _edit_of(
