@@ -20,10 +20,11 @@ observe            a plain read; a missing object is ``exists=False``, not an er
 make_many,         what the steps call: the same effects and checks for a step's objects in fewer
 check_many,        requests (:mod:`workers.kube_many`): one LIST per kind and namespace holding two
 observe_many       or more of them (RBAC: list), edits that do not depend on the object sent without
-                   a read (no ``resourceVersion``: they set the same fields whatever is there, and
-                   carry the epoch), workloads still read-modify-write as above.
-raise_fence        one merge patch, no read: deploy/fencing's policy refuses a lower fence (Fenced);
-                   the same fence again changes nothing. RBAC: patch failovergroups.
+                   a read where deploy/fencing is enforced (they set the same fields whatever is
+                   there, and carry the epoch), the rest read-modify-write as above, from the object as
+                   this process read it moments before where it can (a stale one gets 409).
+raise_fence        one merge patch, no read, where deploy/fencing's policy refuses a lower fence
+                   (Fenced); elsewhere read, refused here, conditioned. RBAC: get, patch failovergroups.
 stop_jobs          idempotent: list the namespace's Jobs, delete the CronJob's running ones
                    (background propagation, uid precondition); a Job already gone is skipped.
                    RBAC: get cronjobs; list, delete jobs.
