@@ -279,6 +279,27 @@ def active_edit(
     raise _unmanaged(kind)
 
 
+def blind_edit(kind: str, role: Role, *, requested_at: str | None = None) -> Edit | None:
+    """The merge patch that moves any object of ``kind`` to ``role`` whatever it holds (sent without a
+    read first), or None when it depends on the object (workloads: the replica count). Pure. It sets
+    what :func:`passive_edit` and :func:`active_edit` would: on an object in that form it changes nothing."""
+    if kind == CRON_JOB or kind in FLUX:
+        suspend = role is Role.PASSIVE
+        request = requested_at if kind in FLUX and not suspend else None
+        notes: dict[str, str | None] | None = {ANNOTATION_REQUESTED_AT: request} if request else None
+        asked = f", reconcile requested at {request}" if request else ""
+        return Edit(_patch({"suspend": suspend}, notes), f"suspend -> {str(suspend).lower()}{asked}")
+    if kind in NETWORK:
+        wanted = DNS_VALUE[role]
+        return Edit(_patch(notes={ANNOTATION_DNS_CONTROLLER: wanted}), f"external-dns controller -> {wanted}")
+    if kind == VOLUME_REPLICATION:
+        state = "primary" if role is Role.ACTIVE else "secondary"
+        return Edit(_patch({"replicationState": state}), f"replicationState -> {state}")
+    if kind in WORKLOADS:
+        return None
+    raise _unmanaged(kind)
+
+
 def _dns_edit(notes: Mapping[str, str], role: Role) -> Edit | None:
     current, wanted = notes.get(ANNOTATION_DNS_CONTROLLER), DNS_VALUE[role]
     if current == wanted:

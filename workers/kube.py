@@ -17,6 +17,14 @@ make_active        just read (a concurrent writer makes it 409), re-read and rec
 check              a plain read; judged from ``status`` only (what the controller reports), never from
                    the spec we wrote. RBAC: get.
 observe            a plain read; a missing object is ``exists=False``, not an error. RBAC: get.
+make_many,         what the steps call: the same effects and checks for a step's objects in fewer
+check_many,        requests (:mod:`workers.kube_many`): one LIST per kind and namespace holding two
+observe_many       or more of them (RBAC: list), edits that do not depend on the object sent without
+                   a read where deploy/fencing is enforced (they set the same fields whatever is
+                   there, and carry the epoch), the rest read-modify-write as above, from the object as
+                   this process read it moments before where it can (a stale one gets 409).
+raise_fence        one merge patch, no read, where deploy/fencing's policy refuses a lower fence
+                   (Fenced); elsewhere read, refused here, conditioned. RBAC: get, patch failovergroups.
 stop_jobs          idempotent: list the namespace's Jobs, delete the CronJob's running ones
                    (background propagation, uid precondition); a Job already gone is skipped.
                    RBAC: get cronjobs; list, delete jobs.
@@ -35,28 +43,24 @@ by the watcher; an import-linter contract holds the rest of the product to that.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
 
 import structlog
 from kubernetes.client.exceptions import ApiException
 
 from fsm.kinds import (
     CRON_JOB,
-    FAILOVER_GROUPS,
     JOBS,
     Edit,
-    KindError,
     KindInfo,
     UnknownKind,
     active_edit,
     annotations_of,
-    as_int,
     condition,
     guess_role,
     judge,
@@ -64,9 +68,20 @@ from fsm.kinds import (
     passive_edit,
     replica_count,
 )
-from fsm.models import ANNOTATION_EPOCH, ANNOTATION_FENCE, LABEL_GROUP, GroupKey, ResourceRef
-from workers.errors import ConflictError, Fenced, NotFoundError, OrchestratorError, PermanentError
+from fsm.models import ANNOTATION_EPOCH, GroupKey, ResourceRef
+from workers.errors import ConflictError, NotFoundError, PermanentError
 from workers.kube_client import KubeClients, Obj, Target
+from workers.kube_many import (
+    Recall,
+    Seen,
+    fence_enforced,
+    fenced,
+    located,
+    make_many,
+    not_found,
+    raise_fence,
+    read_many,
+)
 from workers.ports import Change, Check, Observation, Role
 
 # The clients and their targets are part of this adapter's surface (workers.api, workers.status).
@@ -75,32 +90,7 @@ __all__ = ["KubeClients", "KubeEffects", "Target", "describe_edit"]
 log = structlog.get_logger(__name__)
 
 
-@contextlib.contextmanager
-def _located(cluster: str, ref: ResourceRef) -> Iterator[None]:
-    """Make sure every error leaving the adapter is ours and says which cluster and object it is about."""
-    try:
-        yield
-    except KindError as error:
-        raise PermanentError(str(error), cluster=cluster, obj=str(ref)) from error
-    except OrchestratorError as error:
-        error.cluster = error.cluster or cluster
-        error.obj = error.obj or str(ref)
-        raise
-
-
 # --- the port --------------------------------------------------------------------------------------
-
-
-def _fenced(edit: Edit, obj: Obj, epoch: int, group: str) -> Obj:
-    """``edit``'s merge patch, conditioned on the resourceVersion read, stamped with the epoch and
-    labelled with the group: what the clusters' fence policy (deploy/fencing) checks."""
-    patch = json.loads(json.dumps(edit.patch))
-    metadata = patch.setdefault("metadata", {})
-    metadata["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion")
-    metadata.setdefault("annotations", {})[ANNOTATION_EPOCH] = str(epoch)
-    if group:
-        metadata.setdefault("labels", {})[LABEL_GROUP] = group
-    return cast(Obj, patch)
 
 
 def _not_served(error: PermanentError) -> bool:
@@ -124,6 +114,20 @@ def _shown(value: object) -> str:
     if isinstance(value, bool | int | float):
         return json.dumps(value)
     return str(value)
+
+
+def _observation(cluster: str, ref: ResourceRef, seen: Seen) -> Observation:
+    if seen is None:
+        return Observation(exists=False, detail=not_found(cluster, ref).message)
+    obj = seen[1]
+    meta = obj.get("metadata") or {}
+    epoch = annotations_of(obj).get(ANNOTATION_EPOCH)
+    return Observation(
+        exists=True,
+        role=guess_role(ref.kind, obj),
+        replicas=replica_count(ref.kind, obj),
+        detail=f"generation {meta.get('generation')}, epoch {epoch or '(none)'}",
+    )
 
 
 def describe_edit(obj: Obj, edit: Edit) -> str:
@@ -166,10 +170,14 @@ class KubeEffects:
         kubeconfig: str | Path | None = None,
         conflict_attempts: int = 5,
         read_threads: int = 8,
+        fence_ttl: float = 300.0,
     ) -> None:
         self.clients = clients if clients is not None else KubeClients(kubeconfig)
         self.conflict_attempts = conflict_attempts
         self.read_threads = read_threads
+        self.fence_ttl = fence_ttl
+        self.recall = Recall()
+        self._fence: dict[str, tuple[float, bool]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -208,10 +216,35 @@ class KubeEffects:
         try:
             return target, self.clients.get(target)
         except PermanentError as error:
-            if len(self._info(cluster, ref).versions) == 1 or not _not_served(error):
+            if not self.retarget(cluster, ref, error):
                 raise
         target = self.target(cluster, ref)
         return target, self.clients.get(target)
+
+    def retarget(self, cluster: str, ref: ResourceRef, error: PermanentError) -> bool:
+        """Whether ``error`` is the 404 of a version of ``ref``'s kind that has gone, with another to
+        look for: the caller asks :meth:`target` again (the discovery cache was dropped)."""
+        return len(self._info(cluster, ref).versions) > 1 and _not_served(error)
+
+    def fence_enforced(self, cluster: str) -> bool:
+        """Whether ``cluster`` enforces deploy/fencing (:func:`workers.kube_many.fence_enforced`),
+        looked up again after ``fence_ttl`` seconds."""
+        now = time.monotonic()
+        with self._pool_lock:
+            cached = self._fence.get(cluster)
+        if cached is not None and now - cached[0] <= self.fence_ttl:
+            return cached[1]
+        enforced = fence_enforced(self.clients, cluster)
+        with self._pool_lock:
+            self._fence[cluster] = (now, enforced)
+        return enforced
+
+    def read_pool(self) -> ThreadPoolExecutor:
+        """The threads that send a step's reads in parallel (at most ``read_threads`` at once)."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="kube-read")
+            return self._pool
 
     # --- ClusterEffects ---------------------------------------------------------------------------
 
@@ -224,8 +257,8 @@ class KubeEffects:
         group: str = "",
         before_write: Callable[[], None] | None = None,
     ) -> Change:
-        with _located(cluster, ref):
-            return self._apply(
+        with located(cluster, ref):
+            return self.apply(
                 cluster,
                 ref,
                 Role.PASSIVE,
@@ -245,8 +278,8 @@ class KubeEffects:
         requested_at: str | None = None,
         before_write: Callable[[], None] | None = None,
     ) -> Change:
-        with _located(cluster, ref):
-            return self._apply(
+        with located(cluster, ref):
+            return self.apply(
                 cluster,
                 ref,
                 Role.ACTIVE,
@@ -256,71 +289,76 @@ class KubeEffects:
             )
 
     def raise_fence(self, cluster: str, group: GroupKey, *, token: int) -> Change:
-        """Raise the group's fence annotation on ``cluster`` to ``token``, conditioned on the
-        resourceVersion read (and, on the server, on deploy/fencing's rule that a fence only grows)."""
-        ref = ResourceRef(kind=FAILOVER_GROUPS.kind, namespace=group.namespace, name=group.name)
-        info = FAILOVER_GROUPS
-        target = Target(cluster, info.group, info.versions[0], info.plural, ref.namespace, ref.name, str(ref))
-        with _located(cluster, ref):
-            for _attempt in range(self.conflict_attempts):
-                obj = self.clients.get(target)
-                current = as_int(annotations_of(obj).get(ANNOTATION_FENCE), 0)
-                if current > token:
-                    raise Fenced(
-                        f"fenced: the fence of {ref} on {cluster!r} is {current}, above this run's "
-                        f"token {token}: a newer run owns the group"
-                    )
-                if current == token:
-                    return Change(cluster, ref, "raise_fence", changed=False, detail=f"fence already {token}")
-                patch = {
-                    "metadata": {
-                        "resourceVersion": (obj.get("metadata") or {}).get("resourceVersion"),
-                        "annotations": {ANNOTATION_FENCE: str(token)},
-                    }
-                }
-                try:
-                    self.clients.patch(target, patch)
-                except ConflictError:
-                    continue
-                log.info(
-                    "kube.fence_raised", cluster=cluster, group=str(group), fence=token, previous=current
-                )
-                return Change(cluster, ref, "raise_fence", changed=True, detail=f"fence {current} -> {token}")
-        raise ConflictError(f"the fence of {ref} kept changing under us", cluster=cluster, obj=str(ref))
+        """Raise the group's fence annotation on ``cluster`` to ``token``, never lower it
+        (:func:`workers.kube_many.raise_fence`: one patch where deploy/fencing is enforced)."""
+        return raise_fence(self, cluster, group, token)
 
     def check(self, cluster: str, ref: ResourceRef, role: Role, *, requested_at: str | None = None) -> Check:
-        with _located(cluster, ref):
+        with located(cluster, ref):
             _, obj = self.read(cluster, ref)
             reached, detail = judge(ref.kind, obj, role, requested_at=requested_at)
             return Check(reached=reached, detail=detail)
 
     def observe(self, cluster: str, ref: ResourceRef) -> Observation:
-        with _located(cluster, ref):
+        with located(cluster, ref):
             try:
-                _, obj = self.read(cluster, ref)
+                seen: Seen = self.read(cluster, ref)
             except NotFoundError as error:
                 return Observation(exists=False, detail=error.message)
-            meta = obj.get("metadata") or {}
-            epoch = annotations_of(obj).get(ANNOTATION_EPOCH)
-            return Observation(
-                exists=True,
-                role=guess_role(ref.kind, obj),
-                replicas=replica_count(ref.kind, obj),
-                detail=f"generation {meta.get('generation')}, epoch {epoch or '(none)'}",
-            )
+            return _observation(cluster, ref, seen)
 
     def observe_many(self, cluster: str, refs: Sequence[ResourceRef]) -> dict[ResourceRef, Observation]:
-        """:meth:`observe` of every ref, the reads sent in parallel over the cluster's pooled
-        connections (at most ``read_threads`` at once); the first error in the order of ``refs`` is
-        raised once every read has ended. Same requests as one by one, a fraction of the wait."""
-        if len(refs) <= 1:
-            return {ref: self.observe(cluster, ref) for ref in refs}
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="kube-read")
-            pool = self._pool
-        futures = [pool.submit(self.observe, cluster, ref) for ref in refs]
-        return {ref: future.result() for ref, future in zip(refs, futures, strict=True)}
+        """:meth:`observe` of every ref, read with one request per kind and namespace (a LIST where
+        there are several: :func:`workers.kube_many.read_many`), the requests in parallel."""
+        found = read_many(self, cluster, refs)
+        return {ref: _observation(cluster, ref, found[ref]) for ref in refs}
+
+    def check_many(
+        self,
+        cluster: str,
+        refs: Sequence[ResourceRef],
+        role: Role,
+        *,
+        requested_at: Mapping[ResourceRef, str | None] | None = None,
+    ) -> dict[ResourceRef, Check]:
+        """:meth:`check` of every ref, read as :meth:`observe_many` reads; a missing object raises
+        NotFoundError (the first in the order of ``refs``), as :meth:`check` does."""
+        found, stamps = read_many(self, cluster, refs), requested_at or {}
+        checks = {}
+        for ref in refs:
+            with located(cluster, ref):
+                seen = found[ref]
+                if seen is None:
+                    raise not_found(cluster, ref)
+                reached, detail = judge(ref.kind, seen[1], role, requested_at=stamps.get(ref))
+                checks[ref] = Check(reached=reached, detail=detail)
+        return checks
+
+    def make_many(
+        self,
+        cluster: str,
+        refs: Sequence[ResourceRef],
+        role: Role,
+        *,
+        epoch: int,
+        group: str = "",
+        replicas: Mapping[str, int] | None = None,
+        requested_at: Mapping[ResourceRef, str | None] | None = None,
+        before_write: Callable[[], None] | None = None,
+    ) -> list[Change]:
+        """:meth:`make_passive` or :meth:`make_active` of every ref, in fewer requests: the edits that
+        do not depend on the object sent without a read, the others read together
+        (:mod:`workers.kube_many`). ``changed`` of a write sent without a read is True."""
+        return make_many(
+            self,
+            cluster,
+            refs,
+            role,
+            stamp=(epoch, group),
+            replicas=replicas or {},
+            requested_at=requested_at or {},
+            before_write=before_write,
+        )
 
     def stop_jobs(self, cluster: str, ref: ResourceRef) -> Change:
         """Delete the running Jobs of CronJob ``ref`` (past the wait's deadline: never left running).
@@ -328,7 +366,7 @@ class KubeEffects:
         Idempotent: Jobs that finished or are gone are left alone; ``changed`` says whether any was
         deleted. Pods follow their Job through background propagation.
         """
-        with _located(cluster, ref):
+        with located(cluster, ref):
             if ref.kind != CRON_JOB:
                 raise PermanentError(f"stop_jobs applies to CronJobs, not to {ref.kind}")
             _, cron = self.read(cluster, ref)
@@ -378,7 +416,7 @@ class KubeEffects:
         already in the wanted form. Never writes (RBAC: get). The epoch annotation every real write
         also sets is not part of the detail: its value is the run's fencing token, unknown here.
         """
-        with _located(cluster, ref):
+        with located(cluster, ref):
             _, obj = self.read(cluster, ref)
             if role is Role.PASSIVE:
                 edit = passive_edit(ref.kind, obj)
@@ -402,7 +440,7 @@ class KubeEffects:
         except UnknownKind as error:
             raise PermanentError(str(error), cluster=cluster, obj=str(ref)) from error
 
-    def _apply(
+    def apply(
         self,
         cluster: str,
         ref: ResourceRef,
@@ -410,15 +448,18 @@ class KubeEffects:
         stamp: tuple[int, str],
         edit_of: Callable[[Obj], Edit | None],
         *,
+        first: tuple[Target, Obj] | None = None,
         before_write: Callable[[], None] | None = None,
     ) -> Change:
         """Read, compute the edit, patch conditioned on the resourceVersion read; on 409, again.
-        ``before_write`` (the lease guard) runs right before every patch, retries included: a writer
-        that was frozen inside the first attempt does not write again on a lease it no longer holds."""
+        ``first``: the object as the step already read it (the first attempt does not read it again;
+        a stale one gets 409 and is read again). ``before_write`` (the lease guard) runs right before
+        every patch, retries included: a writer that was frozen inside the first attempt does not
+        write again on a lease it no longer holds."""
         action = f"make_{role.value}"
         conflict: ConflictError | None = None
         for attempt in range(1, self.conflict_attempts + 1):
-            target, obj = self.read(cluster, ref)
+            target, obj = first if first is not None and attempt == 1 else self.read(cluster, ref)
             edit = edit_of(obj)
             if edit is None:
                 return Change(
@@ -427,7 +468,7 @@ class KubeEffects:
             if before_write is not None:
                 before_write()
             try:
-                self.clients.patch(target, _fenced(edit, obj, *stamp))
+                self.recall.remember(cluster, ref, self.clients.patch(target, fenced(edit, obj, *stamp)))
             except ConflictError as error:
                 conflict = error
                 log.info(

@@ -16,9 +16,10 @@ read of 18 was unlucky; the engine's step budget (``Timing.max_attempts``) count
 Not retried here: a refused connection or a connect timeout (nothing reached a server: a lost site
 must fail fast and the engine's policy in :mod:`fsm.unreachable` decides), a 429 whose ``Retry-After``
 is longer than ``retry_after_max`` (the engine waits it out without holding a worker), 409 (the
-adapter re-reads) and every other answer. Repeating a PATCH is safe: ours carry the resourceVersion
-they were computed from, so one that had applied before its answer was lost gets 409 and the adapter
-re-reads and finds the object done; a repeated DELETE (uid precondition) gets 404, a repeated Event
+adapter re-reads) and every other answer. Repeating a PATCH is safe: a read-modify-write carries the
+resourceVersion it was computed from, so one that had applied before its answer was lost gets 409 and
+the adapter re-reads and finds the object done; one sent without a read sets fields to fixed values,
+which a second time changes nothing; a repeated DELETE (uid precondition) gets 404, a repeated Event
 create 409 AlreadyExists. urllib3's own retries stay off, so that there is one retry loop.
 
 Every object is read and written as a plain dict through ``CustomObjectsApi``, which builds the same
@@ -389,6 +390,18 @@ class KubeClients:
                 _content_type=content_type,
             )
         )
+
+    def list_cluster(self, target: Target) -> list[Obj]:
+        """The items of a cluster-scoped collection (``target.namespace`` unused)."""
+        api = k8s.CustomObjectsApi(self.api_client(target.cluster))
+        found = self.send(
+            target,
+            "list",
+            lambda timeout: api.list_cluster_custom_object(
+                target.group, target.version, target.plural, _request_timeout=timeout
+            ),
+        )
+        return [_obj(item) for item in _obj(found).get("items") or []]
 
     def list(self, target: Target, *, field_selector: str | None = None) -> list[Obj]:
         found = self._call(target, "list", "list_namespaced_custom_object", field_selector=field_selector)

@@ -39,7 +39,7 @@ Adapters raise only :mod:`workers.errors` exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -88,6 +88,69 @@ def observe_all(
         found: dict[ResourceRef, Observation] = many(cluster, refs)
         return found
     return {ref: effects.observe(cluster, ref) for ref in refs}
+
+
+def check_all(
+    effects: ClusterEffects,
+    cluster: str,
+    refs: Sequence[ResourceRef],
+    role: Role,
+    requested_at: Mapping[ResourceRef, str | None],
+) -> dict[ResourceRef, Check]:
+    """``effects.check`` of every ref on ``cluster``, in as few reads as the adapter can
+    (``check_many``, as :class:`workers.kube.KubeEffects` has: one per kind and namespace), else one
+    by one; the first error (in the order of ``refs``) is raised."""
+    many = getattr(effects, "check_many", None)
+    if many is not None:
+        found: dict[ResourceRef, Check] = many(cluster, refs, role, requested_at=requested_at)
+        return found
+    return {ref: effects.check(cluster, ref, role, requested_at=requested_at.get(ref)) for ref in refs}
+
+
+def make_all(
+    effects: ClusterEffects,
+    cluster: str,
+    refs: Sequence[ResourceRef],
+    role: Role,
+    *,
+    epoch: int,
+    group: str,
+    replicas: Mapping[str, int],
+    requested_at: Mapping[ResourceRef, str | None],
+    before_write: Callable[[], None] | None = None,
+) -> list[Change]:
+    """``make_passive``/``make_active`` of every ref on ``cluster``, in as few requests as the adapter
+    can (``make_many``, as :class:`workers.kube.KubeEffects` has), else one by one, in order."""
+    many = getattr(effects, "make_many", None)
+    if many is not None:
+        made: list[Change] = many(
+            cluster,
+            refs,
+            role,
+            epoch=epoch,
+            group=group,
+            replicas=replicas,
+            requested_at=requested_at,
+            before_write=before_write,
+        )
+        return made
+    if role is Role.PASSIVE:
+        return [
+            effects.make_passive(cluster, ref, epoch=epoch, group=group, before_write=before_write)
+            for ref in refs
+        ]
+    return [
+        effects.make_active(
+            cluster,
+            ref,
+            epoch=epoch,
+            group=group,
+            replicas=replicas.get(ref.name),
+            requested_at=requested_at.get(ref),
+            before_write=before_write,
+        )
+        for ref in refs
+    ]
 
 
 class ClusterEffects(Protocol):

@@ -31,7 +31,17 @@ from workers.errors import (
     PermanentError,
 )
 from workers.lease import LeaseGuard
-from workers.ports import Change, ClusterEffects, Coordination, Divergence, HistoryRecord, Role, observe_all
+from workers.ports import (
+    Change,
+    ClusterEffects,
+    Coordination,
+    Divergence,
+    HistoryRecord,
+    Role,
+    check_all,
+    make_all,
+    observe_all,
+)
 
 
 @dataclass(frozen=True)
@@ -93,25 +103,20 @@ class StepContext:
 
     def make(self, refs: Sequence[ResourceRef], role: Role) -> Done:
         cluster, epoch = self.on_cluster(), self.epoch
-        group = self.run.group.name
         self.pinned(refs)
-        for ref in refs:
-            # The lease guard runs right before every write the adapter makes (retries included).
-            if role is Role.PASSIVE:
-                change = self.effects.make_passive(
-                    cluster, ref, epoch=epoch, group=group, before_write=self.guard
-                )
-            else:
-                change = self.effects.make_active(
-                    cluster,
-                    ref,
-                    epoch=epoch,
-                    group=group,
-                    replicas=self.run.replicas.get(ref.name),
-                    requested_at=self.requested_at(ref),
-                    before_write=self.guard,
-                )
-            self.changes.append(change)
+        # The lease guard runs right before every write the adapter makes (retries included).
+        made = make_all(
+            self.effects,
+            cluster,
+            refs,
+            role,
+            epoch=epoch,
+            group=self.run.group.name,
+            replicas={ref.name: n for ref in refs if (n := self.run.replicas.get(ref.name)) is not None},
+            requested_at={ref: self.requested_at(ref) for ref in refs},
+            before_write=self.guard,
+        )
+        self.changes.extend(made)
         changed = [c for c in self.changes if c.changed]
         summary = f"{len(changed)} of {len(refs)} made {role.value} on {cluster}"
         if changed:
@@ -124,12 +129,11 @@ class StepContext:
         return self.run.requested_at if self.run.resources.reconciled(ref) else None
 
     def pending(self, refs: Sequence[ResourceRef], role: Role) -> list[tuple[ResourceRef, str]]:
-        """The objects that have not reached ``role`` yet, each with the reason why not."""
-        cluster = self.on_cluster()
-        checks = (
-            (ref, self.effects.check(cluster, ref, role, requested_at=self.requested_at(ref))) for ref in refs
-        )
-        return [(ref, check.detail) for ref, check in checks if not check.reached]
+        """The objects that have not reached ``role`` yet, each with the reason why not (each object
+        read once, in as few requests as the adapter can)."""
+        stamps = {ref: self.requested_at(ref) for ref in refs}
+        checks = check_all(self.effects, self.on_cluster(), refs, role, stamps)
+        return [(ref, checks[ref].detail) for ref in refs if not checks[ref].reached]
 
     def wait_for(self, refs: Sequence[ResourceRef], role: Role) -> Outcome:
         return self.judge(refs, role, self.pending(refs, role))

@@ -30,10 +30,28 @@ KINDS = (
 )
 # Granted but not used by this run, each with its reason.
 FLUX_KUSTOMIZATION = "the sample group names no Flux Kustomization; groups may (docs/API.md)"
+ONE_OF_A_KIND = (
+    "a step lists a kind only where the group names two or more of it in one namespace; the sample "
+    "group names one of this kind (two StatefulSets and two VolumeReplications)"
+)
+TWO_OF_A_KIND = (
+    "read one by one where a group names one object of the kind in a namespace, or again after a 409; "
+    "the sample group names two (read by one LIST)"
+)
 EXTRAS: dict[str, dict[Grant, str]] = {
     WORKER: {
         ("get", "kustomize.toolkit.fluxcd.io", "kustomizations"): FLUX_KUSTOMIZATION,
         ("patch", "kustomize.toolkit.fluxcd.io", "kustomizations"): FLUX_KUSTOMIZATION,
+        ("list", "kustomize.toolkit.fluxcd.io", "kustomizations"): FLUX_KUSTOMIZATION,
+        **{
+            ("list", group, resource): ONE_OF_A_KIND
+            for group, resource in KINDS
+            if resource not in ("statefulsets", "volumereplications", "kustomizations")
+        },
+        ("get", "crd.hahomelabs.com", "failovergroups"): "the fence is read first only on a cluster "
+        "that does not enforce deploy/fencing (these do: one patch raises it)",
+        ("get", "apps", "statefulsets"): TWO_OF_A_KIND,
+        ("get", "replication.storage.openshift.io", "volumereplications"): TWO_OF_A_KIND,
         ("list", "batch", "jobs"): "only when a suspended CronJob's Jobs outlive the step deadline",
         ("delete", "batch", "jobs"): "only when a suspended CronJob's Jobs outlive the step deadline",
     },

@@ -126,9 +126,13 @@ WORKLOAD_KINDS = (
 )
 RULES = {
     "failover-orchestrator-worker": {
-        **{key: {"get", "patch"} for key in WORKLOAD_KINDS},
+        # list: a step's objects of one kind in one namespace, read in one request (workers/kube_many.py)
+        **{key: {"get", "list", "patch"} for key in WORKLOAD_KINDS},
         ("batch", "jobs"): {"list", "delete"},  # a suspended CronJob's Jobs past the step deadline
         ("crd.hahomelabs.com", "failovergroups"): {"get", "patch"},  # the fence annotation (deploy/fencing)
+        # whether deploy/fencing is enforced (workers/kube_many.py: fence_enforced)
+        ("admissionregistration.k8s.io", "validatingadmissionpolicies"): {"list"},
+        ("admissionregistration.k8s.io", "validatingadmissionpolicybindings"): {"list"},
     },
     "failover-orchestrator-watcher": {
         ("crd.hahomelabs.com", "failovers"): {"get", "list", "watch"},
