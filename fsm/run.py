@@ -69,10 +69,7 @@ class Dispatch(BaseModel):
     countdown: float = 0.0
     due_at: float = 0.0
     redriven: int = 0
-    # The worker whose engine committed this dispatch and sends its message (None: a producer, a
-    # sweeper or an engine outside a worker): if it stops heartbeating before any worker claims the
-    # message, the message may never have been sent.
-    sender: str | None = None
+    sender: str | None = None  # the worker that committed it and sends its message (workers.recovery)
 
 
 def resolve_command(group: GroupKey) -> str:
