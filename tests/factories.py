@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fsm.models import Failover, FailoverGroup, ResourceRef
+from fsm.autofailover import AUTOMATIC_REASON_PREFIX, AutoFailover
+from fsm.models import Failover, FailoverGroup, FailoverMode, ResourceRef
 
 SHOP_GROUP: dict[str, Any] = {
     "apiVersion": "crd.hahomelabs.com/v1alpha1",
@@ -51,3 +52,25 @@ def failover(
 
 def all_refs(g: FailoverGroup) -> list[ResourceRef]:
     return [*g.workload_refs(), *g.volume_refs(), *g.network_refs(), *g.flux_refs()]
+
+
+def automatic_failover(
+    group: FailoverGroup, *, epoch: str, unhealthy_for: str = "120s", target: str = "site-b"
+) -> Failover:
+    """The Failover the health checker creates for ``group`` when site-a has reported ERROR for
+    ``unhealthy_for`` (:class:`fsm.autofailover.AutoFailover`: its labels, name and kind of reason)."""
+    reason = (
+        f"{AUTOMATIC_REASON_PREFIX} by the health checker: the active cluster site-a has reported ERROR "
+        f"for {unhealthy_for} (timeouts.unhealthyPrimary is {unhealthy_for}); {target} is the "
+        "healthiest standby"
+    )
+    auto = AutoFailover(
+        group=group.metadata.name,
+        namespace=group.metadata.namespace,
+        target_cluster=target,
+        mode=FailoverMode.CONSISTENCY,
+        force=False,
+        reason=reason,
+        epoch=epoch,
+    )
+    return Failover.model_validate(auto.manifest())

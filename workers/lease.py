@@ -47,10 +47,12 @@ class LeaseGuard:
     ) -> LeaseGuard:
         """Renew now and guard from the moment the renewal was sent (the conservative end).
         ``wall`` is the clock the lease's expiry is written in (the engine's)."""
-        sent = time.monotonic()
-        expires = coordination.renew_lease(group, token=token, lease_seconds=lease_seconds, now=wall())
         margin = min(margin, lease_seconds / 4)
-        return cls(coordination, group, token, lease_seconds, margin, sent, wall=wall, expires_at=expires)
+        guard = cls(
+            coordination, group, token, lease_seconds, margin, time.monotonic(), wall=wall, confirmed=False
+        )
+        guard._confirm()
+        return guard
 
     @classmethod
     def renewed_if_half_gone(
@@ -88,8 +90,8 @@ class LeaseGuard:
             )
         except TemporaryError as error:
             raise TemporaryError(
-                f"lease of group {self.group} (token {self.token}) cannot be confirmed before this "
-                f"step's first write: not writing ({error.describe()})"
+                f"lease of group {self.group} (token {self.token}) cannot be confirmed: not writing "
+                f"({error.describe()})"
             ) from error
         self.confirmed, self.confirmed_at = True, sent
         self.renewals += 1

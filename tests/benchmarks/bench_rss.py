@@ -49,14 +49,14 @@ import structlog
 
 from fsm.models import Failover, FailoverGroup
 from sandbox.celery_worker import WorkerProcess
-from sandbox.dynamo import AWS_DUMMY_ENV, REGION
+from sandbox.dynamo import AWS_DUMMY_ENV
 from sandbox.kube import SandboxFleet
 from sandbox.kube.process import ProcessCluster
 from sandbox.kube.samples import copy_to_namespace, sample_manifests
 from sandbox.redis_server import redis_url
-from sandbox.stack import SANDBOX_OPERATOR_ID, stack_settings, worker_env
+from sandbox.stack import worker_env
+from tests.benchmarks.bench_site import site_settings
 from workers.api import Orchestrator
-from workers.settings import Settings
 
 SITES = ("site-a", "site-b")
 FIGURES = ("rss", "pss", "uss")
@@ -162,24 +162,6 @@ def failover_for(group: FailoverGroup, tag: str) -> Failover:
     )
 
 
-def _settings(url: str, prefix: str, fleet: SandboxFleet, dynamo: DynamoStandIn) -> Settings:
-    defaults = Settings.model_fields
-    return stack_settings(
-        url,
-        prefix,
-        timing=defaults["timing"].get_default(call_default_factory=True),
-        visibility_timeout=defaults["visibility_timeout"].default,
-        redrive_after=defaults["redrive_after"].default,
-        kubeconfig=str(fleet.kubeconfig_path),
-        clusters=list(SITES),
-        dynamodb_table=f"rss-{uuid.uuid4().hex[:6]}",
-        dynamodb_endpoint_url=dynamo.endpoint,
-        operator_id=SANDBOX_OPERATOR_ID,
-        aws_region=REGION,
-        task_events=False,
-    )
-
-
 # --- one variant ------------------------------------------------------------------------------------
 
 
@@ -211,7 +193,7 @@ def measure(
     code = variant.code
     url, tmp = stack.url, stack.tmp
     prefix = f"rss-{uuid.uuid4().hex[:8]}:"
-    settings = _settings(url, prefix, stack.fleet, stack.dynamo)
+    settings = site_settings(url, prefix, stack.fleet, stack.dynamo.endpoint, table="rss")
     prom_dir = tmp / f"prom-{prefix[:-1]}"
     prom_dir.mkdir()
     extra = {**AWS_DUMMY_ENV, "PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}

@@ -68,8 +68,7 @@ from typing import Any
 import redis
 import structlog
 
-from fsm.autofailover import AUTOMATIC_REASON_PREFIX, AutoFailover
-from fsm.models import Failover, FailoverGroup, FailoverMode
+from fsm.models import Failover, FailoverGroup
 from fsm.run import Run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, REGION
@@ -80,18 +79,12 @@ from sandbox.redis_server import redis_url
 from sandbox.stack import SANDBOX_OPERATOR_ID, stack_settings, worker_env
 from tests.benchmarks import site_profile, site_targets
 from tests.benchmarks.site_measure import FairnessProbe, RssSampler, children_of, wait_all
+from tests.factories import automatic_failover
 from workers.api import Orchestrator, run_id_for
 from workers.settings import Settings
 
 SITES = ("site-a", "site-b")
 BULK = 100  # groups per Failover in the bulk layout
-# What the health checker writes when the active cluster has reported ERROR long enough
-# (fsm.autofailover.decide_automatic_failover); the figures in it are the sample group's defaults.
-AUTOMATIC_REASON = (
-    f"{AUTOMATIC_REASON_PREFIX} by the health checker: the active cluster site-a has reported ERROR for "
-    "120s (timeouts.unhealthyPrimary is 120s); site-b is the healthiest standby (OK, heartbeat 5s old)"
-)
-
 
 # --- the stack --------------------------------------------------------------------------------------
 
@@ -125,20 +118,6 @@ def groups_of(count: int) -> list[FailoverGroup]:
     return [FailoverGroup.model_validate(copy_to_namespace(manifest, f"shop-{i:04d}")) for i in range(count)]
 
 
-def _automatic(group: FailoverGroup, tag: str) -> Failover:
-    """The Failover the health checker would create for ``group`` (its labels, name and reason)."""
-    auto = AutoFailover(
-        group=group.metadata.name,
-        namespace=group.metadata.namespace,
-        target_cluster="site-b",
-        mode=FailoverMode.CONSISTENCY,
-        force=False,
-        reason=AUTOMATIC_REASON,
-        epoch=f"bench-{tag}",
-    )
-    return Failover.model_validate(auto.manifest())
-
-
 def _operator(name: str, batch: list[FailoverGroup], reason: str) -> Failover:
     """A Failover as an operator writes it: no automatic label."""
     return Failover.model_validate(
@@ -159,7 +138,7 @@ def _operator(name: str, batch: list[FailoverGroup], reason: str) -> Failover:
 def failovers_for(groups: list[FailoverGroup], layout: str, tag: str) -> list[tuple[Failover, FailoverGroup]]:
     """(Failover, group) pairs: an automatic Failover per group, or an operator one per ``BULK`` groups."""
     if layout == "single":
-        return [(_automatic(g, tag), g) for g in groups]
+        return [(automatic_failover(g, epoch=f"bench-{tag}"), g) for g in groups]
     pairs = []
     for start in range(0, len(groups), BULK):
         batch = groups[start : start + BULK]
@@ -171,7 +150,11 @@ def failovers_for(groups: list[FailoverGroup], layout: str, tag: str) -> list[tu
 # --- one configuration ---------------------------------------------------------------------------------
 
 
-def _settings(url: str, prefix: str, fleet: SandboxFleet, dynamo: DynamoStandIn) -> Settings:
+def site_settings(
+    url: str, prefix: str, fleet: SandboxFleet, dynamo: str, *, table: str = "bench"
+) -> Settings:
+    """The workers' settings of a benchmark: production timing, the fleet, the DynamoDB stand-in at
+    ``dynamo`` with a new table named ``table-<hex>``."""
     defaults = Settings.model_fields
     return stack_settings(
         url,
@@ -182,8 +165,8 @@ def _settings(url: str, prefix: str, fleet: SandboxFleet, dynamo: DynamoStandIn)
         redrive_after=defaults["redrive_after"].default,
         kubeconfig=str(fleet.kubeconfig_path),
         clusters=list(SITES),
-        dynamodb_table=f"bench-{uuid.uuid4().hex[:6]}",
-        dynamodb_endpoint_url=dynamo.endpoint,
+        dynamodb_table=f"{table}-{uuid.uuid4().hex[:6]}",
+        dynamodb_endpoint_url=dynamo,
         operator_id=SANDBOX_OPERATOR_ID,
         aws_region=REGION,
         task_events=False,
@@ -296,7 +279,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
     with ExitStack() as stack:
         fleet, dynamo, url = _start(stack, args, tmp)
         prefix = f"bench-{uuid.uuid4().hex[:8]}:"
-        settings = _settings(url, prefix, fleet, dynamo)
+        settings = site_settings(url, prefix, fleet, dynamo.endpoint)
         env, prom_dir, logs = _environment(settings, args, tmp)
         client = redis.Redis.from_url(url)
         stack.callback(client.close)

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sandbox.kube import SandboxCluster
-from tests.kube.invariants import Objects, primary_volumes, snapshot
+from tests.kube.invariants import Objects, Sampler, primary_volumes, snapshot
 
 TWO_PRIMARIES = "two_primaries"
 ZERO_SERVING = "zero_serving"
@@ -61,17 +61,15 @@ class Violation:
         return f"{self.kind}: {self.text}"
 
 
-class FleetMonitor(threading.Thread):
+class FleetMonitor(Sampler):
     """Samples N clusters every ``interval`` seconds; see the module docstring."""
 
     def __init__(
         self, clusters: Sequence[SandboxCluster], namespace: str = "shop", *, interval: float = 0.02
     ) -> None:
-        super().__init__(name="chaos-invariant-monitor", daemon=True)
+        super().__init__("chaos-invariant-monitor", interval)
         self.clusters = list(clusters)
         self.namespace = namespace
-        self.interval = interval
-        self.samples = 0
         self.violations: list[Violation] = []
         # Moments seen inside a declared window (not violations; reported for the record).
         self.allowed: Counter[str] = Counter()
@@ -79,7 +77,6 @@ class FleetMonitor(threading.Thread):
         self._windows: Counter[str] = Counter()
         self._reasons: dict[str, list[str]] = {}
         self._lock = threading.Lock()
-        self._stop_event = threading.Event()
         self._seen: set[str] = set()
 
     # --- windows ------------------------------------------------------------------------------------
@@ -107,15 +104,6 @@ class FleetMonitor(threading.Thread):
             return {kind for kind, count in self._windows.items() if count > 0}
 
     # --- sampling -------------------------------------------------------------------------------------
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.sample()
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
 
     def __enter__(self) -> FleetMonitor:
         self.start()
@@ -173,7 +161,7 @@ def _two_primaries(read: dict[str, Objects]) -> list[str]:
     ]
 
 
-class SiteMonitor(threading.Thread):
+class SiteMonitor(Sampler):
     """Samples "never two writers" across a whole site: every namespace of two or more clusters at
     once (one list of VolumeReplications per cluster, straight from the stores) and records each
     namespace that has a primary volume (asked for or reported, :func:`primary_volumes`) on two
@@ -183,21 +171,9 @@ class SiteMonitor(threading.Thread):
     namespace only if both reads show it."""
 
     def __init__(self, clusters: Sequence[SandboxCluster], *, interval: float = 0.02) -> None:
-        super().__init__(name="chaos-site-monitor", daemon=True)
+        super().__init__("chaos-site-monitor", interval)
         self.clusters = list(clusters)
-        self.interval = interval
-        self.samples = 0
         self.violations: list[Violation] = []
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.sample()
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
 
     def read(self, order: Sequence[SandboxCluster]) -> dict[str, set[str]]:
         """Namespace -> the clusters (read in ``order``) with a primary volume there."""

@@ -40,12 +40,12 @@ from typing import cast
 import pytest
 import redis
 
-from fsm.autofailover import AUTOMATIC_REASON_PREFIX, AutoFailover
-from fsm.models import Failover, FailoverGroup, FailoverMode
+from fsm.models import Failover, FailoverGroup
 from fsm.run import Run, RunStatus
 from sandbox.kube.samples import load_sample_copies
 from tests.chaos.conftest import ChaosStack
 from tests.chaos.monitor import SiteMonitor
+from tests.factories import automatic_failover
 from workers.admission import INTERACTIVE_HEADROOM
 from workers.api import Orchestrator
 from workers.recovery import claim_holds
@@ -64,10 +64,6 @@ MAX_IN_FLIGHT = 10
 SLACK = 2
 READY_LIMIT = PER_SLOT * SLOTS * INTERACTIVE_HEADROOM + SLACK
 TIMEOUT = 80.0
-AUTOMATIC_REASON = (
-    f"{AUTOMATIC_REASON_PREFIX} by the health checker: the active cluster site-a has reported ERROR for "
-    "3s (timeouts.unhealthyPrimary is 3s); site-b is the healthiest standby"
-)
 
 
 class AdmissionSampler(threading.Thread):
@@ -119,19 +115,6 @@ def _groups(stack: ChaosStack) -> list[FailoverGroup]:
     for group in groups:
         stack.coordination.set_initial_owner(group.key, "site-a")
     return groups
-
-
-def _automatic(group: FailoverGroup) -> Failover:
-    auto = AutoFailover(
-        group=group.metadata.name,
-        namespace=group.metadata.namespace,
-        target_cluster="site-b",
-        mode=FailoverMode.CONSISTENCY,
-        force=False,
-        reason=AUTOMATIC_REASON,
-        epoch="site-a-lost",
-    )
-    return Failover.model_validate(auto.manifest())
 
 
 def _operator(group: FailoverGroup) -> Failover:
@@ -257,7 +240,12 @@ def test_whole_site_through_admission(make_stack: Callable[..., ChaosStack], rea
     sampler.start()
     with Orchestrator(stack.settings, coordination=stack.coordination) as handle:
         bulk = [
-            handle.submit(_automatic(g), g, failover_cluster="site-a", source="site-a").run.run_id
+            handle.submit(
+                automatic_failover(g, epoch="site-a-lost", unhealthy_for="3s"),
+                g,
+                failover_cluster="site-a",
+                source="site-a",
+            ).run.run_id
             for g in groups[:N]
         ]
         operator = handle.submit(

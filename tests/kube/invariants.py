@@ -112,7 +112,29 @@ def not_ready(objects: Objects) -> list[str]:
     return found
 
 
-class InvariantMonitor(threading.Thread):
+class Sampler(threading.Thread):
+    """A daemon thread that calls :meth:`sample` every ``interval`` seconds until :meth:`stop`."""
+
+    def __init__(self, name: str, interval: float) -> None:
+        super().__init__(name=name, daemon=True)
+        self.interval = interval
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.sample()
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+class InvariantMonitor(Sampler):
     """Samples both clusters every few milliseconds during a run and records every violation."""
 
     def __init__(
@@ -124,23 +146,11 @@ class InvariantMonitor(threading.Thread):
         *,
         interval: float = 0.005,
     ) -> None:
-        super().__init__(name="invariant-monitor", daemon=True)
+        super().__init__("invariant-monitor", interval)
         self.source, self.target, self.mode, self.group = source, target, mode, group
         self.namespace = group.metadata.namespace
-        self.interval = interval
-        self.samples = 0
         self.violations: list[str] = []
         self.first_stood_down: list[str] = []
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.sample()
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
 
     def sample(self) -> None:
         self.samples += 1
