@@ -17,9 +17,10 @@ Which run goes next (one Lua script, atomic with the bound):
 
 - two **lanes**: the *interactive* lane (0: an operator's Failover of one group, a group resolve)
   goes before the *bulk* lane (1: the health checker's automatic Failovers and stand-downs, and
-  Failovers listing several groups), and may fill the site up to ``INTERACTIVE_HEADROOM`` times the
-  bound: an operator's Failover is admitted at once even while a thousand automatic ones keep the
-  site at its bound, instead of waiting for one of them to finish;
+  Failovers listing several groups), and has room of its own on top of what the bulk lane may fill
+  (ready work up to the bulk lane's admitted bound plus its own ready bound, admitted runs up to
+  twice the bulk lane's): an operator's Failover is admitted at once even while a thousand automatic
+  ones keep the site at its bounds, instead of waiting for one of them to finish;
 - in a lane, **flows** (one per Failover) take turns: the flow whose turn is earliest goes next, and
   after each admission its next turn is ``now + 1/bulk_admission_rate`` (a Failover of one group has
   no next turn). So a Failover listing many groups is admitted at that rate at most, Failovers
@@ -53,9 +54,6 @@ log = structlog.get_logger(__name__)
 INTERACTIVE_LANE = 0  # an operator's Failover of one group, a group resolve
 BULK_LANE = 1  # the health checker's automatic Failovers and stand-downs, Failovers of several groups
 LANES = (INTERACTIVE_LANE, BULK_LANE)
-# The interactive lane may fill the site this many times more than the bulk lane: an operator's
-# Failover is admitted at once even while a thousand automatic ones keep the site at its bound.
-INTERACTIVE_HEADROOM = 2
 
 # KEYS: in-flight index, admitted, flows of lane 0, flows of lane 1, flow steps.
 # ARGV: now, ready bound of lane 1, admitted bound of lane 1, most to admit now, the flow queues' key
@@ -166,8 +164,9 @@ class Admission:
                 f"{prefix}flowstep",
             ],
             args=[
-                *(now, ready, admitted_bound, most, f"{prefix}flow:", ready * INTERACTIVE_HEADROOM),
-                min(self.bounds.max_in_flight, admitted_bound * INTERACTIVE_HEADROOM),
+                *(now, ready, admitted_bound, most, f"{prefix}flow:"),
+                # The interactive lane's room comes on top of all the bulk lane can fill.
+                *(admitted_bound + ready, min(self.bounds.max_in_flight, 2 * admitted_bound)),
             ],
         )
         admitted = [_text(i) for i in ids]

@@ -77,24 +77,22 @@ def test_runs_are_admitted_while_ready_work_is_under_the_bound(store: RunStore) 
     assert sent.starts == ["r0", "r1", "r2"]
 
 
-def test_an_operators_failover_goes_first_and_may_exceed_the_bulk_bound(
-    store: RunStore,
-) -> None:
+def test_an_operators_failover_goes_first_with_room_of_its_own(store: RunStore) -> None:
     clock, sent = Clock(), Sent()
-    admission = Admission(store, Bounds(per_slot=3, max_in_flight=100), clock=clock)
-    for i in range(4):
+    bounds = Bounds(per_slot=3, max_in_flight=100, admitted_per_slot=4)
+    admission = Admission(store, bounds, clock=clock)
+    for i in range(6):
         queue(store, f"auto{i}", f"auto{i}", at=clock.now + i)
     queue(store, "op", "by-hand", at=clock.now + 10, lane=INTERACTIVE_LANE)
     clock.now += 10
-    assert admission.admit(sent) == ["op", "auto0", "auto1"]
-    # The site is at its bound for automatic runs; an operator's Failover still starts at once.
-    queue(store, "op2", "by-hand-2", at=clock.now, lane=INTERACTIVE_LANE)
-    queue(store, "op3", "by-hand-3", at=clock.now, lane=INTERACTIVE_LANE)
-    assert admission.admit(sent) == ["op2", "op3"]
-    queue(store, "op4", "by-hand-4", at=clock.now, lane=INTERACTIVE_LANE)
-    assert admission.admit(sent) == ["op4"]  # up to twice the bound (6 ready), no further
-    queue(store, "op5", "by-hand-5", at=clock.now, lane=INTERACTIVE_LANE)
-    assert admission.admit(sent) == []
+    assert admission.admit(sent) == ["op", "auto0", "auto1"]  # 3 ready: the bulk lane's bound
+    # The site is at its bound for automatic runs; an operator's Failover still starts at once: its
+    # lane may go up to all the bulk lane can fill (4 admitted) plus its own 3.
+    for i in range(2, 6):
+        queue(store, f"op{i}", f"by-hand-{i}", at=clock.now, lane=INTERACTIVE_LANE)
+    assert admission.admit(sent) == ["op2", "op3", "op4", "op5"]
+    queue(store, "op6", "by-hand-6", at=clock.now, lane=INTERACTIVE_LANE)
+    assert admission.admit(sent) == []  # 7 ready
 
 
 def test_bulk_failovers_take_turns_at_their_rate_and_a_new_failover_waits_one_turn(store: RunStore) -> None:
