@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -55,7 +52,7 @@ from sandbox.kube.process import ProcessCluster
 from sandbox.kube.samples import copy_to_namespace, sample_manifests
 from sandbox.redis_server import redis_url
 from sandbox.stack import worker_env
-from tests.benchmarks.bench_site import site_settings
+from tests.benchmarks.bench_site import DynamoStandIn, site_settings
 from workers.api import Orchestrator
 
 SITES = ("site-a", "site-b")
@@ -119,25 +116,6 @@ class PeakSampler(threading.Thread):
 
 
 # --- the stack -------------------------------------------------------------------------------------
-
-
-class DynamoStandIn:
-    """The stand-in's process (:mod:`tests.benchmarks.site_dynamo`, transactions patched)."""
-
-    def __init__(self) -> None:
-        command = [sys.executable, "-m", "tests.benchmarks.site_dynamo"]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        self.endpoint = f"http://127.0.0.1:{json.loads(self.process.stdout.readline())['port']}"
-
-    def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def groups_from(first: int, count: int) -> list[FailoverGroup]:
@@ -317,7 +295,7 @@ def main() -> None:
         )
         fleet.clusters["site-b"] = ProcessCluster("site-b", sample_groups=total, passive=True)
         stack.enter_context(fleet)
-        dynamo = DynamoStandIn()
+        dynamo = DynamoStandIn(stock=False)
         stack.callback(dynamo.stop)
         os.environ.update(AWS_DUMMY_ENV)
         url = stack.enter_context(redis_url())
