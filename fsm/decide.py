@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fsm.machine import EventKind as EventKind  # noqa: PLC0414 (re-exported: one name per idea)
 from fsm.machine import fire
-from fsm.plan import CATALOGUE, POINT_OF_NO_RETURN, Phase, PlanKind, Stage, State, Step, StepType
+from fsm.plan import CATALOGUE, POINT_OF_NO_RETURN, Phase, PlanKind, Stage, State, Step, StepType, Timing
 from fsm.run import (
     CompensationAction,
     Dispatch,
@@ -343,11 +343,22 @@ def _settle(old: Run, new: Run, now: float, reason: str) -> Decision:
     step = new.current_step
     assert step is not None, f"non-terminal state {new.state_name} without a step"
     tickets = new.tickets + 1
-    dispatch = Dispatch(step=step, ticket=tickets, countdown=0.0, due_at=now)
+    delay = _first_check(old, step, new.timing)
+    dispatch = Dispatch(step=step, ticket=tickets, countdown=delay, due_at=now + delay)
     new = new.model_copy(update={"tickets": tickets, "dispatch": dispatch})
     return Decision(
         run=new, changed=True, reason=f"{reason}; next {step.value}", dispatch=dispatch, journal=journal
     )
+
+
+def _first_check(old: Run, step: Step, timing: Timing) -> float:
+    """A wait on objects that follows the step which asked for their change is first checked after
+    ``Timing.first_check_delay`` (no object changes within a round trip); any other step at once."""
+    info, previous = CATALOGUE.get(step), old.current_step
+    if info is None or info.type is not StepType.WAIT or info.role is None or previous in (None, step):
+        return 0.0
+    before = CATALOGUE.get(previous) if previous is not None else None
+    return timing.first_check_delay() if before is not None and before.type is StepType.EFFECT else 0.0
 
 
 def _finished(run: Run, now: float) -> Run:

@@ -695,3 +695,19 @@ def test_steps_renew_the_lease_at_their_first_write_or_once_half_of_it_has_gone(
     renewed = harness.store.load(second)
     assert renewed is not None and renewed.lease_expires_at is not None
     assert renewed.lease_expires_at > granted.lease_expires_at + harness.engine.settings.lease_seconds / 2
+
+
+def test_a_wait_is_first_checked_a_moment_after_the_step_that_asked_for_the_change(harness: Harness) -> None:
+    """No object changes within a round trip: checking at once would only cost a round of reads."""
+    submit(harness)
+    delays: dict[str, float] = {}
+    while harness.sender.sent:
+        message = harness.sender.sent.pop(0)
+        delays.setdefault(message.name, message.countdown)
+        harness.deliver(message)
+    first = harness.engine.settings.timing.first_check_delay()
+    assert first == harness.engine.settings.timing.poll_initial / 2
+    assert delays["failover.wait_scaled_down"] == first
+    assert delays["failover.wait_volumes_demoted"] == first
+    assert delays["failover.scale_down_workloads"] == 0.0  # effects and coordination at once
+    assert delays["failover.validate"] == 0.0
