@@ -412,12 +412,12 @@ class Timing(BaseModel):
     retry_max: float = 30.0
     max_attempts: int = 6
     # Countdown before a wait's first check, sent right after the step that asked for the change
-    # (None: half of poll_initial). Objects never reach their state within a request's time, so a
-    # check at once only costs a round of reads; a woken wait registers at this first check.
+    # (None: half of poll_initial, at most 0.5 s). Objects never reach their state within a request's
+    # time, so a check at once only costs a round of reads; a woken wait registers at this check.
     first_check: float | None = None
 
     def first_check_delay(self) -> float:
-        return self.poll_initial / 2 if self.first_check is None else self.first_check
+        return min(0.5, self.poll_initial / 2) if self.first_check is None else self.first_check
 
     def timeout_for(self, step: Step) -> float:
         """The deadline of one attempt at ``step``, from its type (effect, wait, coordination)."""
