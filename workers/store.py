@@ -68,8 +68,9 @@ end
 return 1
 """
 
-# How many runs a store remembers with the bytes they were opened from (see RunStore._open).
-_OPENED = 64
+# How many runs a store remembers with the bytes they were opened from or written as (RunStore._open):
+# about the runs admitted per worker slot, so that the step after a commit rarely parses its run again.
+_OPENED = 128
 
 _RESEAL = """
 if redis.call('HGET', KEYS[1], 'd') ~= ARGV[1] then return 0 end
@@ -218,6 +219,7 @@ class RunStore:
 
     def _remember(self, run_id: str, raw: bytes, run: Run) -> None:
         with self._opened_lock:
+            self._opened.pop(run_id, None)  # the newest last: the oldest goes first
             self._opened[run_id] = (raw, run)
             while len(self._opened) > _OPENED:
                 self._opened.pop(next(iter(self._opened)))
@@ -290,17 +292,21 @@ class RunStore:
         stored = run.model_copy(update={"version": expected_version + 1})
         due = "" if run.terminal else repr(run.dispatch.due_at if run.dispatch else run.created_at)
         ticket, attempt = (str(claimed.ticket), str(claimed.attempt)) if claimed else ("", "")
+        sealed = self.signer.seal(stored)
         result = self._commit(
             keys=[
                 *(self._run_key(run.run_id), self._inflight, self._claim_key(run.run_id)),
                 admitted_key(self.prefix),
             ],
             args=[
-                *(expected_version, stored.version, self.signer.seal(stored), run.run_id, due, self.ttl),
+                *(expected_version, stored.version, sealed, run.run_id, due, self.ttl),
                 *(ticket, attempt, "1" if run.state is Phase.PENDING else "0"),
             ],
         )
-        return stored if result == 1 else None
+        if result != 1:
+            return None
+        self._remember(run.run_id, sealed.encode(), stored)  # the bytes just written: the next load is free
+        return stored
 
     @_translated
     def defer(self, run_id: str, *, due_at: float) -> None:

@@ -26,6 +26,7 @@ from sandbox.redis_server import free_port
 from sandbox.stack import SANDBOX_RUN_KEY
 from tests.chaos.conftest import SHOP, TIMING, ChaosStack, make_stack  # noqa: F401 (the fixture)
 from tests.factories import failover
+from tests.security.sealed import fields_of, sealed_value
 from tests.waiting import wait_for_run
 from workers.messages import START_TASK
 from workers.store import RunStore
@@ -157,9 +158,9 @@ def test_a_valid_run_altered_in_redis_is_refused_and_changes_nothing(
     )
     assert stack.store.create(run)  # genuine, sealed with the key; its message not sent yet
     key = f"{stack.settings.key_prefix}run:{run.run_id}"
-    document = json.loads(real_redis.hget(key, "d") or b"")
+    document = fields_of(real_redis.hget(key, "d") or b"")
     alter(document)  # the MAC stays the genuine run's
-    real_redis.hset(key, "d", json.dumps(document))
+    real_redis.hset(key, "d", sealed_value(document))
 
     stack.engine.sender.send(START_TASK, run.run_id, 0, countdown=0.0, cluster=None)
 

@@ -3,6 +3,8 @@ the FailoverGroup; the settings that refuse to run without a key."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 import uuid
@@ -19,6 +21,7 @@ from fsm.run import Run, new_run
 from sandbox.fakes import FakeClusters, FakeCoordination, fake_adapters
 from sandbox.stack import SANDBOX_RUN_KEY, sandbox_signer
 from tests.factories import all_refs, failover, group
+from tests.security.sealed import earlier_format, fields_of, sealed_value
 from workers.engine import Engine
 from workers.errors import PermanentError
 from workers.messages import START_TASK
@@ -26,7 +29,7 @@ from workers.ports import Role
 from workers.settings import MissingRunKey, Settings
 from workers.steps import StepContext, history_record
 from workers.store import RunStore
-from workers.trust import MAC_FIELD, ForgedRun, RunSigner, Unsigned, canonical
+from workers.trust import MAC_FIELD, SCHEME, ForgedRun, RunSigner, Unsigned
 
 NEW_KEY = "the-new-run-key-after-rotation"
 VICTIM = {"kind": "Deployment", "namespace": "victim", "name": "critical"}
@@ -49,12 +52,11 @@ def a_run(run_id: str | None = None, **group_spec: Any) -> Run:
 def raw_of(store: RunStore, run_id: str) -> dict[str, Any]:
     raw = store.client.hget(f"{store.prefix}run:{run_id}", "d")
     assert raw is not None
-    document: dict[str, Any] = json.loads(raw)
-    return document
+    return fields_of(raw)
 
 
 def overwrite(store: RunStore, run_id: str, document: dict[str, Any]) -> None:
-    store.client.hset(f"{store.prefix}run:{run_id}", mapping={"v": 1, "d": json.dumps(document)})
+    store.client.hset(f"{store.prefix}run:{run_id}", mapping={"v": 1, "d": sealed_value(document)})
 
 
 def guessed_mac(document: dict[str, Any]) -> str:
@@ -70,13 +72,17 @@ def store(fake_redis: fakeredis.FakeRedis) -> RunStore:
 # --- the MAC ------------------------------------------------------------------------------------------
 
 
-def test_every_stored_run_carries_a_mac_over_its_canonical_json_and_loads_back(store: RunStore) -> None:
+def test_every_stored_run_carries_a_mac_over_its_stored_bytes_and_loads_back(store: RunStore) -> None:
     run = a_run()
     assert store.create(run)
 
     document = raw_of(store, run.run_id)
-    assert document[MAC_FIELD].startswith("hmac-sha256:")
-    assert MAC_FIELD.encode() not in canonical(document)
+    assert document[MAC_FIELD].startswith("hmac-sha256-v2:")
+    raw = store.client.hget(f"{store.prefix}run:{run.run_id}", "d")
+    assert raw is not None
+    body = raw[raw.index(b'"run":') + len(b'"run":') : -1]
+    expected = hmac.new(SANDBOX_RUN_KEY.encode(), body, hashlib.sha256).hexdigest()
+    assert document[MAC_FIELD] == SCHEME + expected
     loaded = store.load(run.run_id)
     assert loaded is not None and loaded.model_copy(update={"version": 0}) == run
     committed = store.commit(loaded.model_copy(update={"message": "x"}), expected_version=1)
@@ -111,7 +117,8 @@ def test_a_crafted_run_without_a_mac_is_refused_logged_once_and_counted(store: R
             ),
             id="resources",
         ),
-        pytest.param(lambda d: d.update(mac="hmac-sha256:" + "0" * 64), id="mac"),
+        pytest.param(lambda d: d.update(mac=SCHEME + "0" * 64), id="mac"),
+        pytest.param(lambda d: d.update(mac="hmac-sha256:" + "0" * 64), id="earlier-scheme"),
         pytest.param(lambda d: d.update(mac=guessed_mac(d)), id="guessed-key"),
     ],
 )
@@ -195,6 +202,75 @@ def test_without_the_previous_key_a_run_sealed_with_it_is_refused(fake_redis: fa
 
     with pytest.raises(ForgedRun, match="does not verify"):
         RunSigner(NEW_KEY).open(fake_redis.hget(f"r2:run:{run.run_id}", "d") or b"", run.run_id)
+
+
+def _stored(fake_redis: fakeredis.FakeRedis, prefix: str, run_id: str) -> bytes:
+    raw = fake_redis.hget(f"{prefix}run:{run_id}", "d")
+    assert raw is not None
+    return raw
+
+
+@pytest.mark.parametrize("key", [SANDBOX_RUN_KEY, "the-previous-key"])
+def test_a_run_sealed_in_the_earlier_format_is_accepted_and_sealed_again_in_the_current(
+    fake_redis: fakeredis.FakeRedis, key: str
+) -> None:
+    """A rolling upgrade: runs in flight were written by the previous version (the MAC over the
+    canonical JSON, in the run's fields), with the current key or, after a rotation, the previous."""
+    store = RunStore(fake_redis, signer=RunSigner(SANDBOX_RUN_KEY, previous="the-previous-key"), prefix="u:")
+    run = a_run()
+    fake_redis.hset(f"u:run:{run.run_id}", mapping={"v": 1, "d": earlier_format(key, run)})
+
+    loaded = store.load(run.run_id)
+
+    assert loaded is not None and loaded.model_copy(update={"version": 0}) == run
+    assert _stored(fake_redis, "u:", run.run_id).startswith(b'{"mac":"' + SCHEME.encode())
+    assert RunStore(fake_redis, signer=RunSigner(SANDBOX_RUN_KEY), prefix="u:").load(run.run_id) == loaded
+
+
+def test_a_run_in_the_earlier_format_with_another_key_is_refused(fake_redis: fakeredis.FakeRedis) -> None:
+    store = RunStore(fake_redis, signer=RunSigner(SANDBOX_RUN_KEY), prefix="u2:")
+    run = a_run()
+    value = earlier_format("a guessed key", run)
+    fake_redis.hset(f"u2:run:{run.run_id}", mapping={"v": 1, "d": value})
+
+    assert store.load(run.run_id) is None
+    assert _stored(fake_redis, "u2:", run.run_id) == value.encode()  # nothing written over it
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        pytest.param(lambda raw: raw + b" ", id="trailing-space"),
+        pytest.param(lambda raw: raw[:-1] + b',"x":1}', id="trailing-field"),
+        pytest.param(lambda raw: raw[:-1] + b"}}", id="extra-brace"),
+        pytest.param(lambda raw: raw.replace(b'","run":', b'", "run":', 1), id="reformatted"),
+        pytest.param(lambda raw: raw.replace(b'"run":{', b'"run":{"x":1,', 1), id="field-added"),
+        pytest.param(lambda raw: raw[:-1], id="truncated"),
+    ],
+)
+def test_a_sealed_value_changed_by_even_one_byte_is_refused(store: RunStore, mangle: Any) -> None:
+    run = a_run()
+    assert store.create(run)
+    key = f"{store.prefix}run:{run.run_id}"
+    raw = store.client.hget(key, "d")
+    assert raw is not None
+    store.client.hset(key, "d", mangle(raw))
+
+    assert RunStore(store.client, signer=sandbox_signer(), prefix=store.prefix).load(run.run_id) is None
+
+
+def test_the_run_a_commit_wrote_is_not_parsed_again_but_other_bytes_are(store: RunStore) -> None:
+    run = a_run()
+    assert store.create(run)
+    loaded = store.load(run.run_id)
+    assert loaded is not None
+    committed = store.commit(loaded.model_copy(update={"message": "committed"}), expected_version=1)
+    assert committed is not None
+
+    assert store.load(run.run_id) is committed  # the bytes it wrote: remembered, not opened again
+    document = raw_of(store, run.run_id)
+    overwrite(store, run.run_id, {**document, "message": "altered"})
+    assert store.load(run.run_id) is None
 
 
 # --- settings -----------------------------------------------------------------------------------------

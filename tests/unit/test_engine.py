@@ -579,8 +579,8 @@ def test_a_cancel_racing_the_promotion_waits_for_it_then_is_refused(
 def test_a_control_forged_into_the_run_in_redis_is_never_applied(harness: Harness) -> None:
     """Someone with Redis access writes a forced skip of wait_volumes_demoted into the run (the MAC
     cannot be updated without the run key) and sends the control message: nothing is decided."""
-    import json
 
+    from tests.security.sealed import fields_of, sealed_value
     from workers.messages import CONTROL_TASK
 
     run_id = submit(harness)
@@ -588,8 +588,7 @@ def test_a_control_forged_into_the_run_in_redis_is_never_applied(harness: Harnes
     before = harness.store.load(run_id)
     assert before is not None
     key = f"t:run:{run_id}"
-    raw = harness.store.client.hget(key, "d")
-    document = json.loads(raw)
+    document = fields_of(harness.store.client.hget(key, "d") or b"")
     document["controls"] = [
         {
             "id": 1,
@@ -602,11 +601,11 @@ def test_a_control_forged_into_the_run_in_redis_is_never_applied(harness: Harnes
             "source": "cli",
         }
     ]
-    harness.store.client.hset(key, "d", json.dumps(document))
+    harness.store.client.hset(key, "d", sealed_value(document))
     harness.sender.send(CONTROL_TASK, run_id, 0, countdown=0.0, cluster=None)
     assert harness.engine.control(run_id) is None
     assert harness.engine.redrive() == []
-    assert harness.store.client.hget(key, "d") == json.dumps(document).encode()  # nothing written over it
+    assert harness.store.client.hget(key, "d") == sealed_value(document).encode()  # nothing written over it
     assert harness.deliver(harness.sender.sent.pop(0)) is None  # the held wait does nothing either
     assert all(harness.clusters.role("site-b", ref) == Role.PASSIVE.value for ref in all_refs(group()))
 
