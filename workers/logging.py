@@ -54,8 +54,14 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
-    # transitions logs two INFO lines per state change: the engine logs the decision once instead.
-    for noisy in ("botocore", "urllib3", "kubernetes.client.rest", "transitions"):
+    # transitions logs two INFO lines per state change, and Celery two per message (received,
+    # succeeded): the engine logs each decision once (``run.decided``) instead. At a site's worth of
+    # messages the four cost more of a worker's CPU than the decision itself (issue 15); they are
+    # there at DEBUG.
+    quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    for noisy in ("celery.app.trace", "celery.worker.strategy", "transitions"):
+        logging.getLogger(noisy).setLevel(quiet)
+    for noisy in ("botocore", "urllib3", "kubernetes.client.rest"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.captureWarnings(True)  # a Python warning is a log line in the same format, not raw text
     _configured = not provisional

@@ -97,6 +97,7 @@ class DynamoStandIn:
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         self.endpoint = f"http://127.0.0.1:{json.loads(self.process.stdout.readline())['port']}"
+        self.pid = self.process.pid
 
     def calls(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.endpoint}/__calls", timeout=10) as answer:
@@ -153,8 +154,8 @@ def failovers_for(groups: list[FailoverGroup], layout: str, tag: str) -> list[tu
 def site_settings(
     url: str, prefix: str, fleet: SandboxFleet, dynamo: str, *, table: str = "bench"
 ) -> Settings:
-    """The workers' settings of a benchmark: production timing, the fleet, the DynamoDB stand-in at
-    ``dynamo`` with a new table named ``table-<hex>``."""
+    """The workers' settings of a benchmark: production timing and JSON logs, the fleet, the DynamoDB
+    stand-in at ``dynamo`` with a new table named ``table-<hex>``."""
     defaults = Settings.model_fields
     return stack_settings(
         url,
@@ -170,6 +171,7 @@ def site_settings(
         operator_id=SANDBOX_OPERATOR_ID,
         aws_region=REGION,
         task_events=False,
+        log_json=True,  # as deployed (deploy/config/settings.yaml)
     )
 
 
@@ -211,9 +213,14 @@ def _start(stack: ExitStack, args: argparse.Namespace, tmp: Path) -> tuple[Sandb
 
 
 def _profiler(
-    args: argparse.Namespace, procs: list[WorkerProcess], fleet: SandboxFleet, out: Path
+    args: argparse.Namespace,
+    procs: list[WorkerProcess],
+    fleet: SandboxFleet,
+    dynamo: DynamoStandIn,
+    out: Path,
 ) -> site_profile.Profiler:
-    """py-spy on the first worker (main process and pool child) and site-a's sandbox process."""
+    """py-spy on the first worker (main process and pool child), site-a's sandbox process and the
+    DynamoDB stand-in."""
     main = procs[0].process.pid
     targets = {"worker-main": main}
     for child in children_of(main)[:1]:
@@ -221,6 +228,7 @@ def _profiler(
     sandbox = getattr(fleet["site-a"], "_process", None)
     if sandbox is not None:
         targets["sandbox-site-a"] = sandbox.pid
+    targets["dynamodb-stand-in"] = dynamo.pid
     return site_profile.Profiler(targets, args.profile, out)
 
 
@@ -310,7 +318,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
 
         def fire() -> None:
             if profile:
-                profiler.append(_profiler(args, procs, fleet, args.profile_dir))
+                profiler.append(_profiler(args, procs, fleet, dynamo, args.profile_dir))
 
         probe = FairnessProbe(
             settings, probe_pair, run_ids, fraction=args.probe_at, timeout=args.timeout, on_fire=fire

@@ -3,11 +3,15 @@ loses nothing; validate's reads go out in parallel, one per kind, and see what o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from kubernetes.config.kube_config import KubeConfigLoader
 
 from sandbox.kube import SandboxFleet
 from workers.errors import ClusterUnreachable
 from workers.kube import KubeClients, KubeEffects
+from workers.kube_client import refresh_at_most_every
 from workers.kube_limits import RateLimits
 from workers.ports import observe_all
 
@@ -78,3 +82,51 @@ def test_observe_many_raises_the_first_error_of_an_unreachable_cluster(
         fleet["site-b"].set_down(False)
     assert (caught.value.cluster, caught.value.obj) == ("site-b", str(SAMPLE[0]))  # in the order of refs
     assert observe_all(effects, "site-b", SAMPLE[:2])[SAMPLE[0]].exists  # the pool is still usable
+
+
+# --- the credentials hook ---------------------------------------------------------------------------
+
+
+def test_the_kubeconfig_is_reapplied_once_per_interval_not_before_every_request(
+    fleet: SandboxFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's credentials hook re-applies the whole kubeconfig (and re-reads the proxy
+    environment) before each request; the adapter lets it run once per CREDENTIALS_CHECK_SECONDS."""
+    applied: list[str] = []
+    original = KubeConfigLoader._set_config
+
+    def counting(self: KubeConfigLoader, configuration: object) -> None:
+        applied.append("set")
+        original(self, configuration)
+
+    monkeypatch.setattr(KubeConfigLoader, "_set_config", counting)
+    clients = KubeClients(fleet.kubeconfig_path, connect_timeout=1.0, read_timeout=3.0)
+    try:
+        target = KubeEffects(clients).target("site-a", ref("Deployment", "web"))
+        before = fleet["site-a"].used("worker").total()
+        for _ in range(20):
+            assert clients.get(target)["metadata"]["name"] == "web"
+        seen = fleet["site-a"].used("worker").total() - before
+    finally:
+        clients.close()
+    assert seen == 20  # every request authenticated as the worker identity
+    assert applied == ["set", "set"]  # when the client was built, and at its first request only
+
+
+def test_the_credentials_hook_runs_again_once_the_interval_has_passed() -> None:
+    class Configuration:
+        def __init__(self) -> None:
+            self.refresh_api_key_hook: Callable[[object], None] | None = calls.append
+
+    calls: list[object] = []
+    now = [100.0]
+    configuration = Configuration()
+    refresh_at_most_every(configuration, 10.0, clock=lambda: now[0])
+    hook = configuration.refresh_api_key_hook
+    assert hook is not None
+
+    for step in (0.0, 1.0, 9.9, 10.0, 15.0, 20.1):
+        now[0] = 100.0 + step
+        hook(configuration)
+
+    assert len(calls) == 3  # at 0, at 10.0 and at 20.1
