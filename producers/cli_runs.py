@@ -51,6 +51,7 @@ def status(
         split_name(failover, what="failover")
     with orchestrator(settings_of(ctx)) as handle:
         runs = handle.runs(failover=failover, limit=limit)
+        queued = _queued(handle) if output is Output.table and failover is None else ""
     if failover is not None and not runs:
         namespace, name = split_name(failover, what="failover")
         raise fail(
@@ -61,7 +62,7 @@ def status(
     if output is Output.json:
         emit_json([run.model_dump(mode="json") for run in runs])
         return
-    table = Table(title="runs")
+    table = Table(title="runs", caption=queued or None)
     columns = ("run", "failover", "group", "mode", "from → to", "status", "state", "started", "took")
     for column in (*columns, "message"):
         table.add_column(column)
@@ -80,6 +81,17 @@ def status(
             run.message,
         )
     out().print(table)
+
+
+def _queued(handle: Orchestrator) -> str:
+    """The site's runs waiting for admission, per lane (nothing when none wait, or admission is off):
+    the same two cheap reads as the gauge ``failover_admission_queued_runs``."""
+    admission = handle.admission
+    lanes = admission.queued() if admission is not None else {}
+    if not sum(lanes.values()):
+        return ""
+    each = ", ".join(f"{lane} {n}" for lane, n in lanes.items())
+    return f"{sum(lanes.values())} runs queued for admission ({each})"
 
 
 def _runs_of(handle: Orchestrator, target: str) -> list[Run]:

@@ -54,6 +54,7 @@ log = structlog.get_logger(__name__)
 INTERACTIVE_LANE = 0  # an operator's Failover of one group, a group resolve
 BULK_LANE = 1  # the health checker's automatic Failovers and stand-downs, Failovers of several groups
 LANES = (INTERACTIVE_LANE, BULK_LANE)
+LANE_NAMES = {INTERACTIVE_LANE: "interactive", BULK_LANE: "bulk"}  # in messages and metric labels
 
 # KEYS: in-flight index, admitted, flows of lane 0, flows of lane 1, flow steps.
 # ARGV: now, ready bound of lane 1, admitted bound of lane 1, most to admit now, the flow queues' key
@@ -186,20 +187,33 @@ class Admission:
             log.info("runs.admitted", runs=len(started), first=started[0])
         return started
 
-    @_translated
     def waiting(self) -> int:
-        """How many runs wait for admission (for status and metrics)."""
+        """How many runs wait for admission, in all."""
+        return sum(self.queued().values())
+
+    @_translated
+    def queued(self) -> dict[str, int]:
+        """How many runs wait for admission in each lane, by its name (``interactive``, ``bulk``): the
+        gauge ``failover_admission_queued_runs``, read at scrape time. Two round trips, no scan: the
+        lanes' flows (one per Failover with queued runs), then the length of each flow's queue."""
         prefix = self.store.prefix
         pipe = self.store.client.pipeline(transaction=False)
         for lane in LANES:
             pipe.zrange(flows_key(prefix, lane), 0, -1)
-        flows = [_text(flow) for members in pipe.execute() for flow in members]
+        flows = [
+            (lane, _text(flow))
+            for lane, members in zip(LANES, pipe.execute(), strict=True)
+            for flow in members
+        ]
+        counts = {LANE_NAMES[lane]: 0 for lane in LANES}
         if not flows:
-            return 0
+            return counts
         pipe = self.store.client.pipeline(transaction=False)
-        for flow in flows:
+        for _, flow in flows:
             pipe.llen(f"{prefix}flow:{flow}")
-        return sum(int(n) for n in pipe.execute())
+        for (lane, _), length in zip(flows, pipe.execute(), strict=True):
+            counts[LANE_NAMES[lane]] += int(length)
+        return counts
 
     @_translated
     def prune(self) -> int:

@@ -21,7 +21,7 @@ from fsm.autofailover import is_automatic
 from fsm.models import Failover, FailoverGroup, GroupKey, RequestError, check_request
 from fsm.run import Run, new_resolve_run, new_run, new_standdown_run
 from workers import liveness
-from workers.admission import INTERACTIVE_LANE, Admission, admission_for, queued_for
+from workers.admission import LANE_NAMES, Admission, admission_for, queued_for
 from workers.control_requests import Asked, ControlRequest, request_control, wait_decided
 from workers.errors import PermanentError
 from workers.kube import KubeClients, KubeEffects
@@ -161,7 +161,7 @@ class Orchestrator:
         """Store ``run`` and start it, or queue it for admission (:mod:`workers.admission`)."""
         queued = queued_for(run, automatic=automatic, groups=groups, rate=self.settings.bulk_admission_rate)
         if self.admission is not None:
-            lane = "interactive" if queued.lane == INTERACTIVE_LANE else "bulk"
+            lane = LANE_NAMES[queued.lane]
             run = run.model_copy(update={"message": f"queued for admission ({lane} lane)"})
         return submit_run(self.store, self.sender, run, admission=self.admission, queued=queued)
 

@@ -332,8 +332,9 @@ class Engine:
     # --- internals -------------------------------------------------------------------------------
 
     def _renew(self, run: Run, token: int) -> LeaseGuard:
-        """Renew the run's lease now; the guard that says until when writes are safe."""
-        return LeaseGuard.after_renewal(
+        """Renew the run's lease now (no expiry known to wait for); the guard that says until when
+        writes are safe."""
+        return LeaseGuard.renewed_if_half_gone(
             self.adapters.coordination,
             run.group,
             token=token,

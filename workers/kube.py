@@ -75,12 +75,12 @@ from workers.kube_many import (
     Recall,
     Seen,
     fence_enforced,
-    fenced,
     located,
     make_many,
     not_found,
     raise_fence,
     read_many,
+    write,
 )
 from workers.ports import Change, Check, Observation, Role
 
@@ -258,12 +258,13 @@ class KubeEffects:
         before_write: Callable[[], None] | None = None,
     ) -> Change:
         with located(cluster, ref):
-            return self.apply(
+            return write(
+                self,
                 cluster,
                 ref,
-                Role.PASSIVE,
-                (epoch, group),
                 lambda obj: passive_edit(ref.kind, obj),
+                role=Role.PASSIVE,
+                stamp=(epoch, group),
                 before_write=before_write,
             )
 
@@ -279,12 +280,13 @@ class KubeEffects:
         before_write: Callable[[], None] | None = None,
     ) -> Change:
         with located(cluster, ref):
-            return self.apply(
+            return write(
+                self,
                 cluster,
                 ref,
-                Role.ACTIVE,
-                (epoch, group),
                 lambda obj: active_edit(ref.kind, obj, replicas=replicas, requested_at=requested_at),
+                role=Role.ACTIVE,
+                stamp=(epoch, group),
                 before_write=before_write,
             )
 
@@ -439,58 +441,3 @@ class KubeEffects:
             return kind_info(ref.kind)
         except UnknownKind as error:
             raise PermanentError(str(error), cluster=cluster, obj=str(ref)) from error
-
-    def apply(
-        self,
-        cluster: str,
-        ref: ResourceRef,
-        role: Role,
-        stamp: tuple[int, str],
-        edit_of: Callable[[Obj], Edit | None],
-        *,
-        first: tuple[Target, Obj] | None = None,
-        before_write: Callable[[], None] | None = None,
-    ) -> Change:
-        """Read, compute the edit, patch conditioned on the resourceVersion read; on 409, again.
-        ``first``: the object as the step already read it (the first attempt does not read it again;
-        a stale one gets 409 and is read again). ``before_write`` (the lease guard) runs right before
-        every patch, retries included: a writer that was frozen inside the first attempt does not
-        write again on a lease it no longer holds."""
-        action = f"make_{role.value}"
-        conflict: ConflictError | None = None
-        for attempt in range(1, self.conflict_attempts + 1):
-            target, obj = first if first is not None and attempt == 1 else self.read(cluster, ref)
-            edit = edit_of(obj)
-            if edit is None:
-                return Change(
-                    cluster=cluster, ref=ref, action=action, changed=False, detail=f"already {role.value}"
-                )
-            if before_write is not None:
-                before_write()
-            try:
-                self.recall.remember(cluster, ref, self.clients.patch(target, fenced(edit, obj, *stamp)))
-            except ConflictError as error:
-                conflict = error
-                log.info(
-                    "kube.patch_conflict",
-                    cluster=cluster,
-                    obj=str(ref),
-                    action=action,
-                    attempt=f"{attempt} of {self.conflict_attempts}",
-                    next="re-read and retry" if attempt < self.conflict_attempts else "give up",
-                )
-                continue
-            log.info(
-                "kube.changed",
-                cluster=cluster,
-                obj=str(ref),
-                action=action,
-                detail=edit.detail,
-                epoch=stamp[0],
-            )
-            return Change(cluster=cluster, ref=ref, action=action, changed=True, detail=edit.detail)
-        raise ConflictError(
-            f"{ref} kept changing under us: {self.conflict_attempts} patches in a row got 409 Conflict",
-            cluster=cluster,
-            obj=str(ref),
-        ) from conflict

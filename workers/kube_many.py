@@ -18,7 +18,7 @@ guarantees: what a step costs the API server, per object, is what a site-wide fa
 - **Writes that do** (workloads: the replica count is read, remembered, restored) keep the
   read-modify-write: patched conditioned on the ``resourceVersion`` read (from the LIST or GET above,
   or as this process last read or wrote it moments ago: :class:`Recall`), and on 409 that object
-  alone is read again and the edit recomputed (:meth:`KubeEffects.apply`).
+  alone is read again and the edit recomputed (:func:`write`).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class Recall:
     An effect that must read its objects (workloads: the replica count) computes its patch from the one
     recalled, e.g. as ``validate`` read it a moment before, and sends it conditioned on that
     resourceVersion: if the object changed since, the patch gets 409 and the object is read afresh
-    (:meth:`KubeEffects.apply`), so a recalled object is exactly as good as one just read, or costs
+    (:func:`write`), so a recalled object is exactly as good as one just read, or costs
     one request more. One whose edit would be nothing is not used (no write would check it).
     """
 
@@ -268,9 +268,7 @@ def make_many(
             edit = blind[ref]
             if edit is not None:
                 changes.append(
-                    write_blind(
-                        effects, cluster, ref, edit, role=role, stamp=stamp, before_write=before_write
-                    )
+                    write(effects, cluster, ref, edit, role=role, stamp=stamp, before_write=before_write)
                 )
                 continue
             first = seen[ref]
@@ -278,7 +276,16 @@ def make_many(
                 raise not_found(cluster, ref)
             edit_of = _edit_of(ref, role, replicas, requested_at)
             changes.append(
-                effects.apply(cluster, ref, role, stamp, edit_of, first=first, before_write=before_write)
+                write(
+                    effects,
+                    cluster,
+                    ref,
+                    edit_of,
+                    role=role,
+                    stamp=stamp,
+                    first=first,
+                    before_write=before_write,
+                )
             )
     return changes
 
@@ -317,47 +324,80 @@ def _edit_of(
     )
 
 
-def write_blind(
+def write(
     effects: KubeEffects,
     cluster: str,
     ref: ResourceRef,
-    edit: Edit,
+    edit: Edit | Callable[[Obj], Edit | None],
     *,
     role: Role,
     stamp: tuple[int, str],
-    before_write: Callable[[], None] | None,
+    first: Seen = None,
+    before_write: Callable[[], None] | None = None,
 ) -> Change:
-    """Send ``edit`` (stamped with the epoch and the group, no ``resourceVersion``) without reading
-    ``ref`` first. ``changed`` says a write went out: the server changes nothing if it was there.
+    """Move ``ref`` to ``role`` with one patch stamped with the epoch and the group (:func:`fenced`),
+    sent again on 409 up to ``conflict_attempts`` times, ``before_write`` (the lease guard) right
+    before every patch: a writer frozen inside an attempt does not write again on a lease it lost.
 
-    A merge patch without ``resourceVersion`` is not conditioned, so a 409 is the server's own (or an
-    injected fault): sent again, up to ``conflict_attempts`` times, the lease guard before each."""
-    action, target = f"make_{role.value}", effects.target(cluster, ref)
-    patch = fenced(edit, None, *stamp)
+    An :class:`Edit` is sent as it is, without a read nor ``resourceVersion`` (:func:`blind_edit`;
+    ``changed``: a write went out). Not conditioned, its 409 is the server's own (or an injected
+    fault): the same patch again; a version found gone is looked up again through discovery. A
+    function of the object is read-modify-write: the edit computed from ``first`` (as the step read
+    it; a stale one gets 409) or from a read, conditioned on its resourceVersion; on 409 read again
+    and recomputed. No edit: already in the wanted form, nothing written."""
+    action, blind = f"make_{role.value}", isinstance(edit, Edit)
+    target: Target | None = None
     conflict: ConflictError | None = None
     for attempt in range(1, effects.conflict_attempts + 1):
+        obj: Obj | None = None
+        if isinstance(edit, Edit):
+            target, wanted = target if target is not None else effects.target(cluster, ref), edit
+        else:
+            target, obj = first if first is not None and attempt == 1 else effects.read(cluster, ref)
+            found = edit(obj)
+            if found is None:
+                return Change(cluster, ref, action, changed=False, detail=f"already {role.value}")
+            wanted = found
         if before_write is not None:
             before_write()
         try:
-            effects.clients.patch(target, patch)
+            written = effects.clients.patch(target, fenced(wanted, obj, *stamp))
         except ConflictError as error:
             conflict = error
-            log.info("kube.patch_conflict", cluster=cluster, obj=str(ref), action=action, attempt=attempt)
+            _conflicted(cluster, ref, action, attempt, effects.conflict_attempts, blind=blind)
             continue
         except PermanentError as error:
-            if attempt == effects.conflict_attempts or not effects.retarget(cluster, ref, error):
+            if not blind or attempt == effects.conflict_attempts or not effects.retarget(cluster, ref, error):
                 raise
-            target = effects.target(cluster, ref)
+            target = None  # located again, through discovery, by the next attempt
             continue
+        if not blind:
+            effects.recall.remember(cluster, ref, written)
         log.info(
-            "kube.changed", cluster=cluster, obj=str(ref), action=action, detail=edit.detail, epoch=stamp[0]
+            "kube.changed", cluster=cluster, obj=str(ref), action=action, detail=wanted.detail, epoch=stamp[0]
         )
-        return Change(cluster=cluster, ref=ref, action=action, changed=True, detail=edit.detail)
+        return Change(cluster=cluster, ref=ref, action=action, changed=True, detail=wanted.detail)
+    why = "" if blind else " kept changing under us"
     raise ConflictError(
-        f"{ref}: {effects.conflict_attempts} patches in a row got 409 Conflict",
+        f"{ref}{why}: {effects.conflict_attempts} patches in a row got 409 Conflict",
         cluster=cluster,
         obj=str(ref),
     ) from conflict
+
+
+def _conflicted(
+    cluster: str, ref: ResourceRef, action: str, attempt: int, attempts: int, *, blind: bool
+) -> None:
+    """Log a patch that got 409, and what comes next."""
+    again = "send again" if blind else "re-read and retry"
+    log.info(
+        "kube.patch_conflict",
+        cluster=cluster,
+        obj=str(ref),
+        action=action,
+        attempt=f"{attempt} of {attempts}",
+        next=again if attempt < attempts else "give up",
+    )
 
 
 def raise_fence(effects: KubeEffects, cluster: str, group: GroupKey, token: int) -> Change:

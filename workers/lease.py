@@ -35,26 +35,6 @@ class LeaseGuard:
     confirmed: bool = True
 
     @classmethod
-    def after_renewal(
-        cls,
-        coordination: Coordination,
-        group: GroupKey,
-        *,
-        token: int,
-        lease_seconds: float,
-        margin: float,
-        wall: Callable[[], float] = time.time,
-    ) -> LeaseGuard:
-        """Renew now and guard from the moment the renewal was sent (the conservative end).
-        ``wall`` is the clock the lease's expiry is written in (the engine's)."""
-        margin = min(margin, lease_seconds / 4)
-        guard = cls(
-            coordination, group, token, lease_seconds, margin, time.monotonic(), wall=wall, confirmed=False
-        )
-        guard._confirm()
-        return guard
-
-    @classmethod
     def renewed_if_half_gone(
         cls,
         coordination: Coordination,
@@ -63,23 +43,34 @@ class LeaseGuard:
         token: int,
         lease_seconds: float,
         margin: float,
-        expires_at: float | None,
+        expires_at: float | None = None,
         wall: Callable[[], float] = time.time,
     ) -> LeaseGuard:
         """A guard for a lease last known to expire at ``expires_at`` (the run's record of its latest
-        renewal, in ``wall``'s clock): renewed now only when half of it or more has gone, or when the
-        expiry is unknown; otherwise at the step's first write (:meth:`check`), so that a step that
-        only reads (a wait, ``validate``) makes no DynamoDB call, while no cluster is ever written
-        without the lease confirmed in that very step (a lock taken from the run by hand, or
-        DynamoDB unreachable, stops the write). A clock skew between the workers of a site shifts the
-        estimate by that skew, which the safety margin absorbs."""
+        renewal, in ``wall``'s clock, the engine's): renewed now only when half of it or more has
+        gone, or when the expiry is unknown (None: also how a caller asks for a renewal now), and
+        then guarded from the moment the renewal was sent (the conservative end); otherwise at the
+        step's first write (:meth:`check`), so that a step that only reads (a wait, ``validate``)
+        makes no DynamoDB call, while no cluster is ever written without the lease confirmed in that
+        very step (a lock taken from the run by hand, or DynamoDB unreachable, stops the write). A
+        clock skew between the workers of a site shifts the estimate by that skew, which the safety
+        margin absorbs."""
+        margin = min(margin, lease_seconds / 4)
         left = None if expires_at is None else expires_at - wall()
         if left is None or left <= lease_seconds / 2:
-            return cls.after_renewal(
-                coordination, group, token=token, lease_seconds=lease_seconds, margin=margin, wall=wall
+            guard = cls(
+                coordination,
+                group,
+                token,
+                lease_seconds,
+                margin,
+                time.monotonic(),
+                wall=wall,
+                confirmed=False,
             )
+            guard._confirm()
+            return guard
         confirmed = time.monotonic() - (lease_seconds - min(left, lease_seconds))
-        margin = min(margin, lease_seconds / 4)
         return cls(coordination, group, token, lease_seconds, margin, confirmed, wall=wall, confirmed=False)
 
     def _confirm(self) -> None:

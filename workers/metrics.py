@@ -2,8 +2,9 @@
 
 :class:`MetricsObserver` is a :class:`workers.container.RunObserver`: the engine hands it the run value
 it just committed and it works out, from that value alone, what the decision changed. It must not
-import ``redis`` or any adapter (the queue depth is read through a callback), never block, and keep
-no more than a bounded map of run id -> last version seen.
+import ``redis`` or any adapter (the queue depth and the runs queued for admission are read through
+callbacks, :class:`ScrapedGauge`), never block, and keep no more than a bounded map of run id -> last
+version seen.
 
 Why from the value alone: consecutive decisions of one run are taken by different worker processes
 (prefork children, other pods), so a per-process memory of "what the run looked like before" is
@@ -53,7 +54,7 @@ DOWNTIME_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 # Seconds from the watch event that woke a wait to the step's attempt (target: p50 0.1 s, p95 1 s).
 WAKE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-QueueDepthReader = Callable[[], Mapping[str, int]]
+ScrapeReader = Callable[[], Mapping[str, int]]  # label value -> number, read at each scrape
 
 
 class Metrics:
@@ -313,21 +314,19 @@ def set_predicted_rto(forecast: Forecast, group: str, metrics: Metrics | None = 
             gauge.labels(group=group, mode=mode.mode, quantile=quantile).set(seconds)
 
 
-class QueueDepthCollector(Collector):
-    """``failover_queue_depth{queue}``, read at scrape time through ``read`` (e.g. Redis LLEN per queue).
+class ScrapedGauge(Collector):
+    """A gauge read at scrape time through ``read`` (label value -> number), e.g.
+    ``failover_queue_depth{queue}`` (Redis LLEN per queue) or ``failover_admission_queued_runs{lane}``.
 
-    The reader belongs to whoever owns the Redis client (``workers.store``); a failing read drops the
-    samples of that scrape and logs why, it never fails the scrape.
+    The reader belongs to whoever owns the Redis client (``workers.store``, ``workers.admission``); a
+    failing read drops the samples of that scrape and logs why, it never fails the scrape.
     """
 
-    def __init__(self, read: QueueDepthReader) -> None:
-        self.read = read
+    def __init__(self, name: str, documentation: str, label: str, read: ScrapeReader) -> None:
+        self.name, self.documentation, self.label, self.read = name, documentation, label, read
 
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "failover_queue_depth", "Messages waiting in each Celery queue.", labels=["queue"]
-        )
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield self._family()
@@ -335,13 +334,27 @@ class QueueDepthCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = self._family()
         try:
-            depths = dict(self.read())
+            values = dict(self.read())
         except Exception as error:
-            log.warning("metrics.queue_depth_failed", error=f"{type(error).__name__}: {error}")
-            depths = {}
-        for queue, depth in sorted(depths.items()):
-            family.add_metric([queue], float(depth))
+            event = f"metrics.{self.name.removeprefix('failover_')}_failed"
+            log.warning(event, error=f"{type(error).__name__}: {error}")
+            values = {}
+        for key, value in sorted(values.items()):
+            family.add_metric([key], float(value))
         yield family
+
+
+def queue_depth_gauge(read: ScrapeReader) -> ScrapedGauge:
+    return ScrapedGauge("failover_queue_depth", "Messages waiting in each Celery queue.", "queue", read)
+
+
+def admission_queued_gauge(read: ScrapeReader) -> ScrapedGauge:
+    return ScrapedGauge(
+        "failover_admission_queued_runs",
+        "Runs waiting for admission (workers.admission), by lane (interactive, bulk).",
+        "lane",
+        read,
+    )
 
 
 # --- serving ---------------------------------------------------------------------------------------
@@ -376,7 +389,8 @@ def start_metrics_server(
     port: int = DEFAULT_PORT,
     addr: str = "0.0.0.0",  # scraped from other pods; the NetworkPolicy limits who may
     *,
-    queue_depth: QueueDepthReader | None = None,
+    queue_depth: ScrapeReader | None = None,
+    admission_queued: ScrapeReader | None = None,
     registry: CollectorRegistry | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serve ``/metrics`` on ``port`` from a daemon thread; returns the server and its thread.
@@ -386,7 +400,9 @@ def start_metrics_server(
     """
     registry = registry or serving_registry()
     if queue_depth is not None:
-        registry.register(QueueDepthCollector(queue_depth))
+        registry.register(queue_depth_gauge(queue_depth))
+    if admission_queued is not None:
+        registry.register(admission_queued_gauge(admission_queued))
     server, thread = start_http_server(port, addr=addr, registry=registry)
     log.info("metrics.serving", port=server.server_port, multiprocess=multiprocess_dir() is not None)
     return server, thread
@@ -400,7 +416,10 @@ def mark_process_dead(pid: int) -> None:
 
 
 def connect_celery_signals(
-    port: int = DEFAULT_PORT, *, queue_depth: QueueDepthReader | None = None
+    port: int = DEFAULT_PORT,
+    *,
+    queue_depth: ScrapeReader | None = None,
+    admission_queued: ScrapeReader | None = None,
 ) -> Callable[[], None]:
     """Serve metrics from the Celery worker's parent process; clean up after each pool process.
 
@@ -412,7 +431,7 @@ def connect_celery_signals(
 
     def _serve(**_: Any) -> None:
         clear_multiprocess_dir()
-        start_metrics_server(port, queue_depth=queue_depth)
+        start_metrics_server(port, queue_depth=queue_depth, admission_queued=admission_queued)
 
     def _process_exit(pid: int | None = None, **_: Any) -> None:
         mark_process_dead(pid or os.getpid())

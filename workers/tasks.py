@@ -24,6 +24,7 @@ from celery.signals import celeryd_after_setup, setup_logging, task_postrun, tas
 
 from fsm.plan import Step
 from workers import heartbeat, liveness, metrics
+from workers.admission import Admission, admission_for
 from workers.app import create_app
 from workers.container import build_adapters
 from workers.engine import Engine
@@ -137,12 +138,27 @@ def _queue_depth() -> dict[str, int]:
     return queue_lengths(settings.broker, [settings.queue], prefix=settings.broker_prefix)
 
 
+@cache
+def _site_admission() -> Admission:
+    """The admission queue as the metrics endpoint (the worker's main process) reads it."""
+    settings = get_settings()
+    return admission_for(RunStore.from_settings(settings), settings)
+
+
+def _admission_queued() -> dict[str, int]:
+    return _site_admission().queued()
+
+
 # Connected at import: Celery decides at start-up which signals it sends (heartbeat_sent among them).
 liveness.connect_celery_signals()
 # Heartbeats and the recovery sweep, in the worker's main process (README "Reliability").
 heartbeat.connect_celery_signals(get_settings, build_engine)
 if get_settings().metrics_port:
-    metrics.connect_celery_signals(get_settings().metrics_port, queue_depth=_queue_depth)
+    metrics.connect_celery_signals(
+        get_settings().metrics_port,
+        queue_depth=_queue_depth,
+        admission_queued=_admission_queued if get_settings().admission else None,
+    )
 
 
 @setup_logging.connect

@@ -134,3 +134,4 @@ def test_the_probe_passes_while_the_worker_beats_and_metrics_sum_its_processes(
     line = 'failover_runs_total{mode="CONSISTENCY",outcome="success"} 2.0'
     _wait(lambda: line in _scrape(port).splitlines(), 30, "two runs counted across processes", process.log)
     assert 'failover_queue_depth{queue="probe"} 1.0' in _scrape(port)
+    assert 'failover_admission_queued_runs{lane="bulk"} 2.0' in _scrape(port)

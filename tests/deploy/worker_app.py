@@ -11,7 +11,11 @@ from workers.app import create_app
 
 app = create_app()
 
-metrics.connect_celery_signals(int(os.environ["DEPLOYTEST_METRICS_PORT"]), queue_depth=lambda: {"probe": 1})
+metrics.connect_celery_signals(
+    int(os.environ["DEPLOYTEST_METRICS_PORT"]),
+    queue_depth=lambda: {"probe": 1},
+    admission_queued=lambda: {"interactive": 0, "bulk": 2},
+)
 liveness.connect_celery_signals()
 
 

@@ -4,18 +4,23 @@ rate, runs cancelled while queued, and concurrent admitters that never overshoot
 from __future__ import annotations
 
 import threading
+import urllib.request
 from dataclasses import dataclass, field
 
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
 
 from fsm.decide import Event, EventKind, decide
 from fsm.plan import Phase
 from fsm.run import Run, RunStatus, new_run
-from sandbox.stack import sandbox_signer
+from producers.cli import app
+from sandbox.stack import SANDBOX_RUN_KEY, sandbox_signer
 from tests.factories import failover, group
 from workers.admission import BULK_LANE, INTERACTIVE_LANE, Admission, Bounds, queued_for
 from workers.messages import START_TASK
+from workers.metrics import start_metrics_server
 from workers.recovery import WorkerInfo
 from workers.store import RunStore
 
@@ -177,3 +182,71 @@ def test_runs_waiting_on_a_countdown_count_towards_the_admitted_bound(store: Run
         assert store.commit(started.model_copy(update={"dispatch": dispatch}), expected_version=run.version)
     assert admission.admit(sent) == ["r2"]  # three admitted per slot, one slot
     assert admission.admit(sent) == []
+
+
+def _queued_runs(port: int) -> dict[str, float]:
+    """The samples of ``failover_admission_queued_runs`` the endpoint on ``port`` serves, by lane."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        body: bytes = response.read()
+    found = {}
+    for line in body.decode().splitlines():
+        if line.startswith("failover_admission_queued_runs{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('lane="')[1].split('"')[0]] = float(value)
+    return found
+
+
+def test_the_worker_serves_the_runs_queued_for_admission_per_lane(
+    store: RunStore, redis_server_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``failover_admission_queued_runs{lane}``, read from Redis at each scrape by the reader the
+    worker's metrics endpoint is given (workers.tasks), from the worker's own settings."""
+    monkeypatch.setenv("FAILOVER_REDIS_URL", redis_server_url)
+    monkeypatch.setenv("FAILOVER_KEY_PREFIX", prefix)
+    monkeypatch.setenv("FAILOVER_INSECURE_DEV", "true")  # the reader opens no run
+    from workers import tasks
+
+    tasks._site_admission.cache_clear()
+    clock = Clock()
+    for i in range(3):
+        queue(store, f"b{i}", "many", at=clock.now, groups=3)  # one Failover of three groups
+    queue(store, "i0", "one", at=clock.now, lane=INTERACTIVE_LANE)
+    server, thread = start_metrics_server(
+        0, "127.0.0.1", admission_queued=tasks._admission_queued, registry=CollectorRegistry()
+    )
+    try:
+        assert _queued_runs(server.server_port) == {"interactive": 1.0, "bulk": 3.0}
+        # The interactive run and the first of the Failover's three go (its next one a turn later).
+        admitted = Admission(store, Bounds(per_slot=10, max_in_flight=100), clock=clock).admit(Sent())
+        assert sorted(admitted) == ["b0", "i0"]
+        assert _queued_runs(server.server_port) == {"interactive": 0.0, "bulk": 2.0}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        tasks._site_admission.cache_clear()
+
+
+def test_failoverctl_status_says_how_many_runs_wait_for_admission(
+    store: RunStore, redis_server_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAILOVER_REDIS_URL", redis_server_url)
+    monkeypatch.setenv("FAILOVER_KEY_PREFIX", prefix)
+    monkeypatch.setenv("FAILOVER_RUN_KEY", SANDBOX_RUN_KEY)
+    monkeypatch.setenv("COLUMNS", "200")
+    clock = Clock()
+    for i in range(2):
+        queue(store, f"b{i}", "many", at=clock.now, groups=2)
+    queue(store, "i0", "one", at=clock.now, lane=INTERACTIVE_LANE)
+
+    shown = CliRunner().invoke(app, ["status"])
+
+    assert shown.exit_code == 0, shown.output
+    assert "3 runs queued for admission (interactive 1, bulk 2)" in " ".join(shown.output.split())
+    Admission(store, Bounds(per_slot=10, max_in_flight=100), clock=clock).admit(Sent())
+    clock.now += 1
+    Admission(store, Bounds(per_slot=10, max_in_flight=100), clock=clock).admit(Sent())
+    shown = CliRunner().invoke(app, ["status"])
+    assert shown.exit_code == 0, shown.output
+    assert "runs queued for admission" not in shown.output  # none waits: no line
+    assert "b1" in shown.output  # the runs are listed as before
