@@ -383,7 +383,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2", help="worker process counts to compare")
     parser.add_argument("--dynamo", choices=("patched", "stock"), default="patched")
     parser.add_argument(
-        "--pool", choices=("prefork", "threads"), default="prefork", help="each worker's pool"
+        "--pool", choices=("prefork", "threads", "solo"), default="prefork", help="each worker's pool"
     )
     parser.add_argument("--concurrency", type=int, default=1, help="each worker's pool size")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the runs")
