@@ -13,10 +13,12 @@ For each worker count it starts, from scratch:
   group (namespaces ``shop-0000``...; the last one is the probe's), site-b as many passive ones; the
   controllers' default delays (0.2 s);
 - the DynamoDB stand-in in its own process (:mod:`tests.benchmarks.site_dynamo`: moto, with its
-  table-copying ``TransactWriteItems`` patched unless ``--dynamo stock``), each group owned by site-a;
+  table-copying ``TransactWriteItems`` patched unless ``--dynamo stock``, the workers' hot operations
+  served without moto's web framework), each group owned by site-a;
 - real Redis (``REDIS_URL`` or 127.0.0.1:6379, keys under a fresh prefix, removed at the end);
-- K real Celery worker processes (``celery -A workers.tasks worker``, prefork, one child each) with
-  the production adapters and the default timing, acting as the worker identity of deploy/rbac.
+- K real Celery worker processes (``python -m workers.run_worker``, prefork with one child each unless
+  ``--pool threads|solo``/``--concurrency``) with the production adapters, the default timing and JSON
+  logs, acting as the worker identity of deploy/rbac.
 
 Then it submits N CONSISTENCY runs to site-b at once through ``Orchestrator.submit`` (as the watcher
 does; the watcher itself does not run, so no Failover status is written). ``--layout single``: one
@@ -26,8 +28,8 @@ are admitted as such; ``bulk``: operator Failovers listing 100 groups each. Once
 runs have started (judged on 40 of them), the fairness probe submits one operator Failover (no
 automatic label) for the extra group and times it from submission to start (its ``started_at``) and
 to finish (:mod:`tests.benchmarks.site_measure`). With ``--profile SECONDS``, on the largest worker
-count, py-spy records a worker's main process, its pool child and site-a's sandbox process for
-SECONDS from the moment the probe is submitted, the busiest phase: every run in flight
+count, py-spy records a worker's main process, its pool child, site-a's sandbox process and the
+DynamoDB stand-in for SECONDS from the moment the probe is submitted, the busiest phase: every run in flight
 (:mod:`tests.benchmarks.site_profile`).
 
 It prints, per worker count (:mod:`tests.benchmarks.site_targets`): wall time, runs/s, steps/s
