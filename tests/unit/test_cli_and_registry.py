@@ -76,7 +76,17 @@ class _RecordingCelery:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[object], float | None, str]] = []
 
-    def send_task(self, name: str, args: list[object], countdown: float | None, queue: str) -> None:
+    def send_task(
+        self,
+        name: str,
+        args: list[object],
+        *,
+        countdown: float | None,
+        queue: str,
+        argsrepr: str,
+        kwargsrepr: str,
+    ) -> None:
+        assert (argsrepr, kwargsrepr) == (repr(args), "{}")  # what Flower shows, as Celery would render it
         self.calls.append((name, args, countdown, queue))
 
 
