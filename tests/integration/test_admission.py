@@ -22,6 +22,7 @@ from workers.admission import BULK_LANE, INTERACTIVE_LANE, Admission, Bounds, qu
 from workers.messages import START_TASK
 from workers.metrics import start_metrics_server
 from workers.recovery import WorkerInfo
+from workers.settings import get_settings
 from workers.store import RunStore
 
 pytestmark = pytest.mark.integration
@@ -206,6 +207,9 @@ def test_the_worker_serves_the_runs_queued_for_admission_per_lane(
     monkeypatch.setenv("FAILOVER_INSECURE_DEV", "true")  # the reader opens no run
     from workers import tasks
 
+    # The worker's settings are read once per process: read them again from this test's environment
+    # (an earlier test may have imported workers.tasks with another), and forget them afterwards.
+    get_settings.cache_clear()
     tasks._site_admission.cache_clear()
     clock = Clock()
     for i in range(3):
@@ -225,6 +229,7 @@ def test_the_worker_serves_the_runs_queued_for_admission_per_lane(
         server.server_close()
         thread.join(timeout=5)
         tasks._site_admission.cache_clear()
+        get_settings.cache_clear()
 
 
 def test_failoverctl_status_says_how_many_runs_wait_for_admission(
