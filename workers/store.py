@@ -305,7 +305,7 @@ class RunStore:
         )
         if result != 1:
             return None
-        self._remember(run.run_id, sealed.encode(), stored)  # the bytes just written: the next load is free
+        self._remember(run.run_id, sealed, stored)  # the bytes just written: the next load is free
         return stored
 
     @_translated

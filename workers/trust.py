@@ -97,10 +97,10 @@ class RunSigner:
         """A name for ``data`` that only a holder of the key can compute (refusal markers)."""
         return hmac.new(self._key, data, hashlib.sha256).hexdigest()
 
-    def seal(self, run: Run) -> str:
+    def seal(self, run: Run) -> bytes:
         """The run as the value the store writes: ``{"mac":"hmac-sha256-v2:<hex>","run":<JSON>}``."""
         body = run.model_dump_json().encode()
-        return (_HEAD + _sealed(self._key, body) + _NECK + body + b"}").decode()
+        return _HEAD + _sealed(self._key, body) + _NECK + body + b"}"
 
     def open(self, raw: bytes | str, run_id: str) -> Opened:
         """The run in ``raw`` if its MAC verifies and it is the run ``run_id``; else ForgedRun."""
@@ -153,8 +153,8 @@ class Unsigned:
     def tag(self, data: bytes) -> str:
         return hashlib.sha256(data).hexdigest()
 
-    def seal(self, run: Run) -> str:
-        return run.model_dump_json()
+    def seal(self, run: Run) -> bytes:
+        return run.model_dump_json().encode()
 
     def open(self, raw: bytes | str, run_id: str) -> Opened:
         try:
