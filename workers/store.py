@@ -210,8 +210,9 @@ class RunStore:
             if self._first_refusal(run_id, raw):
                 report_forged(refused)
             return None
-        if opened.stale_key:
-            # Sealed with the previous key: seal it again with the current one, unless it changed since.
+        if opened.reseal:
+            # Sealed with the previous key or in the earlier layout: seal it again with the current key
+            # and layout, unless it changed since.
             self._reseal(keys=[self._run_key(run_id)], args=[raw, self.signer.seal(opened.run)])
         else:
             self._remember(run_id, value, opened.run)

@@ -77,7 +77,7 @@ class Opened:
     """A verified run, and whether it must be sealed again (the previous key, or the earlier format)."""
 
     run: Run
-    stale_key: bool
+    reseal: bool
 
 
 def _sealed(key: bytes, body: bytes) -> bytes:
@@ -110,18 +110,18 @@ class RunSigner:
         mac, body = value[len(_HEAD) : len(_HEAD) + _HEX], value[_BODY:-1]
         if value[len(_HEAD) + _HEX : _BODY] != _NECK or not value.endswith(b"}"):
             raise ForgedRun(run_id, "not a sealed run")
-        stale = False
+        reseal = False
         if not hmac.compare_digest(mac, _sealed(self._key, body)):
             if self._previous is None or not hmac.compare_digest(mac, _sealed(self._previous, body)):
                 raise ForgedRun(run_id, "MAC does not verify with the current or the previous key")
-            stale = True
+            reseal = True
         try:
             run = Run.model_validate_json(body)
         except ValueError as error:
             raise ForgedRun(run_id, f"not a run ({type(error).__name__})") from None
         if run.run_id != run_id:
             raise ForgedRun(run_id, "a valid run of another id stored under this id")
-        return Opened(run, stale)
+        return Opened(run, reseal)
 
     def _open_earlier(self, raw: bytes, run_id: str) -> Opened:
         """A run sealed in the earlier format (the MAC in the run's fields, over its canonical JSON)."""
@@ -143,7 +143,7 @@ class RunSigner:
             run = Run.model_validate(document)
         except ValueError as error:
             raise ForgedRun(run_id, f"not a run ({type(error).__name__})") from None
-        return Opened(run, stale_key=True)
+        return Opened(run, reseal=True)
 
 
 class Unsigned:
