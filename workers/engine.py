@@ -4,9 +4,12 @@ compare-and-set and sends the next message.
 What it must not do: sleep, wait for another task, or act on a message the run no longer expects.
 Every message names a run and a ticket; a duplicate, a late redelivery or a message for a step the
 run has moved past finds another ticket in the run and does nothing. The order of effects is fixed:
-step effect -> journal (stage boundaries) -> compare-and-set -> send -> observers. A crash anywhere
-leaves either the old state (the broker redelivers the message; the step is idempotent) or the new
-state with its message unsent, which :meth:`Engine.redrive` re-sends once it is overdue.
+step effect -> journal (stage boundaries) -> compare-and-set and send in one Redis script (the
+transactional outbox, :mod:`workers.outbox`) -> observers. A crash anywhere leaves either the old
+state (the broker redelivers the message; the step is idempotent) or the new state with its message
+queued. Without the outbox (a broker other than the run store's Redis) the message is sent after the
+commit, and a crash between the two leaves it unsent, which :meth:`Engine.redrive` re-sends once it is
+overdue.
 
 Recovery (README "Reliability"): a worker records the step it starts as claimed (run, ticket, resend
 count, worker id); :meth:`Engine.redrive` re-sends the message of a due run that no live worker
@@ -20,7 +23,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -36,7 +39,7 @@ from workers.errors import (
     OrchestratorError,
 )
 from workers.lease import LeaseGuard
-from workers.messages import START_TASK, Sender, task_name
+from workers.messages import START_TASK, Outgoing, Sender, task_name
 from workers.outcomes import failed_event
 from workers.ports import JournalEntry, LockIndex
 from workers.recovery import Claim, Timeouts, WorkerInfo, claim_holds, resend_reason
@@ -45,6 +48,9 @@ from workers.steps import STEPS, Done, StepContext
 from workers.store import RunStore
 from workers.submission import restore_run, submit_run
 from workers.waits import WaitRegistry, note_outcome, taken_at
+
+if TYPE_CHECKING:
+    from workers.outbox import BrokerOutbox
 
 log = structlog.get_logger(__name__)
 
@@ -81,12 +87,15 @@ class Engine:
         jitter: Callable[[], float] = random.random,
         worker_id: str | None = None,
         waits: WaitRegistry | None = None,
+        outbox: BrokerOutbox | None = None,
     ) -> None:
         """``worker_id``: the heartbeating worker this engine runs steps for; each step it starts is
         recorded as claimed by it (None: no claims, e.g. an engine that only sweeps). ``waits``: where
         a waiting step registers what it waits for, to be woken by a watch event (:mod:`workers.waits`;
-        None: waits are only polled)."""
+        None: waits are only polled). ``outbox``: builds each step message for the commit that decides
+        it to push (:mod:`workers.outbox`; None: ``sender`` sends it after the commit)."""
         self.worker_id = worker_id
+        self.outbox = outbox
         self.waits = waits
         self.store = store
         self.adapters = adapters
@@ -295,11 +304,12 @@ class Engine:
                 if dispatch
                 else None
             )
+            outgoing = self._outgoing(decision)
             committed = self.store.commit_unclaimed(
-                decision.run, expected_version=run.version, claimed=claimed
+                decision.run, expected_version=run.version, claimed=claimed, outgoing=outgoing
             )
             if committed is not None:
-                self._after_commit(committed, decision, before=run)
+                self._after_commit(committed, decision, before=run, outgoing=outgoing)
                 return decision
             reloaded = self.store.load(run.run_id)
             if reloaded is None or not reloaded.pending_controls:
@@ -391,9 +401,11 @@ class Engine:
                 log.info("event.ignored", run_id=run.run_id, event=event.kind.value, reason=decision.reason)
                 return decision
             self._journal(decision)
-            committed = self.store.commit(self._signed_by_sender(decision.run), expected_version=run.version)
+            outgoing = self._outgoing(decision)
+            signed = decision.run if outgoing else self._signed_by_sender(decision.run)
+            committed = self.store.commit(signed, expected_version=run.version, outgoing=outgoing)
             if committed is not None:
-                self._after_commit(committed, decision, before=run)
+                self._after_commit(committed, decision, before=run, outgoing=outgoing)
                 return decision
             reloaded = self.store.load(run.run_id)
             if reloaded is None:
@@ -406,8 +418,23 @@ class Engine:
         )
         return None
 
+    def _outgoing(self, decision: Decision) -> Outgoing | None:
+        """The message the decision sends, built for its commit to push (None: no outbox, or nothing
+        to send)."""
+        dispatch, run = decision.dispatch, decision.run
+        if self.outbox is None or dispatch is None or run.paused:
+            return None
+        return self.outbox.outgoing(
+            task_name(dispatch.step),
+            run.run_id,
+            dispatch.ticket,
+            countdown=dispatch.countdown,
+            cluster=run.current_cluster,
+        )
+
     def _signed_by_sender(self, run: Run) -> Run:
-        """``run`` with its dispatch naming this engine's worker as the one that sends its message."""
+        """``run`` with its dispatch naming this engine's worker as the one that sends its message
+        after the commit (not needed when the commit itself pushed it: nothing can come between)."""
         dispatch = run.dispatch
         if dispatch is None or self.worker_id is None or not self.settings.recovery_thread:
             return run  # only a heartbeating worker can be found dead by the sweep
@@ -435,7 +462,7 @@ class Engine:
                     "journal.write_failed", run_id=run.run_id, stage=mark.stage.value, error=error.describe()
                 )
 
-    def _after_commit(self, run: Run, decision: Decision, *, before: Run) -> None:
+    def _after_commit(self, run: Run, decision: Decision, *, before: Run, outgoing: Outgoing | None) -> None:
         controls_decided(self.sender, before, run)
         log.info(
             "run.decided",
@@ -445,7 +472,9 @@ class Engine:
             version=run.version,
             reason=decision.reason,
         )
-        if decision.dispatch is not None and not run.paused:
+        if outgoing is not None and self.outbox is not None:
+            self.outbox.sent(outgoing)  # the commit pushed it; Flower's task-sent event, if on
+        elif decision.dispatch is not None and not run.paused:
             dispatch = decision.dispatch
             self.sender.send(
                 task_name(dispatch.step),

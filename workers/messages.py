@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fsm.plan import Step
@@ -27,6 +28,26 @@ RESUMED_TASK = "failover.resumed"  # ... and a resume as a task of its own, SUCC
 
 def task_name(step: Step) -> str:
     return f"failover.{step.value}"
+
+
+def queue_for(settings: Settings, cluster: str | None) -> str:
+    """The queue a message for a run at ``cluster`` goes to (one per cluster when so configured)."""
+    if settings.per_cluster_queues and cluster:
+        return f"{settings.queue}.{cluster}"
+    return settings.queue
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A step message built ahead of the commit that pushes it (:mod:`workers.outbox`): the message
+    as kombu's Redis transport stores it (``payload``) and the list it goes on (``key``)."""
+
+    key: str
+    payload: str
+    name: str
+    run_id: str
+    ticket: int
+    sent_event: dict[str, Any] | None = field(default=None, compare=False)
 
 
 class Sender(Protocol):
@@ -82,9 +103,7 @@ class CelerySender:
             return self._owned
 
     def send(self, name: str, run_id: str, ticket: int, *, countdown: float, cluster: str | None) -> None:
-        queue = self.settings.queue
-        if self.settings.per_cluster_queues and cluster:
-            queue = f"{queue}.{cluster}"
+        queue = queue_for(self.settings, cluster)
         args = [run_id, ticket]
         # The representations Flower shows, given rather than computed by Celery's saferepr (a tenth
         # of what a send costs, for two plain values).

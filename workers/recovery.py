@@ -16,7 +16,8 @@ has had a free slot). For each it decides, without I/O, whether to send the mess
 - **lost sender**: unclaimed, and the worker that committed the dispatch (and so sends its message,
   ``Dispatch.sender``) stopped heartbeating: it may have died between its commit and its send, so
   the message is sent again at once rather than when the site next goes idle (a copy that was sent
-  after all is a harmless duplicate);
+  after all is a harmless duplicate). Only a message sent after its commit names a sender: one that
+  the commit pushed itself (:mod:`workers.outbox`) cannot be lost that way;
 - **backstop**: unclaimed ``redrive_after`` after it was due while no live worker says it consumes
   the queue (workers without the heartbeat thread, or none at all: nothing tells a queued message
   from a lost one, so it is sent again, at most every ``redrive_after``).

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         description="Wait steps register what they wait for and the watcher wakes them on a watch event "
         "(their polling countdown stays as the fallback); off: waits are only polled.",
     )
+    outbox: bool = Field(
+        default=True,
+        description="Each step message is pushed onto the broker's queue by the script that commits the "
+        "run (one round trip, both or neither) when the broker is the run store's Redis; off: sent "
+        "through Celery after the commit.",
+    )
     admission: bool = Field(
         default=True,
         description="Submitted runs wait in an admission queue and start while the site has room "

@@ -5,8 +5,9 @@ The only module of the product that imports ``redis``. Consistency per operation
 =================  ================================================================================
 create             CAS-critical: succeeds only if no run with that id exists
 commit             CAS-critical: one Lua script checks the version, writes the run, bumps the version,
-                   keeps the overdue index (a sorted set of in-flight runs by due time) and, for a
-                   finished run, sets its TTL; all or nothing
+                   keeps the overdue index (a sorted set of in-flight runs by due time), for a
+                   finished run sets its TTL, and pushes the run's next message onto the broker's
+                   queue (:mod:`workers.outbox`); all or nothing
 load, list         plain reads; a stale read is caught by the next commit's version check
 =================  ================================================================================
 
@@ -41,6 +42,7 @@ from workers.recovery import Claim, WorkerInfo
 from workers.trust import ForgedRun, Signer, report_forged
 
 if TYPE_CHECKING:
+    from workers.messages import Outgoing
     from workers.settings import Settings
 
 P = ParamSpec("P")
@@ -50,7 +52,8 @@ T = TypeVar("T")
 # ticket (ARGV[7..8]: ticket and resend count, KEYS[3] the run's claim) the commit must not land while
 # the step the run waits for is claimed by a worker (a control is applied only between steps): 2. A
 # finished run leaves the admitted runs (KEYS[4]); a run not yet started (ARGV[9] '1') enters the
-# in-flight index only once admitted (a control on a run queued for admission leaves it queued).
+# in-flight index only once admitted (a control on a run queued for admission leaves it queued). A
+# message (ARGV[10], not empty) is pushed onto the broker's queue (KEYS[5]) only by a commit that lands.
 _COMMIT = """
 local current = redis.call('HGET', KEYS[1], 'v')
 if not current then return -1 end
@@ -58,6 +61,7 @@ if current ~= ARGV[1] then return 0 end
 if ARGV[7] ~= '' and redis.call('HGET', KEYS[3], 't') == ARGV[7]
    and redis.call('HGET', KEYS[3], 'a') == ARGV[8] then return 2 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+if ARGV[10] ~= '' then redis.call('LPUSH', KEYS[5], ARGV[10]) end
 if ARGV[5] == '' then
   redis.call('ZREM', KEYS[2], ARGV[4])
   redis.call('ZREM', KEYS[4], ARGV[4])
@@ -278,16 +282,20 @@ class RunStore:
         return self._open(run_id, raw) if raw is not None else None
 
     @_translated
-    def commit(self, run: Run, *, expected_version: int) -> Run | None:
-        """Write ``run`` if the stored version is still ``expected_version``.
+    def commit(self, run: Run, *, expected_version: int, outgoing: Outgoing | None = None) -> Run | None:
+        """Write ``run`` if the stored version is still ``expected_version``, and push ``outgoing``
+        (its next message, :mod:`workers.outbox`) onto the broker's queue in the same script: both or
+        neither.
 
         Returns the stored run (version ``expected_version + 1``) or None when someone else committed
         first (or the run is gone): the caller re-reads and decides again.
         """
-        return self.commit_unclaimed(run, expected_version=expected_version, claimed=None)
+        return self.commit_unclaimed(run, expected_version=expected_version, claimed=None, outgoing=outgoing)
 
     @_translated
-    def commit_unclaimed(self, run: Run, *, expected_version: int, claimed: Claim | None) -> Run | None:
+    def commit_unclaimed(
+        self, run: Run, *, expected_version: int, claimed: Claim | None, outgoing: Outgoing | None = None
+    ) -> Run | None:
         """:meth:`commit`, unless the run's claim still names ``claimed``'s ticket and resend count (the
         step the run waited for was started by a worker meanwhile): then None, nothing written."""
         stored = run.model_copy(update={"version": expected_version + 1})
@@ -298,10 +306,12 @@ class RunStore:
             keys=[
                 *(self._run_key(run.run_id), self._inflight, self._claim_key(run.run_id)),
                 admitted_key(self.prefix),
+                outgoing.key if outgoing else self._run_key(run.run_id),
             ],
             args=[
                 *(expected_version, stored.version, sealed, run.run_id, due, self.ttl),
                 *(ticket, attempt, "1" if run.state is Phase.PENDING else "0"),
+                outgoing.payload if outgoing else "",
             ],
         )
         if result != 1:

@@ -38,6 +38,7 @@ from workers.messages import (
     CelerySender,
     task_name,
 )
+from workers.outbox import BrokerOutbox
 from workers.settings import get_settings
 from workers.store import RunStore, queue_lengths
 from workers.wait_store import RedisWaits
@@ -65,7 +66,10 @@ def build_engine(worker_id: str | None = None) -> Engine:
     store = RunStore.from_settings(settings)
     sender = CelerySender(app, settings)
     waits = RedisWaits(store.client, prefix=store.prefix) if settings.wake_waits else None
-    return Engine(store, build_adapters(settings), sender, settings, worker_id=worker_id, waits=waits)
+    outbox = BrokerOutbox(app, settings) if settings.outbox else None
+    return Engine(
+        store, build_adapters(settings), sender, settings, worker_id=worker_id, waits=waits, outbox=outbox
+    )
 
 
 @cache

@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     parser.add_argument("--worker-log", type=Path, default=None, help="keep the worker's log here")
     parser.add_argument("--no-events", action="store_true", help="turn Celery task events off (no Flower)")
+    parser.add_argument(
+        "--no-outbox", action="store_true", help="send each step message through Celery after the commit"
+    )
     args = parser.parse_args()
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     with redis_url() as url, tempfile.TemporaryDirectory() as tmp:
@@ -111,6 +114,7 @@ def main() -> None:
             "FAILOVER_VISIBILITY_TIMEOUT": "60",
             "FAILOVER_ADAPTERS": "sandbox.null_adapters:null_adapters",
             "FAILOVER_TASK_EVENTS": str(not args.no_events).lower(),
+            "FAILOVER_OUTBOX": str(not args.no_outbox).lower(),
         }
         client = redis.Redis.from_url(url)
         app = create_app(settings)
@@ -145,6 +149,9 @@ def main() -> None:
             app.close()
     hop, step = statistics.median(hop_times), statistics.median(step_times)
     print(f"task events               : {'off' if args.no_events else 'on (Flower)'}")
+    print(
+        f"step messages             : {'sent after the commit' if args.no_outbox else 'pushed by the commit'}"
+    )
     print(
         f"bare Celery hop           : {hop * 1000:7.3f} ms  "
         f"(median of {args.rounds} rounds x {args.hops} hops)"

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+import redis
 
 from fsm.plan import Step
 from fsm.run import RunStatus
 from sandbox.fakes import FakeCoordination
 from tests.e2e.conftest import Stack
 from tests.factories import all_refs, group
+from workers.app import create_app
+from workers.engine import Engine
+from workers.outbox import BrokerOutbox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -101,3 +106,39 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_run_finishes(stack: Stack) 
         time.sleep(0.5)
     assert run is not None and run.status is RunStatus.SUCCESS, run and run.message
     assert stack.coordination.active_cluster(group().key) == "site-b"
+
+
+def test_a_step_message_pushed_by_a_commit_is_run_by_a_real_worker(
+    stack: Stack, real_redis: redis.Redis
+) -> None:
+    """The transactional outbox (:mod:`workers.outbox`) on a real worker: this test's engine starts
+    the run, its commit pushing the first step's message; the worker, which sends its own messages
+    through Celery here (``FAILOVER_OUTBOX=false``), takes that message and runs it and the rest."""
+    app = create_app(stack.settings)
+    try:
+        engine = Engine(
+            stack.store,
+            stack.engine.adapters,
+            stack.engine.sender,
+            stack.settings,
+            outbox=BrokerOutbox(app, stack.settings),
+        )
+        run_id = stack.submit()  # its start message, sent through Celery, waits in the queue
+        decision = engine.start(run_id)
+    finally:
+        app.close()
+    assert decision is not None and decision.dispatch is not None
+    assert decision.dispatch.step is Step.VALIDATE
+    queued = [
+        json.loads(raw)
+        for raw in real_redis.lrange(f"{stack.settings.broker_prefix}{stack.settings.queue}", 0, -1)
+    ]
+    pushed = [m for m in queued if m["headers"]["task"] == "failover.validate"]
+    assert len(pushed) == 1 and pushed[0]["headers"]["argsrepr"] == repr([run_id, decision.dispatch.ticket])
+
+    stack.start_worker("w1", FAILOVER_OUTBOX="false")
+    run = stack.wait_finished(run_id)
+    assert run.status is RunStatus.SUCCESS, run.message
+    assert run.steps["validate"].outcome == "done"
+    logs = "".join(w.log_path.read_text() for w in stack.workers)
+    assert "run.redriven" not in logs  # the step ran from the pushed message, not a re-send
