@@ -25,7 +25,7 @@ from fsm.plan import Timing
 from fsm.run import new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.redis_server import redis_url
-from sandbox.stack import sandbox_signer
+from sandbox.stack import SANDBOX_RUN_KEY, sandbox_signer
 from tests.factories import failover, group
 from workers.app import create_app
 from workers.engine import Engine
@@ -104,6 +104,7 @@ def main() -> None:
             timing=TIMING,
             visibility_timeout=60,
             task_events=not args.no_events,
+            run_key=SANDBOX_RUN_KEY,
         )
         env = {
             "FAILOVER_REDIS_URL": url,
@@ -115,6 +116,7 @@ def main() -> None:
             "FAILOVER_ADAPTERS": "sandbox.null_adapters:null_adapters",
             "FAILOVER_TASK_EVENTS": str(not args.no_events).lower(),
             "FAILOVER_OUTBOX": str(not args.no_outbox).lower(),
+            "FAILOVER_RUN_KEY": SANDBOX_RUN_KEY,
         }
         client = redis.Redis.from_url(url)
         app = create_app(settings)

@@ -80,7 +80,7 @@ from sandbox.kube.samples import copy_to_namespace, sample_manifests
 from sandbox.redis_server import redis_url
 from sandbox.stack import SANDBOX_OPERATOR_ID, stack_settings, worker_env
 from tests.benchmarks import site_profile, site_targets
-from tests.benchmarks.site_measure import FairnessProbe, RssSampler, children_of, wait_all
+from tests.benchmarks.site_measure import FairnessProbe, RssSampler, children_of, cpu_of, wait_all
 from tests.factories import automatic_failover
 from workers.api import Orchestrator, run_id_for
 from workers.settings import Settings
@@ -175,6 +175,12 @@ def site_settings(
         task_events=False,
         log_json=True,  # as deployed (deploy/config/settings.yaml)
     )
+
+
+def _redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (user + system, all its threads)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _redis_bytes(client: redis.Redis, prefix: str, runs: dict[str, Run]) -> float:
@@ -289,7 +295,9 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
     with ExitStack() as stack:
         fleet, dynamo, url = _start(stack, args, tmp)
         prefix = f"bench-{uuid.uuid4().hex[:8]}:"
-        settings = site_settings(url, prefix, fleet, dynamo.endpoint)
+        settings = site_settings(url, prefix, fleet, dynamo.endpoint).model_copy(
+            update={"outbox": not args.no_outbox}
+        )
         env, prom_dir, logs = _environment(settings, args, tmp)
         client = redis.Redis.from_url(url)
         stack.callback(client.close)
@@ -307,6 +315,8 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
         k8s_before = sum(_k8s(fleet).values())
         dynamo_before = dynamo.calls()
         cpu_before = sum(c.cpu_seconds() for c in fleet)
+        workers_before, dynamo_before_cpu = sampler.cpu(), cpu_of(dynamo.pid)
+        redis_before = _redis_cpu(client)
         load_before = os.getloadavg()
         tag = prefix[6:-1]
         pairs = failovers_for(groups[:-1], args.layout, tag)
@@ -330,6 +340,14 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
         wall = max((r.finished_at or time.time()) for r in runs.values()) - t0
         load_after = os.getloadavg()
         cpu = sum(c.cpu_seconds() for c in fleet) - cpu_before
+        workers_after = sampler.cpu()
+        cpu_of_all = {
+            "worker_main": workers_after[0] - workers_before[0],
+            "worker_pool": workers_after[1] - workers_before[1],
+            "sandbox": cpu,
+            "dynamodb": cpu_of(dynamo.pid) - dynamo_before_cpu,
+            "redis": _redis_cpu(client) - redis_before,
+        }
         probe.join(args.timeout)
         k8s_by = _k8s(fleet)
         dynamo_after = dynamo.calls()
@@ -353,6 +371,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
             "throttle": _throttle(prom_dir),
             "load": (load_before, load_after),
             "sandbox_cpu": cpu,
+            "cpu": cpu_of_all,
             "probe": probe.figures(),
             "profile": profiler[0].collect() if profiler else None,
         }
@@ -388,6 +407,9 @@ def _arguments() -> argparse.Namespace:
         "--pool", choices=("prefork", "threads", "solo"), default="prefork", help="each worker's pool"
     )
     parser.add_argument("--concurrency", type=int, default=1, help="each worker's pool size")
+    parser.add_argument(
+        "--no-outbox", action="store_true", help="send step messages through Celery after the commit"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the runs")
     parser.add_argument("--logs", type=Path, default=None, help="keep the workers' logs in this directory")
     parser.add_argument(
@@ -414,6 +436,7 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     print(
         f"{args.groups} groups, layout {args.layout}, workers' pool {args.pool} x {args.concurrency}, "
+        f"step messages {'sent after the commit' if args.no_outbox else 'pushed by the commit'}, "
         f"DynamoDB stand-in: moto ({args.dynamo}); "
         f"{os.cpu_count()} cores shared by everything",
         flush=True,

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -44,21 +45,43 @@ def rss_of(pid: int) -> int:
     return 0
 
 
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) one process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler(threading.Thread):
-    """The peak RSS of each worker's main process and of its largest pool child, every second."""
+    """The peak RSS of each worker's main process and of its largest pool child, every second; and
+    the CPU seconds each of those processes used (the latest reading per process, so that a pool child
+    replaced meanwhile still counts)."""
 
     def __init__(self, workers: list[WorkerProcess]) -> None:
         super().__init__(daemon=True)
         self.workers = workers
         self.main = [0] * len(workers)
         self.child = [0] * len(workers)
+        self.cpu_main: dict[int, float] = {}
+        self.cpu_child: dict[int, float] = {}
         self.stop = threading.Event()
 
     def sample(self) -> None:
         for i, worker in enumerate(self.workers):
             pid = worker.process.pid
+            children = children_of(pid)
             self.main[i] = max(self.main[i], rss_of(pid))
-            self.child[i] = max([self.child[i], *(rss_of(c) for c in children_of(pid))])
+            self.child[i] = max([self.child[i], *(rss_of(c) for c in children)])
+            self.cpu_main[pid] = max(self.cpu_main.get(pid, 0.0), cpu_of(pid))
+            for child in children:
+                self.cpu_child[child] = max(self.cpu_child.get(child, 0.0), cpu_of(child))
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by the workers' main processes and by their pool children."""
+        self.sample()
+        return sum(self.cpu_main.values()), sum(self.cpu_child.values())
 
     def run(self) -> None:
         self.sample()

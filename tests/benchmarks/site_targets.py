@@ -93,6 +93,10 @@ def figures(workers: int, r: dict[str, Any], groups: int) -> dict[str, Any]:
         "rss_child_mb": [b / 1e6 for b in r["rss_child"]],
         "redis_bytes_per_run": r["redis_bytes"],
         "sandbox_cores": r["sandbox_cpu"] / wall,
+        # CPU milliseconds per finished run, by process (less noisy than the wall time on a shared
+        # machine: what a run costs, not how long it waited for a core).
+        "cpu_ms_per_run": {k: v * 1000 / max(len(runs), 1) for k, v in r["cpu"].items()},
+        "cores_used": sum(r["cpu"].values()) / wall,
         "probe": r["probe"],
     }
 
@@ -152,6 +156,9 @@ def text(f: dict[str, Any]) -> str:
             f"  worker RSS peak: main process {mains} MB, pool child {childs} MB; "
             f"Redis {f['redis_bytes_per_run'] / 1000:.1f} KB per finished run; "
             f"sandbox clusters {f['sandbox_cores']:.2f} cores over the wall time",
+            "  CPU per run: "
+            + ", ".join(f"{k} {v:.0f} ms" for k, v in f["cpu_ms_per_run"].items())
+            + f"; {sum(f['cpu_ms_per_run'].values()):.0f} ms in all, {f['cores_used']:.2f} cores used",
         ]
     )
 
