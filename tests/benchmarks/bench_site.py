@@ -41,13 +41,17 @@ logs); Kubernetes API requests per group (counted by the sandbox's RBAC for the 
 probe's group included) and Failover writes by workers; DynamoDB calls per step message (counted by the
 stand-in) and its mean time per TransactWriteItems; each worker's peak RSS, main process and pool
 child apart; Redis bytes per finished run (MEMORY USAGE of its keys); client-side rate-limit waits;
-the sandbox processes' CPU; the load average beside the times. Then the table of the issue's targets,
+the sandbox processes' CPU; the CPU each finished run cost per process (the workers' main and pool
+processes, the sandbox clusters, the stand-in, Redis) and the cores used; the load average beside the
+times. Then the table of the issue's targets,
 each ``met``, ``NOT met`` or ``not measured`` (figures at fewer than 1,000 groups say so), with
 ``--waits RUNS`` the reaction latency of woken waits measured by
 :func:`tests.benchmarks.bench_waits.measure`, and with ``--json PATH`` all figures as JSON.
 
 The machine has two cores, shared by the workers, both sandbox clusters, the stand-in, Redis and
-this process: the speed-up of a second worker is bounded by that.
+this process: the speed-up of a second worker is bounded by that. The targets table says by how much:
+the wall time can be no less than the CPU per run times the runs over the cores, and the speed-up no
+more than the cores over those one worker's site kept busy.
 """
 
 from __future__ import annotations
