@@ -419,17 +419,13 @@ class Engine:
         return None
 
     def _outgoing(self, decision: Decision) -> Outgoing | None:
-        """The message the decision sends, built for its commit to push (None: no outbox, or nothing
-        to send)."""
+        """The message the decision sends, built for its commit to push (None: no outbox, or none)."""
         dispatch, run = decision.dispatch, decision.run
         if self.outbox is None or dispatch is None or run.paused:
             return None
+        name, countdown = task_name(dispatch.step), dispatch.countdown
         return self.outbox.outgoing(
-            task_name(dispatch.step),
-            run.run_id,
-            dispatch.ticket,
-            countdown=dispatch.countdown,
-            cluster=run.current_cluster,
+            name, run.run_id, dispatch.ticket, countdown=countdown, cluster=run.current_cluster
         )
 
     def _signed_by_sender(self, run: Run) -> Run:
