@@ -4,6 +4,7 @@ loses its compare-and-set. (``tests/e2e/test_engine_e2e.py`` has a real worker r
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -118,4 +119,37 @@ def test_there_is_no_outbox_when_the_broker_is_another_redis(app: Celery, settin
     same = settings.model_copy(update={"broker_url": settings.redis_url})
     assert (
         BrokerOutbox(app, same).outgoing("failover.validate", "r1", 1, countdown=0, cluster=None) is not None
+    )
+
+
+def test_flower_still_hears_of_a_pushed_message_when_task_events_are_on(
+    settings: Settings, real_redis: redis.Redis, prefix: str
+) -> None:
+    """Celery's ``task-sent`` event, which ``send_task`` publishes with task events on, is published
+    for a message the commit pushed too (after the commit: monitoring only)."""
+    with_events = settings.model_copy(update={"task_events": True})
+    app = create_app(with_events)
+    listener = real_redis.pubsub()
+    try:
+        listener.psubscribe(f"{prefix}*celeryev*")
+        listener.get_message(timeout=1.0)  # the subscription's confirmation
+        outbox = BrokerOutbox(app, with_events)
+        outgoing = outbox.outgoing("failover.validate", "r1", 3, countdown=0.0, cluster=None)
+        assert outgoing is not None and outgoing.sent_event is not None
+        outbox.sent(outgoing)
+        deadline = time.monotonic() + 5
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = listener.get_message(timeout=0.5)
+    finally:
+        listener.close()
+        app.close()
+    assert message is not None and message["channel"].endswith(b"celeryev/task.sent")
+    envelope = json.loads(message["data"])
+    event = json.loads(base64.b64decode(envelope["body"]))
+    assert event["type"] == "task-sent" and event["uuid"] == json.loads(outgoing.payload)["headers"]["id"]
+    assert (event["name"], event["args"], event["queue"]) == (
+        "failover.validate",
+        "['r1', 3]",
+        settings.queue,
     )
