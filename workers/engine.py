@@ -39,7 +39,7 @@ from workers.errors import (
     OrchestratorError,
 )
 from workers.lease import LeaseGuard
-from workers.messages import START_TASK, Outgoing, Sender, task_name
+from workers.messages import START_TASK, Outgoing, Sender, queue_for, task_name
 from workers.outcomes import failed_event
 from workers.ports import JournalEntry, LockIndex
 from workers.recovery import Claim, Timeouts, WorkerInfo, claim_holds, resend_reason
@@ -213,8 +213,7 @@ class Engine:
         if run.paused:
             self._hold(run, now)
             return False
-        settings, cluster = self.settings, run.current_cluster
-        queue = f"{settings.queue}.{cluster}" if settings.per_cluster_queues and cluster else settings.queue
+        queue = queue_for(self.settings, run.current_cluster)
         why = resend_reason(
             run, due_at=due_at, queue=queue, claim=claim, workers=workers, now=now, timeouts=timeouts
         )
@@ -402,7 +401,7 @@ class Engine:
                 return decision
             self._journal(decision)
             outgoing = self._outgoing(decision)
-            signed = decision.run if outgoing else self._signed_by_sender(decision.run)
+            signed = self._signed_by_sender(decision.run, pushed=outgoing is not None)
             committed = self.store.commit(signed, expected_version=run.version, outgoing=outgoing)
             if committed is not None:
                 self._after_commit(committed, decision, before=run, outgoing=outgoing)
@@ -428,11 +427,12 @@ class Engine:
             name, run.run_id, dispatch.ticket, countdown=countdown, cluster=run.current_cluster
         )
 
-    def _signed_by_sender(self, run: Run) -> Run:
+    def _signed_by_sender(self, run: Run, *, pushed: bool) -> Run:
         """``run`` with its dispatch naming this engine's worker as the one that sends its message
-        after the commit (not needed when the commit itself pushed it: nothing can come between)."""
+        after the commit; unchanged when the commit pushes the message itself (``pushed``: nothing
+        can come between the two, so nothing for the sweep to suspect)."""
         dispatch = run.dispatch
-        if dispatch is None or self.worker_id is None or not self.settings.recovery_thread:
+        if pushed or dispatch is None or self.worker_id is None or not self.settings.recovery_thread:
             return run  # only a heartbeating worker can be found dead by the sweep
         if dispatch.sender == self.worker_id:
             return run

@@ -115,6 +115,26 @@ def main(argv: list[str] | None = None) -> None:
 # --- the parent's handle --------------------------------------------------------------------------
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes_of(pid: int) -> int:
+    """Resident memory of process ``pid`` in bytes (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class ProcessCluster:
     """A sandbox cluster running in a child process; same addresses and kubeconfig as SandboxCluster.
 
@@ -333,19 +353,11 @@ class ProcessCluster:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the child has used so far."""
-        if self._process is None:
-            return 0.0
-        fields = Path(f"/proc/{self._process.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0 if self._process is None else cpu_seconds_of(self._process.pid)
 
     def rss_bytes(self) -> int:
         """The child's resident memory."""
-        if self._process is None:
-            return 0
-        for line in Path(f"/proc/{self._process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return 0 if self._process is None else rss_bytes_of(self._process.pid)
 
     def __repr__(self) -> str:
         state = "down" if self.is_down else "up" if self._process is not None else "stopped"

@@ -24,8 +24,10 @@ import redis
 from fsm.plan import Timing
 from fsm.run import new_run
 from sandbox.celery_worker import WorkerProcess
+from sandbox.kube.process import rss_bytes_of
 from sandbox.redis_server import redis_url
 from sandbox.stack import SANDBOX_RUN_KEY, sandbox_signer
+from tests.benchmarks.site_measure import children_of
 from tests.factories import failover, group
 from workers.app import create_app
 from workers.engine import Engine
@@ -34,18 +36,6 @@ from workers.store import RunStore
 from workers.tasks import CelerySender
 
 TIMING = Timing(poll_initial=0.0, poll_max=0.0, retry_initial=0.01, retry_max=0.05)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
 def bare_hops(client: redis.Redis, app: object, settings: Settings, hops: int) -> float:
@@ -141,8 +131,8 @@ def main() -> None:
                 total_messages += messages
                 run_ids += ids
             memory = [store.memory_usage(run_id) for run_id in run_ids]
-            main_rss = rss_kib(worker.process.pid)
-            child_rss = [rss_kib(pid) for pid in children(worker.process.pid)]
+            main_rss = rss_bytes_of(worker.process.pid) // 1024
+            child_rss = [rss_bytes_of(pid) // 1024 for pid in children_of(worker.process.pid)]
         finally:
             worker.stop()
             for key in client.scan_iter(match=f"{prefix}*", count=1000):

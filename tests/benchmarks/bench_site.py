@@ -79,12 +79,12 @@ from fsm.run import Run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, REGION
 from sandbox.kube import SandboxFleet
-from sandbox.kube.process import ProcessCluster
+from sandbox.kube.process import ProcessCluster, cpu_seconds_of
 from sandbox.kube.samples import copy_to_namespace, sample_manifests
 from sandbox.redis_server import redis_url
 from sandbox.stack import SANDBOX_OPERATOR_ID, stack_settings, worker_env
 from tests.benchmarks import site_profile, site_targets
-from tests.benchmarks.site_measure import FairnessProbe, RssSampler, children_of, cpu_of, wait_all
+from tests.benchmarks.site_measure import FairnessProbe, RssSampler, children_of, wait_all
 from tests.factories import automatic_failover
 from workers.api import Orchestrator, run_id_for
 from workers.settings import Settings
@@ -319,7 +319,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
         k8s_before = sum(_k8s(fleet).values())
         dynamo_before = dynamo.calls()
         cpu_before = sum(c.cpu_seconds() for c in fleet)
-        workers_before, dynamo_before_cpu = sampler.cpu(), cpu_of(dynamo.pid)
+        workers_before, dynamo_before_cpu = sampler.cpu(), cpu_seconds_of(dynamo.pid)
         redis_before = _redis_cpu(client)
         load_before = os.getloadavg()
         tag = prefix[6:-1]
@@ -349,7 +349,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
             "worker_main": workers_after[0] - workers_before[0],
             "worker_pool": workers_after[1] - workers_before[1],
             "sandbox": cpu,
-            "dynamodb": cpu_of(dynamo.pid) - dynamo_before_cpu,
+            "dynamodb": cpu_seconds_of(dynamo.pid) - dynamo_before_cpu,
             "redis": _redis_cpu(client) - redis_before,
         }
         probe.join(args.timeout)

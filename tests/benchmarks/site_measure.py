@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import redis
 from fsm.models import Failover, FailoverGroup
 from fsm.run import Run
 from sandbox.celery_worker import WorkerProcess
+from sandbox.kube.process import cpu_seconds_of, rss_bytes_of
 from workers.api import Orchestrator
 from workers.settings import Settings
 
@@ -32,26 +32,6 @@ def children_of(pid: int) -> list[int]:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
-
-
-def rss_of(pid: int) -> int:
-    """Resident memory of one process in bytes (0 once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) one process has used so far (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RssSampler(threading.Thread):
@@ -72,11 +52,11 @@ class RssSampler(threading.Thread):
         for i, worker in enumerate(self.workers):
             pid = worker.process.pid
             children = children_of(pid)
-            self.main[i] = max(self.main[i], rss_of(pid))
-            self.child[i] = max([self.child[i], *(rss_of(c) for c in children)])
-            self.cpu_main[pid] = max(self.cpu_main.get(pid, 0.0), cpu_of(pid))
+            self.main[i] = max(self.main[i], rss_bytes_of(pid))
+            self.child[i] = max([self.child[i], *(rss_bytes_of(c) for c in children)])
+            self.cpu_main[pid] = max(self.cpu_main.get(pid, 0.0), cpu_seconds_of(pid))
             for child in children:
-                self.cpu_child[child] = max(self.cpu_child.get(child, 0.0), cpu_of(child))
+                self.cpu_child[child] = max(self.cpu_child.get(child, 0.0), cpu_seconds_of(child))
 
     def cpu(self) -> tuple[float, float]:
         """CPU seconds used so far by the workers' main processes and by their pool children."""
