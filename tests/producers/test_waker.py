@@ -107,8 +107,9 @@ def test_a_watch_event_wakes_the_run_after_a_relist_and_an_error_resuming_where_
     )
     sender = ListSender()
     with waker_for(client, registry, sender, resync_interval=3600) as waker:
-        eventually(lambda: len(sender.sent) == 1, timeout=10)
         stats = waker.stats[("c", "Deployment")]
+        # The wake is sent inside on_object and counted after it returns: wait for both.
+        eventually(lambda: len(sender.sent) == 1 and stats.wakes == 1, timeout=10)
         assert (stats.lists, stats.relists, stats.failures, stats.wakes) == (2, 1, 1, 1)
     # Watched from the first list, relisted after 410, then resumed from the last event's version.
     assert client.watched_from[:4] == ["1", "2", "3", "3"]
