@@ -1,8 +1,9 @@
 """The benchmark's DynamoDB stand-in: moto's server in a process of its own, counting calls.
 
 ``python -m tests.benchmarks.site_dynamo [--stock]`` serves moto's DynamoDB on a free port of
-127.0.0.1 (one request at a time, as :mod:`sandbox.dynamo` does, so each call is atomic), prints one
-JSON line ``{"port": ...}`` and serves until its standard input closes. ``GET /__calls`` answers the
+127.0.0.1 (one request at a time, as :mod:`sandbox.dynamo` does, so each call is atomic; over HTTP/1.1
+connections kept alive, as DynamoDB keeps its clients' connections: :class:`_KeepAliveHandler`),
+prints one JSON line ``{"port": ...}`` and serves until its standard input closes. ``GET /__calls`` answers the
 calls served so far by operation, with the seconds the backend spent on them.
 
 moto's ``TransactWriteItems`` deep-copies every table it touches before it runs, to restore it if the
@@ -18,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import os
+import socketserver
 import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from moto.core.exceptions import JsonRESTError
 from moto.dynamodb.comparisons import get_filter_expression
@@ -37,9 +41,8 @@ from moto.dynamodb.exceptions import (
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.responses import DynamoHandler
 from moto.iam.models import get_account_id_from
-from werkzeug.serving import make_server
 
-from sandbox.dynamo import REGION, _Dispatcher, _OneRequestAtATime, _QuietRequestHandler
+from sandbox.dynamo import REGION, _Dispatcher, _OneRequestAtATime
 
 
 def _key_of(backend: DynamoDBBackend, op_type: str, op: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +128,86 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
     _apply(self, _check(self, transact_items))
 
 
+class _KeepAliveHandler(WSGIRequestHandler):
+    """HTTP/1.1 with keep-alive, as DynamoDB serves its clients.
+
+    werkzeug's server (moto's) answers every request with ``Connection: close``, and drains what the
+    client sends within 10 ms after an answer, so it cannot keep a connection: every DynamoDB call
+    paid a TCP connection and a server thread, on both sides of the socket (a tenth of the stand-in's
+    CPU at 300 groups), which a client of DynamoDB does not. Here each request's body is read whole
+    before the application runs, and each answer carries its length, so the stream always stands at
+    the next request line."""
+
+    protocol_version = "HTTP/1.1"
+
+    def handle(self) -> None:
+        # http.server's loop: one request after another until the client (or an error) closes.
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection:
+            self.handle_one_request()
+
+    def handle_one_request(self) -> None:
+        self.raw_requestline = self.rfile.readline(65537)
+        if not self.raw_requestline or len(self.raw_requestline) > 65536:
+            self.close_connection = True
+            return
+        if not self.parse_request():
+            return
+        environ = self.get_environ()
+        length = int(self.headers.get("Content-Length") or 0)
+        environ.update(
+            {
+                "wsgi.input": io.BytesIO(self.rfile.read(length) if length else b""),
+                "wsgi.errors": sys.stderr,
+                "wsgi.version": (1, 0),
+                "wsgi.url_scheme": "http",
+                "wsgi.multithread": True,
+                "wsgi.multiprocess": False,
+                "wsgi.run_once": False,
+            }
+        )
+        answered: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            answered[:] = [status, headers]
+            return lambda _data: None
+
+        app = self.server.get_app()  # type: ignore[attr-defined]
+        try:
+            body = b"".join(app(environ, start_response))
+            status, headers = answered
+        except Exception as error:  # a 500 that says why, as werkzeug would, and a fresh connection
+            body, status, headers = repr(error).encode(), "500 Internal Server Error", []
+            self.close_connection = True
+        lines = [f"HTTP/1.1 {status}"]
+        lines += [f"{k}: {v}" for k, v in headers if k.lower() not in ("content-length", "connection")]
+        lines.append(f"Content-Length: {len(body)}")
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        self.wfile.flush()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection (not per request), counting the connections it accepted."""
+
+    daemon_threads = True
+    connections = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections += 1
+        super().process_request(request, client_address)
+
+
+def serve(app: Callable[..., Iterable[bytes]]) -> _Server:
+    """A keep-alive server of ``app`` on a free port of 127.0.0.1 (not started: ``serve_forever``)."""
+    server = _Server(("127.0.0.1", 0), _KeepAliveHandler)
+    server.set_app(app)
+    return server
+
+
 class _Counted(_OneRequestAtATime):
     """One request at a time, calls and backend seconds counted by operation, and ``GET /__calls``."""
 
@@ -202,13 +285,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.stock:
         DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-    server = make_server(
-        "127.0.0.1",
-        0,
-        _Counted(_Dispatcher() if args.whole else _Direct(_Dispatcher())),
-        threaded=True,
-        request_handler=_QuietRequestHandler,
-    )
+    server = serve(_Counted(_Dispatcher() if args.whole else _Direct(_Dispatcher())))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(json.dumps({"port": server.server_port}), flush=True)
     sys.stdin.read()  # until the parent closes it

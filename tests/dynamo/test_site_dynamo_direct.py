@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from werkzeug.serving import make_server
 
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, _Dispatcher, _QuietRequestHandler
-from tests.benchmarks.site_dynamo import _Counted, _Direct
+from tests.benchmarks.site_dynamo import _Counted, _Direct, serve
 
 TABLE = "direct-check"
 
@@ -31,12 +31,16 @@ def _client(port: int, region: str) -> Any:
 
 
 @pytest.fixture
-def clients() -> Iterator[tuple[Any, Any, _Counted]]:
-    """(a client of the direct front end, a client of moto's whole server, the direct one's counts)."""
+def clients() -> Iterator[tuple[Any, Any, _Counted, Any]]:
+    """(a client of the direct front end, a client of moto's whole server, the direct one's counts,
+    the direct one's server)."""
     direct = _Counted(_Direct(_Dispatcher()))
+    # The direct front end on the stand-in's keep-alive server, moto's whole server on werkzeug's.
     servers = [
-        make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietRequestHandler)
-        for app in (direct, _Counted(_Dispatcher()))
+        serve(direct),
+        make_server(
+            "127.0.0.1", 0, _Counted(_Dispatcher()), threaded=True, request_handler=_QuietRequestHandler
+        ),
     ]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -55,8 +59,10 @@ def clients() -> Iterator[tuple[Any, Any, _Counted]]:
                 ],
                 BillingMode="PAY_PER_REQUEST",
             )
-        yield pair[0], pair[1], direct
+        yield pair[0], pair[1], direct, servers[0]
     finally:
+        for client in pair:  # moto's backends outlive the servers: the next test creates the table again
+            client.delete_table(TableName=TABLE)
         for server in servers:
             server.shutdown()
             server.server_close()
@@ -157,10 +163,25 @@ def _outcome(call: Callable[[Any], Any], client: Any) -> dict[str, Any]:
     return answer
 
 
-def test_the_direct_front_end_answers_what_moto_answers(clients: tuple[Any, Any, _Counted]) -> None:
-    direct, whole, counted = clients
+def test_the_direct_front_end_answers_what_moto_answers(clients: tuple[Any, Any, _Counted, Any]) -> None:
+    direct, whole, counted, _server = clients
 
     for name, call in CALLS:
         assert _outcome(call, direct) == _outcome(call, whole), name
 
     assert counted.calls["TransactWriteItems"] == 2 and counted.calls["CreateTable"] == 1
+
+
+def test_the_stand_in_keeps_a_client_connection_across_calls_and_errors(
+    clients: tuple[Any, Any, _Counted, Any],
+) -> None:
+    """DynamoDB's clients keep their connections; so must the stand-in (werkzeug's server closes each
+    one), or the benchmark measures a TCP connection and a server thread per call. Every answer,
+    errors included, leaves the connection at the next request: one client, one connection."""
+    direct, _whole, counted, server = clients
+    before = server.connections
+    for _ in range(3):
+        for _name, call in CALLS:
+            _outcome(call, direct)
+    assert counted.calls["GetItem"] >= 9
+    assert server.connections - before == 0, "the table's creation already opened the client's connection"
