@@ -435,6 +435,7 @@ class FakeCoordination:
         new_owner: str,
         record: HistoryRecord,
         digest: str | None = None,
+        holder: str | None = None,
     ) -> None:
         self._count("complete_failover")
         held = self.client.hget(self._key("lock", group), "digest")

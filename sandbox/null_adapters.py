@@ -111,6 +111,7 @@ class NullCoordination:
         new_owner: str,
         record: HistoryRecord,
         digest: str | None = None,
+        holder: str | None = None,
     ) -> None:
         return None
 

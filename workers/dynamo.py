@@ -31,8 +31,9 @@ SK                                 attributes
 holder (operatorId, namespace, name, runId, token, acquiredAt), put in the transaction that takes the
 lock, so that a site finds the runs it must rebuild after losing Redis with one Query
 (:meth:`DynamoCoordination.held_locks`, O(locks held)). An entry whose lock is gone is dropped by
-the recovery sweep that finds it (``forget_held_lock``, conditioned on its runId): completion and
-release need not know the holder.
+the completion transaction when the run names its holder (the workers do), else by the recovery
+sweep that finds it (``forget_held_lock``, conditioned on its runId): release and settlement need
+not know the holder.
 
 Consistency of each operation (after Patroni's ``AbstractDCS``); reads that decide are
 ``ConsistentRead``; queries follow ``LastEvaluatedKey``; nothing scans.
@@ -306,9 +307,11 @@ class DynamoCoordination(OwnerRecords):
         new_owner: str,
         record: HistoryRecord,
         digest: str | None = None,
+        holder: str | None = None,
     ) -> None:
         """Flip the owner, write history and release the lock in one transaction (conditioned on the
-        lock's ``digest`` when given), or raise naming why."""
+        lock's ``digest`` when given), dropping ``holder``'s lock index entry of the group in it too
+        (else the recovery sweep drops it later: two more calls), or raise naming why."""
         pk = codec.group_pk(group)
         what = f"complete failover of {group} from {expected_owner!r} to {new_owner!r} (token {token})"
         items = codec.completion_transaction(
@@ -319,6 +322,7 @@ class DynamoCoordination(OwnerRecords):
             new_owner=new_owner,
             record=record,
             digest=digest,
+            holder=holder,
         )
         # The same request token on every retry: DynamoDB answers a repeat of a done transaction with success.
         request_token = str(

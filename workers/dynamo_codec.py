@@ -391,12 +391,18 @@ def completion_transaction(
     new_owner: str,
     record: HistoryRecord,
     digest: str | None = None,
+    holder: str | None = None,
 ) -> list[TransactWriteItemTypeDef]:
     """[0] LOCK delete if ``token`` (and ``digest``: the lock was taken for the run's pinned resources),
-    [1] owner flip if the owner is ``expected_owner``, [2] history put.
+    [1] owner flip if the owner is ``expected_owner``, [2] history put, and with ``holder`` [3] that
+    holder's lock index entry of the group deleted (unconditioned: while the lock is ours, an entry of
+    the group under this holder is ours or the stale one of a lock long gone).
 
     The lock comes first: should DynamoDB report only the first failed condition, the lost lease wins.
     """
+    index: list[TransactWriteItemTypeDef] = (
+        [] if holder is None else [{"Delete": {"TableName": table, "Key": key(held_pk(holder), pk)}}]
+    )
     return [
         _release_item(table, pk, token, digest),
         {
@@ -420,6 +426,7 @@ def completion_transaction(
             }
         },
         {"Put": {"TableName": table, "Item": history_item(pk, record)}},
+        *index,
     ]
 
 

@@ -365,9 +365,11 @@ class Coordination(Protocol):
         new_owner: str,
         record: HistoryRecord,
         digest: str | None = None,
+        holder: str | None = None,
     ) -> None:
         """Flip the owner, write history and release the lock atomically (or raise, naming why);
-        with ``digest``, only if the lock was taken for the same pinned resources."""
+        with ``digest``, only if the lock was taken for the same pinned resources; with ``holder``,
+        the holder's lock index entry of the group goes in the same write (:class:`LockIndex`)."""
         ...
 
     def settle_owner(self, group: GroupKey, *, token: int, owner: str, record: HistoryRecord) -> None:

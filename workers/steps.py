@@ -395,6 +395,7 @@ def complete(ctx: StepContext) -> Outcome:
             new_owner=run.target_cluster,
             record=record,
             digest=run.pin.digest if run.pin else None,
+            holder=ctx.holder,
         )
     except (LeaseLost, CoordinationConflict):
         # A redelivery after the transaction committed finds the lock gone and the owner flipped.

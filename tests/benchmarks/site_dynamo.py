@@ -3,8 +3,8 @@
 ``python -m tests.benchmarks.site_dynamo [--stock]`` serves moto's DynamoDB on a free port of
 127.0.0.1 (one request at a time, as :mod:`sandbox.dynamo` does, so each call is atomic; over HTTP/1.1
 connections kept alive, as DynamoDB keeps its clients' connections: :class:`_KeepAliveHandler`),
-prints one JSON line ``{"port": ...}`` and serves until its standard input closes. ``GET /__calls`` answers the
-calls served so far by operation, with the seconds the backend spent on them.
+prints one JSON line ``{"port": ...}`` and serves until its standard input closes. ``GET /__calls``
+answers the calls served so far by operation, with the seconds the backend spent on them.
 
 moto's ``TransactWriteItems`` deep-copies every table it touches before it runs, to restore it if the
 transaction is cancelled: with a site's worth of groups that is tens of milliseconds per call (the

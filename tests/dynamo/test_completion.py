@@ -142,3 +142,57 @@ def test_volume_handshake_is_fenced_by_the_token(dynamo: DynamoCoordination, gro
         dynamo.mark_volumes_released(group, token=grant.token, cluster="west")
     assert dynamo.volumes_released(group, token=newer.token) is None
     assert dynamo.volumes_released(group, token=grant.token) == "east"
+
+
+def test_completion_naming_the_holder_drops_its_lock_index_entry_in_the_same_call(
+    dynamo: DynamoCoordination, group: GroupKey, locked: int
+) -> None:
+    """The workers name their holder: the index entry goes with the lock, in the one transaction, so
+    the recovery sweep has nothing to read and delete for it later. Another holder's entries stay."""
+    other = GroupKey(operator_id=group.operator_id, namespace=group.namespace, name=f"{group.name}-other")
+    dynamo.acquire_lock(other, holder="site-a", run_id="run-9", lease_seconds=60, now=100.0)
+    assert {h.group for h in dynamo.held_locks("site-a")} == {group, other}
+    dynamo.calls.clear()
+
+    dynamo.complete_failover(
+        group,
+        token=locked,
+        expected_owner="east",
+        new_owner="west",
+        record=history_record("run-1"),
+        holder="site-a",
+    )
+
+    assert dynamo.calls == {"TransactWriteItems": 1}
+    assert [h.group for h in dynamo.held_locks("site-a")] == [other]
+    assert dynamo.lock_info(group) is None and dynamo.active_cluster(group) == "west"
+
+
+def test_completion_without_the_holder_leaves_the_index_entry_to_the_recovery_sweep(
+    dynamo: DynamoCoordination, group: GroupKey, locked: int
+) -> None:
+    dynamo.complete_failover(
+        group, token=locked, expected_owner="east", new_owner="west", record=history_record("run-1")
+    )
+
+    [entry] = dynamo.held_locks("site-a")
+    assert entry.group == group and dynamo.lock_info(group) is None  # stale: the sweep's to drop
+    dynamo.forget_held_lock("site-a", group, entry.lock_owner)
+    assert dynamo.held_locks("site-a") == []
+
+
+def test_a_refused_completion_naming_the_holder_keeps_the_index_entry(
+    dynamo: DynamoCoordination, group: GroupKey, locked: int
+) -> None:
+    with pytest.raises(CoordinationConflict):
+        dynamo.complete_failover(
+            group,
+            token=locked,
+            expected_owner="north",
+            new_owner="west",
+            record=history_record("run-1"),
+            holder="site-a",
+        )
+
+    assert [h.group for h in dynamo.held_locks("site-a")] == [group]  # all or nothing
+    assert dynamo.lock_info(group) is not None

@@ -30,6 +30,8 @@ def test_a_failover_takes_the_lock_flips_the_owner_and_writes_history_in_dynamod
     g = group()
     assert stack.coordination.active_cluster(g.key) == "site-b"
     assert stack.coordination.lock_info(g.key) is None
+    # The lock index entry went with the lock, in the completion transaction (the worker named its holder).
+    assert stack.coordination.held_locks(stack.settings.holder) == []
     [record] = stack.coordination.history(g.key)
     assert (record.run_id, record.outcome, record.mode) == (run.run_id, "SUCCESS", mode)
     assert record.downtime_seconds == run.downtime_seconds()
