@@ -4,8 +4,10 @@ Nothing is built at import: :mod:`workers.tasks` builds the app that registers t
 ``celery -A workers.tasks`` runs), and a producer's sender builds a client on its first message.
 
 JSON only (no pickle: a message is a run id and a ticket), late acknowledgement with rejection on a
-lost worker (every step is idempotent, so redelivery is safe), prefetch 1 (a long poll never hides
-other runs' messages), task events on (Flower shows every step as ``failover.<step>``), no result
+lost worker (every step is idempotent, so redelivery is safe), prefetch ``prefetch_multiplier`` per
+pool slot (2: the next message is at hand when a step ends; no step holds its slot for long, since a
+wait is re-sent with a countdown rather than polled in place, and a message reserved behind a step
+that hangs is sent again by the overdue sweep when another worker has a free slot), task events on (Flower shows every step as ``failover.<step>``), no result
 backend (nobody ever waits on a task's result), and a broker ``visibility_timeout`` that the settings
 check is far above the longest countdown.
 """
@@ -38,7 +40,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,
         "task_default_queue": settings.queue,

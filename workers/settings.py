@@ -208,6 +208,14 @@ class Settings(BaseSettings):
         default="workers.container:production_adapters",
         description="'module:function' returning the Adapters (effects, coordination) workers use.",
     )
+    prefetch_multiplier: int = Field(
+        ge=1,
+        default=2,
+        description="Step messages a worker reserves per pool slot (Celery's worker_prefetch_multiplier): "
+        "2 keeps the next message at hand when a step ends instead of asking Redis for it first; a "
+        "message reserved behind a step that hangs is sent again by the overdue sweep once another "
+        "worker has a free slot (schedule_to_start).",
+    )
     max_memory_per_child: int = Field(
         ge=0,
         default=400,

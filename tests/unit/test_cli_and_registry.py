@@ -62,7 +62,9 @@ def test_celery_is_configured_for_idempotent_redelivery() -> None:
     assert config["accept_content"] == ["json"]
     assert config["task_serializer"] == "json"
     assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
-    assert config["worker_prefetch_multiplier"] == 1
+    assert config["worker_prefetch_multiplier"] == 2
+    one = celery_config(Settings(redis_url="redis://x", visibility_timeout=600, prefetch_multiplier=1))
+    assert one["worker_prefetch_multiplier"] == 1
     assert config["worker_send_task_events"] and config["task_send_sent_event"]
     assert config["broker_transport_options"]["visibility_timeout"] == 600
 
