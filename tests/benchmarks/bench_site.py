@@ -293,6 +293,20 @@ def _environment(
     return worker_env(settings, **AWS_DUMMY_ENV, PROMETHEUS_MULTIPROC_DIR=str(prom_dir)), prom_dir, logs
 
 
+def machine_ms() -> float:
+    """CPU milliseconds of a fixed workload (JSON round trips, the stack's own kind of work), best of
+    three: the machine's speed at that moment. This VM's speed drifts by 10-35 % over minutes, moving
+    every process's CPU per run alike; a speed-up compares two runs made minutes apart."""
+    body = {"metadata": {"name": "web", "labels": {"app": "web"}}, "spec": {"replicas": 3, "x": "y" * 64}}
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        for _ in range(20_000):
+            json.loads(json.dumps(body))
+        best = min(best, time.process_time() - started)
+    return best * 1000
+
+
 def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool) -> dict[str, Any]:
     """One worker count from scratch: the stack, the site's runs and the probe, the raw figures."""
     started = time.monotonic()
@@ -321,7 +335,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
         cpu_before = sum(c.cpu_seconds() for c in fleet)
         workers_before, dynamo_before_cpu = sampler.cpu(), cpu_seconds_of(dynamo.pid)
         redis_before = _redis_cpu(client)
-        load_before = os.getloadavg()
+        load_before = (os.getloadavg(), machine_ms())
         tag = prefix[6:-1]
         pairs = failovers_for(groups[:-1], args.layout, tag)
         probe_pair = (_operator(f"probe-{tag}", groups[-1:], "benchmark: an operator's failover"), groups[-1])
@@ -342,7 +356,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
         probe.start()
         runs = wait_all(handle.store, client, prefix, run_ids, args.timeout)
         wall = max((r.finished_at or time.time()) for r in runs.values()) - t0
-        load_after = os.getloadavg()
+        load_after = (os.getloadavg(), machine_ms())
         cpu = sum(c.cpu_seconds() for c in fleet) - cpu_before
         workers_after = sampler.cpu()
         cpu_of_all = {
@@ -373,7 +387,8 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
             "rss_child": sampler.child,
             "redis_bytes": _redis_bytes(client, prefix, runs),
             "throttle": _throttle(prom_dir),
-            "load": (load_before, load_after),
+            "load": (load_before[0], load_after[0]),
+            "machine_ms": (load_before[1], load_after[1]),
             "sandbox_cpu": cpu,
             "cpu": cpu_of_all,
             "probe": probe.figures(),

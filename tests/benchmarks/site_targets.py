@@ -70,6 +70,7 @@ def figures(workers: int, r: dict[str, Any], groups: int) -> dict[str, Any]:
         "runs": len(runs),
         "wall_s": wall,
         "load_1min": [r["load"][0][0], r["load"][1][0]],
+        "machine_ms": list(r["machine_ms"]),
         "setup_s": r["setup"],
         "submit_s": r["submitted"],
         "runs_per_s": len(runs) / wall,
@@ -136,7 +137,7 @@ def text(f: dict[str, Any]) -> str:
         [
             f"{f['workers']} worker(s): {f['success']}/{f['runs']} SUCCESS in {f['wall_s']:.1f} s "
             f"(load avg 1 min {b1:.1f} -> {a1:.1f}; setup {f['setup_s']:.0f} s, "
-            f"submitting {f['submit_s']:.1f} s)",
+            f"submitting {f['submit_s']:.1f} s; machine: a fixed workload {_machine(f)})",
             f"  {f['runs_per_s']:.2f} runs/s, {f['steps_per_s']:.1f} steps/s, "
             f"{f['messages_per_s']:.1f} step messages/s",
             f"  run time from admission (started_at): {_spread(f['run_from_admission'])}",
@@ -182,6 +183,12 @@ def _worst(values: list[float | None]) -> float | None:
     return max((v for v in values if v is not None), default=None)
 
 
+def _machine(config: dict[str, Any]) -> str:
+    """The fixed workload's CPU time before the run and once its runs finished (bench_site.machine_ms)."""
+    before, after = config["machine_ms"]
+    return f"{before:.0f} -> {after:.0f} ms"
+
+
 def _floor(config: dict[str, Any]) -> str:
     """The least wall time this machine allows for 1,000 runs at the CPU a run cost in ``config``: all
     its cores busy with nothing but the site (the workers, the sandbox, the stand-in, Redis)."""
@@ -210,9 +217,11 @@ def _scale_rows(out: Rows, configs: list[dict[str, Any]], layout: str, scale: st
         ratio = walls[1] / walls[2]
         one = next(c for c in configs if c["workers"] == 1)
         ceiling = (os.cpu_count() or 1) / one["cores_used"]
+        two = next(c for c in configs if c["workers"] == 2)
         figure = (
             f"{ratio:.2f}x{scale}; at most {ceiling:.2f}x here: one worker's site already used "
-            f"{one['cores_used']:.2f} of the {os.cpu_count()} cores"
+            f"{one['cores_used']:.2f} of the {os.cpu_count()} cores; the fixed workload took "
+            f"{_machine(one)} in the 1-worker run, {_machine(two)} in the 2-worker run"
         )
         out.add("speed-up 1 -> 2 workers", ">= 1.6x", figure, ratio >= 1.6)
     else:
