@@ -7,9 +7,10 @@ JSON only (no pickle: a message is a run id and a ticket), late acknowledgement 
 lost worker (every step is idempotent, so redelivery is safe), prefetch ``prefetch_multiplier`` per
 pool slot (2: the next message is at hand when a step ends; no step holds its slot for long, since a
 wait is re-sent with a countdown rather than polled in place, and a message reserved behind a step
-that hangs is sent again by the overdue sweep when another worker has a free slot), task events on (Flower shows every step as ``failover.<step>``), no result
-backend (nobody ever waits on a task's result), and a broker ``visibility_timeout`` that the settings
-check is far above the longest countdown.
+that hangs is sent again by the overdue sweep when another worker has a free slot), task events on
+(Flower shows every step as ``failover.<step>``), no result backend (nobody ever waits on a task's
+result), and a broker ``visibility_timeout`` that the settings check is far above the longest
+countdown.
 """
 
 from __future__ import annotations
