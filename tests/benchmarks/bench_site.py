@@ -335,7 +335,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
         cpu_before = sum(c.cpu_seconds() for c in fleet)
         workers_before, dynamo_before_cpu = sampler.cpu(), cpu_seconds_of(dynamo.pid)
         redis_before = _redis_cpu(client)
-        load_before = (os.getloadavg(), machine_ms())
+        at_start = (os.getloadavg(), machine_ms())  # the load and the machine's speed
         tag = prefix[6:-1]
         pairs = failovers_for(groups[:-1], args.layout, tag)
         probe_pair = (_operator(f"probe-{tag}", groups[-1:], "benchmark: an operator's failover"), groups[-1])
@@ -356,7 +356,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
         probe.start()
         runs = wait_all(handle.store, client, prefix, run_ids, args.timeout)
         wall = max((r.finished_at or time.time()) for r in runs.values()) - t0
-        load_after = (os.getloadavg(), machine_ms())
+        at_end = (os.getloadavg(), machine_ms())
         cpu = sum(c.cpu_seconds() for c in fleet) - cpu_before
         workers_after = sampler.cpu()
         cpu_of_all = {
@@ -387,8 +387,8 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
             "rss_child": sampler.child,
             "redis_bytes": _redis_bytes(client, prefix, runs),
             "throttle": _throttle(prom_dir),
-            "load": (load_before[0], load_after[0]),
-            "machine_ms": (load_before[1], load_after[1]),
+            "load": (at_start[0], at_end[0]),
+            "machine_ms": (at_start[1], at_end[1]),
             "sandbox_cpu": cpu,
             "cpu": cpu_of_all,
             "probe": probe.figures(),

@@ -144,6 +144,25 @@ def test_volume_handshake_is_fenced_by_the_token(dynamo: DynamoCoordination, gro
     assert dynamo.volumes_released(group, token=grant.token) == "east"
 
 
+def _complete(
+    dynamo: DynamoCoordination,
+    group: GroupKey,
+    token: int,
+    *,
+    expected_owner: str = "east",
+    holder: str | None = None,
+) -> None:
+    """run-1's completion east -> west under ``token``, naming ``holder`` when given."""
+    dynamo.complete_failover(
+        group,
+        token=token,
+        expected_owner=expected_owner,
+        new_owner="west",
+        record=history_record("run-1"),
+        holder=holder,
+    )
+
+
 def test_completion_naming_the_holder_drops_its_lock_index_entry_in_the_same_call(
     dynamo: DynamoCoordination, group: GroupKey, locked: int
 ) -> None:
@@ -154,14 +173,7 @@ def test_completion_naming_the_holder_drops_its_lock_index_entry_in_the_same_cal
     assert {h.group for h in dynamo.held_locks("site-a")} == {group, other}
     dynamo.calls.clear()
 
-    dynamo.complete_failover(
-        group,
-        token=locked,
-        expected_owner="east",
-        new_owner="west",
-        record=history_record("run-1"),
-        holder="site-a",
-    )
+    _complete(dynamo, group, locked, holder="site-a")
 
     assert dynamo.calls == {"TransactWriteItems": 1}
     assert [h.group for h in dynamo.held_locks("site-a")] == [other]
@@ -171,9 +183,7 @@ def test_completion_naming_the_holder_drops_its_lock_index_entry_in_the_same_cal
 def test_completion_without_the_holder_leaves_the_index_entry_to_the_recovery_sweep(
     dynamo: DynamoCoordination, group: GroupKey, locked: int
 ) -> None:
-    dynamo.complete_failover(
-        group, token=locked, expected_owner="east", new_owner="west", record=history_record("run-1")
-    )
+    _complete(dynamo, group, locked)
 
     [entry] = dynamo.held_locks("site-a")
     assert entry.group == group and dynamo.lock_info(group) is None  # stale: the sweep's to drop
@@ -185,14 +195,7 @@ def test_a_refused_completion_naming_the_holder_keeps_the_index_entry(
     dynamo: DynamoCoordination, group: GroupKey, locked: int
 ) -> None:
     with pytest.raises(CoordinationConflict):
-        dynamo.complete_failover(
-            group,
-            token=locked,
-            expected_owner="north",
-            new_owner="west",
-            record=history_record("run-1"),
-            holder="site-a",
-        )
+        _complete(dynamo, group, locked, expected_owner="north", holder="site-a")
 
     assert [h.group for h in dynamo.held_locks("site-a")] == [group]  # all or nothing
     assert dynamo.lock_info(group) is not None
