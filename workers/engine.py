@@ -397,7 +397,7 @@ class Engine:
             boundary = event.kind not in _NOT_BOUNDARIES
             decision = decide_at_boundary(decide(run, event, now), now, outcome=boundary)
             if not decision.changed:
-                log.info("event.ignored", run_id=run.run_id, event=event.kind.value, reason=decision.reason)
+                log.info("event.ignored", run_id=run.run_id, kind=event.kind.value, reason=decision.reason)
                 return decision
             self._journal(decision)
             outgoing = self._outgoing(decision)
@@ -413,7 +413,7 @@ class Engine:
         if not retry:
             return None
         log.error(
-            "run.commit_contended", run_id=run.run_id, event=event.kind.value, attempts=_COMMIT_ATTEMPTS
+            "run.commit_contended", run_id=run.run_id, kind=event.kind.value, attempts=_COMMIT_ATTEMPTS
         )
         return None
 

@@ -13,6 +13,7 @@ import fakeredis
 import pytest
 import structlog
 
+from fsm.decide import Event, EventKind
 from fsm.plan import Step, Timing
 from fsm.run import RunStatus, new_run
 from sandbox.fakes import FakeClusters, FakeCoordination, fake_adapters
@@ -132,6 +133,65 @@ def test_the_same_message_twice_advances_the_run_once(harness: Harness) -> None:
     after_second = harness.store.load(run_id)
     assert after_second == after_first
     assert [m.name for m in harness.sender.sent] == ["failover.acquire_lock"]
+
+
+def test_a_start_message_delivered_again_after_the_run_finished_is_ignored_and_logged(
+    harness: Harness,
+) -> None:
+    """A copy of the start message left behind (reserved by a worker whose step hung while the sweep
+    sent it again elsewhere, tests/chaos/test_reserved_behind_a_hung_step.py) reaches a finished run:
+    nothing changes, and the line that says so is logged instead of failing the task."""
+    from structlog.testing import LogCapture
+
+    run_id = submit(harness)
+    start = harness.sender.sent[0]
+    harness.pump()
+    finished = harness.store.load(run_id)
+    assert finished is not None and finished.status is RunStatus.SUCCESS
+    capture = LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        harness.deliver(start)
+    finally:
+        structlog.reset_defaults()
+    assert harness.store.load(run_id) == finished
+    assert harness.sender.sent == []
+    [ignored] = [e for e in capture.entries if e["event"] == "event.ignored"]
+    assert (ignored["run_id"], ignored["kind"]) == (run_id, "start")
+
+
+def test_a_commit_that_keeps_losing_its_race_gives_up_and_says_so(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every compare-and-set refused (another writer each time): apply returns None after its
+    attempts, logging ``run.commit_contended``, and the run is as the other writer left it."""
+    from structlog.testing import LogCapture
+
+    run_id = submit(harness)
+    harness.deliver(harness.sender.sent.pop(0))  # start
+    run = harness.store.load(run_id)
+    assert run is not None
+    refused: list[int] = []
+
+    def refuse(signed: object, *, expected_version: int, outgoing: object = None) -> None:
+        refused.append(expected_version)
+
+    monkeypatch.setattr(harness.engine.store, "commit", refuse)
+    capture = LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        assert run.dispatch is not None
+        event = Event(kind=EventKind.SUCCEEDED, step=Step.VALIDATE, ticket=run.dispatch.ticket)
+        assert harness.engine.apply(run, event) is None
+    finally:
+        structlog.reset_defaults()
+    assert len(refused) > 1
+    [contended] = [e for e in capture.entries if e["event"] == "run.commit_contended"]
+    assert (contended["run_id"], contended["kind"], contended["attempts"]) == (
+        run_id,
+        "step_succeeded",
+        len(refused),
+    )
 
 
 def test_a_message_lost_between_commit_and_send_is_redriven(harness: Harness) -> None:
