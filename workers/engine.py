@@ -412,9 +412,7 @@ class Engine:
             run = reloaded
         if not retry:
             return None
-        log.error(
-            "run.commit_contended", run_id=run.run_id, kind=event.kind.value, attempts=_COMMIT_ATTEMPTS
-        )
+        log.error("run.commit_contended", run_id=run.run_id, kind=event.kind.value, attempts=_COMMIT_ATTEMPTS)
         return None
 
     def _outgoing(self, decision: Decision) -> Outgoing | None:
