@@ -83,7 +83,7 @@ from sandbox.kube.process import ProcessCluster, cpu_seconds_of
 from sandbox.kube.samples import copy_to_namespace, sample_manifests
 from sandbox.redis_server import redis_url
 from sandbox.stack import SANDBOX_OPERATOR_ID, stack_settings, worker_env
-from tests.benchmarks import site_profile, site_targets
+from tests.benchmarks import site_machine, site_profile, site_targets
 from tests.benchmarks.site_measure import FairnessProbe, RssSampler, children_of, wait_all
 from tests.factories import automatic_failover
 from workers.api import Orchestrator, run_id_for
@@ -293,20 +293,6 @@ def _environment(
     return worker_env(settings, **AWS_DUMMY_ENV, PROMETHEUS_MULTIPROC_DIR=str(prom_dir)), prom_dir, logs
 
 
-def machine_ms() -> float:
-    """CPU milliseconds of a fixed workload (JSON round trips, the stack's own kind of work), best of
-    three: the machine's speed at that moment. This VM's speed drifts by 10-35 % over minutes, moving
-    every process's CPU per run alike; a speed-up compares two runs made minutes apart."""
-    body = {"metadata": {"name": "web", "labels": {"app": "web"}}, "spec": {"replicas": 3, "x": "y" * 64}}
-    best = float("inf")
-    for _ in range(3):
-        started = time.process_time()
-        for _ in range(20_000):
-            json.loads(json.dumps(body))
-        best = min(best, time.process_time() - started)
-    return best * 1000
-
-
 def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool) -> dict[str, Any]:
     """One worker count from scratch: the stack, the site's runs and the probe, the raw figures."""
     started = time.monotonic()
@@ -335,7 +321,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
         cpu_before = sum(c.cpu_seconds() for c in fleet)
         workers_before, dynamo_before_cpu = sampler.cpu(), cpu_seconds_of(dynamo.pid)
         redis_before = _redis_cpu(client)
-        at_start = (os.getloadavg(), machine_ms())  # the load and the machine's speed
+        at_start = (os.getloadavg(), site_machine.speed())  # the load and the machine's speed
         tag = prefix[6:-1]
         pairs = failovers_for(groups[:-1], args.layout, tag)
         probe_pair = (_operator(f"probe-{tag}", groups[-1:], "benchmark: an operator's failover"), groups[-1])
@@ -356,7 +342,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
         probe.start()
         runs = wait_all(handle.store, client, prefix, run_ids, args.timeout)
         wall = max((r.finished_at or time.time()) for r in runs.values()) - t0
-        at_end = (os.getloadavg(), machine_ms())
+        at_end = (os.getloadavg(), site_machine.speed())
         cpu = sum(c.cpu_seconds() for c in fleet) - cpu_before
         workers_after = sampler.cpu()
         cpu_of_all = {
@@ -388,7 +374,8 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
             "redis_bytes": _redis_bytes(client, prefix, runs),
             "throttle": _throttle(prom_dir),
             "load": (at_start[0], at_end[0]),
-            "machine_ms": (at_start[1], at_end[1]),
+            "machine_ms": (at_start[1].one_ms, at_end[1].one_ms),
+            "machine_two": (at_start[1].two_at_once, at_end[1].two_at_once),
             "sandbox_cpu": cpu,
             "cpu": cpu_of_all,
             "probe": probe.figures(),

@@ -30,6 +30,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import redis as redis_lib
+
 from fsm.kinds import judge
 from fsm.models import FailoverGroup
 from fsm.plan import CATALOGUE, StepType, Timing
@@ -118,9 +120,14 @@ def stack(
         coordination = DynamoCoordination(table, client=client)
         coordination.ensure_table()
         coordination.set_initial_owner(SHOP, "site-a")
+        prefix = f"bench-{uuid.uuid4().hex[:8]}:"
+        keys = redis_lib.Redis.from_url(redis)
+        stack_.callback(keys.close)
+        # Last of all (after the worker and the waker stopped): this stack's keys, and only those.
+        stack_.callback(lambda: [keys.delete(k) for k in keys.scan_iter(match=f"{prefix}*", count=1000)])
         settings = stack_settings(
             redis,
-            f"bench-{uuid.uuid4().hex[:8]}:",
+            prefix,
             timing=Timing(),  # the default timing: polls 1 s growing to 15 s
             visibility_timeout=120,
             kubeconfig=str(fleet.kubeconfig_path),

@@ -71,6 +71,7 @@ def figures(workers: int, r: dict[str, Any], groups: int) -> dict[str, Any]:
         "wall_s": wall,
         "load_1min": [r["load"][0][0], r["load"][1][0]],
         "machine_ms": list(r["machine_ms"]),
+        "machine_two": list(r["machine_two"]),
         "setup_s": r["setup"],
         "submit_s": r["submitted"],
         "runs_per_s": len(runs) / wall,
@@ -184,9 +185,11 @@ def _worst(values: list[float | None]) -> float | None:
 
 
 def _machine(config: dict[str, Any]) -> str:
-    """The fixed workload's CPU time before the run and once its runs finished (bench_site.machine_ms)."""
+    """The fixed workload's CPU time before the run and once its runs finished, and what two of it
+    at once amounted to then (:mod:`tests.benchmarks.site_machine`)."""
     before, after = config["machine_ms"]
-    return f"{before:.0f} -> {after:.0f} ms"
+    two_before, two_after = config["machine_two"]
+    return f"{before:.0f} -> {after:.0f} ms, two at once {two_before:.2f}x -> {two_after:.2f}x"
 
 
 def _floor(config: dict[str, Any]) -> str:
