@@ -33,13 +33,19 @@ def group(**spec_overrides: Any) -> FailoverGroup:
 
 
 def failover(
-    mode: str = "CONSISTENCY", target: str = "site-b", name: str = "move-shop", **spec: Any
+    mode: str = "CONSISTENCY",
+    target: str = "site-b",
+    name: str = "move-shop",
+    *,
+    namespace: str = "shop",
+    **spec: Any,
 ) -> Failover:
+    """A Failover ``name`` in ``namespace`` moving the group "shop" of that namespace."""
     return Failover.model_validate(
         {
             "apiVersion": "crd.hahomelabs.com/v1alpha1",
             "kind": "Failover",
-            "metadata": {"name": name, "namespace": "shop"},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": {
                 "targetCluster": target,
                 "failoverMode": mode,

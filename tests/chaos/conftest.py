@@ -109,12 +109,16 @@ class ChaosStack:
         self.gates.append(made)
         return made
 
-    def submit(self, mode: str, source: str, target: str, name: str) -> str:
-        """A run of a Failover ``name`` moving the group from ``source`` to ``target``."""
+    def submit(
+        self, mode: str, source: str, target: str, name: str, *, group: FailoverGroup | None = None
+    ) -> str:
+        """A run of a Failover ``name`` moving ``group`` (default: the sample group "shop") from
+        ``source`` to ``target``; the Failover is made in the group's namespace."""
+        moved = group or self.group
         run = new_run(
             run_id=f"{name}-{uuid.uuid4().hex[:6]}",
-            failover=failover(mode=mode, target=target, name=name),
-            group=self.group,
+            failover=failover(mode=mode, target=target, name=name, namespace=moved.metadata.namespace),
+            group=moved,
             source_cluster=source,
             now=time.time(),
             timing=TIMING,

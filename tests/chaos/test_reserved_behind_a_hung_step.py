@@ -22,17 +22,16 @@ without a serving site outside its own planned CONSISTENCY downtime (:class:`Fle
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 
 import pytest
 import redis
 
-from fsm.models import Failover, FailoverGroup
-from fsm.run import RunStatus, new_run
+from fsm.models import FailoverGroup
+from fsm.run import RunStatus
 from sandbox.kube.samples import load_sample_copies
 from tests.chaos.checks import eventually
-from tests.chaos.conftest import SHOP, TIMING, ChaosStack
+from tests.chaos.conftest import SHOP, ChaosStack
 from tests.chaos.monitor import ZERO_SERVING, SiteMonitor
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.slow]
@@ -50,34 +49,6 @@ def _group_b(stack: ChaosStack) -> FailoverGroup:
     group = FailoverGroup.model_validate(stack.fleet["site-a"].store.get("FailoverGroup", namespace, "shop"))
     stack.coordination.set_initial_owner(group.key, "site-a")
     return group
-
-
-def _failover_of(group: FailoverGroup, name: str) -> Failover:
-    namespace = group.metadata.namespace
-    return Failover.model_validate(
-        {
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "targetCluster": "site-b",
-                "failoverMode": "CONSISTENCY",
-                "failoverGroups": [{"name": group.metadata.name, "namespace": namespace}],
-            },
-        }
-    )
-
-
-def _submit(stack: ChaosStack, group: FailoverGroup, name: str) -> str:
-    run = new_run(
-        run_id=f"{name}-{uuid.uuid4().hex[:6]}",
-        failover=_failover_of(group, name),
-        group=group,
-        source_cluster="site-a",
-        now=time.time(),
-        timing=TIMING,
-        nonce=uuid.uuid4().hex[:12],
-    )
-    assert stack.engine.submit(run)
-    return run.run_id
 
 
 def _lines(stack: ChaosStack, event: str, run_id: str) -> list[str]:
@@ -111,7 +82,7 @@ def test_a_message_reserved_behind_a_hung_step_is_sent_again_to_a_free_worker(
         with stack.monitor.window(ZERO_SERVING, "A's CONSISTENCY run"):
             a = stack.submit("CONSISTENCY", "site-a", "site-b", "a-hangs")
             assert gate.arrived.wait(30), stack.worker_logs()[-4000:]
-            b = _submit(stack, group_b, "b-waits")
+            b = stack.submit("CONSISTENCY", "site-a", "site-b", "b-waits", group=group_b)
             _reserved_by_w1(stack, real_redis, b)
 
             stack.start_worker("w2")
