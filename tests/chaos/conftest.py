@@ -110,10 +110,17 @@ class ChaosStack:
         return made
 
     def submit(
-        self, mode: str, source: str, target: str, name: str, *, group: FailoverGroup | None = None
+        self,
+        mode: str,
+        source: str,
+        target: str,
+        name: str,
+        *,
+        group: FailoverGroup | None = None,
+        timing: Timing = TIMING,
     ) -> str:
         """A run of a Failover ``name`` moving ``group`` (default: the sample group "shop") from
-        ``source`` to ``target``; the Failover is made in the group's namespace."""
+        ``source`` to ``target`` with ``timing``; the Failover is made in the group's namespace."""
         moved = group or self.group
         run = new_run(
             run_id=f"{name}-{uuid.uuid4().hex[:6]}",
@@ -121,7 +128,7 @@ class ChaosStack:
             group=moved,
             source_cluster=source,
             now=time.time(),
-            timing=TIMING,
+            timing=timing,
             nonce=uuid.uuid4().hex[:12],
         )
         assert self.engine.submit(run)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import time
-import uuid
 
 from fsm.plan import Step, Timing
-from fsm.run import Run, new_run
+from fsm.run import Run
 from tests.chaos.conftest import CONTROLLERS, TIMING, ChaosStack
-from tests.factories import failover
 
 LAG = 3600.0  # a controller this slow never catches up during a test: the wait step holds
 
@@ -26,17 +23,7 @@ def submit(stack: ChaosStack, mode: str, name: str, **timing: float) -> str:
     """A run moving the group from site-a to site-b, with the chaos timing changed by ``timing``
     (by default, wait steps get 5 minutes: a run held on purpose must not time out while held)."""
     chosen: Timing = TIMING.model_copy(update={"wait_timeout": 300.0, **timing})
-    run = new_run(
-        run_id=f"{name}-{uuid.uuid4().hex[:6]}",
-        failover=failover(mode=mode, target="site-b", name=name),
-        group=stack.group,
-        source_cluster="site-a",
-        now=time.time(),
-        timing=chosen,
-        nonce=uuid.uuid4().hex[:12],
-    )
-    assert stack.engine.submit(run)
-    return run.run_id
+    return stack.submit(mode, "site-a", "site-b", name, timing=chosen)
 
 
 def waiting_in(stack: ChaosStack, run_id: str, step: Step, timeout: float = 60.0) -> Run:
