@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION
 from sandbox.kube import SandboxFleet, load_sample_fleet
@@ -24,9 +25,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_json_worker_writes_only_json_lines_from_start_to_shutdown(
-    redis_server_url: str, dynamodb_endpoint: str, tmp_path: Path
+    redis_server_url: str, real_redis: redis.Redis, prefix: str, dynamodb_endpoint: str, tmp_path: Path
 ) -> None:
-    queue = f"jsonlogs-{uuid.uuid4().hex[:8]}"
+    queue = prefix.rstrip(":")  # its keys are removed by real_redis after the test
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -83,9 +84,8 @@ def test_a_json_worker_writes_only_json_lines_from_start_to_shutdown(
 
 
 def test_a_json_watcher_writes_only_json_lines(
-    redis_server_url: str, dynamodb_endpoint: str, tmp_path: Path
+    redis_server_url: str, real_redis: redis.Redis, prefix: str, dynamodb_endpoint: str, tmp_path: Path
 ) -> None:
-    prefix = f"jsonlogs-{uuid.uuid4().hex[:8]}:"
     with SandboxFleet(["site-a", "site-b"], kubeconfig_path=tmp_path / "kubeconfig") as fleet:
         load_sample_fleet(fleet, active="site-a")
         env = {

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from workers.app import create_app
 from workers.settings import Settings
@@ -89,10 +90,16 @@ class Worker:
 
 
 @pytest.fixture
-def worker(redis_server_url: str, tmp_path: Path) -> Iterator[tuple[Worker, dict[str, str]]]:
+def worker(
+    redis_server_url: str, real_redis: redis.Redis, prefix: str, tmp_path: Path
+) -> Iterator[tuple[Worker, dict[str, str]]]:
+    """The worker, its broker keys under this test's prefix (``real_redis`` removes them once the
+    worker has stopped)."""
     env = {
         "FAILOVER_REDIS_URL": redis_server_url,
-        "FAILOVER_QUEUE": f"deploytest-{uuid.uuid4().hex[:8]}",
+        "FAILOVER_BROKER_PREFIX": prefix,
+        "FAILOVER_KEY_PREFIX": prefix,
+        "FAILOVER_QUEUE": f"{prefix}deploytest",
         "FAILOVER_LIVENESS_FILE": str(tmp_path / "alive"),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
         "DEPLOYTEST_METRICS_PORT": str(_free_port()),
@@ -125,7 +132,13 @@ def test_the_probe_passes_while_the_worker_beats_and_metrics_sum_its_processes(
 
     port = int(env["DEPLOYTEST_METRICS_PORT"])
     _wait(lambda: "failover_queue_depth" in _scrape(port), 30, "the parent served /metrics", process.log)
-    app = create_app(Settings(redis_url=env["FAILOVER_REDIS_URL"], queue=env["FAILOVER_QUEUE"]))
+    app = create_app(
+        Settings(
+            redis_url=env["FAILOVER_REDIS_URL"],
+            queue=env["FAILOVER_QUEUE"],
+            broker_prefix=env["FAILOVER_BROKER_PREFIX"],
+        )
+    )
     try:
         for index in range(2):
             app.send_task("deploytest.observe_run", args=[f"hook-{index}"], queue=env["FAILOVER_QUEUE"])

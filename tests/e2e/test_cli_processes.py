@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION, moto_dynamodb
 from sandbox.kube import SandboxFleet, load_sample_fleet
@@ -25,7 +26,11 @@ FAILOVERCTL = str(Path(sys.executable).with_name("failoverctl"))
 
 
 @pytest.fixture
-def env(tmp_path: Path, redis_server_url: str, prefix: str) -> Iterator[dict[str, str]]:
+def env(
+    tmp_path: Path, redis_server_url: str, real_redis: redis.Redis, prefix: str
+) -> Iterator[dict[str, str]]:
+    """The processes' environment; their Redis keys, under ``prefix``, are removed by ``real_redis``
+    once they have stopped."""
     with (
         SandboxFleet(["site-a", "site-b"], kubeconfig_path=tmp_path / "kubeconfig") as fleet,
         moto_dynamodb() as endpoint,
