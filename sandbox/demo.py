@@ -41,7 +41,7 @@ from sandbox.exports import export_lines, sandbox_exports, write_env_file
 from sandbox.kube import SandboxCluster, SandboxFleet, load_sample_fleet
 from sandbox.kube.fleet import write_kubeconfig
 from sandbox.kube.identity import ADMIN
-from sandbox.redis_server import redis_url
+from sandbox.redis_server import delete_prefixed, redis_url
 from sandbox.stack import SANDBOX_OPERATOR_ID, stack_settings, worker_env
 from workers.api import Orchestrator
 from workers.settings import Settings
@@ -108,8 +108,7 @@ def environment(workdir: Path) -> Iterator[Environment]:
             yield Environment(fleet, settings, env, url, endpoint)
         finally:
             client = redis.Redis.from_url(url)
-            for key in client.scan_iter(match=f"{prefix}*", count=1000):
-                client.delete(key)
+            delete_prefixed(client, prefix)
             client.close()
 
 

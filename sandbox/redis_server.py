@@ -22,6 +22,12 @@ import redis
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
+def delete_prefixed(client: redis.Redis, prefix: str) -> None:
+    """Delete every key under ``prefix`` (a test's or a stack's own; never anyone else's)."""
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+
+
 def answers(url: str, timeout: float = 0.5) -> bool:
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from sandbox.dynamo import SerializedMotoServer, endpoint_of, moto_server
-from sandbox.redis_server import redis_url
+from sandbox.redis_server import delete_prefixed, redis_url
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +45,7 @@ def real_redis(redis_server_url: str, prefix: str) -> Iterator[redis.Redis]:
     try:
         yield client
     finally:
-        for key in client.scan_iter(match=f"{prefix}*", count=500):
-            client.delete(key)
+        delete_prefixed(client, prefix)
         client.close()
 
 

@@ -25,7 +25,7 @@ from fsm.plan import Timing
 from fsm.run import new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.kube.process import rss_bytes_of
-from sandbox.redis_server import redis_url
+from sandbox.redis_server import delete_prefixed, redis_url
 from sandbox.stack import SANDBOX_RUN_KEY, sandbox_signer
 from tests.benchmarks.site_measure import children_of
 from tests.factories import failover, group
@@ -135,8 +135,7 @@ def main() -> None:
             child_rss = [rss_bytes_of(pid) // 1024 for pid in children_of(worker.process.pid)]
         finally:
             worker.stop()
-            for key in client.scan_iter(match=f"{prefix}*", count=1000):
-                client.delete(key)
+            delete_prefixed(client, prefix)
             client.close()
             app.close()
     hop, step = statistics.median(hop_times), statistics.median(step_times)

@@ -50,7 +50,7 @@ from sandbox.dynamo import AWS_DUMMY_ENV
 from sandbox.kube import SandboxFleet
 from sandbox.kube.process import ProcessCluster
 from sandbox.kube.samples import copy_to_namespace, sample_manifests
-from sandbox.redis_server import redis_url
+from sandbox.redis_server import delete_prefixed, redis_url
 from sandbox.stack import worker_env
 from tests.benchmarks.bench_site import DynamoStandIn, site_settings
 from workers.api import Orchestrator
@@ -181,7 +181,7 @@ def measure(
     with ExitStack() as cleanup:
         client = redis.Redis.from_url(url)
         cleanup.callback(client.close)
-        cleanup.callback(lambda: [client.delete(k) for k in client.scan_iter(match=f"{prefix}*", count=1000)])
+        cleanup.callback(delete_prefixed, client, prefix)
         handle = cleanup.enter_context(Orchestrator(settings))
         handle.init_table()
         for g in groups:

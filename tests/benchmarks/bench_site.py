@@ -81,7 +81,7 @@ from sandbox.dynamo import AWS_DUMMY_ENV, REGION
 from sandbox.kube import SandboxFleet
 from sandbox.kube.process import ProcessCluster, cpu_seconds_of
 from sandbox.kube.samples import copy_to_namespace, sample_manifests
-from sandbox.redis_server import redis_url
+from sandbox.redis_server import delete_prefixed, redis_url
 from sandbox.stack import SANDBOX_OPERATOR_ID, stack_settings, worker_env
 from tests.benchmarks import site_machine, site_profile, site_targets
 from tests.benchmarks.site_measure import FairnessProbe, RssSampler, children_of, wait_all
@@ -305,7 +305,7 @@ def run_config(workers: int, args: argparse.Namespace, tmp: Path, profile: bool)
         env, prom_dir, logs = _environment(settings, args, tmp)
         client = redis.Redis.from_url(url)
         stack.callback(client.close)
-        stack.callback(lambda: [client.delete(k) for k in client.scan_iter(match=f"{prefix}*", count=1000)])
+        stack.callback(delete_prefixed, client, prefix)
         handle = stack.enter_context(Orchestrator(settings))
         handle.init_table()
         groups = groups_of(args.groups + 1)

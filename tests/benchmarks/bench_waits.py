@@ -41,7 +41,7 @@ from producers.waker import WaitWaker
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, dynamodb_client, endpoint_of, moto_server
 from sandbox.kube import SandboxFleet, load_sample_fleet
-from sandbox.redis_server import redis_url
+from sandbox.redis_server import delete_prefixed, redis_url
 from sandbox.stack import stack_settings, worker_env
 from tests.autofailover.conftest import CLUSTERS, CONTROLLERS, OPERATOR, SHOP, shorten_timeouts
 from tests.factories import failover
@@ -124,7 +124,7 @@ def stack(
         keys = redis_lib.Redis.from_url(redis)
         stack_.callback(keys.close)
         # Last of all (after the worker and the waker stopped): this stack's keys, and only those.
-        stack_.callback(lambda: [keys.delete(k) for k in keys.scan_iter(match=f"{prefix}*", count=1000)])
+        stack_.callback(delete_prefixed, keys, prefix)
         settings = stack_settings(
             redis,
             prefix,

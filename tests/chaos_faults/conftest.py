@@ -26,6 +26,7 @@ from fsm.run import Run, new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, SerializedMotoServer, dynamodb_client, endpoint_of
 from sandbox.kube import SandboxFleet, load_sample_fleet
+from sandbox.redis_server import delete_prefixed
 from sandbox.stack import FAST_TIMING, sandbox_signer, stack_settings, worker_env
 from tests.factories import failover, group
 from tests.waiting import wait_for_run
@@ -182,8 +183,7 @@ def chaos_stack(
             clients.close()
             client.close()
             app.close()
-            for key in real_redis.scan_iter(match=f"{prefix}*", count=500):
-                real_redis.delete(key)
+            delete_prefixed(real_redis, prefix)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from fsm.run import Run, new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, SerializedMotoServer, dynamodb_client, endpoint_of
 from sandbox.fakes import FakeClusters
-from sandbox.redis_server import answers, free_port, server_binary
+from sandbox.redis_server import answers, delete_prefixed, free_port, server_binary
 from sandbox.stack import FAST_TIMING, sandbox_signer, stack_settings, worker_env
 from tests.factories import all_refs, failover, group
 from tests.waiting import wait_for_run
@@ -185,8 +185,7 @@ def _chaos_stack(
             worker.stop()
         app.close()
         dynamo_client.close()
-        for key in fake_client.scan_iter(match=f"{prefix}*", count=1000):
-            fake_client.delete(key)
+        delete_prefixed(fake_client, prefix)
         fake_client.close()
         client.close()
 
