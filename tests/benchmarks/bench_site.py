@@ -83,7 +83,7 @@ from sandbox.kube.process import ProcessCluster, cpu_seconds_of
 from sandbox.kube.samples import copy_to_namespace, sample_manifests
 from sandbox.redis_server import delete_prefixed, redis_url
 from sandbox.stack import SANDBOX_OPERATOR_ID, stack_settings, worker_env
-from tests.benchmarks import site_machine, site_profile, site_targets
+from tests.benchmarks import site_chain, site_machine, site_profile, site_targets
 from tests.benchmarks.site_measure import FairnessProbe, RssSampler, children_of, wait_all
 from tests.factories import automatic_failover
 from workers.api import Orchestrator, run_id_for
@@ -431,6 +431,13 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--waits", type=int, default=0, metavar="RUNS", help="bench_waits woken runs (0: skip)"
     )
+    parser.add_argument(
+        "--chain",
+        type=float,
+        default=6.0,
+        metavar="SECONDS",
+        help="site_chain's phases, before the worker counts (0: skip; only with --workers 1,2)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this file as JSON")
     args = parser.parse_args()
     args.profile_dir = Path(tempfile.mkdtemp(prefix="bench-site-profile-")) if args.profile else None
@@ -448,6 +455,10 @@ def main() -> None:
         flush=True,
     )
     counts = [int(w) for w in args.workers.split(",")]
+    chain = None
+    if args.chain and {1, 2} <= set(counts):
+        chain = site_chain.chain(args.chain)
+        print(chain.describe(), flush=True)
     configs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for count in counts:
@@ -470,7 +481,7 @@ def main() -> None:
             f"p95 {site_targets.ms(waits.get('p95_ms'))}, max {site_targets.ms(waits.get('max_ms'))}",
             flush=True,
         )
-    rows = site_targets.targets(configs, args.layout, waits)
+    rows = site_targets.targets(configs, args.layout, waits, chain.describe() if chain else None)
     print(site_targets.table(rows), flush=True)
     if args.json is not None:
         document = {
@@ -479,6 +490,7 @@ def main() -> None:
             "args": {k: str(v) for k, v in vars(args).items()},
             "configs": configs,
             "waits": waits,
+            "chain": None if chain is None else [vars(p) for p in chain.phases],
         }
         args.json.write_text(json.dumps({**document, "targets": rows}, indent=2, default=str))
         print(f"figures written to {args.json}")
