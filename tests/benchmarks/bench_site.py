@@ -436,7 +436,7 @@ def _arguments() -> argparse.Namespace:
         type=float,
         default=6.0,
         metavar="SECONDS",
-        help="site_chain's phases, before the worker counts (0: skip; only with --workers 1,2)",
+        help="site_chain's phases (both shapes), before the worker counts (0: skip; with --workers 1,2)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this file as JSON")
     args = parser.parse_args()
@@ -457,8 +457,8 @@ def main() -> None:
     counts = [int(w) for w in args.workers.split(",")]
     chain = None
     if args.chain and {1, 2} <= set(counts):
-        chain = site_chain.chain(args.chain)
-        print(chain.describe(), flush=True)
+        chain = (site_chain.chain(args.chain), site_chain.chain(args.chain, site_chain.ONE_HOP))
+        print(site_chain.describe(*chain), flush=True)
     configs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for count in counts:
@@ -481,7 +481,7 @@ def main() -> None:
             f"p95 {site_targets.ms(waits.get('p95_ms'))}, max {site_targets.ms(waits.get('max_ms'))}",
             flush=True,
         )
-    rows = site_targets.targets(configs, args.layout, waits, chain.describe() if chain else None)
+    rows = site_targets.targets(configs, args.layout, waits, site_chain.describe(*chain) if chain else None)
     print(site_targets.table(rows), flush=True)
     if args.json is not None:
         document = {
@@ -490,7 +490,7 @@ def main() -> None:
             "args": {k: str(v) for k, v in vars(args).items()},
             "configs": configs,
             "waits": waits,
-            "chain": None if chain is None else [vars(p) for p in chain.phases],
+            "chain": None if chain is None else [[vars(p) for p in c.phases] for c in chain],
         }
         args.json.write_text(json.dumps({**document, "targets": rows}, indent=2, default=str))
         print(f"figures written to {args.json}")

@@ -20,7 +20,9 @@ taking the next message while the pool works, as Celery's prefork pool with pref
 unit of work is the same JSON round trip as :mod:`tests.benchmarks.site_machine`'s fixed workload, so
 it slows with the machine. It runs one worker, then two, then one and two again (the machine drifts
 over minutes), each for ``seconds``, and reports the messages per second and the cores used (read
-off ``/proc/stat``) of each, and the speed-up of the better pair.
+off ``/proc/stat``) of each, and the speed-up of the better pair. :data:`ONE_HOP` is the same CPU in
+every process with the pool process asking one server once per message: how much of what two workers
+leave idle the hops themselves cost.
 
 This module imports nothing heavy: the processes are spawned and import only it.
 """
@@ -42,8 +44,17 @@ _UNITS_PER_MS = 200  # JSON round trips per millisecond of CPU, about, on this m
 
 # One step message, in milliseconds of CPU, as bench_site measured the stack's processes.
 _MAIN_TAKE, _MAIN_ACK = 1.05, 1.05  # the worker's main process: receive (+ broker bookkeeping), ack
-_POOL = (1.6, 1.6, 1.6, 1.6, 1.6)  # the pool process, between its requests
-_HOPS = (("redis", 0.08), ("site-a", 1.1), ("site-b", 1.1), ("dynamodb", 1.7), ("redis", 0.08))
+# The pool process: (its CPU before a request, the server asked, the server's CPU for it).
+Hop = tuple[float, str, float]
+SITE: tuple[Hop, ...] = (
+    (1.6, "redis", 0.08),
+    (1.6, "site-a", 1.1),
+    (1.6, "site-b", 1.1),
+    (1.6, "dynamodb", 1.7),
+    (1.6, "redis", 0.08),
+)
+# The same CPU in every process, with the pool process asking one server once per message.
+ONE_HOP: tuple[Hop, ...] = ((8.0, "dynamodb", 4.06),)
 _MAIN_HOPS = (("redis", 0.08), ("redis", 0.08))  # the main process: the message's fetch, its ack
 _SERVERS = ("site-a", "site-b", "dynamodb", "redis")
 _HEADER = struct.Struct("!d")
@@ -101,11 +112,11 @@ def _connect(ports: dict[str, int]) -> dict[str, socket.socket]:
     return socks
 
 
-def _pool(ports: dict[str, int], pipe: socket.socket, ready: Any) -> None:
+def _pool(ports: dict[str, int], pipe: socket.socket, ready: Any, hops: tuple[Hop, ...]) -> None:
     socks = _connect(ports)
     ready.put(True)
     while _recv_exact(pipe, 1) == b"j":
-        for ms, (server, cost) in zip(_POOL, _HOPS, strict=True):
+        for ms, server, cost in hops:
             _work(ms)
             _ask(socks[server], cost)
         pipe.sendall(b"r")
@@ -151,6 +162,7 @@ class Phase:
 @dataclass(frozen=True)
 class Chain:
     phases: tuple[Phase, ...]
+    hops: int  # requests the pool process makes per message
 
     def speed_up(self) -> float:
         """Two workers' best rate over one worker's best rate."""
@@ -162,8 +174,8 @@ class Chain:
         rates = {n: "/".join(f"{p.per_second:.0f}" for p in ps) for n, ps in by.items()}
         cores = {n: "/".join(f"{p.cores_used:.2f}" for p in ps) for n, ps in by.items()}
         return (
-            f"a chain of the site's shape, no product code: 1 -> 2 workers {self.speed_up():.2f}x "
-            f"({rates[1]} -> {rates[2]} messages/s, cores used {cores[1]} -> {cores[2]})"
+            f"1 -> 2 workers {self.speed_up():.2f}x ({rates[1]} -> {rates[2]} messages/s, cores used "
+            f"{cores[1]} -> {cores[2]})"
         )
 
 
@@ -174,13 +186,15 @@ def _busy_and_total() -> tuple[int, int]:
     return sum(fields[:8]) - idle, sum(fields[:8])
 
 
-def _phase(context: Any, ports: dict[str, int], workers: int, seconds: float) -> Phase:
+def _phase(context: Any, ports: dict[str, int], workers: int, seconds: float, hops: tuple[Hop, ...]) -> Phase:
     """``workers`` workers, all started and connected before the clock starts."""
     signals = _Signals(context.Queue(), context.Event(), context.Value("d", 0.0), context.Queue())
     processes = []
     for _ in range(workers):
         main_end, pool_end = socket.socketpair()
-        processes.append(context.Process(target=_pool, args=(ports, pool_end, signals.ready), daemon=True))
+        processes.append(
+            context.Process(target=_pool, args=(ports, pool_end, signals.ready, hops), daemon=True)
+        )
         processes.append(context.Process(target=_main, args=(ports, main_end, signals), daemon=True))
     for process in processes:
         process.start()
@@ -201,8 +215,9 @@ def _phase(context: Any, ports: dict[str, int], workers: int, seconds: float) ->
     return Phase(workers, messages / elapsed, cores)
 
 
-def chain(seconds: float = 8.0) -> Chain:
-    """One worker, two, one, two: each for ``seconds``, on fresh servers."""
+def chain(seconds: float = 8.0, hops: tuple[Hop, ...] = SITE) -> Chain:
+    """One worker, two, one, two: each for ``seconds``, on fresh servers, the pool process making
+    ``hops`` (:data:`SITE`: the site's shape; :data:`ONE_HOP`: the same CPU in one request)."""
     context = multiprocessing.get_context("spawn")
     listeners, servers, ports = [], [], {}
     try:
@@ -216,15 +231,23 @@ def chain(seconds: float = 8.0) -> Chain:
         for sock in _connect(ports).values():  # every server process up and serving
             _ask(sock, 0.0)
             sock.close()
-        phases = tuple(_phase(context, ports, n, seconds) for n in (1, 2, 1, 2))
+        phases = tuple(_phase(context, ports, n, seconds, hops) for n in (1, 2, 1, 2))
     finally:
         for server in servers:
             server.kill()
             server.join(timeout=10)
         for listener in listeners:
             listener.close()
-    return Chain(phases)
+    return Chain(phases, len(hops))
+
+
+def describe(site: Chain, one_hop: Chain | None = None) -> str:
+    """Both chains in one line, for bench_site's targets."""
+    text = f"a chain of the site's shape, no product code, {site.hops} requests a message: {site.describe()}"
+    if one_hop is not None:
+        text += f"; the same CPU in {one_hop.hops} request a message: {one_hop.describe()}"
+    return text
 
 
 if __name__ == "__main__":
-    print(chain().describe())
+    print(describe(chain(), chain(hops=ONE_HOP)))
