@@ -224,8 +224,12 @@ def _scale_rows(
         one = next(c for c in configs if c["workers"] == 1)
         ceiling = (os.cpu_count() or 1) / one["cores_used"]
         two = next(c for c in configs if c["workers"] == 2)
+        # The speed-up had a run cost the same CPU with one worker and two: the machine's drift
+        # between the two halves taken out (what is left is the cores the two workers kept busy).
+        steady = two["cores_used"] / one["cores_used"]
         figure = (
-            f"{ratio:.2f}x{scale}; at most {ceiling:.2f}x here: one worker's site already used "
+            f"{ratio:.2f}x{scale} ({steady:.2f}x at equal CPU per run: cores used {one['cores_used']:.2f} "
+            f"-> {two['cores_used']:.2f}); at most {ceiling:.2f}x here: one worker's site already used "
             f"{one['cores_used']:.2f} of the {os.cpu_count()} cores; the fixed workload took "
             f"{_machine(one)} in the 1-worker run, {_machine(two)} in the 2-worker run"
         )
