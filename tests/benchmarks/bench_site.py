@@ -4,7 +4,7 @@ against every target of issue #15.
 Not a test: it prints figures measured in one run on this machine. Run it with
 ``.venv/bin/python -m tests.benchmarks.bench_site [--groups 1000] [--layout single|bulk]
 [--workers 1,2] [--dynamo patched|stock] [--timeout 600] [--probe-at 0.5] [--profile SECONDS]
-[--waits RUNS] [--json PATH]``.
+[--waits RUNS] [--chain SECONDS] [--json PATH]``.
 
 For each worker count it starts, from scratch:
 
@@ -458,7 +458,9 @@ def main() -> None:
     chain = None
     if args.chain and {1, 2} <= set(counts):
         chain = (site_chain.chain(args.chain), site_chain.chain(args.chain, site_chain.ONE_HOP))
-        print(site_chain.describe(*chain), flush=True)
+    chain_text = site_chain.describe(*chain) if chain else None
+    if chain_text:
+        print(chain_text, flush=True)
     configs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for count in counts:
@@ -481,7 +483,7 @@ def main() -> None:
             f"p95 {site_targets.ms(waits.get('p95_ms'))}, max {site_targets.ms(waits.get('max_ms'))}",
             flush=True,
         )
-    rows = site_targets.targets(configs, args.layout, waits, site_chain.describe(*chain) if chain else None)
+    rows = site_targets.targets(configs, args.layout, waits, chain_text)
     print(site_targets.table(rows), flush=True)
     if args.json is not None:
         document = {
@@ -490,7 +492,7 @@ def main() -> None:
             "args": {k: str(v) for k, v in vars(args).items()},
             "configs": configs,
             "waits": waits,
-            "chain": None if chain is None else [[vars(p) for p in c.phases] for c in chain],
+            "chain": None if chain is None else {"site": chain[0].figures(), "one_hop": chain[1].figures()},
         }
         args.json.write_text(json.dumps({**document, "targets": rows}, indent=2, default=str))
         print(f"figures written to {args.json}")

@@ -22,6 +22,11 @@ _BODY = {"metadata": {"name": "web", "labels": {"app": "web"}}, "spec": {"replic
 _ROUNDS = 20_000
 
 
+def unit() -> None:
+    """One unit of the fixed workload (also :mod:`tests.benchmarks.site_chain`'s unit of CPU)."""
+    json.loads(json.dumps(_BODY))
+
+
 def _best_of_three() -> tuple[float, float]:
     """Milliseconds of the fixed workload, best of three: (CPU time, wall time)."""
     best_cpu = best_wall = float("inf")

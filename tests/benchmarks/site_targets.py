@@ -224,8 +224,9 @@ def _scale_rows(
         one = next(c for c in configs if c["workers"] == 1)
         ceiling = (os.cpu_count() or 1) / one["cores_used"]
         two = next(c for c in configs if c["workers"] == 2)
-        # The speed-up had a run cost the same CPU with one worker and two: the machine's drift
-        # between the two halves taken out (what is left is the cores the two workers kept busy).
+        # The speed-up had a run cost the same CPU with one worker and two: the cores the two workers
+        # kept busy, without the change of CPU per run between the halves, whether that was the
+        # machine's drift or the product's own contention.
         steady = two["cores_used"] / one["cores_used"]
         figure = (
             f"{ratio:.2f}x{scale} ({steady:.2f}x at equal CPU per run: cores used {one['cores_used']:.2f} "
