@@ -23,9 +23,16 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 def delete_prefixed(client: redis.Redis, prefix: str) -> None:
-    """Delete every key under ``prefix`` (a test's or a stack's own; never anyone else's)."""
+    """Delete every key under ``prefix`` (a test's or a stack's own; never anyone else's), one DEL per
+    page of SCAN rather than one per key."""
+    batch: list[bytes | str] = []
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        client.delete(key)
+        batch.append(key)
+        if len(batch) == 1000:
+            client.delete(*batch)
+            batch.clear()
+    if batch:
+        client.delete(*batch)
 
 
 def answers(url: str, timeout: float = 0.5) -> bool:

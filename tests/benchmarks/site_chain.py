@@ -183,17 +183,32 @@ class Chain:
         best = {n: max(p.per_second for p in self.phases if p.workers == n) for n in (1, 2)}
         return best[2] / best[1]
 
+    def at_equal_cpu(self) -> float:
+        """The cores two workers kept busy over those one worker did (means over the phases): the
+        speed-up had a message cost the same CPU in every phase, as bench_site's own figure."""
+        mean = {
+            n: sum(p.cores_used for p in self.phases if p.workers == n)
+            / sum(1 for p in self.phases if p.workers == n)
+            for n in (1, 2)
+        }
+        return mean[2] / mean[1]
+
     def figures(self) -> dict[str, Any]:
         """For bench_site's JSON."""
-        return {"hops": self.hops, "speed_up": self.speed_up(), "phases": [asdict(p) for p in self.phases]}
+        return {
+            "hops": self.hops,
+            "speed_up": self.speed_up(),
+            "at_equal_cpu": self.at_equal_cpu(),
+            "phases": [asdict(p) for p in self.phases],
+        }
 
     def describe(self) -> str:
         by = {n: [p for p in self.phases if p.workers == n] for n in (1, 2)}
         rates = {n: "/".join(f"{p.per_second:.0f}" for p in ps) for n, ps in by.items()}
         cores = {n: "/".join(f"{p.cores_used:.2f}" for p in ps) for n, ps in by.items()}
         return (
-            f"1 -> 2 workers {self.speed_up():.2f}x ({rates[1]} -> {rates[2]} messages/s, cores used "
-            f"{cores[1]} -> {cores[2]})"
+            f"1 -> 2 workers {self.speed_up():.2f}x, {self.at_equal_cpu():.2f}x at equal CPU ({rates[1]} -> "
+            f"{rates[2]} messages/s, cores used {cores[1]} -> {cores[2]})"
         )
 
 

@@ -33,7 +33,7 @@ def _best_of_three() -> tuple[float, float]:
     for _ in range(3):
         cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(_ROUNDS):
-            json.loads(json.dumps(_BODY))
+            unit()
         best_cpu = min(best_cpu, time.process_time() - cpu)
         best_wall = min(best_wall, time.perf_counter() - wall)
     return best_cpu * 1000, best_wall * 1000
