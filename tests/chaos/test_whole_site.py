@@ -368,7 +368,9 @@ def test_the_unacked_hash_names_each_message_handed_out(
 ) -> None:
     """:func:`_handed_out` reads the entries kombu's Redis transport writes: a step message sent as the
     engine sends it and taken by a consumer through the project's Celery app (keys of this test's own)."""
-    settings = Settings(redis_url=redis_server_url, broker_prefix=prefix, key_prefix=prefix, queue=f"{prefix}steps")
+    settings = Settings(
+        redis_url=redis_server_url, broker_prefix=prefix, key_prefix=prefix, queue=f"{prefix}steps"
+    )
     app = create_app(settings)
     try:
         CelerySender(app, settings).send("failover.verify_volumes", "run-1", 16, countdown=0, cluster=None)
