@@ -125,3 +125,48 @@ def redis_url() -> Iterator[str]:
         return
     with embedded_redis() as started:
         yield started
+
+
+class OwnRedis:
+    """A redis-server of a test's own (127.0.0.1, a free port) that it kills and starts again, empty, on
+    the same port: a broker or run store lost and restarted."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = tempfile.mkdtemp(prefix="fo-chaos-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                server_binary(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.workdir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not answers(self.url):
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"redis-server did not answer on {self.url} within 10s")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def close(self) -> None:
+        """Kill the server and remove its directory."""
+        self.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)

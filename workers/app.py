@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Celery
 
+from workers.broker import transport_for
 from workers.messages import REDRIVE_TASK
 from workers.settings import Settings, get_settings
 
@@ -32,6 +33,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport["global_keyprefix"] = settings.broker_prefix
     return {
         "broker_url": settings.broker,
+        # kombu's Redis transport with a repair: a worker survives Redis restarting (workers/broker.py).
+        "broker_transport": transport_for(settings.broker),
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",

@@ -6,8 +6,6 @@ prefix so that a lost orchestrator Redis does not lose the clusters."""
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +19,7 @@ from fsm.run import Run, new_run
 from sandbox.celery_worker import WorkerProcess
 from sandbox.dynamo import AWS_DUMMY_ENV, SerializedMotoServer, dynamodb_client, endpoint_of
 from sandbox.fakes import FakeClusters
-from sandbox.redis_server import answers, delete_prefixed, free_port, server_binary
+from sandbox.redis_server import OwnRedis, delete_prefixed
 from sandbox.stack import FAST_TIMING, sandbox_signer, stack_settings, worker_env
 from tests.factories import all_refs, failover, group
 from tests.waiting import wait_for_run
@@ -33,44 +31,6 @@ from workers.messages import CelerySender
 from workers.ports import Role
 from workers.settings import Settings
 from workers.store import RunStore
-
-
-class OwnRedis:
-    """A redis-server this test starts, kills and starts again empty on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = tempfile.mkdtemp(prefix="fo-chaos-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                server_binary(),
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not answers(self.url):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @dataclass
@@ -204,7 +164,7 @@ def own_redis() -> Iterator[OwnRedis]:
     try:
         yield server
     finally:
-        server.kill()
+        server.close()
 
 
 @pytest.fixture

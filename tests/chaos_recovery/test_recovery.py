@@ -147,6 +147,10 @@ def test_a_redis_restarted_empty_during_a_wait_step_resumes_the_run(
     resumed = time.monotonic() - lost
     run = stack.wait_finished(run_id, timeout=60)
     _succeeded(run)
+    # Both workers lived through it (kombu's channel close once killed a worker holding a countdown
+    # message: workers/broker.py); the run did not finish on a replacement.
+    dead = [w for w in stack.workers if w.process.poll() is not None]
+    assert dead == [], "a worker exited when Redis restarted: " + dead[0].log_path.read_text()[-3000:]
     print(
         f"\nRedis restarted empty during {back.state_name}: rebuilt {resumed:.1f}s after the crash, "
         f"finished {time.monotonic() - lost:.1f}s after it"

@@ -1,0 +1,103 @@
+"""A worker survives its broker restarting while it holds a reserved message (workers/broker.py).
+
+Before the repair, kombu 5.7's Redis channel raised AttributeError while closing the lost connection
+(it tried to give the reserved message back through a transport already detached), Celery called it
+unrecoverable and the worker exited: the chaos test that restarts Redis during a wait step lost both
+its workers now and then (CI, 2026-12-06). Here the race is made certain: the worker holds a
+countdown message, waiting in BRPOP, when Redis is killed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.celery_worker import WorkerProcess
+from sandbox.redis_server import OwnRedis
+from workers.app import create_app
+from workers.broker import TRANSPORT, transport_for
+from workers.settings import Settings
+
+pytestmark = [pytest.mark.e2e]
+
+QUEUE = "broker-loss"
+
+
+@pytest.fixture
+def broker() -> Iterator[OwnRedis]:
+    server = OwnRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _eventually(check, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.05)
+
+
+def test_a_worker_holding_a_countdown_message_survives_redis_restarting(
+    broker: OwnRedis, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes"
+    notes.touch()
+    env = {"BROKER_LOSS_URL": broker.url, "BROKER_LOSS_NOTES": str(notes), "FAILOVER_LOG_LEVEL": "INFO"}
+    worker = WorkerProcess(
+        env,
+        name="survivor",
+        queues=QUEUE,
+        log_path=tmp_path / "worker.log",
+        app="tests.integration.broker_loss_app",
+    )
+    app = create_app(Settings(redis_url=broker.url, queue=QUEUE))
+    try:
+        worker.wait_ready()
+        app.send_task("broker_loss.note", args=["first"], queue=QUEUE)
+        _eventually(lambda: notes.read_text() == "first\n", "the worker ran the first message")
+        # A countdown message: the worker reserves it at once and holds it, unacknowledged, till due.
+        app.send_task("broker_loss.note", args=["held"], queue=QUEUE, countdown=600)
+        _eventually(
+            lambda: b"broker_loss.note" in _log(worker).split(b"first")[-1], "the countdown message reserved"
+        )
+        time.sleep(0.5)  # back in BRPOP, where the consumer waits when it has nothing to run
+
+        broker.kill()
+        _eventually(lambda: b"Connection to broker lost" in _log(worker), "the worker noticed the loss")
+        time.sleep(1.0)
+        assert worker.process.poll() is None, _log(worker).decode()[-3000:]
+        broker.start()  # the same port, empty: the held message is gone with it
+
+        app.send_task("broker_loss.note", args=["after"], queue=QUEUE)
+
+        def ran_after() -> bool:
+            assert worker.process.poll() is None, f"the worker exited: {_log(worker).decode()[-3000:]}"
+            return notes.read_text() == "first\nafter\n"
+
+        _eventually(ran_after, "the worker ran a message sent after the restart")
+        assert b"Unrecoverable error" not in _log(worker)
+    finally:
+        app.close()
+        worker.stop()
+
+
+def _log(worker: WorkerProcess) -> bytes:
+    return worker.log_path.read_bytes()
+
+
+def test_the_repaired_transport_serves_redis_brokers_only() -> None:
+    assert transport_for("redis://127.0.0.1:6379/0") == TRANSPORT
+    assert transport_for("rediss://cache.example:6380/0") == TRANSPORT
+    assert transport_for("amqp://guest@127.0.0.1//") is None
+    assert transport_for("sentinel://127.0.0.1:26379") is None
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0"))
+    with app.connection_for_write() as conn:
+        transport = type(conn.transport)
+        assert f"{transport.__module__}:{transport.__name__}" == TRANSPORT
+    app.close()
