@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from sandbox.dynamo import SerializedMotoServer, endpoint_of, moto_server
-from sandbox.redis_server import delete_prefixed, redis_url
+from sandbox.redis_server import OwnRedis, delete_prefixed, redis_url
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +56,14 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    """A redis-server of the test's own, to kill and start again empty (a lost broker or run store)."""
+    server = OwnRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

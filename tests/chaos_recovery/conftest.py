@@ -158,16 +158,6 @@ def chaos(
 
 
 @pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
 def chaos_own_redis(  # noqa: PLR0917 (pytest fixtures are positional)
     own_redis: OwnRedis,
     redis_server_url: str,

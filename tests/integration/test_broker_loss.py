@@ -10,7 +10,6 @@ countdown message, waiting in BRPOP, when Redis is killed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,6 @@ pytestmark = [pytest.mark.e2e]
 QUEUE = "broker-loss"
 
 
-@pytest.fixture
-def broker() -> Iterator[OwnRedis]:
-    server = OwnRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def _eventually(check, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not check():
@@ -44,11 +33,11 @@ def _eventually(check, what: str, timeout: float = 20.0) -> None:  # type: ignor
 
 
 def test_a_worker_holding_a_countdown_message_survives_redis_restarting(
-    broker: OwnRedis, tmp_path: Path
+    own_redis: OwnRedis, tmp_path: Path
 ) -> None:
     notes = tmp_path / "notes"
     notes.touch()
-    env = {"BROKER_LOSS_URL": broker.url, "BROKER_LOSS_NOTES": str(notes), "FAILOVER_LOG_LEVEL": "INFO"}
+    env = {"BROKER_LOSS_URL": own_redis.url, "BROKER_LOSS_NOTES": str(notes), "FAILOVER_LOG_LEVEL": "INFO"}
     worker = WorkerProcess(
         env,
         name="survivor",
@@ -56,7 +45,7 @@ def test_a_worker_holding_a_countdown_message_survives_redis_restarting(
         log_path=tmp_path / "worker.log",
         app="tests.integration.broker_loss_app",
     )
-    app = create_app(Settings(redis_url=broker.url, queue=QUEUE))
+    app = create_app(Settings(redis_url=own_redis.url, queue=QUEUE))
     try:
         worker.wait_ready()
         app.send_task("broker_loss.note", args=["first"], queue=QUEUE)
@@ -68,11 +57,11 @@ def test_a_worker_holding_a_countdown_message_survives_redis_restarting(
         )
         time.sleep(0.5)  # back in BRPOP, where the consumer waits when it has nothing to run
 
-        broker.kill()
+        own_redis.kill()
         _eventually(lambda: b"Connection to broker lost" in _log(worker), "the worker noticed the loss")
         time.sleep(1.0)
         assert worker.process.poll() is None, _log(worker).decode()[-3000:]
-        broker.start()  # the same port, empty: the held message is gone with it
+        own_redis.start()  # the same port, empty: the held message is gone with it
 
         app.send_task("broker_loss.note", args=["after"], queue=QUEUE)
 

@@ -12,7 +12,13 @@ from workers.settings import Settings
 
 ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text()
-DOCS = ["README.md", "docs/API.md", "docs/ARCHITECTURE.md", "docs/DESIGN-ORIGIN.md", "docs/PERFORMANCE-HISTORY.md"]
+DOCS = [
+    "README.md",
+    "docs/API.md",
+    "docs/ARCHITECTURE.md",
+    "docs/DESIGN-ORIGIN.md",
+    "docs/PERFORMANCE-HISTORY.md",
+]
 
 
 def test_every_setting_is_in_the_readmes_table() -> None:
