@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import Celery
 
-from workers.broker import transport_for
+from workers import broker
 from workers.messages import REDRIVE_TASK
 from workers.settings import Settings, get_settings
 
@@ -33,8 +33,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport["global_keyprefix"] = settings.broker_prefix
     return {
         "broker_url": settings.broker,
-        # kombu's Redis transport with a repair: a worker survives Redis restarting (workers/broker.py).
-        "broker_transport": transport_for(settings.broker),
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
@@ -63,6 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured by ``settings`` (default: the environment's), with no tasks."""
     settings = settings or get_settings()
+    broker.install()  # kombu's Redis transport with a repair: a worker survives Redis restarting
     app = Celery("failover", set_as_current=False)
     app.conf.update(celery_config(settings))
     return app

@@ -15,18 +15,21 @@ them back after the visibility timeout, and if Redis came back empty the overdue
 each run waits for (:mod:`workers.recovery`). ``tests/integration/test_broker_loss.py`` kills Redis
 under a worker holding a countdown message and checks that the worker lives on.
 
-:func:`workers.app.celery_config` selects this transport for ``redis://`` and ``rediss://`` brokers.
+:func:`install` makes kombu's transport names ``redis`` and ``rediss`` mean this transport (kombu's
+alias table, its registry of transports), so URLs, TLS options and the URI shown in logs and Flower
+stay what kombu makes of them; :func:`workers.app.create_app` calls it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import kombu.transport
 import redis
 from kombu.transport import redis as kombu_redis
 
 TRANSPORT = "workers.broker:Transport"
-SCHEMES = ("redis", "rediss")
+NAMES = ("redis", "rediss")
 
 
 class Channel(kombu_redis.Channel):
@@ -43,7 +46,9 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-def transport_for(url: str) -> str | None:
-    """This module's transport for a Redis broker URL, None (Celery's choice) for any other."""
-    scheme = url.partition("://")[0]
-    return TRANSPORT if scheme in SCHEMES else None
+def install() -> None:
+    """Make kombu resolve ``redis`` and ``rediss`` to :class:`Transport` in this process (idempotent)."""
+    for name in NAMES:
+        kombu.transport.TRANSPORT_ALIASES[name] = TRANSPORT
+        # kombu caches each name's class when it first resolves it: forget one resolved before this.
+        kombu.transport._transport_cache.pop(name, None)  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ import pytest
 from sandbox.celery_worker import WorkerProcess
 from sandbox.redis_server import OwnRedis
 from workers.app import create_app
-from workers.broker import TRANSPORT, transport_for
+from workers.broker import Transport
 from workers.settings import Settings
 
 pytestmark = [pytest.mark.e2e]
@@ -80,13 +80,24 @@ def _log(worker: WorkerProcess) -> bytes:
     return worker.log_path.read_bytes()
 
 
-def test_the_repaired_transport_serves_redis_brokers_only() -> None:
-    assert transport_for("redis://127.0.0.1:6379/0") == TRANSPORT
-    assert transport_for("rediss://cache.example:6380/0") == TRANSPORT
-    assert transport_for("amqp://guest@127.0.0.1//") is None
-    assert transport_for("sentinel://127.0.0.1:26379") is None
-    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0"))
-    with app.connection_for_write() as conn:
-        transport = type(conn.transport)
-        assert f"{transport.__module__}:{transport.__name__}" == TRANSPORT
-    app.close()
+@pytest.mark.parametrize(
+    ("url", "uri"),
+    [
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://:**@127.0.0.1:6379/0"),
+        (
+            "rediss://failover:s3cret@redis.example:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.crt",
+            "rediss://failover:**@redis.example:6380/0",
+        ),
+    ],
+)
+def test_the_apps_redis_brokers_use_the_repaired_transport_under_kombus_own_names(url: str, uri: str) -> None:
+    """Only the class changes: the transport's name (so the URI in logs and Flower, and kombu's
+    handling of ``rediss``) stays kombu's."""
+    app = create_app(Settings(redis_url=url))
+    try:
+        connection = app.connection_for_write()
+        assert type(connection.transport) is Transport
+        assert connection.transport_cls == url.partition("://")[0]
+        assert connection.as_uri() == uri
+    finally:
+        app.close()
