@@ -51,7 +51,7 @@ from fsm.models import LABEL_GROUP, FailoverGroup, FailoverMode, GroupKey, Resou
 from producers.decisions import describe, first_error
 from producers.kube import FAILOVER_GROUPS, FAILOVERS, ClusterClient, Obj
 from producers.standing_down import StandingDown
-from workers.api import Orchestrator, set_heartbeat_age
+from workers.api import Orchestrator, history_epoch, set_heartbeat_age
 from workers.errors import ConflictError, OrchestratorError, TemporaryError
 from workers.ports import Heartbeat, HistoryRecord
 
@@ -261,12 +261,14 @@ class HealthChecker(StandingDown):
         coordination = self.orchestrator.coordination
         active = coordination.active_cluster(key)
         group = found.group
+        # Read before the clusters: a stand-down decided on objects read while another run finished
+        # (the history moved on) is stale, and the orchestrator refuses it (``read_in``).
+        history = coordination.history(key, limit=HISTORY_DEPTH)
         observations, read = self._observe(found, reachable, active)
         heartbeats = coordination.heartbeats(key)
         for beat in heartbeats:  # as this checker sees them: what the alert on a stale site reads
             set_heartbeat_age(str(key), beat.cluster, max(0.0, now - beat.at))
         lock = coordination.lock_info(key)
-        history = coordination.history(key, limit=HISTORY_DEPTH)
         diverged = found_divergence.reason if (found_divergence := coordination.divergence(key)) else None
         active_health = next(
             (o.health.value for o in observations if o.cluster == active and o.reachable),
@@ -308,7 +310,15 @@ class HealthChecker(StandingDown):
         live_lock = lock if lock is not None and lock.expires_at > now else None
         owner_health = next((o for o in observations if o.cluster == active), None)
         stand_downs, stood_down = self._stand_down(
-            key, group, active, read, live_lock, owner_health=owner_health, diverged=diverged, now=now
+            key,
+            group,
+            active,
+            read,
+            live_lock,
+            owner_health=owner_health,
+            diverged=diverged,
+            now=now,
+            read_in=history_epoch(history),
         )
         if decision.action is not Action.FAILOVER or decision.failover is None:
             return GroupOutcome(key, decision, stand_downs=stand_downs, stood_down=stood_down)

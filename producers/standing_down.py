@@ -36,9 +36,11 @@ class StandingDown:
         owner_health: GroupHealth | None,
         diverged: str | None,
         now: float,
+        read_in: str,
     ) -> tuple[tuple[StandDownDecision, ...], tuple[str, ...]]:
         """Stand down every answering cluster but the owner that still holds active objects, once the
-        owner is verified to serve; record the group as diverged when it answers and does not."""
+        owner is verified to serve; record the group as diverged when it answers and does not.
+        ``read_in``: the group's history epoch read before ``read`` (see ``Orchestrator.stand_down``)."""
         decisions = tuple(
             decide_stand_down(
                 group=str(key),
@@ -62,12 +64,14 @@ class StandingDown:
                 )
                 break
         started = [
-            run_id for decision in decisions if (run_id := self._start_stand_down(key, group, decision))
+            run_id
+            for decision in decisions
+            if (run_id := self._start_stand_down(key, group, decision, read_in))
         ]
         return decisions, tuple(started)
 
     def _start_stand_down(
-        self, key: GroupKey, group: FailoverGroup, decision: StandDownDecision
+        self, key: GroupKey, group: FailoverGroup, decision: StandDownDecision, read_in: str
     ) -> str | None:
         """Log the decision when it changed; start the stand-down it asks for. The new run's id."""
         if self._last_stand_down.get((key, decision.cluster)) != decision.reason:
@@ -82,8 +86,10 @@ class StandingDown:
         if not decision.stand_down:
             return None
         try:
-            submission = self.orchestrator.stand_down(group, decision.cluster, reason=decision.reason)
-        except RequestError as error:  # the owner flipped since it was read: nothing to do
+            submission = self.orchestrator.stand_down(
+                group, decision.cluster, reason=decision.reason, read_in=read_in
+            )
+        except RequestError as error:  # the owner flipped, or a run finished, since it was read
             log.info("stand_down_refused", group=str(key), cluster=decision.cluster, error=str(error))
             return None
         if not submission.created:

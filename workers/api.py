@@ -14,6 +14,7 @@ import hashlib
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 
 from fsm.adoption import OUTCOME_ADOPTED
 from fsm.audit import ControlRecord
@@ -55,6 +56,7 @@ __all__ = [
     "WaitTarget",
     "Wakes",
     "configure_logging",
+    "history_epoch",
     "liveness",
     "run_id_for",
     "run_ids_for",
@@ -66,6 +68,11 @@ __all__ = [
 
 # A stand-down that failed is tried again, but not before this many seconds (the checker runs often).
 STANDDOWN_RETRY_AFTER = 300.0
+
+
+def history_epoch(newest: Sequence[HistoryRecord]) -> str:
+    """The epoch a group's newest history record (``history(key, limit=1)``) names: its run id."""
+    return newest[0].run_id if newest else "-"
 
 
 def _dynamo_coordination(settings: Settings) -> Coordination:
@@ -228,11 +235,16 @@ class Orchestrator:
         automatic = is_automatic(failover.spec.reason, failover.metadata.labels)
         return self._submit(run, automatic=automatic, groups=len(failover.spec.failover_groups))
 
-    def stand_down(self, group: FailoverGroup, cluster: str, *, reason: str) -> Submission:
+    def stand_down(
+        self, group: FailoverGroup, cluster: str, *, reason: str, read_in: str | None = None
+    ) -> Submission:
         """Make ``cluster`` passive for ``group``, which it no longer owns (a site that came back).
 
-        One stand-down per cluster and ownership epoch (the group's newest history record), however
-        often a health checker asks. Raises :class:`RequestError` if ``cluster`` owns the group.
+        One stand-down per cluster and epoch (the group's newest history record), however often a
+        health checker asks. ``read_in``: the epoch (:func:`history_epoch`) the caller read before it
+        read the cluster's objects; if the history has moved on since (a stand-down or a failover
+        finished meanwhile), what it read may be gone already and nothing is started: it reads again.
+        Raises :class:`RequestError` if ``cluster`` owns the group, or the read is stale.
         """
         owner = self.coordination.active_cluster(group.key)
         if owner is None or owner == cluster:
@@ -241,6 +253,13 @@ class Orchestrator:
             )
         newest = self.coordination.history(group.key, limit=1)
         last = newest[0] if newest else None
+        if read_in is not None and read_in != history_epoch(newest):
+            raise RequestError(
+                "cluster",
+                f"{cluster!r} was read before the group's latest history record "
+                f"({last.outcome if last else 'none'} of run {last.run_id if last else '-'}): "
+                "what it held then may be gone; not standing it down on that read",
+            )
         if (
             last is not None
             and last.outcome == "FAILED"
@@ -253,8 +272,7 @@ class Orchestrator:
                     "cluster",
                     f"the last stand-down of {cluster!r} failed ({last.message}); tried again in {wait:.0f}s",
                 )
-        epoch = last.run_id if last else "-"
-        run_id = _digest_id(f"standdown|{group.key}|{cluster}|{epoch}")
+        run_id = _digest_id(f"standdown|{group.key}|{cluster}|{history_epoch(newest)}")
         run = new_standdown_run(
             nonce=uuid.uuid4().hex[:12],
             run_id=run_id,

@@ -18,7 +18,7 @@ from producers.cli import app
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION
 from sandbox.stack import SANDBOX_RUN_KEY
 from tests.factories import failover, group
-from workers.api import Orchestrator, RequestError, run_id_for
+from workers.api import Orchestrator, RequestError, history_epoch, run_id_for
 from workers.ports import HistoryRecord
 from workers.settings import Settings
 
@@ -191,6 +191,30 @@ def test_a_stand_down_is_started_once_per_ownership_epoch(env: dict[str, str]) -
     assert not again.created and again.run.run_id == first.run.run_id
     code, out = invoke("status")
     assert code == 0 and "STANDDOWN" in out and "CONSISTENCY" not in out
+
+
+def test_a_stand_down_asked_on_a_read_older_than_the_latest_history_record_is_refused(
+    env: dict[str, str],
+) -> None:
+    invoke("dynamodb", "init")
+    g = group()
+    with Orchestrator(Settings()) as handle:
+        handle.coordination.set_initial_owner(g.key, "site-b")
+        read_in = history_epoch(handle.coordination.history(g.key, limit=1))
+        handle.coordination.record_history(g.key, _failed_stand_down(time.time() - 400))
+        with pytest.raises(
+            RequestError, match=r"'site-a' was read before the group's latest history record"
+        ) as refused:
+            handle.stand_down(g, "site-a", reason="still active", read_in=read_in)
+        assert refused.value.field == "cluster"
+        assert handle.runs(limit=5) == []  # nothing started
+        fresh = handle.stand_down(
+            g,
+            "site-a",
+            reason="still active",
+            read_in=history_epoch(handle.coordination.history(g.key, limit=1)),
+        )
+    assert fresh.created
 
 
 def test_a_failed_stand_down_is_tried_again_only_after_a_pause(env: dict[str, str]) -> None:

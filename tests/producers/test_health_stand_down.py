@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from sandbox.kube import SandboxFleet
 from tests.producers.conftest import SHOP
 from workers.api import Orchestrator
 from workers.dynamo import DynamoCoordination
+from workers.ports import HistoryRecord
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +124,49 @@ def test_the_only_serving_site_is_never_stood_down_and_the_group_is_diverged(
     [again] = checker.run_once(time.time())
     assert not again.stand_downs[0].stand_down and "the group is diverged" in again.stand_downs[0].reason
     assert enqueued() == 0
+
+
+def test_no_stand_down_on_a_read_older_than_the_groups_latest_history_record(
+    fleet: SandboxFleet,
+    checker: HealthChecker,
+    coordination: DynamoCoordination,
+    enqueued: Callable[[], int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CI, 2026-12-07 03:03: a pass read the returning site still demoting its volumes while the first
+    stand-down was finishing; by the time it asked, that run had written its STOOD_DOWN record, which
+    named a new epoch, and a second stand-down ran. Here a run's record lands between the checker's
+    read of the clusters and its ask: nothing is started on that read; the next pass reads again."""
+    publish_dns(fleet, "site-b")
+    observe = checker._observe
+
+    def observe_while_a_run_finishes(*args: Any, **kwargs: Any) -> Any:
+        seen = observe(*args, **kwargs)
+        now = time.time()
+        coordination.record_history(
+            SHOP,
+            HistoryRecord(
+                run_id="standdown-that-finished",
+                failover="",
+                group=str(SHOP),
+                mode="STANDDOWN",
+                source_cluster="site-b",
+                target_cluster="site-a",
+                force=False,
+                reason="came back holding active objects",
+                started_at=now - 2,
+                finished_at=now,
+                outcome="STOOD_DOWN",
+                message="site-b made passive",
+            ),
+        )
+        return seen
+
+    monkeypatch.setattr(checker, "_observe", observe_while_a_run_finishes)
+    [outcome] = checker.run_once(time.time())
+    assert [d.stand_down for d in outcome.stand_downs] == [True]  # what the stale read showed
+    assert outcome.stood_down == () and enqueued() == 0
+
+    monkeypatch.undo()  # the next pass: site-b still publishes DNS (nothing here stood it down)
+    [again] = checker.run_once(time.time())
+    assert len(again.stood_down) == 1 and enqueued() == 1
