@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fsm.autofailover import AUTOMATIC_REASON_PREFIX, AutoFailover
 from fsm.models import Failover, FailoverGroup, FailoverMode, ResourceRef
+from workers.ports import HistoryRecord
 
 SHOP_GROUP: dict[str, Any] = {
     "apiVersion": "crd.hahomelabs.com/v1alpha1",
@@ -80,3 +82,22 @@ def automatic_failover(
         epoch=epoch,
     )
     return Failover.model_validate(auto.manifest())
+
+
+def history_record(**fields: Any) -> HistoryRecord:
+    """A finished run of the shop group, site-a to site-b, SUCCESS a second ago; ``fields`` override."""
+    now = time.time()
+    defaults: dict[str, Any] = {
+        "run_id": "run-1",
+        "failover": "",
+        "group": "shop/shop",
+        "mode": "CONSISTENCY",
+        "source_cluster": "site-a",
+        "target_cluster": "site-b",
+        "force": False,
+        "reason": "",
+        "started_at": now - 1,
+        "finished_at": now,
+        "outcome": "SUCCESS",
+    }
+    return HistoryRecord(**{**defaults, **fields})

@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from sandbox.celery_worker import WorkerProcess
 from sandbox.redis_server import OwnRedis
+from tests.chaos.checks import eventually
 from workers.app import create_app
 from workers.broker import Transport
 from workers.settings import Settings
@@ -23,13 +25,6 @@ from workers.settings import Settings
 pytestmark = [pytest.mark.e2e]
 
 QUEUE = "broker-loss"
-
-
-def _eventually(check, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.05)
 
 
 def test_a_worker_holding_a_countdown_message_survives_redis_restarting(
@@ -49,16 +44,16 @@ def test_a_worker_holding_a_countdown_message_survives_redis_restarting(
     try:
         worker.wait_ready()
         app.send_task("broker_loss.note", args=["first"], queue=QUEUE)
-        _eventually(lambda: notes.read_text() == "first\n", "the worker ran the first message")
+        eventually(lambda: notes.read_text() == "first\n", "the worker ran the first message")
         # A countdown message: the worker reserves it at once and holds it, unacknowledged, till due.
         app.send_task("broker_loss.note", args=["held"], queue=QUEUE, countdown=600)
-        _eventually(
-            lambda: b"broker_loss.note" in _log(worker).split(b"first")[-1], "the countdown message reserved"
-        )
+        broker = redis.Redis.from_url(own_redis.url)
+        eventually(lambda: broker.hlen("unacked") == 1, "the countdown message reserved (unacked)")
+        broker.close()
         time.sleep(0.5)  # back in BRPOP, where the consumer waits when it has nothing to run
 
         own_redis.kill()
-        _eventually(lambda: b"Connection to broker lost" in _log(worker), "the worker noticed the loss")
+        eventually(lambda: b"Connection to broker lost" in _log(worker), "the worker noticed the loss")
         time.sleep(1.0)
         assert worker.process.poll() is None, _log(worker).decode()[-3000:]
         own_redis.start()  # the same port, empty: the held message is gone with it
@@ -69,7 +64,7 @@ def test_a_worker_holding_a_countdown_message_survives_redis_restarting(
             assert worker.process.poll() is None, f"the worker exited: {_log(worker).decode()[-3000:]}"
             return notes.read_text() == "first\nafter\n"
 
-        _eventually(ran_after, "the worker ran a message sent after the restart")
+        eventually(ran_after, "the worker ran a message sent after the restart")
         assert b"Unrecoverable error" not in _log(worker)
     finally:
         app.close()

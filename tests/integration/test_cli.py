@@ -17,7 +17,7 @@ from fsm.run import new_run
 from producers.cli import app
 from sandbox.dynamo import DUMMY_ACCESS_KEY, DUMMY_SECRET_KEY, REGION
 from sandbox.stack import SANDBOX_RUN_KEY
-from tests.factories import failover, group
+from tests.factories import failover, group, history_record
 from workers.api import Orchestrator, RequestError, history_epoch, run_id_for
 from workers.ports import HistoryRecord
 from workers.settings import Settings
@@ -162,14 +162,8 @@ def test_submission_is_checked_and_deduplicated(env: dict[str, str]) -> None:
 
 
 def _failed_stand_down(finished_at: float) -> HistoryRecord:
-    return HistoryRecord(
+    return history_record(
         run_id=f"sd-{finished_at}",
-        failover="",
-        group="shop/shop",
-        mode="CONSISTENCY",
-        source_cluster="site-a",
-        target_cluster="site-b",
-        force=False,
         reason="came back",
         started_at=finished_at - 1,
         finished_at=finished_at,

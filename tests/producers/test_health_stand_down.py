@@ -12,10 +12,10 @@ import pytest
 from fsm.plan import PlanKind
 from producers.health import HealthChecker
 from sandbox.kube import SandboxFleet
+from tests.factories import history_record
 from tests.producers.conftest import SHOP
 from workers.api import Orchestrator
 from workers.dynamo import DynamoCoordination
-from workers.ports import HistoryRecord
 
 pytestmark = pytest.mark.integration
 
@@ -142,20 +142,14 @@ def test_no_stand_down_on_a_read_older_than_the_groups_latest_history_record(
 
     def observe_while_a_run_finishes(*args: Any, **kwargs: Any) -> Any:
         seen = observe(*args, **kwargs)
-        now = time.time()
         coordination.record_history(
             SHOP,
-            HistoryRecord(
+            history_record(
                 run_id="standdown-that-finished",
-                failover="",
-                group=str(SHOP),
                 mode="STANDDOWN",
                 source_cluster="site-b",
                 target_cluster="site-a",
-                force=False,
                 reason="came back holding active objects",
-                started_at=now - 2,
-                finished_at=now,
                 outcome="STOOD_DOWN",
                 message="site-b made passive",
             ),

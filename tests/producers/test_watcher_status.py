@@ -17,10 +17,10 @@ from fsm.plan import Step
 from fsm.run import Run
 from producers.watcher import FailoverWatcher
 from sandbox.kube import SandboxFleet
+from tests.factories import history_record
 from tests.producers.conftest import OPERATOR, SHOP, failover_manifest, wait_until
 from workers.api import Orchestrator
 from workers.dynamo import DynamoCoordination
-from workers.ports import HistoryRecord
 
 pytestmark = pytest.mark.integration
 
@@ -192,19 +192,7 @@ def test_a_finished_run_refreshes_its_groups_status_on_every_cluster_at_once(
         SHOP, holder="test", run_id=run.run_id, lease_seconds=60, now=time.time()
     )
     now = time.time()
-    record = HistoryRecord(
-        run_id=run.run_id,
-        failover="shop/move-shop",
-        group="shop/shop",
-        mode="CONSISTENCY",
-        source_cluster="site-a",
-        target_cluster="site-b",
-        force=False,
-        reason="",
-        started_at=now - 5,
-        finished_at=now,
-        outcome="SUCCESS",
-    )
+    record = history_record(run_id=run.run_id, failover="shop/move-shop", started_at=now - 5, finished_at=now)
     coordination.complete_failover(
         SHOP, token=grant.token, expected_owner="site-a", new_owner="site-b", record=record
     )
